@@ -1,0 +1,59 @@
+"""Class lists of the supported benchmarks and of the synthetic data.
+
+Label convention everywhere in napari-dfa: 0 is the ignore label (outside the ROI, unlabelled,
+background glass in predictions); classes are 1..K. A model has K output channels; channel k is
+label k + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Names and display colours of the K classes of a dataset (label ids 1..K)."""
+
+    name: str
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self):
+        if len(self.names) != len(self.colors):
+            raise ValueError("ClassSet: one colour per class name is required")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def label_of(self, name: str) -> int:
+        """Label id (1..K) of a class name, case-insensitive."""
+        lowered = [n.lower() for n in self.names]
+        try:
+            return lowered.index(name.lower()) + 1
+        except ValueError:
+            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.names)}") from None
+
+
+# BCSS as prepared in the SAM-Path layout (0 = outside ROI / ignore). The synthetic generator
+# uses the same class ids so a model trained on either reads the same.
+BCSS = ClassSet(
+    name="bcss",
+    names=("inflammatory", "tumour", "stroma", "other", "necrosis"),
+    colors=((60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)),
+)
+
+SYNTHETIC = ClassSet(name="synthetic", names=BCSS.names, colors=BCSS.colors)
+
+# CRAG: colorectal glands against everything else.
+CRAG = ClassSet(name="crag", names=("background", "gland"), colors=((200, 200, 200), (40, 170, 80)))
+
+# BDSA (brain tumour tissue) as a generic 4-class set; point a recipe at your copy's own list
+# with `classes = [...]` in the TOML if it differs.
+BDSA = ClassSet(
+    name="bdsa",
+    names=("background", "tumour", "necrosis", "other"),
+    colors=((200, 200, 200), (230, 40, 40), (240, 200, 40), (90, 120, 200)),
+)
+
+CLASS_SETS = {c.name: c for c in (BCSS, SYNTHETIC, CRAG, BDSA)}

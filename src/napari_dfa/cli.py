@@ -1,0 +1,56 @@
+"""``napari-dfa`` command line: one subcommand per module in :mod:`napari_dfa.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
+and imports its heavy dependencies (torch, napari) inside ``run`` so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import import_module
+
+from . import __version__
+from .errors import DFAError
+
+COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-dfa",
+        description="Whole-slide tissue segmentation with Dynamic Focal Attention (DFA).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-dfa {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = import_module(f"napari_dfa.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DFAError as exc:
+        # Expected failures (bad file, bad config): one clear line, no traceback.
+        print(f"napari-dfa {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"napari-dfa {args.command}: interrupted; work written so far is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # `python -m napari_dfa.cli`, also what torchrun launches
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``napari-dfa``; see :mod:`napari_dfa.cli`."""
