@@ -1,0 +1,334 @@
+"""Datasets in the SAM-Path layout and the synthetic stand-in, plus the torch views the trainer uses.
+
+SAM-Path layout (BCSS, CRAG, BDSA as SAM-Path and the DFA reference code prepare them)::
+
+    <root>/img/<img_id>.png     RGB tiles (png, jpg, tif)
+    <root>/mask/<img_id>.png    integer labels, 0 = ignore / outside ROI, 1..K classes
+    <root>/<name>.csv           header ``img_id,fold``: -1 test, 0 validation, >=1 train
+
+The synthetic data (:mod:`napari_dfa.synth`) is written once in the same layout into a cache
+folder keyed by its settings, so every bias mode of a benchmark sees the very same tiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..classes import CLASS_SETS, ClassSet
+from ..errors import ConfigError, DataError
+from .augment import augment, center_crop, rng_for
+from .config import AugmentConfig, DataConfig
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"train": lambda f: f >= 1, "val": lambda f: f == 0, "test": lambda f: f == -1}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def class_set_for(data: DataConfig) -> ClassSet:
+    """The class list of a recipe: explicit ``class_names`` or a named set of napari_dfa.classes."""
+    if data.class_names:
+        colors = data.class_colors or _default_colors(len(data.class_names))
+        if len(colors) != len(data.class_names):
+            raise ConfigError("[data] class_colors needs one colour per entry of class_names")
+        return ClassSet(name="custom", names=tuple(data.class_names), colors=tuple(map(tuple, colors)))
+    try:
+        return CLASS_SETS[data.classes.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"[data] classes = {data.classes!r}; known sets: {', '.join(CLASS_SETS)} "
+            "(or give class_names = [...])"
+        ) from None
+
+
+def _default_colors(n):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return tuple(tuple(int(255 * v) for v in cmap(i % 10)[:3]) for i in range(n))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An RGB uint8 image (grey and RGBA converted); DataError naming the file otherwise."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a data problem
+        raise DataError(f"{path}: cannot read the image ({exc})") from None
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise DataError(f"{path}: expected an RGB image, got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        else:
+            raise DataError(f"{path}: unsupported pixel type {arr.dtype}; expected 8-bit RGB")
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: Path, *, num_classes: int, label_shift: int = 0) -> np.ndarray:
+    """A uint8 label mask with values 0..K; an unknown class id raises DataError naming the file."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode not in ("L", "P", "I", "I;16", "1"):
+                    raise DataError(f"{path}: mask must be a single-channel label image, got mode {im.mode}")
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read the mask ({exc})") from None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask must be 2-D integer labels, got shape {arr.shape}")
+    arr = arr.astype(np.int64) + label_shift
+    if arr.min() < 0 or arr.max() > num_classes:
+        bad = sorted(set(np.unique(arr).tolist()) - set(range(num_classes + 1)))
+        raise DataError(
+            f"{path}: unknown class id(s) {bad[:10]} (after label_shift={label_shift}); this dataset has "
+            f"labels 0 (ignore) and 1..{num_classes}. Check the recipe's [data] classes / label_shift."
+        )
+    return arr.astype(np.uint8)
+
+
+def _find(folder: Path, img_id: str) -> Path | None:
+    for ext in IMAGE_EXTS:
+        p = folder / f"{img_id}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def read_split_csv(path: Path) -> list[tuple[str, int]]:
+    """``(img_id, fold)`` rows of a SAM-Path CSV; DataError naming the file when malformed."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "img_id" not in fields or "fold" not in fields:
+                raise DataError(f"{path}: the CSV needs the columns img_id,fold; found {fields or 'no header'}")
+            rows = []
+            for i, row in enumerate(reader, start=2):
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                try:
+                    rows.append((row["img_id"], int(float(row["fold"]))))
+                except ValueError:
+                    raise DataError(f"{path}: line {i}: fold {row['fold']!r} is not an integer") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split CSV ({exc})") from None
+    return rows
+
+
+def find_csv(root: Path, name: str = "") -> Path:
+    if name:
+        p = Path(name) if Path(name).is_absolute() else root / name
+        if not p.is_file():
+            raise DataError(f"{p}: split CSV not found (set [data] csv to the file holding img_id,fold)")
+        return p
+    found = sorted(root.glob("*.csv")) or sorted((root / "dataset_cfg").glob("*.csv"))
+    if not found:
+        raise DataError(f"{root}: no split CSV (img_id,fold) in the dataset folder")
+    if len(found) > 1:
+        raise DataError(f"{root}: several CSV files ({', '.join(p.name for p in found)}); set [data] csv")
+    return found[0]
+
+
+class SamPathDataset:
+    """One split of a dataset in the SAM-Path layout; items are ``(rgb uint8 H×W×3, mask uint8 H×W)``.
+
+    Arguments:
+      root: dataset folder holding ``img/``, ``mask/`` and the split CSV.
+      split: ``"train"`` (fold >= 1), ``"val"`` (fold 0) or ``"test"`` (fold -1).
+      class_set: the K classes (labels 1..K).
+      csv: CSV name inside ``root`` (empty: the only CSV there).
+      label_shift: added to mask values (for copies whose 0 is a real class).
+      cache: keep decoded pairs in memory after the first read.
+    """
+
+    def __init__(self, root, *, split: str, class_set: ClassSet, csv: str = "", label_shift: int = 0, cache: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found; pass --data <folder with img/, mask/ and a CSV>")
+        for sub in ("img", "mask"):
+            if not (self.root / sub).is_dir():
+                raise DataError(f"{self.root}: no {sub}/ folder; expected the SAM-Path layout img/, mask/, <split>.csv")
+        if split not in SPLITS:
+            raise ConfigError(f"split {split!r}; choose train, val or test")
+        self.split = split
+        self.class_set = class_set
+        self.num_classes = class_set.num_classes
+        self.label_shift = label_shift
+        self.csv_path = find_csv(self.root, csv)
+        rows = read_split_csv(self.csv_path)
+        self.ids = [i for i, fold in rows if SPLITS[split](fold)]
+        self.items = []
+        for img_id in self.ids:
+            img, mask = _find(self.root / "img", img_id), _find(self.root / "mask", img_id)
+            if img is None or mask is None:
+                missing = "img" if img is None else "mask"
+                raise DataError(f"{self.csv_path}: {img_id!r} is listed but {self.root / missing}/{img_id}.* is missing")
+            self.items.append((img, mask))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        img_path, mask_path = self.items[i]
+        rgb = read_rgb(img_path)
+        mask = read_mask(mask_path, num_classes=self.num_classes, label_shift=self.label_shift)
+        if rgb.shape[:2] != mask.shape:
+            raise DataError(f"{mask_path}: mask is {mask.shape} but its image {img_path.name} is {rgb.shape[:2]}")
+        if self._cache is not None:
+            self._cache[i] = (rgb, mask)
+        return rgb, mask
+
+    def pixel_counts(self) -> np.ndarray:
+        """Per-class pixel counts (labels 1..K) over the split, ignore excluded."""
+        counts = np.zeros(self.num_classes + 1, dtype=np.int64)
+        for i in range(len(self)):
+            counts += np.bincount(self[i][1].reshape(-1), minlength=self.num_classes + 1)[: self.num_classes + 1]
+        return counts[1:]
+
+
+def class_frequencies(dataset: SamPathDataset) -> np.ndarray:
+    """f_c: pixel share of each class over the non-ignored pixels of ``dataset`` (K floats)."""
+    counts = dataset.pixel_counts().astype(np.float64)
+    if counts.sum() == 0:
+        raise DataError(f"{dataset.root}: the {dataset.split} split has no labelled pixel (every mask is 0)")
+    return counts / counts.sum()
+
+
+def cache_dir() -> Path:
+    """``$NAPARI_DFA_CACHE`` or ``~/.cache/napari-dfa``."""
+    return Path(os.environ.get("NAPARI_DFA_CACHE") or Path.home() / ".cache" / "napari-dfa")
+
+
+def synthetic_root(data: DataConfig) -> Path:
+    """Generate the synthetic dataset of ``data`` once (atomically) and return its folder."""
+    from .. import synth
+
+    settings = {
+        "n": [data.synth_n_train, data.synth_n_val, data.synth_n_test],
+        "tile": data.synth_tile,
+        "seed": data.synth_seed,
+        "synth": data.synth,
+    }
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(data.root) if data.root else cache_dir() / "synthetic" / key
+    if (root / ".complete").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        cfg = synth.SynthConfig.from_dict(dict(data.synth)) if data.synth else synth.SynthConfig()
+        log.info("generating the synthetic dataset into %s", root)
+        synth.write_dataset(
+            tmp, cfg, n_train=data.synth_n_train, n_val=data.synth_n_val, n_test=data.synth_n_test,
+            tile=data.synth_tile, seed=data.synth_seed,
+        )
+        (tmp / "settings.json").write_text(json.dumps(settings, sort_keys=True))
+        (tmp / ".complete").touch()
+        try:
+            os.replace(tmp, root) if not root.exists() else None
+        except OSError:
+            pass  # another process (a DDP rank) finished first: use its copy
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not (root / ".complete").is_file():
+        raise DataError(f"{root}: synthetic dataset generation did not complete; delete the folder and retry")
+    return root
+
+
+def open_split(data: DataConfig, split: str, *, root: str | Path | None = None) -> SamPathDataset:
+    """The ``split`` of the recipe's data (``root`` overrides ``[data] root``, like ``--data``)."""
+    class_set = class_set_for(data)
+    if root is None:
+        if data.kind == "synthetic":
+            root = synthetic_root(data)
+        elif not data.root:
+            raise DataError("no dataset folder: pass --data <folder in the SAM-Path layout> or set [data] root")
+        else:
+            root = data.root
+    return SamPathDataset(root, split=split, class_set=class_set, csv=data.csv, label_shift=data.label_shift, cache=data.cache)
+
+
+class TrainTiles(torch.utils.data.Dataset):
+    """Augmented training crops; call :meth:`set_epoch` so augmentation follows (seed, epoch, index).
+
+    Returns ``(image uint8 H×W×3 tensor, mask int64 H×W tensor)``.
+    """
+
+    def __init__(self, base, *, crop: int, augment_config: AugmentConfig, seed: int):
+        self.base, self.crop, self.augment_config, self.seed = base, crop, augment_config, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        rgb, mask = self.base[i]
+        rgb, mask = augment(rgb, mask, rng_for(self.seed, self.epoch, i), config=self.augment_config, crop=self.crop)
+        return torch.from_numpy(rgb), torch.from_numpy(mask.astype(np.int64))
+
+
+class EvalTiles(torch.utils.data.Dataset):
+    """Un-augmented pairs for validation/testing: full images, or a centre crop of ``crop``."""
+
+    def __init__(self, base, *, crop: int = 0):
+        self.base, self.crop = base, crop
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        rgb, mask = self.base[i]
+        if self.crop:
+            rgb, mask = center_crop(rgb, mask, self.crop)
+        return torch.from_numpy(np.ascontiguousarray(rgb)), torch.from_numpy(mask.astype(np.int64))
+
+
+def pad_collate(batch, multiple: int = 32):
+    """Stack pairs of different sizes: pad to the batch's largest size rounded up to ``multiple``
+    (image with white, mask with the ignore label, so padding never enters loss or metrics)."""
+    h = max(img.shape[0] for img, _ in batch)
+    w = max(img.shape[1] for img, _ in batch)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    imgs = torch.full((len(batch), h, w, 3), 255, dtype=torch.uint8)
+    masks = torch.zeros((len(batch), h, w), dtype=torch.int64)
+    for j, (img, mask) in enumerate(batch):
+        imgs[j, : img.shape[0], : img.shape[1]] = img
+        masks[j, : mask.shape[0], : mask.shape[1]] = mask
+    return imgs, masks
