@@ -1,0 +1,255 @@
+"""Checkpoint files: one ``.safetensors`` file, tensors = state dict, metadata = JSON strings.
+
+Loading never unpickles. Before safetensors parses anything, the file is sniffed: a PyTorch pickle
+(zip archive or legacy pickle stream), a truncated file or a foreign safetensors file (no napari-dfa
+marker) is refused with a :class:`CheckpointError` that names the file and says what to do. Writes
+are atomic: a temp file in the same folder, then ``os.replace``, so a crash never leaves half a model.
+
+Metadata keys (all str → str): ``format`` (= ``napari-dfa``), ``format_version``, ``config`` (ModelConfig
+JSON), ``class_names``, ``class_colors``, ``frequencies`` (f_c), ``bias_mode``, ``mpp``, ``provenance``
+(parent model, data, corrections, created time, napari-dfa version), ``bias_history`` (b_c over
+training, optional) and ``extra`` (any other JSON the caller keeps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickletools
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "napari-dfa"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+@dataclass
+class CheckpointContents:
+    """Everything a checkpoint holds, validated."""
+
+    path: Path
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    frequencies: np.ndarray
+    mpp: float | None
+    provenance: dict = field(default_factory=dict)
+    bias_history: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, (Path, os.PathLike)):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, default=_json_default, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint metadata {what!r} cannot be stored as JSON ({exc})") from None
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], *, config: ModelConfig,
+                     class_names: list[str], class_colors: list[tuple[int, int, int]],
+                     frequencies, mpp: float | None, provenance: dict | None = None,
+                     bias_history: list | None = None, extra: dict | None = None,
+                     dtype: torch.dtype | None = None) -> Path:
+    """Write a checkpoint atomically. ``dtype`` (e.g. ``torch.float16``) casts floating tensors to
+    shrink the file; the default keeps them bit-exact. Returns the path written."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: napari-dfa checkpoints are .safetensors files; use that suffix")
+    tensors = {}
+    for key, t in state_dict.items():
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[key] = t.contiguous().clone()  # clone: safetensors refuses shared storage
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": config.to_json(),
+        "class_names": _dumps(list(class_names), "class_names"),
+        "class_colors": _dumps([list(map(int, c)) for c in class_colors], "class_colors"),
+        "frequencies": _dumps([float(f) for f in np.asarray(frequencies, dtype=np.float64)], "frequencies"),
+        "bias_mode": config.bias_mode,
+        "mpp": _dumps(None if mpp is None else float(mpp), "mpp"),
+        "provenance": _dumps(provenance or {}, "provenance"),
+    }
+    if bias_history:
+        metadata["bias_history"] = _dumps(bias_history, "bias_history")
+    if extra:
+        metadata["extra"] = _dumps(extra, "extra")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("saved checkpoint %s (%d tensors)", path, len(tensors))
+    return path
+
+
+def _pickle_mentions_sam(path: Path) -> bool:
+    """Whether a torch.save zip archive's pickle names SAM image-encoder keys. Reads the opcodes
+    with pickletools (a disassembler: nothing is executed or imported)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return False
+            data = zf.read(name)
+        for opcode, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and arg.startswith("image_encoder."):
+                return True
+    except Exception:  # a damaged archive: the generic pickle message is enough
+        return False
+    return False
+
+
+def _refuse_pickle(path: Path, kind: str) -> CheckpointError:
+    msg = (f"{path}: this is a PyTorch pickle ({kind}), not a napari-dfa checkpoint; napari-dfa never "
+           "unpickles model files because a pickle can run arbitrary code.")
+    if kind.startswith("torch.save") and _pickle_mentions_sam(path):
+        msg += (" It holds SAM weights: convert it once with "
+                f"`python -c \"from napari_dfa.model import import_sam_weights; "
+                f"import_sam_weights('{path}', '{path.with_suffix('.safetensors')}')\"` "
+                "and set encoder_weights to the .safetensors file.")
+    else:
+        msg += " Save models with Segmenter.save(), which writes .safetensors."
+    return CheckpointError(msg)
+
+
+def _sniff(path: Path) -> None:
+    """Refuse pickles and obviously broken files before any parser touches them."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: model file not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04":
+        raise _refuse_pickle(path, "torch.save zip archive")
+    if head[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _refuse_pickle(path, "pickle stream" if head[:1] == b"\x80" else f"{path.suffix} file")
+    if size < 10:
+        raise CheckpointError(f"{path}: file is {size} bytes, too short to be a .safetensors checkpoint (truncated?)")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > MAX_HEADER or head[8:9] != b"{":
+        raise CheckpointError(f"{path}: not a .safetensors file (no safetensors header); "
+                              "napari-dfa checkpoints are written by Segmenter.save()")
+    if 8 + header_len > size:
+        raise CheckpointError(f"{path}: file is truncated (header says {header_len} bytes, file has {size}); "
+                              "copy it again or re-export the model")
+
+
+def _load_json(path: Path, meta: dict, key: str, *, required: bool = True, default=None):
+    if key not in meta:
+        if required:
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}; the file is damaged or foreign")
+        return default
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata {key!r} is not valid JSON ({exc})") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
+    """Read and validate a napari-dfa checkpoint without unpickling anything."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own exception types
+        raise CheckpointError(f"{path}: malformed or truncated .safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: a .safetensors file but not a napari-dfa checkpoint (no format marker); "
+            "encoder weights (e.g. converted SAM weights) go into a model config's encoder_weights instead"
+        )
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported "
+                              f"by this napari-dfa (reads 1..{FORMAT_VERSION}); upgrade napari-dfa")
+    try:
+        config = ModelConfig.from_json(meta.get("config", ""), source=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: invalid model config in checkpoint ({exc})") from None
+    k = config.num_classes
+    names = _load_json(path, meta, "class_names")
+    colors = _load_json(path, meta, "class_colors")
+    freqs = _load_json(path, meta, "frequencies")
+    for key, value in (("class_names", names), ("class_colors", colors), ("frequencies", freqs)):
+        if not isinstance(value, list) or len(value) != k:
+            raise CheckpointError(f"{path}: {key} must list {k} entries (one per class), found {value!r}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the tensors ({exc}); the file is truncated or damaged") from None
+    return CheckpointContents(
+        path=path,
+        config=config,
+        state_dict=state,
+        class_names=[str(n) for n in names],
+        class_colors=[tuple(int(v) for v in c) for c in colors],
+        frequencies=np.asarray(freqs, dtype=np.float64),
+        mpp=_load_json(path, meta, "mpp", required=False),
+        provenance=_load_json(path, meta, "provenance", required=False, default={}),
+        bias_history=_load_json(path, meta, "bias_history", required=False, default=[]),
+        extra=_load_json(path, meta, "extra", required=False, default={}),
+    )
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model``, refusing missing, unexpected or wrongly shaped tensors."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
+        raise CheckpointError(f"{path}: the tensors do not match the model config stored in the file: "
+                              + "; ".join(parts))
+    model.load_state_dict(state, strict=True)

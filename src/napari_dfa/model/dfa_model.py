@@ -1,0 +1,100 @@
+"""DFASegModel composes encoder → FPN pixel decoder → DFA decoder; ``build_model`` makes one from a config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bias import ClassBias
+from .config import ModelConfig
+from .decoder import DFADecoder
+from .encoder import build_encoder
+from .pixel_decoder import FPNPixelDecoder
+
+log = logging.getLogger(__name__)
+
+# ImageNet statistics (SAM uses the same, scaled to 0–255).
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+class DFASegModel(nn.Module):
+    """Semantic segmentation with one class token per class and a per-class attention bias.
+
+    Arguments:
+      config (ModelConfig): the configuration the parts were built from (kept for checkpoints).
+      encoder (nn.Module): image encoder, features at strides 4, 8, 16, 32 (``out_channels``).
+      pixel_decoder (FPNPixelDecoder): features → stride-4 mask features, stride-16 memory.
+      decoder (DFADecoder): the two-way class-token decoder and mask head.
+      bias (ClassBias): b_c of the pixel → token attention.
+    """
+
+    def __init__(self, *, config: ModelConfig, encoder: nn.Module, pixel_decoder: FPNPixelDecoder,
+                 decoder: DFADecoder, bias: ClassBias):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.pixel_decoder = pixel_decoder
+        self.decoder = decoder
+        self.bias = bias
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> dict:
+        """Arguments: x, B×3×H×W float in [0, 1], H and W multiples of ``config.input_multiple``.
+
+        Returns: dict with ``logits`` (B×K×H×W, channel k = label k + 1) and ``attention``
+        (the last layer's pixel → class attention averaged over heads, B×K×H/16×W/16, summing to 1
+        over classes; None unless ``return_attention``).
+        """
+        size = x.shape[-2:]
+        if size[0] % 32 or size[1] % 32:
+            raise ValueError(f"input height and width must be multiples of 32, got {tuple(size)}")
+        x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        features = self.encoder(x)
+        mask_features, memory = self.pixel_decoder(features)
+        masks, focus = self.decoder(memory, mask_features, self.bias())
+        logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        return {"logits": logits, "attention": focus if return_attention else None}
+
+    def set_encoder_frozen(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the encoder part that holds pretrained weights."""
+        part = self.encoder.freezable() if hasattr(self.encoder, "freezable") else self.encoder
+        for p in part.parameters():
+            p.requires_grad_(not frozen)
+
+
+def build_model(config: ModelConfig, *, frequencies: Sequence[float] | None = None,
+                load_encoder_weights: bool = True) -> DFASegModel:
+    """A fresh model for ``config``.
+
+    Arguments:
+      config (ModelConfig): sizes and bias mode.
+      frequencies (sequence of K floats | None): training-pixel frequency f_c of every class; the
+        cffa / anchored prior and δ's warm start come from it. None: uniform (δ starts at 0).
+      load_encoder_weights (bool): load ``config.encoder_weights``; False when a checkpoint
+        that already holds every weight is being restored.
+    """
+    encoder = build_encoder(config, load_weights=load_encoder_weights)
+    pixel_decoder = FPNPixelDecoder(in_channels=tuple(encoder.out_channels), dim=config.pixel_dim,
+                                    memory_dim=config.decoder_dim)
+    decoder = DFADecoder(num_classes=config.num_classes, dim=config.decoder_dim, depth=config.decoder_depth,
+                         heads=config.decoder_heads, mlp_dim=config.decoder_mlp_dim, mask_dim=config.pixel_dim)
+    bias = ClassBias(num_classes=config.num_classes, mode=config.bias_mode, gamma=config.gamma,
+                     delta_init_scale=config.delta_init_scale, frequencies=frequencies,
+                     difficulty_dice=config.difficulty_dice)
+    model = DFASegModel(config=config, encoder=encoder, pixel_decoder=pixel_decoder, decoder=decoder, bias=bias)
+    if config.freeze_encoder:
+        model.set_encoder_frozen(True)
+    n = sum(p.numel() for p in model.parameters())
+    log.debug("built %s model (%s encoder, bias %s): %d parameters", config.preset, config.encoder,
+              config.bias_mode, n)
+    return model

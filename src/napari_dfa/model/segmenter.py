@@ -1,0 +1,244 @@
+"""Segmenter: the user-facing facade over a DFA model (predictor style), and ``load_model``.
+
+Callers hand it RGB ``uint8`` arrays and get labels or logits back; they never normalise, pad or
+move tensors themselves. It also carries what a checkpoint knows besides weights: class names and
+colours, f_c, the microns per pixel the model was trained at and provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, DataError
+from .checkpoint import load_state_checked, read_checkpoint, write_checkpoint
+from .config import ModelConfig
+from .dfa_model import DFASegModel, build_model
+from .device import resolve_device
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo.safetensors"
+_RESERVED = ("provenance", "bias_history", "source")
+
+
+def _default_colors(k: int) -> list[tuple[int, int, int]]:
+    import colorsys
+
+    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(k, 1), 0.7, 0.95)) for i in range(k)]
+
+
+class Segmenter:
+    """A DFA model ready to segment RGB tiles.
+
+    Arguments:
+      model (DFASegModel): the network (its ``config`` is the Segmenter's config).
+      class_names (sequence of K str | None): names of labels 1..K; None: ``class 1`` ...
+      class_colors (sequence of K RGB triples | None): display colours; None: evenly spaced hues.
+      frequencies (sequence of K floats | None): f_c; None: what the model's bias holds.
+      mpp (float | None): microns per pixel the model was trained at.
+      metadata (dict | None): ``provenance``, ``bias_history``, ``source`` and any other JSON.
+      device (str | torch.device): where the model runs ("auto" picks CUDA, MPS, CPU).
+    """
+
+    def __init__(self, model: DFASegModel, *, class_names: Sequence[str] | None = None,
+                 class_colors: Sequence[tuple[int, int, int]] | None = None,
+                 frequencies: Sequence[float] | None = None, mpp: float | None = None,
+                 metadata: dict | None = None, device: str | torch.device = "cpu"):
+        k = model.config.num_classes
+        self.model = model
+        self.class_names = list(class_names) if class_names is not None else [f"class {i + 1}" for i in range(k)]
+        self.class_colors = ([tuple(int(v) for v in c) for c in class_colors] if class_colors is not None
+                             else _default_colors(k))
+        if len(self.class_names) != k or len(self.class_colors) != k:
+            raise DataError(f"a {k}-class model needs {k} class names and colours, got "
+                            f"{len(self.class_names)} and {len(self.class_colors)}")
+        if frequencies is not None:
+            # Only stores f_c; a trained δ is never overwritten by a warm start here.
+            model.bias.set_frequencies(frequencies, warm_start=False)
+        self.mpp = None if mpp is None else float(mpp)
+        self.metadata = dict(metadata or {})
+        self.metadata.setdefault("provenance", {})
+        self.metadata.setdefault("bias_history", [])
+        self.device = torch.device("cpu")
+        self.to(device)
+        self.model.eval()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, class_names=None, class_colors=None, frequencies=None,
+                    mpp=None, metadata=None, device="cpu") -> Segmenter:
+        """A fresh (untrained) model; δ is warm-started from ``frequencies``."""
+        model = build_model(config, frequencies=frequencies)
+        return cls(model, class_names=class_names, class_colors=class_colors, mpp=mpp,
+                   metadata=metadata, device=device)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def frequencies(self) -> np.ndarray:
+        return self.model.bias.frequencies.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def input_multiple(self) -> int:
+        return self.config.input_multiple
+
+    @property
+    def context(self) -> int:
+        return self.config.context
+
+    def __repr__(self) -> str:
+        return (f"Segmenter(preset={self.config.preset!r}, classes={self.class_names}, "
+                f"bias_mode={self.config.bias_mode!r}, mpp={self.mpp}, device={self.device})")
+
+    # -- device -------------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> Segmenter:
+        """Move the model to ``device`` ("auto", "cuda", "mps", "cpu"); returns self."""
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            # Convolutions run faster on channels-last tensors with cuDNN.
+            self.model.to(memory_format=torch.channels_last)
+        return self
+
+    # -- bias -----------------------------------------------------------------------------------
+    def class_bias(self) -> np.ndarray:
+        """The effective b_c (K floats) the decoder adds to the pixel → class logits."""
+        with torch.no_grad():
+            return self.model.bias().detach().cpu().numpy().astype(np.float64)
+
+    def prior_bias(self) -> np.ndarray:
+        """γ·log(1 − f_c) − mean over classes: the frequency prior δ is warm-started from."""
+        with torch.no_grad():
+            return self.model.bias.centred_prior().detach().cpu().numpy().astype(np.float64)
+
+    def record_bias(self, **info: Any) -> dict:
+        """Append the current b_c (by class name) to ``metadata["bias_history"]`` with ``info``
+        (e.g. ``epoch=3, phase="finetune"``); trainers call it once per epoch. Returns the entry."""
+        entry = {**info, "bias": [float(b) for b in self.class_bias()]}
+        self.metadata["bias_history"].append(entry)
+        return entry
+
+    # -- inference ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return contextlib.nullcontext()
+
+    def predict_logits(self, batch, *, attention: bool = False) -> dict:
+        """Arguments: batch, uint8 B×H×W×3 (numpy or torch; H×W×3 is taken as a batch of one).
+
+        Returns: dict with ``logits`` (float32 B×K×H×W torch tensor on ``device``; channel k =
+        label k + 1) and ``attention`` (per-class focus maps B×K×H×W summing to 1 over classes,
+        or None). H and W need not be multiples of ``input_multiple``: the batch is reflect-padded
+        and the outputs cropped back.
+        """
+        x = torch.as_tensor(batch) if not isinstance(batch, torch.Tensor) else batch
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise DataError(f"expected RGB uint8 images of shape B×H×W×3, got shape {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            raise DataError(f"expected uint8 RGB images, got dtype {x.dtype}; convert with skimage/numpy first")
+        h, w = x.shape[1:3]
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        m = self.input_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            # Reflect keeps tissue texture at the border; it needs the pad smaller than the image.
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            out = self.model(x, return_attention=attention)
+        logits = out["logits"][:, :, :h, :w].float()
+        focus = None
+        if attention:
+            focus = F.interpolate(out["attention"].float(), size=x.shape[-2:], mode="bilinear",
+                                  align_corners=False)[:, :, :h, :w]
+        return {"logits": logits, "attention": focus}
+
+    def predict(self, rgb) -> np.ndarray:
+        """Arguments: rgb, an H×W×3 uint8 image (numpy or torch).
+
+        Returns: H×W uint8 labels 1..K (argmax over classes). Whole-slide images go through
+        ``napari_dfa.inference.segment``, which tiles; this runs the image in one pass.
+        """
+        arr = np.asarray(rgb)
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise DataError(f"predict expects an H×W×3 RGB image, got shape {arr.shape}")
+        logits = self.predict_logits(arr[None])["logits"]
+        return (logits.argmax(dim=1)[0] + 1).to(torch.uint8).cpu().numpy()
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, provenance: dict | None = None,
+             dtype: torch.dtype | None = None) -> Path:
+        """Write the model as one ``.safetensors`` checkpoint (atomic: temp file + rename).
+
+        Arguments:
+          path: destination ``.safetensors`` file.
+          provenance (dict | None): e.g. ``{"data": ..., "corrections": ...}``; merged over
+            ``{"parent": <file this model was loaded from>}``; ``created`` and ``napari_dfa_version``
+            are always set. None keeps the provenance the model was loaded with.
+          dtype: e.g. ``torch.float16`` to halve the file (default: exact float32).
+        """
+        from .. import __version__
+
+        if provenance is None:
+            prov = dict(self.metadata.get("provenance") or {})
+        else:
+            prov = {"parent": self.metadata.get("source"), **provenance}
+        if provenance is not None or not prov:
+            # New provenance: stamp it. Re-saving a loaded model unchanged keeps its stamp.
+            prov.setdefault("parent", self.metadata.get("source"))
+            prov["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            prov["napari_dfa_version"] = __version__
+        extra = {k: v for k, v in self.metadata.items() if k not in _RESERVED}
+        out = write_checkpoint(path, self.model.state_dict(), config=self.config, class_names=self.class_names,
+                               class_colors=self.class_colors, frequencies=self.frequencies, mpp=self.mpp,
+                               provenance=prov, bias_history=self.metadata.get("bias_history"), extra=extra,
+                               dtype=dtype)
+        self.metadata["provenance"] = prov
+        return out
+
+
+def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = "cpu") -> Segmenter:
+    """Load a checkpoint (``.safetensors`` path) or a bundled model by name (``"demo"``).
+
+    Never unpickles; a foreign, malformed or mismatching file raises CheckpointError naming it.
+    """
+    if str(path_or_name) == "demo":
+        path = DEMO_MODEL
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: the bundled demo model is missing from this installation; reinstall napari-dfa "
+                "or train one with `napari-dfa train --config training/synthetic.toml`"
+            )
+    else:
+        path = Path(path_or_name).expanduser()
+    contents = read_checkpoint(path)
+    model = build_model(contents.config, load_encoder_weights=False)
+    load_state_checked(model, contents.state_dict, path)
+    metadata = {**contents.extra, "provenance": contents.provenance, "bias_history": contents.bias_history,
+                "source": str(path)}
+    seg = Segmenter(model, class_names=contents.class_names, class_colors=contents.class_colors,
+                    mpp=contents.mpp, metadata=metadata, device=device)
+    log.info("loaded %s from %s", seg, path)
+    return seg
