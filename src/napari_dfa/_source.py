@@ -1,0 +1,124 @@
+"""What :func:`napari_dfa.inference.segment` reads from: a Slide level or an in-memory/dask image.
+
+Every read returns exactly the requested box as ``h×w×3 uint8``; a failure becomes a
+:class:`SlideError` naming the file (or "the image" for arrays).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from .errors import ConfigError, DataError, DFAError, SlideError
+
+logger = logging.getLogger(__name__)
+
+
+def _is_slide(obj) -> bool:
+    return hasattr(obj, "levels") and hasattr(obj, "downsamples")
+
+
+class Source:
+    """A readable working level.
+
+    Arguments:
+      data: the Slide, numpy array or dask array.
+      level: pyramid level (0 for arrays).
+    """
+
+    def __init__(self, *, data, level: int = 0):
+        self.slide = data if _is_slide(data) else None
+        if self.slide is not None:
+            self.name = str(getattr(self.slide, "path", "slide"))
+            n = len(self.slide.levels)
+            if not isinstance(level, (int, np.integer)) or not 0 <= int(level) < n:
+                raise ConfigError(f"{self.name}: level {level!r} does not exist (the slide has levels 0..{n - 1})")
+            self.level = int(level)
+            self.array = self.slide.levels[self.level]
+            self.downsample = float(self.slide.downsamples[self.level])
+            self.mpp = self.slide.level_mpp(self.level) if hasattr(self.slide, "level_mpp") else None
+        else:
+            self.name = "the image"
+            if level not in (0, "auto"):
+                raise ConfigError(f"level={level!r}: an array has only level 0")
+            self.level = 0
+            self.array = data
+            self.downsample = 1.0
+            self.mpp = None
+        shape = tuple(getattr(self.array, "shape", ()))
+        if len(shape) != 3 or shape[2] != 3 or np.dtype(self.array.dtype) != np.uint8:
+            raise DataError(f"{self.name}: expected a Y×X×3 uint8 RGB image, got shape {shape} "
+                            f"dtype {getattr(self.array, 'dtype', '?')}")
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    def check_region(self, region) -> tuple[int, int, int, int]:
+        """Validate a (y0, x0, h, w) region in this level's pixels (None: the whole level)."""
+        H, W = self.shape
+        if region is None:
+            return (0, 0, H, W)
+        try:
+            y0, x0, h, w = (int(v) for v in region)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.name}: region must be (y0, x0, height, width), got {region!r}") from None
+        if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+            raise ConfigError(f"{self.name}: region {(y0, x0, h, w)} lies outside level {self.level} "
+                              f"({H}×{W} pixels); give y0,x0,height,width inside it")
+        return (y0, x0, h, w)
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Pixels of the box (working-level coordinates), as a contiguous h×w×3 uint8 array."""
+        try:
+            if self.slide is not None and hasattr(self.slide, "read_region"):
+                out = self.slide.read_region(self.level, (y, x, h, w))
+            else:
+                out = self.array[y : y + h, x : x + w]
+                if hasattr(out, "compute"):
+                    # Our reader threads already run in parallel: no nested dask thread pool.
+                    out = out.compute(scheduler="synchronous")
+            out = np.ascontiguousarray(out, dtype=np.uint8)
+        except DFAError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any backend failure becomes one clear error
+            raise SlideError(f"{self.name}: cannot read level {self.level} box {(y, x, h, w)} ({exc})") from exc
+        if out.shape != (h, w, 3):
+            raise SlideError(f"{self.name}: read of {(y, x, h, w)} returned shape {out.shape}")
+        return out
+
+    def read_padded(self, y: int, x: int, h: int, w: int, th: int, tw: int) -> np.ndarray:
+        """Read h×w pixels and pad them (mirrored) to a th×tw forward-pass tile."""
+        tile = self.read(y, x, h, w)
+        if (h, w) != (th, tw):
+            tile = np.pad(tile, ((0, th - h), (0, tw - w), (0, 0)), mode="symmetric")
+        return tile
+
+    def low_resolution(self, factor: float):
+        """A coarse view of the working level about ``factor`` times smaller, and its exact factor
+        (working pixels per view pixel). Uses a stored coarser level when the slide has one."""
+        factor = max(1.0, factor)
+        if self.slide is not None:
+            base = self.downsample
+            best = None
+            for k in range(self.level, len(self.slide.levels)):
+                rel = float(self.slide.downsamples[k]) / base
+                # The coarsest level not coarser than about twice the wanted factor.
+                if rel <= 2 * factor and (best is None or rel > best[1]):
+                    best = (k, rel)
+            if best is not None and best[1] >= factor / 2:
+                return self.slide.levels[best[0]], best[1]
+        step = max(1, int(math.floor(factor)))
+        return _Strided(self.array, step), float(step)
+
+
+class _Strided:
+    """``array[::step, ::step]`` sliced lazily (so only the wanted box is read)."""
+
+    def __init__(self, array, step: int):
+        self.array, self.step = array, step
+
+    def __getitem__(self, key):
+        ys, xs = key
+        s = self.step
+        out = self.array[ys.start * s : ys.stop * s : s, xs.start * s : xs.stop * s : s]
+        return out.compute() if hasattr(out, "compute") else out

@@ -1,0 +1,98 @@
+"""A cheap tissue mask so that inference skips empty glass.
+
+Glass in bright-field H&E is bright and grey; stained tissue is saturated (pink/purple) or dark.
+A pixel is tissue when its chroma ``max(RGB) - min(RGB)`` reaches :data:`MIN_CHROMA` or its
+brightness falls below :data:`MAX_BRIGHTNESS` (dark, unstained-looking tissue, debris). The mask is
+computed on a low-resolution view (a coarse pyramid level, or a strided subsample), then a tile is
+skipped when no tissue pixel lies in its footprint (one mask pixel of margin). Tiles that are
+skipped get label 0 ("no prediction").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MIN_CHROMA = 18
+MAX_BRIGHTNESS = 200
+# The low-resolution view is at most about this many pixels on its longer side.
+MASK_SIZE = 2048
+
+
+def tissue_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask (Y×X) of an RGB uint8 image (Y×X×3)."""
+    rgb = np.asarray(rgb)
+    hi = rgb.max(axis=-1).astype(np.int16)
+    lo = rgb.min(axis=-1).astype(np.int16)
+    return ((hi - lo) >= MIN_CHROMA) | (hi < MAX_BRIGHTNESS)
+
+
+class TissueMask:
+    """Tissue mask over a region, queried in region pixels.
+
+    Arguments:
+      mask: boolean Y'×X' mask of the region at a lower resolution.
+      scale: region pixels per mask pixel (along y and x).
+    """
+
+    def __init__(self, *, mask: np.ndarray, scale: tuple[float, float]):
+        self.mask = np.asarray(mask, dtype=bool)
+        self.scale = scale
+        # Summed-area table: any-tissue-in-a-box in O(1).
+        self._sat = np.pad(self.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def any_in(self, y: int, x: int, h: int, w: int) -> bool:
+        """Whether a box (region pixels) holds tissue, with one mask pixel of margin."""
+        sy, sx = self.scale
+        my, mx = self.mask.shape
+        y0 = max(0, int(math.floor(y / sy)) - 1)
+        x0 = max(0, int(math.floor(x / sx)) - 1)
+        y1 = min(my, int(math.ceil((y + h) / sy)) + 1)
+        x1 = min(mx, int(math.ceil((x + w) / sx)) + 1)
+        if y1 <= y0 or x1 <= x0:
+            return False
+        s = self._sat
+        return bool(s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] > 0)
+
+
+def tissue_mask_for(source, region: tuple[int, int, int, int]) -> TissueMask:
+    """Tissue mask of ``region`` (y0, x0, h, w, in the source's working-level pixels).
+
+    ``source`` is an :class:`napari_dfa.inference._Source`: it offers the coarse pyramid levels
+    of a slide when there are any, else the working level is subsampled with a stride.
+    """
+    y0, x0, h, w = region
+    low, factor = source.low_resolution(max(h, w) / MASK_SIZE)
+    # The region in the low-resolution view's pixels (factor = working pixels per low pixel).
+    ly0, lx0 = int(y0 // factor), int(x0 // factor)
+    ly1 = max(ly0 + 1, int(math.ceil((y0 + h) / factor)))
+    lx1 = max(lx0 + 1, int(math.ceil((x0 + w) / factor)))
+    view = np.asarray(low[ly0:ly1, lx0:lx1])
+    mask = tissue_from_rgb(view)
+    logger.debug("tissue mask %s at 1/%.1f: %.1f%% tissue", mask.shape, factor, 100 * mask.mean())
+    # Mask pixel k covers working pixels [(ly0 + k) * factor, ...); re-express in region pixels.
+    tm = TissueMask(mask=mask, scale=(factor, factor))
+    if ly0 * factor != y0 or lx0 * factor != x0:
+        # Shift the grid: pad so that mask index 0 starts at the region's origin (conservative).
+        tm = _ShiftedMask(tm, offset=(y0 - ly0 * factor, x0 - lx0 * factor))
+    return tm
+
+
+class _ShiftedMask(TissueMask):
+    """A TissueMask whose mask origin sits ``offset`` working pixels before the region origin."""
+
+    def __init__(self, base: TissueMask, *, offset: tuple[float, float]):
+        super().__init__(mask=base.mask, scale=base.scale)
+        self.offset = offset
+
+    def any_in(self, y: int, x: int, h: int, w: int) -> bool:
+        oy, ox = self.offset
+        return super().any_in(int(y + oy), int(x + ox), h, w)

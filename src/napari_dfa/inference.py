@@ -1,0 +1,323 @@
+"""Whole-slide inference: tiled, seamless, bounded memory, cancellable and resumable (no Qt).
+
+:func:`segment` runs a :class:`~napari_dfa.model.Segmenter` over a region (or the whole level) of
+a slide or an image:
+
+1. a tile grid with overlap (:mod:`._tiling`); tiles over glass are skipped using a tissue mask
+   from a coarse level (:mod:`._tissue`) and get label 0;
+2. tiles are read by a thread pool a few tiles ahead of the model, batched within a tile row,
+   run under ``torch.inference_mode`` (autocast to float16 on CUDA);
+3. **logits** are blended with a raised-cosine window (:mod:`._blend`). Logits rather than
+   softmax probabilities: a weighted mean of logits is the log-linear pool of the tiles'
+   predictions, costs no softmax per tile, and the argmax needs no normalisation; probabilities,
+   when asked for, are the softmax of the blended logits;
+4. finished cells become uint8 labels at once, and whole chunk rows are written to the OME-Zarr
+   store by a writer thread (:mod:`._zarr_out`), which records the rows done after each write.
+   Float accumulators exist only for the cells under tiles in flight (the overlap strip of one
+   tile row), so memory does not grow with the slide's height, and only by the strip with its width.
+
+Resume restarts at the first tile row that reaches below the rows already written and recomputes
+it with the same batches, so a resumed run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._blend import CellBlender, MemorySink, ZarrSink
+from ._source import Source, _is_slide
+from ._tiling import TileGrid
+from ._tissue import tissue_mask_for
+from ._zarr_out import LabelsStore
+from .errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` produced.
+
+    ``labels`` is h×w uint8 over the region at ``level`` (a numpy array, or the store's level-0
+    zarr array when written to disk). Display it with ``scale=(downsample, downsample)`` and
+    ``translate=translate`` (level-0 pixels)."""
+
+    labels: Any
+    level: int
+    region: tuple[int, int, int, int]
+    downsample: float
+    translate: tuple[float, float]
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    probabilities: Any = None
+    uncertainty: Any = None
+    focus: Any = None
+    path: Path | None = None
+    completed: bool = True
+    tiles_done: int = 0
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+    seconds: float = 0.0
+
+
+def model_fingerprint(model) -> str:
+    """A cheap identity of a model's weights and classes (resume refuses a different model)."""
+    import torch
+
+    h = hashlib.sha1(json.dumps([list(model.class_names), repr(getattr(model, "config", ""))]).encode())
+    with torch.no_grad():
+        for name, p in model.model.state_dict().items():
+            h.update(name.encode())
+            h.update(f"{tuple(p.shape)}:{float(p.double().sum()):.12e}:{float(p.double().abs().sum()):.12e}".encode())
+    return h.hexdigest()[:16]
+
+
+def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, device="auto", out=None,
+            progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
+            tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
+            read_workers: int = 2, channels_last: bool | None = None) -> SegmentResult:
+    """Segment a slide level (or a region of it) tile by tile.
+
+    Arguments:
+      slide_or_array: a :class:`~napari_dfa.slide.Slide`, a path to one, or a Y×X×3 uint8
+        numpy/dask array.
+      model: a :class:`~napari_dfa.model.Segmenter`, or a checkpoint path / ``"demo"``.
+      level: pyramid level, or ``"auto"`` for the level closest to the model's microns per pixel.
+      region: (y0, x0, height, width) in ``level`` pixels; None for the whole level.
+      tile: forward-pass tile edge (a multiple of the model's ``input_multiple``).
+      overlap: pixels shared by neighbouring tiles (blended); at least the model's context helps.
+      device: "auto" | "cuda" | "mps" | "cpu" (the model is moved there).
+      out: None for in-memory arrays, or a path for an OME-Zarr labels store.
+      progress: ``progress(done, total, eta=seconds, skipped=n)`` after every batch.
+      cancel: ``cancel() -> bool``; when it turns true the run stops after the current batch,
+        keeps what was written and returns with ``completed=False``.
+      resume: continue the store at ``out`` from the rows already written (same settings).
+      tissue_mask: skip tiles over glass (label 0 there).
+      outputs: any of "labels", "probabilities", "uncertainty", "focus".
+      batch_size: tiles per forward pass (default 8 on GPUs, 2 on CPU).
+      chunk: chunk edge of the zarr store.
+      read_workers: threads reading tiles ahead of the model.
+      channels_last: convert the model to channels-last memory format (None: leave it as it is).
+
+    Returns:
+      a :class:`SegmentResult`.
+    """
+    import torch
+
+    from .model import load_model
+    from .model.device import resolve_device
+
+    t_start = time.perf_counter()
+    opened = None
+    if isinstance(slide_or_array, (str, Path)):
+        from .slide import open_slide
+
+        slide_or_array = opened = open_slide(slide_or_array)
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    try:
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ConfigError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
+        if level == "auto":
+            level = _auto_level(slide_or_array, model)
+        src = Source(data=slide_or_array, level=level)
+        region = src.check_region(region)
+        dev = resolve_device(device)
+        model.to(dev)
+        if channels_last is not None:
+            model.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        multiple = int(getattr(model, "input_multiple", 32))
+        grid = TileGrid(height=region[2], width=region[3], tile=int(tile), overlap=int(overlap), multiple=multiple)
+        k = len(model.class_names)
+        extras = {n: (0 if n == "uncertainty" else k) for n in outputs if n != "labels"}
+        settings = dict(level=src.level, region=list(region), tile=int(tile), overlap=int(overlap),
+                        tissue_mask=bool(tissue_mask), model=model_fingerprint(model) if out is not None else None)
+
+        store, start_row = None, 0
+        if out is not None:
+            store, start_row = _open_store(out, resume, src, region, model, extras, settings, chunk)
+            if store.completed:
+                logger.info("%s: already complete, nothing to resume", store.path)
+                return _result(src, region, model, store=store, sink=None, done=grid.total, total=grid.total,
+                               skipped=0, completed=True, seconds=time.perf_counter() - t_start)
+            sink = ZarrSink(store=store, start=start_row, extras=extras)
+        else:
+            sink = MemorySink(shape=(region[2], region[3]), extras=extras)
+        blender = CellBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink)
+
+        skip = np.zeros((grid.rows, grid.cols), dtype=bool)
+        if tissue_mask:
+            tm = tissue_mask_for(src, region)
+            for i in range(grid.rows):
+                for j in range(grid.cols):
+                    y, x, h, w = grid.tile_box(i, j)
+                    skip[i, j] = not tm.any_in(y, x, h, w)
+        first_row = grid.first_row_touching(start_row) if start_row else 0
+        run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
+                      batch_size=batch_size or (8 if dev.type != "cpu" else 2), read_workers=read_workers,
+                      want_focus="focus" in outputs, progress=progress, cancel=cancel)
+        try:
+            completed = run.run(first_row)
+        finally:
+            sink.close()
+        if store is not None and completed:
+            store.finish()
+        logger.info("segment: %d tiles (%d skipped as glass) in %.1f s", run.done, int(skip.sum()),
+                    time.perf_counter() - t_start)
+        return _result(src, region, model, store=store, sink=sink, done=run.done, total=grid.total,
+                       skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _auto_level(data, model) -> int:
+    mpp = getattr(model, "mpp", None)
+    if not _is_slide(data) or mpp is None or getattr(data, "mpp", None) is None:
+        logger.info("level='auto': no microns per pixel known for the model or the image; using level 0")
+        return 0
+    return int(data.best_level_for_mpp(mpp))
+
+
+def _open_store(out, resume, src, region, model, extras, settings, chunk):
+    path = Path(out)
+    if resume and path.exists():
+        store = LabelsStore.open(path)
+        info = store.info
+        stored = {key: info.get(key) for key in settings}
+        if stored != settings or sorted(info.get("extras", [])) != sorted(extras):
+            raise ConfigError(f"{path}: cannot resume, the store was written with other settings "
+                              f"({stored}, outputs {info.get('extras')}); rerun without --resume to start over")
+        logger.info("%s: resuming after %d of %d rows", path, store.rows_done, region[2])
+        return store, store.rows_done
+    translate = (region[0] * src.downsample, region[1] * src.downsample)
+    store = LabelsStore.create(path, shape=(region[2], region[3]), class_names=model.class_names,
+                               class_colors=model.class_colors, chunk=chunk, downsample=src.downsample,
+                               translate=translate, extras=extras,
+                               info=dict(settings, source=src.name, mpp=src.mpp))
+    return store, 0
+
+
+def _result(src, region, model, *, store, sink, done, total, skipped, completed, seconds) -> SegmentResult:
+    res = SegmentResult(
+        labels=None, level=src.level, region=tuple(region), downsample=src.downsample,
+        translate=(region[0] * src.downsample, region[1] * src.downsample),
+        class_names=list(model.class_names), class_colors=[tuple(c) for c in model.class_colors],
+        completed=completed, tiles_done=done, tiles_total=total, tiles_skipped=skipped, seconds=seconds)
+    if store is not None:
+        res.path = store.path
+        res.labels = store.labels
+        for name in ("probabilities", "uncertainty", "focus"):
+            setattr(res, name, store.extra(name))
+    else:
+        res.labels = sink.labels
+        for name, arr in sink.extras.items():
+            setattr(res, name, arr)
+    return res
+
+
+class _Runner:
+    """The tile loop: prefetching reads, batched forward passes, blending, progress and cancel."""
+
+    def __init__(self, *, src: Source, region, grid: TileGrid, model, device, blender: CellBlender,
+                 skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool,
+                 progress, cancel):
+        self.src, self.region, self.grid, self.model = src, region, grid, model
+        self.device, self.blender, self.skip = device, blender, skip
+        self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(1, read_workers), want_focus
+        self.progress, self.cancel = progress, cancel
+        self.done = 0
+
+    def _read(self, i: int, j: int) -> np.ndarray:
+        y, x, h, w = self.grid.tile_box(i, j)
+        th, tw = self.grid.tile_shape
+        return self.src.read_padded(self.region[0] + y, self.region[1] + x, h, w, th, tw)
+
+    def run(self, first_row: int) -> bool:
+        import torch
+
+        grid = self.grid
+        # Tiles of rows above the resume point count as done; they add nothing (their rows are final).
+        for i in range(first_row):
+            for j in range(grid.cols):
+                self.blender.add_tile(i, j, None, None)
+        self.done = first_row * grid.cols
+        batches: list[tuple[int, list[int]]] = []
+        for i in range(first_row, grid.rows):
+            todo = [j for j in range(grid.cols) if not self.skip[i, j]]
+            if not todo:
+                batches.append((i, []))
+            for b in range(0, len(todo), self.batch_size):
+                batches.append((i, todo[b : b + self.batch_size]))
+        t0, computed = time.perf_counter(), 0
+        pool = ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="napari-dfa-read")
+        queue: deque = deque()
+        flat = [(i, j) for i, js in batches for j in js]
+        ahead = max(2 * self.batch_size, self.read_workers * 2)
+        pos = 0
+        try:
+            for row_pos, (i, js) in enumerate(batches):
+                if self.cancel is not None and self.cancel():
+                    logger.info("segment cancelled after %d of %d tiles", self.done, grid.total)
+                    return False
+                while pos < len(flat) and len(queue) < ahead + len(js):
+                    queue.append(pool.submit(self._read, *flat[pos]))
+                    pos += 1
+                tiles = [queue.popleft().result() for _ in js]
+                if tiles:
+                    self._forward(i, js, tiles, torch)
+                    computed += len(js)
+                # Glass tiles of this row are finished whenever the row's first batch is.
+                if not any(b[0] == i for b in batches[row_pos + 1 :]):
+                    for j in range(grid.cols):
+                        if self.skip[i, j]:
+                            self.blender.add_tile(i, j, None, None)
+                            self.done += 1
+                self.blender.sink.advance(self.blender.complete_rows())
+                if self.progress is not None:
+                    rate = computed / max(time.perf_counter() - t0, 1e-9)
+                    left = len(flat) - computed
+                    self.progress(self.done, grid.total, eta=left / rate if rate > 0 else None,
+                                  skipped=int(self.skip.sum()), row=i)
+            return True
+        finally:
+            for f in queue:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch) -> None:
+        batch = np.stack(tiles)
+        windows = np.stack([self.grid.window(i, j) for j in js])
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    res = self.model.predict_logits(batch, attention=self.want_focus)
+            else:
+                res = self.model.predict_logits(batch, attention=self.want_focus)
+            w = torch.from_numpy(windows).to(self.device)[:, None]
+            logits = res["logits"]
+            if logits.shape[1] != len(self.model.class_names):
+                raise DataError(f"the model returned {logits.shape[1]} channels for {len(self.model.class_names)} classes")
+            weighted = (logits.float() * w).cpu().numpy()
+            focus = None
+            if self.want_focus and res.get("attention") is not None:
+                att = res["attention"].float()
+                if att.shape[-2:] != logits.shape[-2:]:
+                    att = torch.nn.functional.interpolate(att, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+                focus = (att * w).cpu().numpy()
+        for b, j in enumerate(js):
+            self.blender.add_tile(i, j, weighted[b], windows[b], None if focus is None else focus[b])
+            self.done += 1
