@@ -69,7 +69,7 @@ def read_rgb(path: Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+                arr = np.array(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a data problem
         raise DataError(f"{path}: cannot read the image ({exc})") from None
     if arr.ndim == 2:
@@ -98,7 +98,7 @@ def read_mask(path: Path, *, num_classes: int, label_shift: int = 0) -> np.ndarr
             with Image.open(path) as im:
                 if im.mode not in ("L", "P", "I", "I;16", "1"):
                     raise DataError(f"{path}: mask must be a single-channel label image, got mode {im.mode}")
-                arr = np.asarray(im)
+                arr = np.array(im)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -100,9 +100,14 @@ class SegmentationMeter:
             self._img_mdice.append(s["mdice"])
             self._img_miou.append(s["miou"])
 
-    def merge_counts(self, cm: np.ndarray) -> None:
-        """Replace the confusion matrix by an all-reduced one (DDP)."""
-        self.cm = np.asarray(cm, dtype=np.int64)
+    def merge(self, other: "SegmentationMeter") -> None:
+        """Add another meter's counts (e.g. another DDP rank's share of the images)."""
+        self.cm += other.cm
+        self._img_dice_sum += other._img_dice_sum
+        self._img_iou_sum += other._img_iou_sum
+        self._img_count += other._img_count
+        self._img_mdice += other._img_mdice
+        self._img_miou += other._img_miou
 
     def compute(self) -> dict:
         """Dataset-level and per-image scores (see the module docstring for the names)."""
