@@ -1,0 +1,1 @@
+"""napari dock widgets (Segment, Attention bias, Fine-tune): thin Qt over the headless modules."""

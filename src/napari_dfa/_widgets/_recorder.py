@@ -1,0 +1,88 @@
+"""Write-through recording of a correction Labels layer into the on-disk correction store.
+
+napari emits ``Labels.events.paint`` once per committed edit (a brush stroke, a fill, a polygon,
+a ``data_setitem``) with the history atoms of that edit; each atom tells which box of the array
+changed, so only that box is written. Undo/redo and replacing the data emit no paint event, so
+those write the whole (small, single-scale) layer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..corrections import CorrectionStore
+
+logger = logging.getLogger(__name__)
+
+
+def atom_box(atom, shape) -> tuple[slice, slice] | None:
+    """The (y, x) box a napari history atom touched, clipped to ``shape``."""
+    key = getattr(atom, "slice_key", None)
+    if key is not None:
+        return tuple(slice(*s.indices(n)[:2]) for s, n in zip(key[-2:], shape))
+    try:  # legacy (indices, old_values, new_values) from data_setitem
+        indices = atom[0]
+        if isinstance(indices, tuple) and len(indices) >= 2:
+            ys, xs = np.asarray(indices[-2]), np.asarray(indices[-1])
+            if ys.size == 0:
+                return None
+            return (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
+    except (TypeError, IndexError):
+        pass
+    return None
+
+
+class CorrectionRecorder:
+    """Keeps patch ``patch`` of ``store`` equal to ``layer.data``, edit by edit.
+
+    Arguments:
+      layer: a single-scale 2-D napari Labels layer covering the patch (same shape).
+      store: the slide's :class:`CorrectionStore`.
+      patch: the :class:`~napari_dfa.corrections.CorrectionPatch` the layer shows.
+    """
+
+    def __init__(self, layer, store: CorrectionStore, patch):
+        self.layer = layer
+        self.store = store
+        self.patch = patch
+        self.writes = 0
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+        # Undo/redo change the array without a paint event: wrap them on this layer only.
+        self._undo, self._redo = layer.undo, layer.redo
+        layer.undo = self._wrap(self._undo)
+        layer.redo = self._wrap(self._redo)
+
+    def _wrap(self, fn):
+        def run():
+            fn()
+            self.flush()
+
+        return run
+
+    def _on_paint(self, event) -> None:
+        shape = self.layer.data.shape[-2:]
+        for atom in event.value:
+            box = atom_box(atom, shape)
+            if box is None:
+                self.flush()
+                return
+            block = np.asarray(self.layer.data[box])
+            self.store.write(self.patch.key, (box[0].start, box[1].start), block)
+            self.writes += 1
+
+    def _on_data(self, event=None) -> None:
+        if getattr(self.layer.data, "shape", None) == tuple(self.patch.shape):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the whole layer (after undo/redo, before fine-tuning)."""
+        self.store.write(self.patch.key, (0, 0), np.asarray(self.layer.data))
+        self.writes += 1
+
+    def disconnect(self) -> None:
+        self.layer.events.paint.disconnect(self._on_paint)
+        self.layer.events.data.disconnect(self._on_data)
+        self.layer.undo, self.layer.redo = self._undo, self._redo

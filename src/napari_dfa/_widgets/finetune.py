@@ -1,0 +1,462 @@
+"""Fine-tune widget: paint corrections by class name, train on them, see the region change.
+
+napari cannot paint multiscale labels (napari #1587), so corrections live in their own
+single-scale Labels layer over the region under review, and every stroke is written to the slide's
+:class:`~napari_dfa.corrections.CorrectionStore` as it is made. Fine-tuning
+(:func:`napari_dfa.training.finetune`) runs in a thread worker with a live loss curve; the new model
+is kept only when it does not score worse on held-out corrections (unless that guard is switched
+off), then the region is segmented again so the change shows. Every version can be rolled back.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..corrections import CorrectionStore
+from ..errors import Cancelled, DataError
+from . import _common as c
+from ._recorder import CorrectionRecorder
+
+logger = logging.getLogger(__name__)
+
+LAYER = "DFA corrections"
+
+
+class FinetuneWidget(QWidget):
+    """Dock widget: class picker, correction layer, QuPath import, Fine-tune / Cancel, loss curve,
+    Save model, roll back.
+
+    Arguments:
+      napari_viewer: the viewer (napari passes it when the widget is docked).
+      parent: optional Qt parent.
+      store_root: folder of the correction stores (default: the napari-dfa cache folder).
+    """
+
+    def __init__(self, napari_viewer, parent=None, *, store_root=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = c.session_for(napari_viewer)
+        self.store_root = store_root
+        self.recorder: CorrectionRecorder | None = None
+        self.worker = None
+        self.last_finetune = None  # FinetuneResult of the last run
+        self._cancel = threading.Event()
+        self._bridge = c.Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._losses: list[tuple[int, float, float | None]] = []
+        self._eta = c.Eta()
+
+        self.class_combo = QComboBox()
+        self.start_button = QPushButton("Correct the segmented region")
+        self.import_button = QPushButton("Import QuPath GeoJSON…")
+        self.load_button = QPushButton("Show saved corrections")
+        self.saved_label = QLabel()
+        self.saved_label.setWordWrap(True)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 5000)
+        self.steps.setValue(200)
+        self.guard = QCheckBox("Keep the new model only if it is not worse on held-out corrections")
+        self.guard.setChecked(True)
+        self.finetune_button = QPushButton("Fine-tune")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(160)
+        self.status = QLabel("Segment a region, then correct it here.")
+        self.status.setWordWrap(True)
+        self.save_button = QPushButton("Save model…")
+        self.version_combo = QComboBox()
+        self.rollback_button = QPushButton("Roll back")
+
+        form = QFormLayout()
+        form.addRow("Paint class", self.class_combo)
+        form.addRow("Steps", self.steps)
+        run = QHBoxLayout()
+        run.addWidget(self.finetune_button)
+        run.addWidget(self.cancel_button)
+        versions = QHBoxLayout()
+        versions.addWidget(self.version_combo, 1)
+        versions.addWidget(self.rollback_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.start_button)
+        layout.addLayout(form)
+        imports = QHBoxLayout()
+        imports.addWidget(self.import_button)
+        imports.addWidget(self.load_button)
+        layout.addLayout(imports)
+        layout.addWidget(self.saved_label)
+        layout.addWidget(self.guard)
+        layout.addLayout(run)
+        layout.addWidget(self.canvas)
+        layout.addWidget(self.status)
+        layout.addWidget(self.save_button)
+        layout.addWidget(QLabel("Model versions"))
+        layout.addLayout(versions)
+        layout.addStretch(1)
+
+        self.class_combo.currentIndexChanged.connect(self._on_class)
+        self.start_button.clicked.connect(self.start_corrections)
+        self.import_button.clicked.connect(self._ask_geojson)
+        self.load_button.clicked.connect(self.load_saved)
+        self.finetune_button.clicked.connect(self.finetune)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self._ask_save)
+        self.rollback_button.clicked.connect(self.rollback)
+        self.session.model_changed.connect(self._on_model_changed)
+        self.session.result_changed.connect(self._show_saved)
+        napari_viewer.layers.events.inserted.connect(self._show_saved)
+        self._on_model_changed()
+        self._draw_losses()
+        self._show_saved()
+
+    # --- where corrections go ----------------------------------------------------------------
+    def _image_pyramid(self) -> c.LayerPyramid:
+        res = self.session.result
+        name = res.image_layer if res is not None and res.image_layer in self.viewer.layers else None
+        return c.LayerPyramid(c.pick_image_layer(self.viewer, name))
+
+    def store(self, pyramid: c.LayerPyramid | None = None) -> CorrectionStore:
+        """The correction store of the current slide (created on first use)."""
+        pyramid = pyramid or self._image_pyramid()
+        names = self.session.segmenter.class_names if self.session.segmenter is not None else None
+        return CorrectionStore.for_slide(pyramid.path, root=self.store_root, class_names=names)
+
+    def _review_region(self, pyramid) -> tuple[int, tuple[int, int, int, int]]:
+        """(level, region) the correction layer covers: the last segmented region, or for a
+        whole-slide result the part of it in view (a whole level is too big to paint in memory)."""
+        res = self.session.result
+        if res is None:
+            raise DataError("Nothing segmented yet: segment a region first, then correct it")
+        if not res.whole_slide:
+            return res.level, res.region
+        return res.level, pyramid.to_level(res.level, c.visible_region(self.viewer, pyramid))
+
+    def start_corrections(self):
+        """Add (or reopen) the correction layer over the region under review; returns it."""
+        try:
+            self._need_model()
+            pyramid = self._image_pyramid()
+            level, region = self._review_region(pyramid)
+            store = self.store(pyramid)
+        except DataError as exc:
+            self._say(str(exc), error=True)
+            return None
+        patch = store.create_patch(level=level, region=region, downsample=pyramid.downsamples[level])
+        return self._show_patch(store, patch, pyramid)
+
+    def load_saved(self):
+        """Show every correction patch saved for the current slide (e.g. after a crash)."""
+        try:
+            self._need_model()
+            pyramid = self._image_pyramid()
+            store = self.store(pyramid)
+        except DataError as exc:
+            self._say(str(exc), error=True)
+            return []
+        return [self._show_patch(store, p, pyramid, name=f"{LAYER} {p.key}" if i else LAYER)
+                for i, p in enumerate(store.patches())]
+
+    def _show_patch(self, store, patch, pyramid, name: str = LAYER):
+        seg = self.session.segmenter
+        scale, translate = pyramid.placement(patch.level, patch.region)
+        data = store.read(patch.key)
+        if self.recorder is not None and self.recorder.layer.name == name:
+            self.recorder.disconnect()
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=0.8,
+                                       colormap=c.class_colormap(seg.class_colors),
+                                       features=c.class_features(seg.class_names),
+                                       metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
+        self.recorder = CorrectionRecorder(layer, store, patch)
+        layer.brush_size = max(10, min(data.shape) // 20)
+        layer.mode = "paint"
+        layer.selected_label = self.class_combo.currentIndex() + 1
+        self.viewer.layers.selection.active = layer
+        self._show_saved()
+        return layer
+
+    def _on_class(self, index: int) -> None:
+        if self.recorder is not None and index >= 0:
+            self.recorder.layer.selected_label = index + 1
+            self.recorder.layer.mode = "paint"
+
+    def set_class(self, name: str) -> None:
+        """Pick the paint class by name (case-insensitive)."""
+        names = [self.class_combo.itemText(i).lower() for i in range(self.class_combo.count())]
+        self.class_combo.setCurrentIndex(names.index(name.lower()))
+
+    def import_geojson(self, path):
+        """Rasterise a QuPath GeoJSON file of class-annotated polygons into the store and show it."""
+        try:
+            self._need_model()
+            pyramid = self._image_pyramid()
+            res = self.session.result
+            level = res.level if res is not None else pyramid.level_for(self.session.segmenter.mpp)
+            store = self.store(pyramid)
+            patch = store.import_geojson(path, level=level, downsample=pyramid.downsamples[level],
+                                         level_shape=pyramid.shapes[level])
+        except DataError as exc:
+            self._say(str(exc), error=True)
+            return None
+        layer = self._show_patch(store, patch, pyramid)
+        self._say(f"Imported {Path(path).name}: {int((layer.data > 0).sum())} corrected pixels.")
+        return layer
+
+    def _ask_geojson(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import QuPath annotations", str(Path.home()),
+                                              "GeoJSON (*.geojson *.json);;All files (*)")
+        if path:
+            self.import_geojson(path)
+
+    def _show_saved(self, event=None) -> None:
+        try:
+            pyramid = self._image_pyramid()
+            store = CorrectionStore.for_slide(pyramid.path, root=self.store_root, create=False)
+        except DataError:
+            self.saved_label.setText("No corrections saved for this slide yet.")
+            return
+        counts = store.counts()
+        names = self.session.segmenter.class_names if self.session.segmenter is not None else store.class_names
+        parts = [f"{names[k - 1] if k - 1 < len(names) else k}: {n}" for k, n in sorted(counts.items())]
+        self.saved_label.setText(f"Saved on disk ({store.path.name}): {sum(counts.values())} px"
+                                 + (f" — {', '.join(parts)}" if parts else ""))
+
+    # --- fine-tuning ----------------------------------------------------------------------------
+    def finetune(self):
+        """Train on every saved correction of this slide, then re-segment; returns the worker."""
+        if self.worker is not None:
+            return self.worker
+        try:
+            seg = self._need_model()
+            if self.recorder is not None:
+                self.recorder.flush()
+            pyramid = self._image_pyramid()
+            store = self.store(pyramid)
+            samples = store.samples(pyramid.read)
+            if not samples:
+                raise DataError("No corrections yet: pick a class and paint over the wrong labels first")
+        except DataError as exc:
+            self._say(str(exc), error=True)
+            return None
+        steps, res, guard = self.steps.value(), self.session.result, self.guard.isChecked()
+        target = self._resegment_target(res)
+        n_px = sum(int((m > 0).sum()) for _, m in samples)
+        self._cancel.clear()
+        self._losses = []
+        self._eta = c.Eta()
+        self._draw_losses()
+        self._busy(True)
+        self._say(f"Fine-tuning on {n_px} corrected pixels in {len(samples)} patch(es)…")
+        parent_source = self.session.model_source
+
+        def work():
+            from ..inference import segment
+            from ..training import finetune
+
+            def progress(step, total, **info):
+                self._bridge.progress.emit((int(step), int(total), info.get("loss"), info.get("val_loss")))
+
+            before = len(seg.metadata.get("bias_history", []))
+            result = finetune(copy.deepcopy(seg), samples, steps=steps, progress=progress,
+                              cancel=self._cancel.is_set)
+            new = result.segmenter
+            keep = bool(result.promoted) or not guard
+            relabelled = None
+            if keep:
+                if len(new.metadata.get("bias_history", [])) <= before:
+                    new.record_bias(phase="finetune", steps=steps)
+                new.metadata["provenance"] = {
+                    **dict(new.metadata.get("provenance") or {}), "parent": parent_source,
+                    "corrections": str(store.path), "slide": pyramid.path, "finetune_steps": steps,
+                    "old_score": _num(result.old_score), "new_score": _num(result.new_score)}
+                if target is not None:
+                    level, region = target
+                    relabelled = (level, region, np.asarray(segment(pyramid.level(level), new, level=0,
+                                                                    region=region).labels))
+            return result, keep, relabelled
+
+        self.worker = c.start_worker(work, on_done=self._on_finetuned,
+                                     on_error=self._on_error, on_finished=self._on_finished)
+        return self.worker
+
+    def _resegment_target(self, res):
+        """(level, region) to segment again after fine-tuning: the segmented region, or for a
+        whole-slide result the patch being corrected; None when there is nothing to refresh."""
+        if res is None or res.image_layer not in self.viewer.layers:
+            return None
+        if not res.whole_slide:
+            return res.level, res.region
+        if self.recorder is None or self.recorder.layer.name not in self.viewer.layers:
+            return None
+        p = self.recorder.patch
+        return (p.level, p.region) if p.level == res.level else None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._say("Cancelling after the current step…")
+
+    def _on_progress(self, value) -> None:
+        step, total, loss, val = value
+        if loss is not None:
+            self._losses.append((step, float(loss), None if val is None else float(val)))
+        if step == total or step % 5 == 0:
+            self._draw_losses()
+        if not self._cancel.is_set():
+            self._say(f"Fine-tuning: step {self._eta.text(step, total)}")
+
+    def _on_finetuned(self, out) -> None:
+        result, keep, relabelled = out
+        self.last_finetune = result
+        self._draw_losses()
+        scores = f"held-out score {_fmt(result.old_score)} → {_fmt(result.new_score)}"
+        if not keep:
+            self._say(f"Kept the old model: the fine-tuned one scored worse on held-out corrections "
+                      f"({scores}). Paint more, or untick the guard to use it anyway.", error=True)
+            return
+        n = sum(1 for v in self.session.versions if "fine-tune" in v["label"]) + 1
+        self.session.set_model(result.segmenter, f"{self.session.model_source} + fine-tune {n}",
+                               label=f"fine-tune {n}")
+        self.session.bias_changed.emit()
+        if relabelled is not None:
+            self._apply_relabel(*relabelled)
+        self._say(f"Fine-tuned ({scores}); the region is segmented again with the new model.")
+
+    def _apply_relabel(self, level, region, labels) -> None:
+        res = self.session.result
+        if res is None or res.labels_layer not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[res.labels_layer]
+        if not res.whole_slide:
+            layer.data = labels
+            return
+        # Whole-slide result: write the patch back into every level of the zarr pyramid.
+        y0, x0, h, w = (region[0] - res.region[0], region[1] - res.region[1], *labels.shape)
+        base = layer.data[0].shape[0]
+        for arr in layer.data:
+            f = max(1, int(round(base / arr.shape[0])))
+            sub = labels[(-y0) % f::f, (-x0) % f::f]
+            ys, xs = -(-y0 // f), -(-x0 // f)
+            sub = sub[: arr.shape[0] - ys, : arr.shape[1] - xs]
+            arr[ys:ys + sub.shape[0], xs:xs + sub.shape[1]] = sub
+        layer.refresh()
+
+    def _on_error(self, exc) -> None:
+        if isinstance(exc, Cancelled):
+            self._say("Fine-tuning cancelled; the model is unchanged.")
+            return
+        logger.debug("fine-tuning failed", exc_info=exc)
+        self._say(c.error_text(exc), error=True)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._busy(False)
+
+    def _busy(self, busy: bool) -> None:
+        self.finetune_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.rollback_button.setEnabled(not busy)
+
+    def _draw_losses(self) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        if self._losses:
+            steps = [s for s, _, _ in self._losses]
+            ax.plot(steps, [v for _, v, _ in self._losses], label="train")
+            val = [(s, v) for s, _, v in self._losses if v is not None]
+            if val:
+                ax.plot(*zip(*val), marker="o", label="held-out")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        self.canvas.draw_idle()
+
+    # --- model versions ----------------------------------------------------------------------------
+    def save_model(self, path) -> Path | None:
+        """Write the current model with its provenance (parent, corrections, scores)."""
+        try:
+            seg = self._need_model()
+            out = seg.save(path, provenance=dict(seg.metadata.get("provenance") or {}))
+        except Exception as exc:  # a full disk or a bad path must not crash napari
+            self._say(f"Could not save {path}: {c.error_text(exc)}", error=True)
+            return None
+        c.add_recent_model(str(out))
+        self._say(f"Saved {out}.")
+        return Path(out)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model", str(Path.home() / "dfa-finetuned.safetensors"),
+                                              "napari-dfa models (*.safetensors)")
+        if path:
+            self.save_model(path if path.endswith(".safetensors") else path + ".safetensors")
+
+    def rollback(self, index: int | None = None) -> None:
+        """Go back to a previous model version (default: the one picked in the list)."""
+        index = self.version_combo.currentIndex() if index is None else index
+        if not 0 <= index < len(self.session.versions):
+            self._say("No previous model version to roll back to.", error=True)
+            return
+        v = self.session.versions[index]
+        self.session.set_model(v["segmenter"], v["source"])
+        self.session.bias_changed.emit()
+        self._say(f"Rolled back to {v['label']}; segment again to see its labels.")
+
+    def _on_model_changed(self) -> None:
+        seg = self.session.segmenter
+        current = self.class_combo.currentText()
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        if seg is not None:
+            self.class_combo.addItems(list(seg.class_names))
+            if current in seg.class_names:
+                self.class_combo.setCurrentText(current)
+        self.class_combo.blockSignals(False)
+        self.version_combo.clear()
+        for v in self.session.versions:
+            self.version_combo.addItem(v["label"])
+        if self.session.versions:
+            self.version_combo.setCurrentIndex(len(self.session.versions) - 1)
+
+    def _need_model(self):
+        if self.session.segmenter is None:
+            raise DataError("No model yet: segment with a model in the Segment widget first")
+        return self.session.segmenter
+
+    def _say(self, text: str, *, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet("color: #e05050;" if error else "")
+        if error:
+            c.notify(text, severity="warning")
+
+
+def _num(v):
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(v) -> str:
+    v = _num(v)
+    return "n/a" if v is None else f"{v:.3f}"
