@@ -66,3 +66,21 @@ def evaluate(segmenter, dataset, *, batch_size: int = 4, crop: int = 0, progress
     _, meter, _ = validate(segmenter.model, loader, num_classes=num_classes, device=segmenter.device,
                            amp=segmenter.device.type == "cuda", progress=progress)
     return scores_by_name(meter.compute(), list(segmenter.class_names))
+
+
+def format_report(report: dict) -> str:
+    """A Markdown table of an :func:`evaluate` report (dataset-level and per-image Dice/IoU)."""
+
+    def f(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    lines = ["| class | Dice | IoU | Dice (per image) | IoU (per image) | GT pixels |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in report.items():
+        if name.startswith("_"):
+            continue
+        lines.append(f"| {name} | {f(r['dice'])} | {f(r['iou'])} | {f(r['image_dice'])} | {f(r['image_iou'])} "
+                     f"| {r['gt_pixels']} |")
+    m = report["_mean"]
+    lines.append(f"| **mean** | **{f(m['dice'])}** | **{f(m['iou'])}** | {f(m['image_dice'])} | {f(m['image_iou'])} | |")
+    return "\n".join(lines)

@@ -91,6 +91,8 @@ def build_model_for(config: TrainConfig, num_classes: int, frequencies):
     from ..model import ModelConfig, build_model
 
     raw = {"preset": "tiny", **config.model, "num_classes": num_classes}
+    if raw.get("encoder_weights") == "":
+        raw["encoder_weights"] = None  # TOML has no null: "" means "no pretrained weights"
     mcfg = ModelConfig.from_dict(raw, source=f"{config.source or 'recipe'} [model]")
     torch.manual_seed(config.seed)  # identical initial weights in every run and every DDP rank
     return build_model(mcfg, frequencies=frequencies)
