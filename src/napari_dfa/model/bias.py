@@ -51,7 +51,7 @@ class ClassBias(nn.Module):
         self.delta_init_scale = float(delta_init_scale)
         self.register_buffer("frequencies", torch.full((num_classes,), 1.0 / num_classes))
         dice = difficulty_dice if difficulty_dice is not None else [0.0] * num_classes
-        self.register_buffer("difficulty_dice", self._vector(dice, "difficulty_dice"))
+        self.register_buffer("difficulty_dice", torch.as_tensor(self._vector(dice, "difficulty_dice"), dtype=torch.float32))
         # δ always exists (one state-dict layout for all modes); only learned modes train or use it.
         self.delta = nn.Parameter(torch.zeros(num_classes), requires_grad=self.learned)
         self.set_frequencies(frequencies if frequencies is not None else self.frequencies, warm_start=True)
@@ -60,21 +60,26 @@ class ClassBias(nn.Module):
     def learned(self) -> bool:
         return self.mode in ("dfa", "dfa-anchored")
 
-    def _vector(self, values, name: str) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(values, dtype=np.float32)).flatten()
-        if t.numel() != self.num_classes:
-            raise ConfigError(f"{name} has {t.numel()} values, the model has {self.num_classes} classes")
-        if not torch.isfinite(t).all():
-            raise ConfigError(f"{name} contains NaN or infinite values: {t.tolist()}")
-        return t
+    def _vector(self, values, name: str) -> np.ndarray:
+        """Validated K-vector (checked in numpy, so building on the meta device works too)."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().cpu().numpy()
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size != self.num_classes:
+            raise ConfigError(f"{name} has {arr.size} values, the model has {self.num_classes} classes")
+        if not np.isfinite(arr).all():
+            raise ConfigError(f"{name} contains NaN or infinite values: {arr.tolist()}")
+        return arr
 
     @torch.no_grad()
     def set_frequencies(self, frequencies, *, warm_start: bool = True) -> None:
         """Store f_c (K floats; normalised to sum to 1) and, with ``warm_start``, re-initialise δ."""
-        f = self._vector(frequencies, "frequencies").to(self.frequencies.device)
+        if self.frequencies.is_meta:  # shape-only model (parameter counting): nothing to compute
+            return
+        f = self._vector(frequencies, "frequencies")
         if (f < 0).any() or f.sum() <= 0:
             raise ConfigError(f"class frequencies must be non-negative and not all zero: {f.tolist()}")
-        self.frequencies.copy_(f / f.sum())
+        self.frequencies.copy_(torch.as_tensor(f / f.sum(), dtype=torch.float32))
         if warm_start:
             self.delta.copy_(self.warm_start_delta())
 

@@ -1,0 +1,321 @@
+"""The DFA model: where the bias acts, the bias modes, warm start, optimizer groups, presets, Segmenter."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_dfa.errors import ConfigError, DataError
+from napari_dfa.model import (
+    PRESETS,
+    ModelConfig,
+    Segmenter,
+    bias_l2_penalty,
+    build_model,
+    param_groups,
+    resolve_device,
+)
+
+FREQS = [0.6, 0.25, 0.1, 0.04, 0.01]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+def tiny(**overrides) -> ModelConfig:
+    return ModelConfig.from_preset("tiny", num_classes=5, **overrides)
+
+
+def images(b=2, size=64, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g)
+
+
+def ce_loss(logits: torch.Tensor, seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, logits.shape[1], (logits.shape[0], *logits.shape[2:]), generator=g)
+    return F.cross_entropy(logits, target)
+
+
+# -- where the bias acts -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["dfa", "dfa-anchored"])
+def test_loss_gradient_reaches_every_delta(mode):
+    model = build_model(tiny(bias_mode=mode), frequencies=FREQS)
+    loss = ce_loss(model(images())["logits"])
+    loss.backward()
+    grad = model.bias.delta.grad
+    assert grad is not None
+    assert torch.all(grad.abs() > 1e-8), grad
+
+
+def test_changing_one_class_bias_changes_the_prediction():
+    model = build_model(tiny(), frequencies=FREQS).eval()
+    x = images(b=1, size=96)
+    with torch.no_grad():
+        before = model(x)["logits"].argmax(1)
+        model.bias.delta[3] += 8.0  # one class only
+        after = model(x)["logits"].argmax(1)
+    changed = (before != after).float().mean().item()
+    assert changed > 0.01, f"only {changed:.2%} of pixels changed label"
+
+
+def test_per_class_constant_over_pixels_changes_nothing():
+    """A per-class constant in the token → pixel logits (softmax over pixels) cancels: same outputs,
+    zero gradient. The hook really inserts it into those logits, in every layer."""
+    torch.manual_seed(0)
+    model = build_model(tiny(), frequencies=FREQS)
+    x = images()
+    ref = model(x, return_attention=True)
+    model.decoder.token_pixel_bias = nn.Parameter(torch.tensor([4.0, -3.0, 0.5, 9.0, -7.0]))
+    out = model(x, return_attention=True)
+    torch.testing.assert_close(out["logits"], ref["logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["attention"], ref["attention"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out["logits"].argmax(1), ref["logits"].argmax(1))
+
+    loss = ce_loss(out["logits"])
+    loss.backward()
+    useless = model.decoder.token_pixel_bias.grad.abs().max().item()
+    useful = model.bias.delta.grad.abs().min().item()
+    assert useless < 1e-5, useless
+    assert useful > 1000 * useless  # the same constant on the class axis does get a gradient
+
+
+def test_attention_is_a_distribution_over_classes():
+    model = build_model(tiny(), frequencies=FREQS).eval()
+    out = model(images(b=2, size=128), return_attention=True)
+    att = out["attention"]
+    assert att.shape == (2, 5, 8, 8)  # stride 16
+    torch.testing.assert_close(att.sum(1), torch.ones(2, 8, 8))
+    assert (att >= 0).all()
+    assert model(images(b=1))["attention"] is None
+
+
+# -- bias modes and warm start ----------------------------------------------------------------------
+
+def test_warm_start_equals_formula():
+    f = np.array(FREQS)
+    gamma, alpha = 2.0, 0.5
+    model = build_model(tiny(gamma=gamma, delta_init_scale=alpha), frequencies=f)
+    prior = gamma * np.log(1 - f)
+    expected = alpha * (prior - prior.mean())
+    np.testing.assert_allclose(model.bias.delta.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    # rarer classes start with a larger bias
+    assert np.all(np.diff(model.bias.delta.detach().numpy()) > 0)
+    cold = build_model(tiny(delta_init_scale=0.0), frequencies=f)
+    assert torch.count_nonzero(cold.bias.delta) == 0
+
+
+def test_frequencies_are_clamped_and_normalised():
+    model = build_model(tiny(bias_mode="cffa"), frequencies=[2.0, 0.0, 0.0, 0.0, 0.0])
+    b = model.bias().detach().numpy()
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b[0], 2.0 * np.log(1e-6), rtol=1e-2)  # float32 rounding of 1 - 1e-6
+    with pytest.raises(ConfigError, match="frequencies"):
+        build_model(tiny(), frequencies=[0.5, 0.5])
+
+
+@pytest.mark.parametrize("mode", ["none", "cffa", "difficulty", "dfa", "dfa-anchored"])
+def test_class_bias_follows_the_mode_table(mode):
+    dice = (0.9, 0.8, 0.5, 0.3, 0.95)
+    seg = Segmenter.from_config(tiny(bias_mode=mode, difficulty_dice=dice, gamma=1.5), frequencies=FREQS)
+    delta = torch.tensor([0.3, -0.2, 0.1, 0.7, -0.4])
+    with torch.no_grad():
+        seg.model.bias.delta.copy_(delta)
+    f, d, g = np.array(FREQS), np.array(dice), 1.5
+    expected = {
+        "none": np.zeros(5),
+        "cffa": g * np.log(1 - f),
+        "difficulty": g * np.log(1 - d),
+        "dfa": delta.numpy(),
+        "dfa-anchored": g * np.log(1 - f) + delta.numpy(),
+    }[mode]
+    np.testing.assert_allclose(seg.class_bias(), expected, rtol=1e-5, atol=1e-6)
+    prior = g * np.log(1 - f)
+    np.testing.assert_allclose(seg.prior_bias(), prior - prior.mean(), rtol=1e-5, atol=1e-6)
+    assert seg.model.bias.delta.requires_grad == (mode in ("dfa", "dfa-anchored"))
+
+
+def test_difficulty_mode_needs_dice():
+    with pytest.raises(ConfigError, match="difficulty_dice"):
+        tiny(bias_mode="difficulty")
+
+
+def test_param_groups_give_delta_its_own_learning_rate():
+    model = build_model(tiny(), frequencies=FREQS)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, delta_lr_multiplier=20)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["delta"]["params"] == [model.bias.delta]
+    assert by_name["delta"]["lr"] == pytest.approx(0.02)
+    assert by_name["delta"]["weight_decay"] == 0.0
+    assert by_name["model"]["weight_decay"] == 0.05
+    assert all(p is not model.bias.delta for p in by_name["model"]["params"])
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in groups) == n_trainable
+    # AdamW accepts the groups as they are; one step moves δ.
+    opt = torch.optim.AdamW(groups)
+    before = model.bias.delta.detach().clone()
+    ce_loss(model(images(b=1))["logits"]).backward()
+    opt.step()
+    assert not torch.equal(before, model.bias.delta.detach())
+
+    fixed = build_model(tiny(bias_mode="cffa"), frequencies=FREQS)
+    assert [g["name"] for g in param_groups(fixed, lr=1e-3)] == ["model"]
+
+
+def test_bias_l2_penalty():
+    model = build_model(tiny(), frequencies=FREQS)
+    expected = 0.1 * model.bias.delta.detach().pow(2).sum()
+    torch.testing.assert_close(bias_l2_penalty(model, 0.1).detach(), expected)
+    assert bias_l2_penalty(model, 0.0).item() == 0.0
+
+
+def test_frozen_encoder_does_not_train():
+    model = build_model(tiny(freeze_encoder=True), frequencies=FREQS)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    opt = torch.optim.SGD(param_groups(model, lr=0.1), lr=0.1)
+    ce_loss(model(images(b=1))["logits"]).backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
+
+
+# -- presets, configs, devices ------------------------------------------------------------------------
+
+def test_presets_have_the_promised_sizes():
+    counts = {}
+    for name in ("tiny", "small", "base"):
+        with torch.device("meta"):
+            model = build_model(ModelConfig.from_preset(name, num_classes=5))
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert 1e5 < counts["tiny"] < 5e5
+    assert counts["small"] * 4 < 3.5e6 or counts["small"] * 2 < 3e6  # demo model: 1–3 MB of weights
+    assert counts["base"] > 5 * counts["small"]
+    assert set(PRESETS) >= {"tiny", "small", "base", "sam-vit-b"}
+
+
+def test_config_round_trips_and_refuses_typos():
+    cfg = tiny(bias_mode="dfa-anchored", gamma=1.0)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert ModelConfig.from_dict({"preset": "tiny", "num_classes": 5, "bias_mode": "dfa-anchored",
+                                  "gamma": 1.0}) == cfg
+    assert ModelConfig.from_dict({"preset": "tiny", "use_prior_in_forward": True}).bias_mode == "dfa-anchored"
+    with pytest.raises(ConfigError, match="gama"):
+        ModelConfig.from_dict({"preset": "tiny", "gama": 1.0})
+    with pytest.raises(ConfigError, match="bias_mode"):
+        tiny(bias_mode="focal")
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        ModelConfig.from_preset("huge")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else None
+    if expected:
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError):
+        resolve_device("tpu")
+
+
+def test_timm_encoder_without_timm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError, installed or not
+    with pytest.raises(ConfigError, match=r"pip install napari-dfa\[timm\]"):
+        build_model(tiny(encoder="timm:convnext_tiny"))
+
+
+# -- Segmenter ----------------------------------------------------------------------------------------
+
+def test_segmenter_predict_returns_uint8_labels_of_any_size():
+    seg = Segmenter.from_config(tiny(), frequencies=FREQS)
+    rng = np.random.default_rng(0)
+    for shape in ((64, 64), (70, 45), (20, 33)):
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        labels = seg.predict(rgb)
+        assert labels.shape == shape and labels.dtype == np.uint8
+        assert labels.min() >= 1 and labels.max() <= 5
+        # labels are the argmax of predict_logits, shifted to 1..K
+        logits = seg.predict_logits(rgb[None])["logits"]
+        np.testing.assert_array_equal(labels, logits.argmax(1)[0].numpy() + 1)
+
+
+def test_predict_logits_takes_numpy_or_torch_and_returns_focus_maps():
+    seg = Segmenter.from_config(tiny(), frequencies=FREQS)
+    batch = np.random.default_rng(1).integers(0, 256, (2, 96, 80, 3), dtype=np.uint8)
+    a = seg.predict_logits(batch, attention=True)
+    b = seg.predict_logits(torch.from_numpy(batch))
+    assert a["logits"].shape == (2, 5, 96, 80) and a["logits"].dtype == torch.float32
+    torch.testing.assert_close(a["logits"], b["logits"])
+    assert b["attention"] is None
+    assert a["attention"].shape == (2, 5, 96, 80)
+    torch.testing.assert_close(a["attention"].sum(1), torch.ones(2, 96, 80))
+
+
+def test_predict_refuses_bad_input():
+    seg = Segmenter.from_config(tiny())
+    with pytest.raises(DataError, match="uint8"):
+        seg.predict(np.zeros((32, 32, 3), dtype=np.float32))
+    with pytest.raises(DataError, match="H×W×3"):
+        seg.predict(np.zeros((32, 32), dtype=np.uint8))
+    with pytest.raises(DataError, match="class names"):
+        Segmenter(build_model(tiny()), class_names=["a", "b"])
+
+
+def test_record_bias_tracks_the_trajectory():
+    seg = Segmenter.from_config(tiny(), frequencies=FREQS, class_names=list("abcde"))
+    seg.record_bias(epoch=0)
+    with torch.no_grad():
+        seg.model.bias.delta += 1.0
+    seg.record_bias(epoch=1)
+    hist = seg.metadata["bias_history"]
+    assert [h["epoch"] for h in hist] == [0, 1]
+    np.testing.assert_allclose(np.subtract(hist[1]["bias"], hist[0]["bias"]), 1.0, rtol=1e-6)
+
+
+# -- it learns ------------------------------------------------------------------------------------------
+
+def synthetic_tiles(n=2, size=64, seed=0):
+    """Tiles of 3 classes with distinct colour and texture: discs and stripes on a background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    rgbs, masks = [], []
+    for _ in range(n):
+        mask = np.ones((size, size), np.int64)  # class 1: pink background
+        for _ in range(3):
+            cy, cx, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(5, 12))]
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2  # class 2: dark purple discs
+        y0 = int(rng.integers(0, size - 16))
+        mask[y0:y0 + 12, :] = 3  # class 3: a pale band
+        palette = np.array([[0, 0, 0], [230, 150, 190], [90, 40, 130], [245, 235, 240]], np.float32)
+        rgb = palette[mask] + rng.normal(0, 12, (size, size, 3))
+        rgbs.append(np.clip(rgb, 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return np.stack(rgbs), np.stack(masks)
+
+
+def test_tiny_overfits_synthetic_tiles():
+    rgb, mask = synthetic_tiles()
+    freqs = np.bincount(mask.ravel(), minlength=4)[1:] / mask.size
+    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=3), frequencies=freqs)
+    model = seg.model.train()
+    opt = torch.optim.AdamW(param_groups(model, lr=3e-3, weight_decay=1e-4, delta_lr_multiplier=20))
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(mask) - 1
+    for _ in range(80):
+        opt.zero_grad()
+        F.cross_entropy(model(x)["logits"], y).backward()
+        opt.step()
+    pred = np.stack([seg.predict(t) for t in rgb])
+    dice = [2 * np.sum((pred == c) & (mask == c)) / (np.sum(pred == c) + np.sum(mask == c)) for c in (1, 2, 3)]
+    assert min(dice) > 0.9, dice
