@@ -1,0 +1,356 @@
+"""Writers of synthetic data: a dataset in the SAM-Path layout and a pyramidal slide with its truth.
+
+Dataset layout (as SAM-Path reads it: ``dataset_root/img``, ``dataset_root/mask``, ``cv.csv``)::
+
+    root/img/<id>.png     RGB tiles
+    root/mask/<id>.png    uint8 labels, 0 = ignore / outside the ROI, 1..K classes
+    root/cv.csv           img_id,fold   (-1 test, 0 validation, >= 1 train folds 1..4)
+    root/synth.json       class names, colours, configured and measured frequencies, the config
+
+Slide: an Aperio-style tiled TIFF (page 0 = level 0 with an ``Aperio Image Library ... |MPP = 0.5``
+description, page 1 = stripped thumbnail, pages 2.. = reduced levels, as SVS files are laid out and
+both tifffile and OpenSlide read them), and ``<stem>_truth.tif``: uint8 labels as a tiled pyramid of
+SubIFDs with lossless deflate. Level 0 is rendered window by window; lower RGB levels are built from
+memory-mapped scratch files, so the whole RGB image is never held in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from . import __version__
+from ._synth_config import SynthConfig
+from ._synth_layout import class_layout, tissue_region, upsample_labels
+from ._synth_render import margin_for, render, sample_stain
+from .errors import Cancelled, ConfigError, DataError
+from .synth import (
+    DATASET_CSV,
+    DATASET_JSON,
+    balance_proportions,
+    generate_tile,
+    label_frequencies,
+    tile_proportions,
+)
+
+logger = logging.getLogger(__name__)
+
+_SLIDE_FACTOR = 8  # slide layouts are drawn at 1/8 resolution, then upsampled with organic edges
+_TRAIN_FOLDS = 4
+
+
+def _check_cancel(cancel, what: str) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled(f"{what}: cancelled; files written so far are kept")
+
+
+def write_dataset(root, config: SynthConfig, n_train: int, n_val: int, n_test: int, *, tile: int = 256,
+                  seed: int = 0, progress=None, cancel=None) -> Path:
+    """Write ``n_train + n_val + n_test`` tiles in the SAM-Path layout into ``root``; returns ``root``.
+
+    Per split, the per-tile class mixes are drawn around the configured frequencies and then
+    balanced so that the split as a whole has the configured frequencies. ``progress(done, total)``
+    is called after each tile; ``cancel()`` returning True stops with :class:`Cancelled`.
+    """
+    root = Path(root)
+    counts_in = (n_train, n_val, n_test)
+    if min(counts_in) < 0 or sum(counts_in) == 0:
+        raise ConfigError(f"{root}: need a non-negative number of tiles per split and at least one, got {counts_in}")
+    if tile < 32:
+        raise ConfigError(f"{root}: tile size {tile} is too small (use at least 32)")
+    try:
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "mask").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{root}: cannot create the dataset folders ({exc})") from None
+
+    k = config.num_classes
+    splits = [("train", n_train), ("val", n_val), ("test", n_test)]
+    total = sum(counts_in)
+    rows: list[tuple[str, int]] = []
+    counts = {name: np.zeros(k + 1, np.int64) for name, _ in splits}
+    done = 0
+    for split_index, (split, n) in enumerate(splits):
+        if n == 0:
+            continue
+        rng = np.random.default_rng([seed, split_index, 0xDA7A])
+        mixes = balance_proportions(tile_proportions(config, rng, n), config.frequencies)
+        for i in range(n):
+            _check_cancel(cancel, str(root))
+            img_id = f"synth_{split}_{i:05d}"
+            rgb, mask = generate_tile(config, (seed, split_index, i), size=tile, proportions=mixes[i])
+            Image.fromarray(rgb).save(root / "img" / f"{img_id}.png", compress_level=1)
+            Image.fromarray(mask).save(root / "mask" / f"{img_id}.png", compress_level=1)
+            counts[split] += np.bincount(mask.ravel(), minlength=k + 1)[: k + 1]
+            fold = -1 if split == "test" else 0 if split == "val" else 1 + i % _TRAIN_FOLDS
+            rows.append((img_id, fold))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    all_counts = sum(counts.values())
+    info = {
+        "generator": f"napari-dfa {__version__} synth",
+        "seed": seed,
+        "tile": tile,
+        "mpp": config.mpp,
+        "splits": {name: n for name, n in splits},
+        "csv": DATASET_CSV,
+        "folds": {"test": -1, "validation": 0, "train": list(range(1, _TRAIN_FOLDS + 1))},
+        "ignore_fraction_measured": float(all_counts[0] / max(all_counts.sum(), 1)),
+        "classes": [
+            {
+                "id": i + 1,
+                "name": c.name,
+                "color": list(config.class_colors[i]),
+                "frequency": c.frequency,
+                "difficulty": c.difficulty,
+                "lookalike": c.lookalike,
+                "measured_frequency": {
+                    name: float(label_frequencies(cnt)[i]) for name, cnt in [("all", all_counts), *counts.items()]
+                },
+            }
+            for i, c in enumerate(config.classes)
+        ],
+        "config": config.to_dict(),
+    }
+    (root / DATASET_JSON).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    # The CSV last: its presence means every tile it lists is on disk.
+    tmp = root / f".{DATASET_CSV}.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["img_id", "fold"])
+        writer.writerows(rows)
+    os.replace(tmp, root / DATASET_CSV)
+    logger.info("wrote %d synthetic tiles to %s (measured frequencies %s)", total, root,
+                np.round(label_frequencies(all_counts), 3).tolist())
+    return root
+
+
+def truth_path_for(slide_path) -> Path:
+    """Where :func:`write_slide` puts the truth labels of ``slide_path``: ``<stem>_truth.tif``."""
+    p = Path(slide_path)
+    return p.with_name(f"{p.stem}_truth.tif")
+
+
+class _SlidePlan:
+    """The deterministic recipe of one slide: low-resolution layout, stain and render settings."""
+
+    def __init__(self, config: SynthConfig, size: tuple[int, int], seed: int):
+        self.config, self.size, self.seed = config, size, (int(seed),)
+        h, w = size
+        low_shape = (math.ceil(h / _SLIDE_FACTOR) + 2, math.ceil(w / _SLIDE_FACTOR) + 2)
+        tissue = tissue_region(low_shape, fraction=config.tissue_fraction, seed=self.seed)
+        low = class_layout(low_shape, proportions=np.asarray(config.frequencies),
+                           region_size=config.slide_region_size / _SLIDE_FACTOR, seed=self.seed, valid=tissue)
+        low[~tissue] = 0
+        self.low = low
+        self.appearances = config.effective_appearances()
+        self.sigmas = config.blur_sigmas()
+        self.margin = margin_for(self.appearances, self.sigmas)
+        self.stain = sample_stain(np.random.default_rng([*self.seed, 0x5A1D]), config.stain_jitter)
+
+    def labels(self, y0: int, x0: int, h: int, w: int, step: int = 1) -> np.ndarray:
+        """Truth of the window; with ``step``, every ``step``-th level-0 pixel from (y0, x0)."""
+        return upsample_labels(self.low, _SLIDE_FACTOR, y0, x0, h, w, self.seed, step=step)
+
+    def rgb(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        m = self.margin
+        window = self.labels(y0 - m, x0 - m, h + 2 * m, w + 2 * m)
+        if not window.any():  # all glass: skip the texture work
+            return _glass(self.stain, h, w, self.seed, y0, x0)
+        return render(window, y0=y0, x0=x0, margin=m, appearances=self.appearances, sigmas=self.sigmas,
+                      stain=self.stain, seed=self.seed, fibre_period=self.config.fibre_period)
+
+
+def _glass(stain, h, w, seed, y0, x0) -> np.ndarray:
+    od = stain.background.astype(np.float32) + np.float32(0.01)
+    rng = np.random.default_rng([*seed, 0x6A, y0 + 2**20, x0 + 2**20])
+    od = od * (1 + 0.02 * rng.standard_normal((h, w, 1), dtype=np.float32))
+    return np.clip(255.0 * np.exp(-od) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _level_shapes(h: int, w: int, tile: int) -> list[tuple[int, int]]:
+    shapes = [(h, w)]
+    while max(shapes[-1]) > 2 * tile:
+        ph, pw = shapes[-1]
+        shapes.append((max(1, ph // 2), max(1, pw // 2)))
+    return shapes
+
+
+def _downsample2(block: np.ndarray) -> np.ndarray:
+    """2×2 mean (rounded), cropping an odd edge row/column."""
+    h, w = block.shape[0] // 2 * 2, block.shape[1] // 2 * 2
+    b = block[:h, :w].astype(np.uint16)
+    return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2] + 2) // 4).astype(np.uint8)
+
+
+def write_slide(path, config: SynthConfig, *, size=(8192, 8192), seed: int = 0, mpp: float | None = None,
+                tile: int = 256, compression: str = "jpeg", quality: int = 85, progress=None,
+                cancel=None) -> tuple[Path, Path]:
+    """Write a synthetic pyramidal slide and its truth labels; returns (slide path, truth path).
+
+    Arguments:
+      path: output ``.tif``/``.svs`` file; the truth goes to ``<stem>_truth.tif`` beside it.
+      config: generator settings (``config.mpp`` unless ``mpp`` is given).
+      size: (height, width) of level 0 in pixels.
+      seed: the same seed gives the same slide.
+      mpp: microns per level-0 pixel recorded in the file.
+      tile: TIFF tile edge (a multiple of 16).
+      compression: ``"jpeg"`` (small, lossy) or ``"deflate"`` (lossless) for the RGB pyramid.
+      quality: JPEG quality.
+      progress: ``progress(done, total)`` per rendered row of tiles.
+      cancel: ``cancel() -> bool``; True stops with :class:`Cancelled` (partial files are removed).
+    """
+    path = Path(path)
+    h, w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if h < 64 or w < 64:
+        raise ConfigError(f"{path}: slide size {h}x{w} is too small (at least 64x64)")
+    if tile % 16:
+        raise ConfigError(f"{path}: TIFF tile size {tile} must be a multiple of 16")
+    codec = {"jpeg": "jpeg", "deflate": "zlib", "zlib": "zlib"}.get(compression)
+    if codec is None:
+        raise ConfigError(f"{path}: unknown compression {compression!r}; use 'jpeg' or 'deflate'")
+    mpp = float(mpp or config.mpp)
+    truth = truth_path_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create the output folder ({exc})") from None
+
+    plan = _SlidePlan(config, (h, w), seed)
+    shapes = _level_shapes(h, w, tile)
+    scratch = Path(tempfile.mkdtemp(prefix=".synth-", dir=path.parent))
+    try:
+        _write_rgb(path, plan, shapes, scratch, tile=tile, codec=codec, quality=quality, mpp=mpp,
+                   progress=progress, cancel=cancel)
+        _write_truth(truth, plan, shapes, tile=tile, mpp=mpp, config=config, seed=seed)
+    except BaseException:
+        for p in (path, truth):
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("wrote synthetic slide %s (%dx%d, %d levels) and truth %s", path, h, w, len(shapes), truth)
+    return path, truth
+
+
+def _resolution(mpp: float, downsample: float) -> dict:
+    per_cm = 1e4 / (mpp * downsample)
+    return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+
+
+def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progress, cancel) -> None:
+    h, w = shapes[0]
+    band = 2 * tile  # rows rendered at once: big windows amortise the render margin
+    n_bands = math.ceil(h / band)
+    lower = [np.lib.format.open_memmap(scratch / f"level{i}.npy", mode="w+", dtype=np.uint8, shape=(*s, 3))
+             for i, s in enumerate(shapes[1:], start=1)]
+
+    def level0_tiles():
+        for bi in range(n_bands):
+            _check_cancel(cancel, str(path))
+            y0 = bi * band
+            bh = min(band, h - y0)
+            rows = np.empty((bh, w, 3), np.uint8)
+            for x0 in range(0, w, band):
+                bw = min(band, w - x0)
+                rows[:, x0:x0 + bw] = plan.rgb(y0, x0, bh, bw)
+            if lower:  # feed level 1 while the band is in memory (band is even, so 2x2 cells align)
+                small = _downsample2(rows)
+                ly = y0 // 2
+                lower[0][ly:ly + small.shape[0], : small.shape[1]] = small[: shapes[1][0] - ly, : shapes[1][1]]
+            for ty in range(0, bh, tile):
+                for tx in range(0, w, tile):
+                    yield rows[ty:ty + tile, tx:tx + tile]
+            if progress is not None:
+                progress(bi + 1, n_bands)
+
+    description = (
+        f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) "
+        f"{'JPEG' if codec == 'jpeg' else 'Deflate'}/RGB Q={quality}|AppMag = {10.0 / mpp:g}|MPP = {mpp:g}"
+        f"|Filename = {path.stem}|Generator = napari-dfa {__version__}|Seed = {plan.seed[0]}"
+    )
+    common = {"photometric": "rgb", "compression": codec, "metadata": None}
+    if codec == "jpeg":
+        common["compressionargs"] = {"level": quality}
+    bigtiff = h * w * 3 > 2**31
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
+        tif.write(level0_tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), description=description,
+                  **_resolution(mpp, 1), **common)
+        # Lower levels: each from the one above, band by band.
+        for i in range(1, len(lower)):
+            src, dst = lower[i - 1], lower[i]
+            for y0 in range(0, src.shape[0] - 1, 2 * tile):
+                small = _downsample2(np.asarray(src[y0:y0 + 2 * tile]))
+                dst[y0 // 2:y0 // 2 + small.shape[0], : small.shape[1]] = small[: dst.shape[0] - y0 // 2, : dst.shape[1]]
+        # SVS order: the thumbnail (stripped) is page 1, the reduced levels follow as tiled pages.
+        thumb = _thumbnail(lower[-1] if lower else None, plan, shapes[0])
+        tif.write(thumb, photometric="rgb", compression="jpeg", metadata=None,
+                  description=f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} -> "
+                              f"{thumb.shape[1]}x{thumb.shape[0]} - |MPP = {mpp:g}")
+        for level, arr in enumerate(lower, start=1):
+            lh, lw = arr.shape[:2]
+            tif.write(_tiles_of(arr, tile), shape=arr.shape, dtype=np.uint8, tile=(tile, tile),
+                      description=f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} -> {lw}x{lh}"
+                                  f" - |MPP = {mpp * 2 ** level:g}",
+                      **_resolution(mpp, 2**level), **common)
+    for arr in lower:
+        del arr
+
+
+def _thumbnail(smallest, plan, shape0) -> np.ndarray:
+    if smallest is None:
+        return plan.rgb(0, 0, *shape0)[::4, ::4].copy()
+    arr = np.asarray(smallest)
+    while max(arr.shape[:2]) > 1024:
+        arr = _downsample2(arr)
+    return arr
+
+
+def _tiles_of(arr, tile):
+    for ty in range(0, arr.shape[0], tile):
+        rows = np.asarray(arr[ty:ty + tile])
+        for tx in range(0, arr.shape[1], tile):
+            yield rows[:, tx:tx + tile]
+
+
+def _write_truth(truth: Path, plan, shapes, *, tile, mpp, config: SynthConfig, seed: int) -> None:
+    """Truth labels as a tiled uint8 pyramid (SubIFDs); lower levels by nearest sampling."""
+    h, w = shapes[0]
+    meta = {
+        "axes": "YX",
+        "napari_dfa": "synthetic truth labels",
+        "class_names": list(config.class_names),
+        "class_colors": [list(c) for c in config.class_colors],
+        "mpp": mpp,
+        "seed": seed,
+    }
+
+    def tiles(level: int):
+        f = 2**level
+        lh, lw = shapes[level]
+        for ty in range(0, lh, tile):
+            th = min(tile, lh - ty)
+            # A level's pixel (i, j) is the level-0 label at (f·i, f·j): sample the layout directly.
+            rows = plan.labels(ty * f, 0, th, lw, step=f)
+            for tx in range(0, lw, tile):
+                yield rows[:, tx:tx + tile]
+
+    with tifffile.TiffWriter(truth, bigtiff=h * w > 2**31) as tif:
+        tif.write(tiles(0), shape=(h, w), dtype=np.uint8, tile=(tile, tile), photometric="minisblack",
+                  compression="zlib", subifds=len(shapes) - 1, metadata=meta, **_resolution(mpp, 1))
+        for level in range(1, len(shapes)):
+            tif.write(tiles(level), shape=shapes[level], dtype=np.uint8, tile=(tile, tile),
+                      photometric="minisblack", compression="zlib", subfiletype=1, metadata=None,
+                      **_resolution(mpp, 2**level))
