@@ -207,7 +207,8 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     store = LabelsStore.create(path, shape=(region[2], region[3]), class_names=model.class_names,
                                class_colors=model.class_colors, chunk=chunk, downsample=src.downsample,
                                translate=translate, extras=extras,
-                               info=dict(settings, source=src.name, mpp=src.mpp))
+                               info=dict(settings, source=src.name,
+                                         mpp=getattr(src.slide, "mpp", None)))
     return store, 0
 
 
@@ -302,11 +303,8 @@ class _Runner:
         batch = np.stack(tiles)
         windows = np.stack([self.grid.window(i, j) for j in js])
         with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    res = self.model.predict_logits(batch, attention=self.want_focus)
-            else:
-                res = self.model.predict_logits(batch, attention=self.want_focus)
+            # The Segmenter autocasts on CUDA (bfloat16/float16) and returns float32 logits.
+            res = self.model.predict_logits(batch, attention=self.want_focus)
             w = torch.from_numpy(windows).to(self.device)[:, None]
             logits = res["logits"]
             if logits.shape[1] != len(self.model.class_names):
