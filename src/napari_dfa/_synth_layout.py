@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 from scipy.spatial import cKDTree
 
 _PERIOD = 256  # lattice cells before value noise repeats (256 cells x 100 px: no visible repeat)
@@ -128,7 +129,41 @@ def class_layout(shape: tuple[int, int], *, proportions: np.ndarray, region_size
     if valid is None:
         valid = np.ones(shape, bool)
     lut = assign_classes(regions, valid, proportions, rng)
-    return lut[regions]
+    return fit_quotas(lut[regions], valid, proportions)
+
+
+def fit_quotas(labels: np.ndarray, valid: np.ndarray, proportions, iterations: int = 30) -> np.ndarray:
+    """Move region borders so that class shares over ``valid`` match ``proportions`` closely.
+
+    Whole regions only hit the quotas to within one region; here each class's signed distance to
+    its area gets an offset, and a pixel takes the class with the largest offset distance, so that
+    classes grow or shrink at their borders (shapes are kept) until the areas are on target.
+    """
+    proportions = np.asarray(proportions, np.float64)
+    k = len(proportions)
+    present = [c for c in range(1, k + 1) if (labels == c).any()]
+    if len(present) < 2:
+        return labels
+    target = proportions[np.array(present) - 1] * valid.sum()
+    signed = np.stack([
+        (distance_transform_edt(labels == c) - distance_transform_edt(labels != c)).astype(np.float32)
+        for c in present
+    ])
+    ids = np.array(present, np.uint8)
+    beta = np.zeros(len(present), np.float32)
+    best, best_err = labels, np.inf
+    for _ in range(iterations):
+        choice = np.argmax(signed + beta[:, None, None], axis=0)
+        count = np.bincount(choice[valid], minlength=len(present)).astype(np.float64)
+        err = np.abs(count - target).sum()
+        if err < best_err:
+            best, best_err = ids[choice], err
+        if err <= 0.002 * valid.sum():
+            break
+        # Growing a class by one pixel of width adds about its perimeter in area.
+        boundary = np.array([max(np.sqrt(max(cnt, 1.0)) * 4.0, 1.0) for cnt in count])
+        beta += (0.8 * (target - count) / boundary).astype(np.float32)
+    return best
 
 
 def quantile_mask(field: np.ndarray, fraction: float) -> np.ndarray:

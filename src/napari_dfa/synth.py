@@ -91,8 +91,9 @@ def generate_tile(config: SynthConfig | None = None, seed=0, *, size: int = 256,
     # Layout at low resolution: ROI first, then class regions with quotas inside the ROI.
     low_shape = (size // _TILE_FACTOR + 2, size // _TILE_FACTOR + 2)
     ignored = ignore_region(low_shape, fraction=config.ignore_fraction, seed=seed)
-    low = class_layout(low_shape, proportions=proportions, region_size=config.region_size / _TILE_FACTOR,
-                       seed=seed, valid=~ignored)
+    # At least ~12 regions per tile, so that a tile can hold several classes near their quotas.
+    region_size = min(config.region_size, size / np.sqrt(12)) / _TILE_FACTOR
+    low = class_layout(low_shape, proportions=proportions, region_size=region_size, seed=seed, valid=~ignored)
     combined = low | (ignored.astype(np.uint8) << 7)  # one map, so labels and ROI share one warp
 
     appearances = config.effective_appearances()
