@@ -162,6 +162,25 @@ class LayerPyramid:
         self.translate = tuple(float(t) for t in layer.translate[-2:])
         self.mpp = layer_mpp(layer)
         self.path = layer_source_path(layer)
+        try:
+            self.units = tuple(layer.units[-2:])
+        except (AttributeError, TypeError):
+            self.units = None
+        self.slide = self._matching_slide(layer)
+
+    def _matching_slide(self, layer):
+        """Our reader's Slide behind the layer, when its levels are the layer's levels: inference
+        then reads tiles and the tissue mask from the slide's own pyramid."""
+        slide = (layer.metadata or {}).get("slide")
+        try:
+            shapes = [tuple(int(s) for s in a.shape[:2]) for a in slide.levels]
+        except AttributeError:
+            return None
+        return slide if shapes == self.shapes else None
+
+    def source(self, index: int):
+        """What to hand :func:`napari_dfa.inference.segment`: ``(slide_or_array, level)``."""
+        return (self.slide, index) if self.slide is not None else (self.level(index), 0)
 
     def level(self, index: int):
         """Level ``index`` as a lazy dask array Y×X×3 uint8."""
@@ -327,9 +346,11 @@ def class_features(names):
 
 
 def put_labels_layer(viewer, name: str, data, *, scale, translate, segmenter, multiscale=False,
-                     metadata=None):
+                     metadata=None, units=None):
     """Add the labels layer ``name`` or replace its data and placement in place."""
     kwargs = dict(scale=scale, translate=translate)
+    if units is not None:
+        kwargs["units"] = units  # same units as the image, or napari ignores them all
     if name in viewer.layers:
         layer = viewer.layers[name]
         if bool(layer.multiscale) == bool(multiscale):

@@ -172,15 +172,15 @@ class AttentionWidget(QWidget):
         def work():
             from ..inference import segment
 
-            return segment(pyramid.level(res.level), seg, level=0, region=res.region,
-                           outputs=("labels", *kinds))
+            data, lv = pyramid.source(res.level)
+            return segment(data, seg, level=lv, region=res.region, outputs=("labels", *kinds))
 
-        self.worker = c.start_worker(work, on_done=lambda out: self._on_maps(out, res, seg, kinds),
+        self.worker = c.start_worker(work, on_done=lambda out: self._on_maps(out, res, seg, kinds, pyramid.units),
                                      on_error=lambda exc: self._say(c.error_text(exc), error=True),
                                      on_finished=self._on_finished)
         return self.worker
 
-    def _on_maps(self, out, res, seg, kinds) -> None:
+    def _on_maps(self, out, res, seg, kinds, units=None) -> None:
         from napari.utils.colormaps import Colormap
 
         added = []
@@ -197,7 +197,7 @@ class AttentionWidget(QWidget):
                     self.viewer.layers.remove(lname)
                 self.viewer.add_image(data, name=lname, colormap=cmap, blending="additive",
                                       contrast_limits=(0.0, 1.0), scale=res.scale, translate=res.translate,
-                                      visible=k == 0)
+                                      units=units, visible=k == 0)
                 added.append(lname)
         if "uncertainty" in kinds:
             unc = getattr(out, "uncertainty", None)
@@ -208,7 +208,7 @@ class AttentionWidget(QWidget):
                 self.viewer.layers.remove("uncertainty")
             self.viewer.add_image(np.asarray(unc, dtype=np.float32), name="uncertainty", colormap="magma",
                                   contrast_limits=(0.0, 1.0), opacity=0.6, scale=res.scale,
-                                  translate=res.translate)
+                                  translate=res.translate, units=units)
             added.append("uncertainty")
         self._say(f"Added {len(added)} layer(s): {', '.join(added)}. Bright = where to look/correct.")
 

@@ -185,6 +185,7 @@ class FinetuneWidget(QWidget):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=0.8,
+                                       units=pyramid.units,
                                        colormap=c.class_colormap(seg.class_colors),
                                        features=c.class_features(seg.class_names),
                                        metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
@@ -292,8 +293,8 @@ class FinetuneWidget(QWidget):
                     "old_score": _num(result.old_score), "new_score": _num(result.new_score)}
                 if target is not None:
                     level, region = target
-                    relabelled = (level, region, np.asarray(segment(pyramid.level(level), new, level=0,
-                                                                    region=region).labels))
+                    data, lv = pyramid.source(level)
+                    relabelled = (level, region, np.asarray(segment(data, new, level=lv, region=region).labels))
             return result, keep, relabelled
 
         self.worker = c.start_worker(work, on_done=self._on_finetuned,

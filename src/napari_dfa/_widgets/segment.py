@@ -202,12 +202,14 @@ class SegmentWidget(QWidget):
         if scope == "whole":
             level = pyramid.level_for(seg.mpp, (0, 0, *pyramid.shapes[0]))
             out = _whole_slide_store(pyramid, level, seg)
-            res = segment(pyramid.level(level), seg, level=0, region=None, device=device, out=out,
+            data, lv = pyramid.source(level)
+            res = segment(data, seg, level=lv, region=None, device=device, out=out,
                           progress=progress, cancel=self._cancel.is_set)
             return res, level, (0, 0, *pyramid.shapes[level])
         level = pyramid.level_for(seg.mpp, region0)
         region = pyramid.to_level(level, region0, pad=int(getattr(seg, "context", 0)))
-        res = segment(pyramid.level(level), seg, level=0, region=region, device=device,
+        data, lv = pyramid.source(level)
+        res = segment(data, seg, level=lv, region=region, device=device,
                       progress=progress, cancel=self._cancel.is_set)
         return res, level, region
 
@@ -241,11 +243,14 @@ class SegmentWidget(QWidget):
                                "model": source, "completed": bool(getattr(res, "completed", True))}}
         if whole:
             data = open_label_pyramid(res)
+            data = data if len(data) > 1 else data[0]  # a cancelled run has no display pyramid yet
             labels = c.put_labels_layer(self.viewer, name, data, scale=scale, translate=translate,
-                                        segmenter=seg, multiscale=len(data) > 1, metadata=meta)
+                                        segmenter=seg, multiscale=isinstance(data, list), metadata=meta,
+                                        units=pyramid.units)
         else:
             labels = c.put_labels_layer(self.viewer, name, np.asarray(res.labels), scale=scale,
-                                        translate=translate, segmenter=seg, metadata=meta)
+                                        translate=translate, segmenter=seg, metadata=meta,
+                                        units=pyramid.units)
         self.session.set_result(c.RegionResult(
             image_layer=layer_name, level=level, region=tuple(int(v) for v in region),
             downsample=pyramid.downsamples[level], scale=scale, translate=translate,

@@ -1,0 +1,184 @@
+"""Segment widget with a real napari viewer (Xvfb): visible region, whole slide, ROI, any image
+layer, cancel, bad states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from widget_fixtures import (  # noqa: F401  (fixtures)
+    open_slide_layer,
+    set_canvas,
+    small_slide,
+    tiny_model_path,
+    view_region,
+    wait_worker,
+)
+
+from napari_dfa.classes import SYNTHETIC
+from napari_dfa.inference import segment
+from napari_dfa.model import load_model
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def setup(make_napari_viewer, qtbot, small_slide, tiny_model_path):
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    image = open_slide_layer(viewer, small_slide)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    set_canvas(viewer, qtbot)
+    widget.set_model_source(str(tiny_model_path))
+    return viewer, image, widget
+
+
+def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
+    viewer, image, widget = setup
+    assert image.multiscale and image.metadata["mpp"] == 0.5
+    view_region(viewer, image, 600, 700, 512, 512)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+
+    labels = viewer.layers[f"{image.name} DFA labels"]
+    res = widget.session.result
+    # The model is trained at 0.5 µm/px = the slide's level 0; the view (512² and what the canvas's
+    # aspect adds) plus the model's context is what was segmented.
+    assert res.level == 0
+    y0, x0, h, w = res.region
+    ctx = load_model(tiny_model_path).context
+    assert y0 <= 600 - ctx + 1 and x0 <= 700 - ctx + 1
+    assert y0 + h >= 600 + 512 + ctx - 1 and x0 + w >= 700 + 512 + ctx - 1
+    assert h < 512 + 2 * ctx + 64 and w < 512 + 2 * ctx + 64
+    # Aligned with the image: same world units, the region's top-left where the image has it.
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, np.asarray(image.translate) + np.array([y0, x0]) * image.scale)
+    assert labels.data.shape == (h, w) and labels.data.dtype == np.uint8
+    # Exactly what segment() gives for that region of the slide file.
+    expected = segment(small_slide_of(image), load_model(tiny_model_path), level=0, region=res.region).labels
+    np.testing.assert_array_equal(labels.data, expected)
+    # Class names on hover (features) and in the legend; colours are the class colours.
+    assert list(labels.features["class"]) == ["unlabelled", *SYNTHETIC.names]
+    k = int(np.bincount(labels.data.ravel(), minlength=6)[1:].argmax()) + 1
+    yy, xx = np.argwhere(labels.data == k)[0]
+    world = np.asarray(labels.translate) + np.array([yy, xx]) * labels.scale
+    status = labels.get_status(world, world=True)
+    assert SYNTHETIC.names[k - 1] in str(status)
+    np.testing.assert_allclose(labels.colormap.map(np.array([k]))[0][:3],
+                               np.array(SYNTHETIC.colors[k - 1]) / 255, atol=1e-3)
+    for name in SYNTHETIC.names:
+        assert name in widget.legend.text()
+
+
+def small_slide_of(image):
+    return image.metadata["slide"]
+
+
+def test_zoomed_out_view_uses_the_model_level_and_whole_slide_is_multiscale(setup, qtbot):
+    viewer, image, widget = setup
+    widget.scope_combo.setCurrentText("Whole slide")
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    labels = viewer.layers[f"{image.name} DFA labels (whole slide)"]
+    assert labels.multiscale
+    assert labels.data[0].shape == image.data[0].shape[:2]
+    assert len(labels.data) >= 2 and labels.data[1].shape[0] <= image.data[0].shape[0] // 2
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    assert widget.session.result.whole_slide and widget.session.result.store_path.endswith(".zarr")
+    # backed by the zarr store, not an in-memory copy
+    assert type(labels.data[0]).__module__.startswith("zarr")
+    assert set(np.unique(np.asarray(labels.data[-1]))) <= set(range(6))
+
+
+def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot, tiny_model_path):
+    """A plain RGB numpy layer (another reader's) with its own scale and translate."""
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(60, 230, size=(700, 900, 3), dtype=np.uint8)
+    image = viewer.add_image(rgb, rgb=True, name="other reader", scale=(2.0, 2.0), translate=(100.0, -40.0))
+    widget = SegmentWidget(viewer)
+    set_canvas(viewer, qtbot)
+    widget.set_model_source(str(tiny_model_path))
+    widget.scope_combo.setCurrentText("Shapes ROI")
+    shapes = viewer.add_shapes([[[100 + 2 * 200, -40 + 2 * 300], [100 + 2 * 456, -40 + 2 * 556]]],
+                               shape_type="rectangle", name="ROI")
+    assert shapes.nshapes == 1
+    widget.image_combo.setCurrentText("other reader")
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    labels = viewer.layers["other reader DFA labels"]
+    y0, x0, h, w = widget.session.result.region
+    ctx = load_model(tiny_model_path).context
+    assert (y0, x0) == (200 - ctx, 300 - ctx) and (h, w) == (256 + 2 * ctx, 256 + 2 * ctx)
+    np.testing.assert_allclose(labels.scale, (2.0, 2.0))
+    np.testing.assert_allclose(labels.translate, (100 + 2 * y0, -40 + 2 * x0))
+    expected = segment(rgb, load_model(tiny_model_path), region=(y0, x0, h, w)).labels
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+def test_cancel_mid_run_leaves_a_consistent_layer(setup, qtbot):
+    viewer, image, widget = setup
+    widget.scope_combo.setCurrentText("Whole slide")
+    seen = []
+    widget._bridge.progress.connect(lambda v: (seen.append(v), widget.cancel()))
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert seen, "no progress was reported"
+    text = widget.status.text()
+    assert "Cancelled" in text, text
+    assert widget.segment_button.isEnabled() and not widget.cancel_button.isEnabled()
+    name = f"{image.name} DFA labels (whole slide)"
+    # The partial result is shown aligned, its unfinished rows unlabelled (0, transparent).
+    labels = viewer.layers[name]
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    data = np.asarray(labels.data[0] if labels.multiscale else labels.data)
+    assert data.shape == image.data[0].shape[:2]
+    assert (data[-64:] == 0).all()
+    assert labels.metadata["napari_dfa"]["completed"] is False
+    # The widget is usable again: a full run after the cancelled one completes.
+    widget._bridge.progress.disconnect()
+    widget._bridge.progress.connect(widget._on_progress)
+    widget.scope_combo.setCurrentText("Visible region")
+    view_region(viewer, image, 0, 0, 256, 256)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+
+
+def test_bad_states_are_messages_not_tracebacks(make_napari_viewer, qtbot, tmp_path, small_slide):
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    # No slide open.
+    assert widget.segment() is None
+    assert "No slide open" in widget.status.text()
+    open_slide_layer(viewer, small_slide)
+    # A corrupt checkpoint: named in the message, napari keeps running.
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    widget.set_model_source(str(bad))
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert "corrupt.safetensors" in widget.status.text()
+    assert widget.session.segmenter is None
+    # A pickle pretending to be a model.
+    pkl = tmp_path / "model.pth"
+    pkl.write_bytes(b"\x80\x04\x95\x00")
+    widget.set_model_source(str(pkl))
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert "model.pth" in widget.status.text()
+    # No ROI drawn.
+    widget.scope_combo.setCurrentText("Shapes ROI")
+    assert widget.segment() is None
+    assert "No ROI drawn" in widget.status.text()
+    assert widget.segment_button.isEnabled()
