@@ -216,6 +216,25 @@ def test_config_round_trips_and_refuses_typos():
         ModelConfig.from_preset("huge")
 
 
+def test_config_from_toml(tmp_path):
+    path = tmp_path / "recipe.toml"
+    path.write_text('[model]\npreset = "small"\nnum_classes = 3\nbias_mode = "cffa"\ngamma = 1.0\n')
+    cfg = ModelConfig.from_toml(path)
+    assert cfg == ModelConfig.from_preset("small", num_classes=3, bias_mode="cffa", gamma=1.0)
+    path.write_text('[model]\npreset = "small"\nbias = "cffa"\n')
+    with pytest.raises(ConfigError, match="recipe.toml.*unknown model config keys"):
+        ModelConfig.from_toml(path)
+
+
+def test_core_import_pulls_in_neither_timm_nor_torchvision():
+    import subprocess
+
+    code = ("import sys, napari_dfa.model\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else None

@@ -158,7 +158,9 @@ def _sniff(path: Path) -> None:
         head = fh.read(9)
     if head[:4] == b"PK\x03\x04":
         raise _refuse_pickle(path, "torch.save zip archive")
-    if head[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES:
+    # A safetensors header length whose low byte is 0x80 also starts with 0x80: "{" at byte 8 tells.
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size
+    if (head[:1] == b"\x80" and not looks_safetensors) or path.suffix.lower() in PICKLE_SUFFIXES:
         raise _refuse_pickle(path, "pickle stream" if head[:1] == b"\x80" else f"{path.suffix} file")
     if size < 10:
         raise CheckpointError(f"{path}: file is {size} bytes, too short to be a .safetensors checkpoint (truncated?)")

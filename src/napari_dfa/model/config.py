@@ -160,6 +160,23 @@ class ModelConfig:
         return cls.from_dict(data, source=source)
 
     @classmethod
+    def from_toml(cls, path, *, table: str = "model") -> ModelConfig:
+        """Read the ``[model]`` table (or the whole file when ``table`` is empty) of a TOML file."""
+        import tomllib
+        from pathlib import Path
+
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the model config ({exc})") from None
+        if table:
+            if not isinstance(data.get(table), dict):
+                raise ConfigError(f"{path}: no [{table}] table")
+            data = data[table]
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """A preset (``tiny``, ``small``, ``base``, ``sam-vit-b``) with some fields overridden."""
         if name not in PRESETS:
