@@ -338,3 +338,57 @@ def test_tiny_overfits_synthetic_tiles():
     pred = np.stack([seg.predict(t) for t in rgb])
     dice = [2 * np.sum((pred == c) & (mask == c)) / (np.sum(pred == c) + np.sum(mask == c)) for c in (1, 2, 3)]
     assert min(dice) > 0.9, dice
+
+
+class _FakeFeatureInfo:
+    def __init__(self, reductions, channels):
+        self._r, self._c = reductions, channels
+
+    def reduction(self):
+        return list(self._r)
+
+    def channels(self):
+        return list(self._c)
+
+
+class _FeaturesOnlyNet(nn.Module):
+    """Behaves like a timm ``features_only`` model: a list of maps at strides 2..32, channels-last
+    from stride 16 on (as Swin-style models return them)."""
+
+    def __init__(self):
+        super().__init__()
+        chans = [8, 12, 16, 24, 32]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip([3] + chans, chans))
+        self.feature_info = _FakeFeatureInfo([2, 4, 8, 16, 32], chans)
+
+    def forward(self, x):
+        out = []
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            out.append(x.permute(0, 2, 3, 1) if i >= 3 else x)
+        return out
+
+
+def test_timm_adapter_picks_strides_4_to_32_and_loads_local_safetensors(tmp_path, monkeypatch):
+    """The adapter's own logic, against an object with timm's features_only interface (timm itself
+    pulls torchvision, which cannot be installed beside this torch)."""
+    import types
+
+    from safetensors.torch import save_file
+
+    fake = types.ModuleType("timm")
+    fake.create_model = lambda name, pretrained, features_only: _FeaturesOnlyNet()
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    weights = {k: torch.full_like(v, 0.01) for k, v in _FeaturesOnlyNet().state_dict().items()}
+    save_file(weights, str(tmp_path / "backbone.safetensors"))
+    model = build_model(tiny(encoder="timm:fake_net", encoder_weights=str(tmp_path / "backbone.safetensors")))
+    assert model.encoder.out_channels == (12, 16, 24, 32)
+    assert torch.all(model.encoder.backbone.convs[0].weight == 0.01)
+    feats = model.encoder(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(12, 16, 16), (16, 8, 8), (24, 4, 4), (32, 2, 2)]
+    assert model(torch.rand(1, 3, 64, 64))["logits"].shape == (1, 5, 64, 64)
+    (tmp_path / "backbone.pth").write_bytes(b"\x80\x04pickle")
+    from napari_dfa.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"backbone\.pth.*\.safetensors"):
+        build_model(tiny(encoder="timm:fake_net", encoder_weights=str(tmp_path / "backbone.pth")))
