@@ -75,6 +75,10 @@ def test_save_load_round_trips_bit_exactly(tmp_path, segmenter, rgb):
     again = loaded.save(tmp_path / "again.safetensors")
     with safe_open(str(path), "pt") as f1, safe_open(str(again), "pt") as f2:
         assert f1.metadata() == f2.metadata()
+    # Provenance set in memory (as fine-tuning does) is stamped when saved.
+    loaded.metadata["provenance"] = {"data": "corrections"}
+    stamped = load_model(loaded.save(tmp_path / "ft.safetensors")).metadata["provenance"]
+    assert stamped["data"] == "corrections" and "created" in stamped and "napari_dfa_version" in stamped
     # A fine-tuned child records its parent.
     child = loaded.save(tmp_path / "child.safetensors", provenance={"corrections": 12})
     assert load_model(child).metadata["provenance"]["parent"] == str(path)

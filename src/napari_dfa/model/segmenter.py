@@ -205,7 +205,7 @@ class Segmenter:
             prov = dict(self.metadata.get("provenance") or {})
         else:
             prov = {"parent": self.metadata.get("source"), **provenance}
-        if provenance is not None or not prov:
+        if provenance is not None or "created" not in prov:
             # New provenance: stamp it. Re-saving a loaded model unchanged keeps its stamp.
             prov.setdefault("parent", self.metadata.get("source"))
             prov["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
