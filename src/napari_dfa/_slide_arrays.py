@@ -41,6 +41,8 @@ PERCENTILE_MAX_PIXELS = 4 * 1024 * 1024
 PYRAMID_MIN_SIZE = 1024
 # Target dask chunk edge: napari and the tiler both read ~1k tiles.
 CHUNK_TARGET = 1024
+# Every rechunk here passes method="tasks": dask otherwise imports dask.distributed (~0.3 s) to
+# weigh its p2p method, which would make the first open of a session slow for no benefit.
 
 _names = itertools.count()
 
@@ -177,7 +179,7 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
         raise SlideError(f"{path}: empty image (shape {arr.shape}).")
     # Colour conversion needs all channels of a pixel in one chunk (planar files store one per plane).
     if arr.chunks[2] != (arr.shape[2],):
-        arr = arr.rechunk({2: -1})
+        arr = arr.rechunk({2: -1}, method="tasks")
     return arr
 
 
@@ -258,7 +260,7 @@ def half(level: da.Array) -> da.Array:
     # Every chunk must have even edges so 2×2 blocks never straddle chunks.
     even = tuple(tuple(_even_chunks(c)) for c in level.chunks[:2])
     if even != level.chunks[:2]:
-        level = level.rechunk(even + (level.chunks[2],))
+        level = level.rechunk(even + (level.chunks[2],), method="tasks")
     out = level.map_blocks(
         _mean2x2,
         dtype=np.uint8,
@@ -268,7 +270,7 @@ def half(level: da.Array) -> da.Array:
     # Halved chunks shrink geometrically: merge them back to ~CHUNK_TARGET so a low level does
     # not carry thousands of tiny tasks.
     if max(out.chunks[0]) < CHUNK_TARGET // 2 or max(out.chunks[1]) < CHUNK_TARGET // 2:
-        out = out.rechunk((CHUNK_TARGET, CHUNK_TARGET, 3))
+        out = out.rechunk((CHUNK_TARGET, CHUNK_TARGET, 3), method="tasks")
     return out
 
 

@@ -1,0 +1,160 @@
+"""Opening a whole slide costs the same whatever its size: time and memory of `open_slide`.
+
+Writes, in a temporary folder, a small flat TIFF (the baseline) and 40000×40000 RGB slides
+(4.8 GB of pixels each): a flat uncompressed BigTIFF (sparse file, memory-mapped path), a flat
+tiled zlib BigTIFF (tifffile's zarr store path), and an OME-Zarr (NGFF 0.5, zarr v3, 6 levels,
+chunks not written). Each is opened in a fresh process, which reports the wall time of the first
+`open_slide` and the median of 5 more, the rise of its resident memory (psutil RSS), and the time to
+read one 1024×1024 region at level 0 and to build the napari layer's level list.
+
+Run: `python benchmarks/bench_slide_open.py` (also part of `make bench`). Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 40_000
+TILE = 256
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def measure(path: str) -> dict:
+    """Runs in a fresh interpreter: everything imported first, so only opening is measured."""
+    import dask.array  # noqa: F401
+    import tifffile  # noqa: F401
+    import zarr  # noqa: F401
+
+    from napari_dfa import open_slide
+    import napari_dfa._slide_tiff  # noqa: F401
+    import napari_dfa._slide_zarr  # noqa: F401
+
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    slide = open_slide(path)
+    first = time.perf_counter() - t0
+    rss1 = _rss_mb()
+    again = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        open_slide(path).close()
+        again.append(time.perf_counter() - t0)
+    y, x = slide.shape[0] // 2, slide.shape[1] // 2
+    t0 = time.perf_counter()
+    tile = slide.read_region(0, (y, x, 1024, 1024))
+    region = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    slide.read_region(0, (y + 2048, x + 2048, 1024, 1024))  # thread pool and codecs warm now
+    region2 = time.perf_counter() - t0
+    return {
+        "shape": slide.shape, "levels": len(slide.levels), "backend": slide.backend,
+        "first_open_s": first, "open_median_s": statistics.median(again), "rss_rise_mb": rss1 - rss0,
+        "region_1024_s": region, "region2_1024_s": region2, "rss_after_region_mb": _rss_mb() - rss0, "tile_mean": float(tile.mean()),
+    }
+
+
+def _tissue_tiles(n: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = np.array([224, 140, 185], np.int16)
+    return [np.clip(base + rng.integers(-8, 9, (TILE, TILE, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def write_files(folder: Path) -> dict[str, tuple[Path, float]]:
+    import tifffile
+    import zarr
+
+    files = {}
+    t0 = time.perf_counter()
+    small = folder / "small_2000.tif"
+    tifffile.imwrite(small, np.full((2000, 2000, 3), 200, np.uint8), tile=(TILE, TILE), compression="zlib",
+                     photometric="rgb")
+    files["flat tiled TIFF 2000×2000 (baseline)"] = (small, time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    flat = folder / "flat_uncompressed.tif"
+    mm = tifffile.memmap(flat, shape=(SIZE, SIZE, 3), dtype=np.uint8, photometric="rgb", bigtiff=True)
+    mm[:1024, :1024] = 230  # touch a corner; the rest stays a sparse hole
+    mm.flush()
+    del mm
+    files[f"flat uncompressed BigTIFF {SIZE}×{SIZE}"] = (flat, time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    tiled = folder / "flat_tiled.tif"
+    tiles = _tissue_tiles()
+    count = (-(-SIZE // TILE)) ** 2
+    tifffile.imwrite(tiled, (tiles[i % 4] for i in range(count)), shape=(SIZE, SIZE, 3), dtype=np.uint8,
+                     tile=(TILE, TILE), compression="zlib", compressionargs={"level": 1}, photometric="rgb",
+                     bigtiff=True)
+    files[f"flat tiled zlib BigTIFF {SIZE}×{SIZE}"] = (tiled, time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    store = folder / "slide.ome.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    datasets = []
+    for i in range(6):
+        n = SIZE // 2**i
+        root.create_array(f"s{i}", shape=(3, n, n), chunks=(3, 1024, 1024), dtype="uint8", fill_value=255)
+        datasets.append({"path": f"s{i}", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 0.25 * 2**i, 0.25 * 2**i]}]})
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"datasets": datasets, "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}]}]}
+    files[f"OME-Zarr 0.5 {SIZE}×{SIZE}, 6 levels"] = (store, time.perf_counter() - t0)
+    return files
+
+
+def machine() -> str:
+    import psutil
+
+    return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores "
+            f"({platform.processor() or platform.machine()}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU used")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(measure(sys.argv[2])))
+        return
+    print("## Slide opening\n")
+    print(f"Machine: {machine()}\n")
+    with tempfile.TemporaryDirectory(prefix="bench_slide_") as tmp:
+        files = write_files(Path(tmp))
+        print("| slide | file size on disk | levels | first open | open (median of 5) | RSS rise at open "
+              "| read 1024² region at level 0 (first / second) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for label, (path, _) in files.items():
+            out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True)
+            if out.returncode:
+                print(f"| {label} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            disk = _du(path)
+            print(f"| {label} ({r['backend']}) | {disk / 2**20:.0f} MiB | {r['levels']} | "
+                  f"{r['first_open_s'] * 1e3:.1f} ms | {r['open_median_s'] * 1e3:.1f} ms | "
+                  f"{r['rss_rise_mb']:.1f} MiB | {r['region_1024_s'] * 1e3:.0f} / {r['region2_1024_s'] * 1e3:.0f} ms |")
+    print("\nOpening reads only the TIFF IFDs / zarr metadata; levels are dask graphs until a region is "
+          "computed. The uncompressed BigTIFF is a sparse file (its pixels read as black).")
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+if __name__ == "__main__":
+    main()
