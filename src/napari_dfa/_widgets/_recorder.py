@@ -17,21 +17,34 @@ from ..corrections import CorrectionStore
 logger = logging.getLogger(__name__)
 
 
-def atom_box(atom, shape) -> tuple[slice, slice] | None:
-    """The (y, x) box a napari history atom touched, clipped to ``shape``."""
+def atom_block(atom, data) -> tuple[tuple[int, int], np.ndarray] | None:
+    """``(offset, block)``: the box of ``data`` a napari history atom touched, with the edit applied.
+
+    napari records the atom (and emits the paint event) *before* it writes the array for single
+    edits and after it for strokes, so the edit is applied here from the atom itself; applying it
+    twice changes nothing.
+    """
     key = getattr(atom, "slice_key", None)
-    if key is not None:
-        return tuple(slice(*s.indices(n)[:2]) for s, n in zip(key[-2:], shape))
-    try:  # legacy (indices, old_values, new_values) from data_setitem
-        indices = atom[0]
-        if isinstance(indices, tuple) and len(indices) >= 2:
-            ys, xs = np.asarray(indices[-2]), np.asarray(indices[-1])
-            if ys.size == 0:
-                return None
-            return (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
-    except (TypeError, IndexError):
-        pass
-    return None
+    if key is not None:  # brush, fill, polygon: a box, a mask in it (None = all) and the label
+        box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(key[-2:], data.shape[-2:]))
+        block = np.array(data[box], copy=True)
+        mask = atom.mask
+        if mask is None:
+            block[...] = atom.new_value
+        else:
+            block[np.asarray(mask).reshape(block.shape)] = atom.new_value
+        return (box[0].start, box[1].start), block
+    try:  # data_setitem: (fancy indices, old values, new value(s))
+        indices, _old, new = atom
+        ys, xs = np.asarray(indices[-2]), np.asarray(indices[-1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if ys.size == 0:
+        return None
+    y0, x0 = int(ys.min()), int(xs.min())
+    block = np.array(data[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1], copy=True)
+    block[ys - y0, xs - x0] = new
+    return (y0, x0), block
 
 
 class CorrectionRecorder:
@@ -63,14 +76,12 @@ class CorrectionRecorder:
         return run
 
     def _on_paint(self, event) -> None:
-        shape = self.layer.data.shape[-2:]
         for atom in event.value:
-            box = atom_box(atom, shape)
-            if box is None:
+            found = atom_block(atom, self.layer.data)
+            if found is None:  # an atom we cannot read: write everything
                 self.flush()
                 return
-            block = np.asarray(self.layer.data[box])
-            self.store.write(self.patch.key, (box[0].start, box[1].start), block)
+            self.store.write(self.patch.key, *found)
             self.writes += 1
 
     def _on_data(self, event=None) -> None:

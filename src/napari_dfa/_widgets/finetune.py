@@ -10,7 +10,6 @@ off), then the region is segmented again so the change shows. Every version can 
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from pathlib import Path
@@ -278,19 +277,16 @@ class FinetuneWidget(QWidget):
             def progress(step, total, **info):
                 self._bridge.progress.emit((int(step), int(total), info.get("loss"), info.get("val_loss")))
 
-            before = len(seg.metadata.get("bias_history", []))
-            result = finetune(copy.deepcopy(seg), samples, steps=steps, progress=progress,
-                              cancel=self._cancel.is_set)
+            # finetune() trains a copy, records b_c in its history and writes its provenance.
+            result = finetune(seg, samples, steps=steps, progress=progress, cancel=self._cancel.is_set)
             new = result.segmenter
             keep = bool(result.promoted) or not guard
             relabelled = None
             if keep:
-                if len(new.metadata.get("bias_history", [])) <= before:
-                    new.record_bias(phase="finetune", steps=steps)
-                new.metadata["provenance"] = {
-                    **dict(new.metadata.get("provenance") or {}), "parent": parent_source,
-                    "corrections": str(store.path), "slide": pyramid.path, "finetune_steps": steps,
-                    "old_score": _num(result.old_score), "new_score": _num(result.new_score)}
+                prov = new.metadata.setdefault("provenance", {})
+                prov.setdefault("parent", parent_source)
+                prov["correction_store"] = str(store.path)
+                prov["slide"] = pyramid.path
                 if target is not None:
                     level, region = target
                     data, lv = pyramid.source(level)

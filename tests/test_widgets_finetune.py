@@ -1,0 +1,210 @@
+"""Fine-tune widget with a real viewer (Xvfb): paint corrections, they are on disk at once (also
+after SIGKILL), fine-tune, the region's labels move towards the correction; QuPath import, save,
+roll back, bad states."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from widget_fixtures import (  # noqa: F401  (fixtures)
+    open_slide_layer,
+    set_canvas,
+    small_slide,
+    tiny_model_path,
+    view_region,
+    wait_worker,
+)
+
+from napari_dfa.corrections import CorrectionStore
+from napari_dfa.model import load_model
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def segmented(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):
+    """A viewer with the slide, the three widgets, and a 256² region segmented at level 0."""
+    from napari_dfa._widgets.attention import AttentionWidget
+    from napari_dfa._widgets.finetune import FinetuneWidget
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    image = open_slide_layer(viewer, small_slide)
+    seg_w, att_w = SegmentWidget(viewer), AttentionWidget(viewer)
+    ft_w = FinetuneWidget(viewer, store_root=tmp_path / "corrections")
+    for w in (seg_w, att_w, ft_w):
+        viewer.window.add_dock_widget(w)
+    set_canvas(viewer, qtbot)
+    seg_w.set_model_source(str(tiny_model_path))
+    view_region(viewer, image, 1024, 1024, 256, 256)
+    seg_w.segment()
+    wait_worker(qtbot, seg_w)
+    assert seg_w.status.text().startswith("Done"), seg_w.status.text()
+    return viewer, image, seg_w, att_w, ft_w
+
+
+def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    res = seg_w.session.result
+    labels = viewer.layers[res.labels_layer]
+    before = labels.data.copy()
+    layer = ft_w.start_corrections()
+    assert layer.data.shape == before.shape and not layer.multiscale
+    np.testing.assert_allclose(layer.scale, labels.scale)
+    np.testing.assert_allclose(layer.translate, labels.translate)
+
+    # The pathologist says: this square is necrosis (the class the untrained model predicts least there).
+    h, w = before.shape
+    box = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
+    counts = np.bincount(before[box].ravel(), minlength=6)[1:]
+    target = int(counts.argmin()) + 1
+    name = ft_w.session.segmenter.class_names[target - 1]
+    ft_w.set_class(name)
+    assert layer.selected_label == target and layer.mode == "paint"
+    # Paint as the brush does: a few dabs, then a filled block through the layer API.
+    layer.brush_size = 30
+    for y in range(h // 4 + 15, 3 * h // 4 - 15, 20):
+        layer.paint((y, w // 4 + 15), target)
+    ys, xs = np.mgrid[box]
+    layer.data_setitem((ys.ravel(), xs.ravel()), target)
+    assert (layer.data[box] == target).all()
+    # On disk already, before any button is pressed.
+    store = CorrectionStore.for_slide(image.metadata["path"], root=ft_w.store_root)
+    assert store.counts() == {target: int((layer.data == target).sum())}
+    assert "Saved on disk" in ft_w.saved_label.text()
+
+    old_model = ft_w.session.segmenter
+    ft_w.steps.setValue(40)
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w, timeout=180_000)
+    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
+    assert ft_w.last_finetune.promoted
+    assert ft_w.session.segmenter is not old_model
+    assert len(ft_w._losses) == 40  # the live loss curve got every step
+    after = viewer.layers[res.labels_layer].data
+    frac_before = float((before[box] == target).mean())
+    frac_after = float((after[box] == target).mean())
+    assert frac_after > frac_before + 0.2, (frac_before, frac_after)
+    # The attention widget follows the new model: b_c history now includes the fine-tuning run.
+    assert any(tag.startswith("finetune") for tag, _ in __import__(
+        "napari_dfa._widgets.attention", fromlist=["bias_trajectory"]).bias_trajectory(ft_w.session.segmenter))
+    np.testing.assert_allclose(att_w.current_bias(), ft_w.session.segmenter.class_bias())
+    # Versions: the original and the fine-tuned one; roll back restores the original.
+    assert [v["label"] for v in ft_w.session.versions][-1] == "fine-tune 1"
+    ft_w.rollback(0)
+    assert ft_w.session.segmenter is old_model
+
+
+def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(40, 90).repeat(50), np.tile(np.arange(40, 90), 50)), 2)
+    ft_w.steps.setValue(3)
+    ft_w.guard.setChecked(False)  # keep it whatever the held-out score says
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w, timeout=120_000)
+    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
+    out = ft_w.save_model(tmp_path / "tuned.safetensors")
+    assert out is not None and out.exists()
+    again = load_model(out)
+    prov = again.metadata["provenance"]
+    assert prov["correction_store"].endswith(".zarr") and prov["slide"] == image.metadata["path"]
+    assert prov["corrections"]["corrected_pixels"] == 2500
+    assert str(prov["parent"]).endswith("tiny.safetensors")
+    assert again.metadata["bias_history"][-1]["phase"] == "finetune"
+
+
+def test_bad_states_give_messages(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):
+    from napari_dfa._widgets._common import session_for
+    from napari_dfa._widgets.finetune import FinetuneWidget
+
+    viewer = make_napari_viewer(show=True)
+    ft_w = FinetuneWidget(viewer, store_root=tmp_path)
+    assert ft_w.start_corrections() is None
+    assert "No model" in ft_w.status.text()
+    session_for(viewer).set_model(load_model(tiny_model_path), str(tiny_model_path))
+    assert ft_w.finetune() is None
+    assert "No slide open" in ft_w.status.text()
+    open_slide_layer(viewer, small_slide)
+    assert ft_w.start_corrections() is None
+    assert "Nothing segmented yet" in ft_w.status.text()
+    assert ft_w.finetune() is None
+    assert "No corrections yet" in ft_w.status.text()
+    gj = tmp_path / "bad.geojson"
+    gj.write_text("{nope")
+    assert ft_w.import_geojson(gj) is None
+    assert "bad.geojson" in ft_w.status.text()
+
+
+def test_qupath_geojson_becomes_corrections(segmented, qtbot, tmp_path):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    doc = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "id": "0b3c0a5e-4c43-4d47-9d55-8c5b1e0f6a11",
+        "geometry": {"type": "Polygon",
+                     "coordinates": [[[1100, 1050], [1200, 1050], [1200, 1150], [1100, 1150], [1100, 1050]]]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Stroma", "color": [255, 170, 200]}},
+    }]}
+    gj = tmp_path / "qupath.geojson"
+    gj.write_text(json.dumps(doc))
+    layer = ft_w.import_geojson(gj)
+    assert layer is not None, ft_w.status.text()
+    assert int((layer.data == 3).sum()) == 100 * 100
+    # placed on the slide grid: level-0 pixel (y=1050, x=1100) is the layer's first stroma pixel
+    ys, xs = np.nonzero(layer.data == 3)
+    world = np.asarray(layer.translate) + np.array([ys.min(), xs.min()]) * layer.scale
+    np.testing.assert_allclose(world, np.array([1050, 1100]) * image.scale)
+    assert "Imported qupath.geojson" in ft_w.status.text()
+
+
+def test_sigkill_after_painting_loses_nothing(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):
+    """A napari process paints through the widget and is killed -9; a new viewer finds it all."""
+    root = tmp_path / "corrections"
+    code = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        import napari
+        from napari_dfa._widgets._common import RegionResult, session_for
+        from napari_dfa._widgets.finetune import FinetuneWidget
+        from napari_dfa.model import load_model
+
+        viewer = napari.Viewer(show=False)
+        viewer.open({str(small_slide)!r}, plugin="napari-dfa")
+        session = session_for(viewer)
+        session.set_model(load_model({str(tiny_model_path)!r}), {str(tiny_model_path)!r})
+        session.set_result(RegionResult(image_layer=viewer.layers[0].name, level=1, region=(100, 120, 300, 280),
+                                        downsample=2.0, scale=(1.0, 1.0), translate=(100.0, 120.0),
+                                        labels_layer="none"))
+        widget = FinetuneWidget(viewer, store_root={str(root)!r})
+        layer = widget.start_corrections()
+        widget.set_class("tumour")
+        layer.brush_size = 20
+        for x in range(30, 250, 10):  # one stroke per dab, each written as it is made
+            layer.paint((150, x), 2)
+        layer.data_setitem((np.full(50, 10), np.arange(50)), 5)
+        np.save({str(tmp_path / "expected.npy")!r}, np.asarray(layer.data))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NAPARI_DFA_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    expected = np.load(tmp_path / "expected.npy")
+    assert (expected == 2).sum() > 2000 and (expected == 5).sum() == 50
+
+    from napari_dfa._widgets._common import session_for
+    from napari_dfa._widgets.finetune import FinetuneWidget
+
+    viewer = make_napari_viewer(show=True)
+    open_slide_layer(viewer, small_slide)
+    session_for(viewer).set_model(load_model(tiny_model_path), str(tiny_model_path))
+    ft_w = FinetuneWidget(viewer, store_root=root)
+    assert f"{int((expected > 0).sum())} px" in ft_w.saved_label.text()
+    (layer,) = ft_w.load_saved()
+    np.testing.assert_array_equal(layer.data, expected)
+    np.testing.assert_allclose(layer.translate, np.array([200.0, 240.0]) * viewer.layers[0].scale)
