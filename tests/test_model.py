@@ -89,6 +89,24 @@ def test_per_class_constant_over_pixels_changes_nothing():
     assert useful > 1000 * useless  # the same constant on the class axis does get a gradient
 
 
+def test_pixel_to_token_logits_follow_the_dfa_formula():
+    """logit[p, c] = q_p·k_c/√d_head + b_c in every head, softmax over the K class tokens."""
+    from napari_dfa.model.decoder import TwoWayDFALayer
+
+    layer = TwoWayDFALayer(dim=32, heads=4, mlp_dim=64)
+    tokens, token_pe = torch.randn(2, 5, 32), torch.randn(1, 5, 32)
+    memory, memory_pe = torch.randn(2, 12, 32), torch.randn(1, 12, 32)
+    b = torch.tensor([1.5, -2.0, 0.0, 0.7, 3.0])
+    out_tokens, _, attn = layer(tokens, token_pe, memory, memory_pe, b)
+    # steps 1-3 by the layer's own modules, step 4 by hand
+    p2t = layer.pixel_to_token
+    q = p2t.q_proj(memory + memory_pe).reshape(2, 12, 4, 8).transpose(1, 2)
+    k = p2t.k_proj(out_tokens + token_pe).reshape(2, 5, 4, 8).transpose(1, 2)
+    expected = (q @ k.transpose(-2, -1) / 8 ** 0.5 + b).softmax(dim=-1)
+    assert attn.shape == (2, 4, 12, 5)
+    torch.testing.assert_close(attn, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_is_a_distribution_over_classes():
     model = build_model(tiny(), frequencies=FREQS).eval()
     out = model(images(b=2, size=128), return_attention=True)
