@@ -164,3 +164,10 @@ def test_encoder_weights_of_the_wrong_size_are_refused(tmp_path):
                                      **{**SMALL_VIT, "vit_dim": 128})
     with pytest.raises(CheckpointError, match="s.safetensors"):
         build_model(config)
+
+
+def test_missing_sam_weights_say_how_to_get_them(tmp_path):
+    config = ModelConfig.from_preset("sam-vit-b", num_classes=3,
+                                     encoder_weights=str(tmp_path / "sam_vit_b_01ec64.safetensors"), **SMALL_VIT)
+    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64\.safetensors: SAM encoder weights not found.*import_sam_weights"):
+        build_model(config)

@@ -221,7 +221,15 @@ class SamVitEncoder(nn.Module):
             window=config.vit_window, global_blocks=config.vit_global_blocks, neck_dim=config.vit_neck_dim,
         )
         if config.encoder_weights and load_weights:
-            _load_safetensors_into(vit, config.encoder_weights, prefix=SAM_PREFIX)
+            weights = Path(config.encoder_weights)
+            if not weights.is_file():
+                raise CheckpointError(
+                    f"{weights}: SAM encoder weights not found. Download SAM's sam_vit_b_01ec64.pth "
+                    "(github.com/facebookresearch/segment-anything, 'Model Checkpoints') and convert it once: "
+                    "python -c \"from napari_dfa.model import import_sam_weights; "
+                    f"import_sam_weights('sam_vit_b_01ec64.pth', '{weights}')\""
+                )
+            _load_safetensors_into(vit, weights, prefix=SAM_PREFIX)
         elif not config.encoder_weights:
             log.warning("sam-vit-b encoder built without weights: convert SAM's checkpoint with "
                         "import_sam_weights() and set encoder_weights")
