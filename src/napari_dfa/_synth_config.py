@@ -79,10 +79,10 @@ class ClassSpec:
 # Tumour: large pleomorphic vesicular nuclei on purple-pink cytoplasm. Stroma: pink wavy collagen
 # with sparse spindle nuclei. Other (fat, vessels, normal tissue): paler pink with white holes.
 # Necrosis: pink patchy debris with fragmented nuclear dust.
-_INFLAMMATORY = Appearance(eosin=0.20, haem=0.30, fibre=0.0, nuclei=0.62, radius=4.0, radius_sd=0.10,
-                           elongation=1.1, nucleus_haem=2.4, vesicular=0.0, lumen=0.0, mottle=0.10, grain=0.06)
-_TUMOUR = Appearance(eosin=0.50, haem=0.28, fibre=0.0, nuclei=0.34, radius=7.0, radius_sd=0.25,
-                     elongation=1.4, nucleus_haem=1.35, vesicular=0.45, lumen=0.02, mottle=0.12, grain=0.06)
+_INFLAMMATORY = Appearance(eosin=0.15, haem=0.35, fibre=0.0, nuclei=0.70, radius=3.6, radius_sd=0.10,
+                           elongation=1.1, nucleus_haem=2.6, vesicular=0.0, lumen=0.0, mottle=0.10, grain=0.06)
+_TUMOUR = Appearance(eosin=0.50, haem=0.28, fibre=0.0, nuclei=0.30, radius=7.0, radius_sd=0.25,
+                     elongation=1.4, nucleus_haem=1.1, vesicular=0.5, lumen=0.02, mottle=0.12, grain=0.06)
 _STROMA = Appearance(eosin=0.95, haem=0.05, fibre=0.75, nuclei=0.04, radius=4.0, radius_sd=0.20,
                      elongation=3.2, nucleus_haem=1.4, vesicular=0.0, lumen=0.0, mottle=0.10, grain=0.05)
 _OTHER = Appearance(eosin=0.60, haem=0.10, fibre=0.25, nuclei=0.10, radius=5.0, radius_sd=0.20,

@@ -138,8 +138,7 @@ def render(labels: np.ndarray, *, y0: int, x0: int, margin: int, appearances: li
     od = c_h * stain.h_vec.astype(np.float32) + c_e * stain.e_vec.astype(np.float32)
     od += stain.background.astype(np.float32)
     grain = grain[m:hh - m, m:ww - m]
-    rng = np.random.default_rng([*seed, 0x6A, oy + 2**20, ox + 2**20])
-    od *= (1 + grain * rng.standard_normal(grain.shape, dtype=np.float32))[..., None]
+    od *= (1 + grain * pixel_noise(seed, y0, x0, *grain.shape))[..., None]
     return np.clip(255.0 * np.exp(-od) + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -219,6 +218,18 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def pixel_noise(seed, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Zero-mean unit-variance white noise that is a function of the global pixel position only."""
+    key = np.uint64(np.random.SeedSequence([*seed, 0x6A]).generate_state(1, np.uint64)[0])
+    ys = (np.arange(y0, y0 + h, dtype=np.int64) + 2**20).astype(np.uint64) << np.uint64(32)
+    xs = (np.arange(x0, x0 + w, dtype=np.int64) + 2**20).astype(np.uint64)
+    bits = _splitmix((ys[:, None] | xs[None, :]) ^ key)
+    # Two 32-bit uniforms per hash; their difference is triangular (variance 1/6), rescaled to 1.
+    lo = (bits & np.uint64(0xFFFFFFFF)).astype(np.float32)
+    hi = (bits >> np.uint64(32)).astype(np.float32)
+    return (lo - hi) * np.float32(np.sqrt(6.0) / 2**32)
 
 
 def _cell_draws(seed, c: int, lam: float, cy0: int, cy1: int, cx0: int, cx1: int) -> np.ndarray:

@@ -30,9 +30,9 @@ import tifffile
 from PIL import Image
 
 from . import __version__
-from ._synth_config import SynthConfig
+from ._synth_config import GLASS, SynthConfig
 from ._synth_layout import class_layout, tissue_region, upsample_labels
-from ._synth_render import margin_for, render, sample_stain
+from ._synth_render import margin_for, pixel_noise, render, sample_stain
 from .errors import Cancelled, ConfigError, DataError
 from .synth import (
     DATASET_CSV,
@@ -174,9 +174,10 @@ class _SlidePlan:
 
 
 def _glass(stain, h, w, seed, y0, x0) -> np.ndarray:
-    od = stain.background.astype(np.float32) + np.float32(0.01)
-    rng = np.random.default_rng([*seed, 0x6A, y0 + 2**20, x0 + 2**20])
-    od = od * (1 + 0.02 * rng.standard_normal((h, w, 1), dtype=np.float32))
+    """Empty glass: the render of label 0 without the texture work (same noise, same colour)."""
+    glass = GLASS
+    od = glass.haem * stain.h_scale * stain.h_vec + glass.eosin * stain.e_scale * stain.e_vec + stain.background
+    od = od.astype(np.float32) * (1 + glass.grain * pixel_noise(seed, y0, x0, h, w))[..., None]
     return np.clip(255.0 * np.exp(-od) + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -352,5 +353,5 @@ def _write_truth(truth: Path, plan, shapes, *, tile, mpp, config: SynthConfig, s
                   compression="zlib", subifds=len(shapes) - 1, metadata=meta, **_resolution(mpp, 1))
         for level in range(1, len(shapes)):
             tif.write(tiles(level), shape=shapes[level], dtype=np.uint8, tile=(tile, tile),
-                      photometric="minisblack", compression="zlib", subfiletype=1, metadata=None,
+                      photometric="minisblack", compression="zlib", subfiletype=1, metadata={"axes": "YX"},
                       **_resolution(mpp, 2**level))

@@ -1,13 +1,81 @@
-"""``napari-dfa synth`` (placeholder until its owner lands it)."""
+"""``napari-dfa synth``: synthetic H&E data with known class frequency and difficulty.
+
+    napari-dfa synth dataset OUT [--train N --val N --test N --tile 256 --seed S --config cfg.toml]
+    napari-dfa synth slide OUT.tif [--size 8192 | --size 4096x6144] [--seed S] [--config cfg.toml]
+"""
 
 from __future__ import annotations
 
-HELP = "synth (not implemented yet)"
+import sys
+
+HELP = "generate synthetic H&E data: a SAM-Path-layout dataset or a pyramidal slide with truth"
 
 
 def add_arguments(parser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="what", metavar="{dataset,slide}", required=True)
+    ds = sub.add_parser("dataset", help="tiles in the SAM-Path layout: img/, mask/, cv.csv (img_id,fold)")
+    ds.add_argument("out", help="output folder")
+    ds.add_argument("--train", type=int, default=48, help="training tiles (folds 1..4)")
+    ds.add_argument("--val", type=int, default=12, help="validation tiles (fold 0)")
+    ds.add_argument("--test", type=int, default=12, help="test tiles (fold -1)")
+    ds.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    _common(ds)
+    sl = sub.add_parser("slide", help="an Aperio-style pyramidal TIFF slide plus <stem>_truth.tif labels")
+    sl.add_argument("out", help="output slide file (.tif or .svs)")
+    sl.add_argument("--size", default="8192", help="level-0 size: N (square) or HxW, e.g. 4096x6144")
+    sl.add_argument("--mpp", type=float, default=None, help="microns per pixel recorded in the file (default 0.5)")
+    sl.add_argument("--compression", choices=("jpeg", "deflate"), default="jpeg")
+    _common(sl)
+
+
+def _common(p) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    p.add_argument("--config", default=None, help="TOML with a [synth] table (class frequency, difficulty, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    from ..errors import ConfigError
+
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: expected N or HxW, e.g. 8192 or 4096x6144") from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 64:
+        raise ConfigError(f"--size {text!r}: expected N or HxW with sides of at least 64 pixels")
+    return dims[0], dims[1]
 
 
 def run(args) -> int:
-    raise NotImplementedError("napari-dfa synth is not implemented yet")
+    from tqdm import tqdm
+
+    from .. import synth
+
+    config = synth.SynthConfig.from_toml(args.config) if args.config else synth.SynthConfig()
+    bar = tqdm(total=0, unit="tile" if args.what == "dataset" else "row", disable=args.no_progress,
+               desc=f"synth {args.what}", file=sys.stderr)
+
+    def progress(done: int, total: int, **_):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        if args.what == "dataset":
+            root = synth.write_dataset(args.out, config, n_train=args.train, n_val=args.val, n_test=args.test,
+                                       tile=args.tile, seed=args.seed, progress=progress)
+            bar.close()
+            print(f"wrote {args.train + args.val + args.test} tiles to {root} "
+                  f"(img/, mask/, {synth.DATASET_CSV}, {synth.DATASET_JSON})")
+        else:
+            size = parse_size(args.size)
+            slide, truth = synth.write_slide(args.out, config, size=size, seed=args.seed, mpp=args.mpp,
+                                             compression=args.compression, progress=progress)
+            bar.close()
+            print(f"wrote {slide} ({size[0]}x{size[1]} px) and its truth labels {truth}")
+    finally:
+        bar.close()
+    return 0
