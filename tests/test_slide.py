@@ -25,17 +25,17 @@ MPP = 0.499
 def tissue(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A cheap H&E-like image: white glass, a pink tissue ellipse, purple nuclei, a little noise."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (243, 241, 246)
-    inside = ((yy - h / 2) / (0.4 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2 < 1
-    img[inside] = (224, 140, 185)
+    yy = ((np.arange(h, dtype=np.float32) - h / 2) / (0.4 * h)) ** 2
+    xx = ((np.arange(w, dtype=np.float32) - w / 2) / (0.35 * w)) ** 2
+    inside = yy[:, None] + xx[None, :] < 1
+    img = np.where(inside[..., None], np.array([224, 140, 185], np.uint8), np.array([243, 241, 246], np.uint8))
     ny, nx = rng.integers(0, h, 300), rng.integers(0, w, 300)
     for y, x in zip(ny, nx):
         if inside[y, x]:
             img[max(0, y - 3) : y + 3, max(0, x - 3) : x + 3] = (95, 60, 150)
-    noise = rng.integers(-6, 7, img.shape)
-    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    # ±6 grey-level noise; no channel is near 0 or 255, so uint8 arithmetic cannot wrap
+    noise = rng.integers(0, 13, img.shape, dtype=np.uint8)
+    return img + noise - np.uint8(6)
 
 
 def pyramid(img: np.ndarray, n: int) -> list[np.ndarray]:

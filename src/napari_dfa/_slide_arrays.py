@@ -72,7 +72,10 @@ class GuardedArray:
         try:
             if self._array is None:
                 self._array = self._open_level()
-            out = np.asarray(self._array[key])
+            simple, rest = _split_key(key, self.shape)
+            out = np.asarray(self._array[simple])
+            if rest is not None:
+                out = out[rest]
         except SlideError:
             raise
         except Exception as exc:  # any decoder / IO failure is the file's fault at this point
@@ -90,6 +93,33 @@ class GuardedArray:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+
+
+def _split_key(key, shape) -> tuple[tuple, tuple | None]:
+    """Split an index into unit-step slices (what every stored reader supports) and the rest
+    (integers, strides, index arrays), applied afterwards in NumPy to the bounding box."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    key = key + (slice(None),) * (len(shape) - len(key))
+    if all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return key, None
+    simple, rest = [], []
+    for k, n in zip(key, shape):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step > 0 and stop > start:
+                simple.append(slice(start, stop))
+                rest.append(slice(None, None, step))
+            else:  # empty or reversed: read the whole axis, let NumPy index it
+                simple.append(slice(0, n))
+                rest.append(k)
+        else:
+            idx = np.asarray(k) % n if np.size(k) else np.asarray(k, dtype=int)
+            lo = int(idx.min()) if idx.size else 0
+            hi = int(idx.max()) + 1 if idx.size else 0
+            simple.append(slice(lo, hi))
+            rest.append(idx - lo if idx.ndim else int(idx) - lo)
+    return tuple(simple), tuple(rest)
 
 
 def _fmt_key(key) -> str:
@@ -120,7 +150,7 @@ def lazy_level(guarded: GuardedArray, chunks: tuple) -> da.Array:
         name=f"slide-{guarded.path.name}-{guarded._what.replace(' ', '')}-{next(_names)}",
         meta=np.empty((0,) * guarded.ndim, dtype=guarded.dtype),
         asarray=False,
-        fancy=False,
+        fancy=True,  # lets dask fuse a region's slice into the read; GuardedArray handles the rest
         lock=False,  # tifffile's store and zarr lock what needs locking
     )
 
@@ -159,7 +189,10 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
                 f"{path}: the image is a stack of {n} planes along axis {ax!r} (shape "
                 f"{arr.shape}, axes {axes!r}), not a 2-D slide; open one plane with another reader."
             )
-    arr = arr[tuple(index)]
+    # No-op slicing / transposing is skipped: it would stop dask from fusing a region's slice into
+    # the chunk read (then reading a 256² tile would decode the whole 1024² chunk around it).
+    if any(not isinstance(i, slice) for i in index):
+        arr = arr[tuple(index)]
     channel_axes = [a for a in kept if a in "SC"]
     if len(channel_axes) > 1:
         raise SlideError(
@@ -167,7 +200,8 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
             "only grey, RGB and RGBA slides are supported."
         )
     order = [kept.index("Y"), kept.index("X")] + [kept.index(a) for a in channel_axes]
-    arr = arr.transpose(order)
+    if order != list(range(arr.ndim)):
+        arr = arr.transpose(order)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] > 4:
