@@ -131,6 +131,18 @@ def test_ome_tiff_subifd_pyramid_with_nanometre_pixel_size(tmp_path, img):
     assert_regions_match(slide, 1, levels[1], [(100, 100, 256, 300), (700, 600, 68, 40)])
 
 
+def test_ome_tiff_main_image_is_picked_over_the_macro(tmp_path, img):
+    """Bio-Formats writes the slide's macro photo as another OME image; it must not be opened."""
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(img[:200, :300], photometric="rgb", metadata={"axes": "YXS", "Name": "macro image"})
+        tw.write(img, tile=(256, 256), photometric="rgb", metadata={"axes": "YXS", "Name": "slide"})
+    slide = open_slide(path)
+    assert slide.shape == img.shape[:2]
+    assert "macro image" in slide.metadata["associated_images"]
+    np.testing.assert_array_equal(slide.levels[0].compute(), img)
+
+
 def test_reduced_pages_pyramid_with_cm_resolution(tmp_path, img):
     path = tmp_path / "generic.tif"
     levels = pyramid(img, 3)
@@ -214,6 +226,19 @@ def test_ome_zarr_ngff04_zarr_v2_tczyx_uint16(tmp_path):
     expect = np.rint(np.clip(base.transpose(1, 2, 0).astype(np.float32) * np.float32(255.0 / hi), 0, 255))
     np.testing.assert_array_equal(slide.levels[0].compute(), expect.astype(np.uint8))
     assert slide.levels[0].compute().max() == 255  # not a dark image scaled by 65535
+
+
+def test_plain_zarr_yxc_array_and_numbered_group(tmp_path, img):
+    zarr.create_array(tmp_path / "yxc.zarr", data=img, chunks=(512, 512, 3))
+    slide = open_slide(tmp_path / "yxc.zarr")
+    assert slide.mpp is None and slide.metadata["vendor"] == "zarr"
+    np.testing.assert_array_equal(slide.levels[0].compute(), img)
+    assert slide.levels[1].shape == (768, 640, 3)  # 1536 > 1024: a halved level is added
+    group = zarr.open_group(tmp_path / "numbered.zarr", mode="w")
+    for i, lv in enumerate(pyramid(img, 2)):
+        group.create_array(str(i), data=lv, chunks=(256, 256, 3))
+    slide = open_slide(tmp_path / "numbered.zarr")
+    np.testing.assert_array_equal(slide.levels[1].compute(), img[::2, ::2])
 
 
 def test_png_rgba_and_grey_jpeg(tmp_path, img):
@@ -381,6 +406,9 @@ def test_opening_reads_no_pixels_and_graphs_pickle(svs, monkeypatch):
     # a level's graph travels to another process (dask.distributed): the file is reopened there
     level = pickle.loads(pickle.dumps(slide.levels[1]))
     np.testing.assert_array_equal(level[:256, :256].compute(), slide.levels[1][:256, :256].compute())
+    copy = pickle.loads(pickle.dumps(slide))
+    assert copy.mpp == slide.mpp and copy.downsamples == slide.downsamples
+    np.testing.assert_array_equal(copy.read_region(2, (0, 0, 64, 64)), slide.read_region(2, (0, 0, 64, 64)))
     assert tile.shape == (256, 256, 3)
 
 

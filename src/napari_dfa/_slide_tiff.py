@@ -79,11 +79,26 @@ def open_tiff(path: Path) -> Opened:
         raise SlideError(f"{path}: cannot open the TIFF ({type(exc).__name__}: {exc}).") from exc
 
 
+def _is_associated(name: str | None) -> bool:
+    """Label, macro, thumbnail and overview images (``"macro image"`` in Bio-Formats' OME-TIFFs)."""
+    return bool(set(re.findall(r"[a-z]+", (name or "").lower())) & _ASSOCIATED)
+
+
 def _main_series(tif: tifffile.TiffFile, path: Path) -> int:
+    """The largest series that is not an associated image (the first one on a tie)."""
+    best, best_area = None, -1
     for i, s in enumerate(tif.series):
-        if (s.name or "").lower() not in _ASSOCIATED and s.shape and len(s.shape) >= 2:
-            return i
-    raise SlideError(f"{path}: the TIFF holds no image series (only {len(tif.series)} associated images).")
+        if _is_associated(s.name) or not s.shape or len(s.shape) < 2:
+            continue
+        try:
+            area = int(np.prod([n for ax, n in zip(s.axes, s.shape) if ax in "YX"]))
+        except Exception:
+            continue
+        if area > best_area:
+            best, best_area = i, area
+    if best is None:
+        raise SlideError(f"{path}: the TIFF holds no image series (only {len(tif.series)} associated images).")
+    return best
 
 
 def _check_not_truncated(tif: tifffile.TiffFile, series, path: Path) -> None:
@@ -129,7 +144,7 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
     levels, downsamples = rgb_pyramid(stored, path=path)
     mpp, metadata = _metadata(tif, series, path)
     metadata["stored_levels"] = len(series.levels)
-    metadata["associated_images"] = [s.name.lower() for s in tif.series if (s.name or "").lower() in _ASSOCIATED]
+    metadata["associated_images"] = [s.name.lower() for s in tif.series if _is_associated(s.name)]
     return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=metadata, close=tif.close)
 
 

@@ -125,6 +125,10 @@ class Slide:
             closer, self._closer = self._closer, None
             closer()
 
+    def __getstate__(self):
+        # The levels pickle (their readers reopen the file); open handles do not.
+        return {**self.__dict__, "_closer": None}
+
     def __enter__(self) -> Slide:
         return self
 
