@@ -47,13 +47,14 @@ class Segmenter:
       frequencies (sequence of K floats | None): f_c; None: what the model's bias holds.
       mpp (float | None): microns per pixel the model was trained at.
       metadata (dict | None): ``provenance``, ``bias_history``, ``source`` and any other JSON.
-      device (str | torch.device): where the model runs ("auto" picks CUDA, MPS, CPU).
+      device (str | torch.device | None): where the model runs ("auto" picks CUDA, MPS, CPU);
+        None: where the model's weights already are.
     """
 
     def __init__(self, model: DFASegModel, *, class_names: Sequence[str] | None = None,
                  class_colors: Sequence[tuple[int, int, int]] | None = None,
                  frequencies: Sequence[float] | None = None, mpp: float | None = None,
-                 metadata: dict | None = None, device: str | torch.device = "cpu"):
+                 metadata: dict | None = None, device: str | torch.device | None = None):
         k = model.config.num_classes
         self.model = model
         self.class_names = list(class_names) if class_names is not None else [f"class {i + 1}" for i in range(k)]
@@ -69,6 +70,8 @@ class Segmenter:
         self.metadata = dict(metadata or {})
         self.metadata.setdefault("provenance", {})
         self.metadata.setdefault("bias_history", [])
+        if device is None:
+            device = next(model.parameters()).device
         self.device = torch.device("cpu")
         self.to(device)
         self.model.eval()
