@@ -205,6 +205,18 @@ def test_tensors_that_do_not_match_the_config_are_refused(tmp_path, segmenter):
         load_model(path)
 
 
+def test_nan_weights_are_refused(tmp_path, segmenter):
+    path = segmenter.save(tmp_path / "diverged.safetensors")
+
+    def poison(state):
+        state["decoder.mask_mlp.layers.0.weight"][0, 0] = float("nan")
+        return state
+
+    _rewrite(path, tensors=poison)
+    with pytest.raises(CheckpointError, match="diverged.safetensors.*NaN"):
+        load_model(path)
+
+
 def test_newer_format_version_is_refused(tmp_path, segmenter):
     path = segmenter.save(tmp_path / "m.safetensors")
     _rewrite(path, format_version="99")

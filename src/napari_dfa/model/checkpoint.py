@@ -253,4 +253,9 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], p
             parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
         raise CheckpointError(f"{path}: the tensors do not match the model config stored in the file: "
                               + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        # A diverged training run saves NaN weights; such a model would paint noise on every slide.
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}); "
+                              "the run that wrote it diverged; use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
