@@ -1,12 +1,12 @@
 """The per-class attention bias b_c of the pixel → token attention, in every mode the benchmark compares.
 
-| mode           | b_c                       | learned |
-| -------------- | ------------------------- | ------- |
-| ``none``       | 0                         | no      |
-| ``cffa``       | γ·log(1 − f_c)            | no      |
-| ``difficulty`` | γ·log(1 − Dice_c)         | no      |
-| ``dfa``        | δ_c                       | yes     |
-| ``dfa-anchored`` | γ·log(1 − f_c) + δ_c    | yes     |
+| mode             | b_c                    | learned |
+| ---------------- | ---------------------- | ------- |
+| ``none``         | 0                      | no      |
+| ``cffa``         | γ·log(1 − f_c)         | no      |
+| ``difficulty``   | γ·log(1 − Dice_c)      | no      |
+| ``dfa``          | δ_c                    | yes     |
+| ``dfa-anchored`` | γ·log(1 − f_c) + δ_c   | yes     |
 
 f_c is the pixel frequency of class c over the non-ignored training pixels (stored as a buffer, so
 it travels in the checkpoint). Warm start of the learned modes: δ_c ← α·(γ·log(1 − f_c) − mean_c),
