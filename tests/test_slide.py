@@ -368,8 +368,13 @@ def test_wrong_dimensions(tmp_path, img):
 # --- OpenSlide --------------------------------------------------------------------------------
 
 
-def test_openslide_and_tifffile_agree_on_svs(svs):
+@pytest.mark.parametrize("compression", ["zlib", "jpeg"])
+def test_openslide_and_tifffile_agree_on_svs(svs, tmp_path, img, compression):
+    """Same pixels, mpp and downsamples; JPEG tiles (YCbCr, as scanners write) decode identically too."""
     pytest.importorskip("openslide", reason="the openslide extra is part of the test set-up")
+    if compression == "jpeg":
+        svs = tmp_path / "jpeg.svs"
+        write_svs(svs, img, compression="jpeg")
     a, b = open_slide(svs, backend="tifffile"), open_slide(svs, backend="openslide")
     assert b.backend == "openslide" and b.metadata["vendor"] == "aperio"
     assert a.mpp == pytest.approx(b.mpp)
@@ -382,14 +387,20 @@ def test_openslide_and_tifffile_agree_on_svs(svs):
     b.close()
 
 
-def test_openslide_missing_or_refusing(tmp_path, monkeypatch, img):
-    pytest.importorskip("openslide")
+def test_openslide_refuses_a_fake_mirax(tmp_path):
+    pytest.importorskip("openslide", reason="the openslide extra is part of the test set-up")
     (tmp_path / "x.mrxs").write_text("not a mirax slide")
-    with pytest.raises(SlideError, match=r"x\.mrxs.*OpenSlide"):
+    with pytest.raises(SlideError, match=r"x\.mrxs.*OpenSlide does not recognise"):
         open_slide(tmp_path / "x.mrxs")
+
+
+def test_vendor_format_without_openslide_says_how_to_install(tmp_path, monkeypatch):
+    (tmp_path / "x.mrxs").write_text("a mirax index")
     monkeypatch.setitem(sys.modules, "openslide", None)  # as if the extra were not installed
     with pytest.raises(SlideError, match=r"x\.mrxs.*pip install 'napari-dfa\[openslide\]'"):
         open_slide(tmp_path / "x.mrxs")
+    with pytest.raises(SlideError, match=r"x\.mrxs.*need OpenSlide"):
+        open_slide(tmp_path / "x.mrxs", backend="tifffile")
 
 
 # --- laziness and API -------------------------------------------------------------------------
