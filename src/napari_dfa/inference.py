@@ -70,6 +70,7 @@ class SegmentResult:
     tiles_total: int = 0
     tiles_skipped: int = 0
     seconds: float = 0.0
+    peak_float_bytes: int = 0  # most bytes the blending accumulators held at once
 
 
 def model_fingerprint(model) -> str:
@@ -177,8 +178,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
             store.finish()
         logger.info("segment: %d tiles (%d skipped as glass) in %.1f s", run.done, int(skip.sum()),
                     time.perf_counter() - t_start)
-        return _result(src, region, model, store=store, sink=sink, done=run.done, total=grid.total,
-                       skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
+        res = _result(src, region, model, store=store, sink=sink, done=run.done, total=grid.total,
+                      skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
+        res.peak_float_bytes = run.peak_bytes
+        return res
     finally:
         if opened is not None:
             opened.close()
@@ -241,6 +244,7 @@ class _Runner:
         self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(1, read_workers), want_focus
         self.progress, self.cancel = progress, cancel
         self.done = 0
+        self.peak_bytes = 0
 
     def _read(self, i: int, j: int) -> np.ndarray:
         y, x, h, w = self.grid.tile_box(i, j)
@@ -281,6 +285,7 @@ class _Runner:
                 if tiles:
                     self._forward(i, js, tiles, torch)
                     computed += len(js)
+                    self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
                 # Glass tiles of this row are finished whenever the row's first batch is.
                 if not any(b[0] == i for b in batches[row_pos + 1 :]):
                     for j in range(grid.cols):

@@ -1,0 +1,78 @@
+"""napari writers for labels layers (npe2 single-layer signature ``(path, data, meta) -> [paths]``).
+
+Class names come from the layer's ``features`` (a ``class`` column indexed by label, what the
+Segment widget sets) or ``metadata["napari_dfa"]["class_names"]``; colours from a direct label
+colormap. The layer's ``scale`` and ``translate`` (level-0 pixels for layers over our slides) place
+the output in level-0 coordinates. Multiscale data is written from its finest level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from . import export
+
+logger = logging.getLogger(__name__)
+
+
+def _classes(data, meta: dict) -> tuple[list[str], list[tuple[int, int, int]]]:
+    md = (meta.get("metadata") or {}).get("napari_dfa", {}) or {}
+    k = 0
+    names: dict[int, str] = {}
+    features = meta.get("features")
+    if features is not None and len(features) and "class" in getattr(features, "columns", []):
+        idx = features["index"] if "index" in features.columns else range(len(features))
+        for i, name in zip(idx, features["class"]):
+            if int(i) > 0:
+                names[int(i)] = str(name)
+    for i, name in enumerate(md.get("class_names") or [], start=1):
+        names.setdefault(i, str(name))
+    k = max(list(names) + [0])
+    if k == 0:
+        k = int(np.max(data)) if np.size(data) else 0
+    colors: dict[int, tuple[int, int, int]] = {}
+    cmap = meta.get("colormap")
+    for key, rgba in (getattr(cmap, "color_dict", None) or {}).items():
+        if isinstance(key, (int, np.integer)) and key > 0:
+            colors[int(key)] = tuple(int(round(255 * float(v))) for v in np.asarray(rgba)[:3])
+    for i, c in enumerate(md.get("class_colors") or [], start=1):
+        colors.setdefault(i, tuple(int(v) for v in c[:3]))
+    out_names = [names.get(i, f"class {i}") for i in range(1, k + 1)]
+    out_colors = [colors.get(i, (128, 128, 128)) for i in range(1, k + 1)]
+    return out_names, out_colors
+
+
+def _placement(meta: dict) -> tuple[float, tuple[float, float]]:
+    scale = meta.get("scale") or (1.0, 1.0)
+    translate = meta.get("translate") or (0.0, 0.0)
+    return float(scale[-1]), (float(translate[-2]), float(translate[-1]))
+
+
+def _finest(data):
+    arr = data[0] if isinstance(data, (list, tuple)) else data
+    if arr.ndim != 2:
+        raise ValueError(f"only 2-D labels can be exported, this layer has shape {arr.shape}")
+    return arr
+
+
+def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
+    arr = _finest(data)
+    names, colors = _classes(arr, meta)
+    ds, off = _placement(meta)
+    return [str(export.write_ome_zarr_labels(path, arr, names, colors, downsample=ds, offset=off))]
+
+
+def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
+    arr = _finest(data)
+    names, colors = _classes(arr, meta)
+    ds, off = _placement(meta)
+    return [str(export.write_labels_tiff(path, arr, names, colors, downsample=ds, offset=off))]
+
+
+def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
+    arr = _finest(data)
+    names, colors = _classes(arr, meta)
+    ds, off = _placement(meta)
+    return [str(export.write_geojson(path, arr, names, colors, downsample=ds, offset=off))]

@@ -1,0 +1,253 @@
+"""Whole-slide inference: tiling and blending, seams, bounded memory, store, cancel/resume, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_dfa import synth
+from napari_dfa.errors import CheckpointError, ConfigError, DataError, SlideError
+from napari_dfa.inference import segment
+from napari_dfa.model import ModelConfig, Segmenter, load_model
+from napari_dfa.slide import open_slide
+
+NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An untrained `tiny` DFA model, saved and loaded back (the checkpoint path a CLI would get)."""
+    torch.manual_seed(0)
+    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
+                                class_colors=COLORS, mpp=0.5)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    seg.save(path)
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def he_image():
+    rgb, _ = synth.generate_tile(seed=3, size=768)
+    return rgb
+
+
+def _logits(model, rgb):
+    return model.predict_logits(np.ascontiguousarray(rgb)[None])["logits"][0].numpy()
+
+
+def _reference_blend(model, img, tile, overlap):
+    """Independent reference: every tile through the model, weighted by a raised-cosine ramp over
+    the overlap on sides with a neighbour, normalised — on a full canvas (fine for a test image)."""
+    H, W, _ = img.shape
+
+    def starts(n):
+        s = list(range(0, n - tile, tile - overlap)) + [n - tile]
+        return sorted(set(s))
+
+    def ramp(n, first, last):
+        w = np.ones(n)
+        r = np.sin(0.5 * math.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+        if not first:
+            w[:overlap] = np.minimum(w[:overlap], r)
+        if not last:
+            w[-overlap:] = np.minimum(w[-overlap:], r[::-1])
+        return w
+
+    acc, wsum = None, np.zeros((H, W))
+    ys, xs = starts(H), starts(W)
+    for a, y in enumerate(ys):
+        for b, x in enumerate(xs):
+            lg = _logits(model, img[y : y + tile, x : x + tile])
+            w = np.outer(ramp(tile, a == 0, a == len(ys) - 1), ramp(tile, b == 0, b == len(xs) - 1))
+            if acc is None:
+                acc = np.zeros((lg.shape[0], H, W))
+            acc[:, y : y + tile, x : x + tile] += lg * w
+            wsum[y : y + tile, x : x + tile] += w
+    return acc / wsum
+
+
+def test_tiled_segment_is_the_blend_of_its_tiles(tiny, he_image):
+    """The cell bookkeeping, windows and normalisation reproduce a full-canvas blend exactly."""
+    img = he_image[:448, :576]  # not a multiple of the stride: the last tiles are pulled back
+    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, outputs=("labels", "probabilities"),
+                  device="cpu")
+    ref = _reference_blend(tiny, img, 256, 64)
+    probs = np.exp(ref - ref.max(0)) / np.exp(ref - ref.max(0)).sum(0)
+    assert res.completed and res.tiles_done == res.tiles_total == 6
+    np.testing.assert_allclose(res.probabilities, probs, atol=2e-5)
+    # Labels equal wherever the top two classes are not tied within float noise.
+    top2 = np.sort(ref, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4
+    assert np.array_equal(res.labels[clear], (ref.argmax(0) + 1)[clear])
+    assert res.labels.dtype == np.uint8 and set(np.unique(res.labels)) <= set(range(1, 6))
+
+
+def test_tiling_adds_no_error_beyond_the_models_own_window_dependence(tiny, he_image):
+    """Tiled vs one pass over the whole image.
+
+    The DFA decoder's class tokens attend over the whole forward pass and its position codes are
+    absolute, so the receptive field is the whole tile: a tile's logits depend on where the tile
+    is cut. The tolerance is therefore the model's own disagreement between a tile-sized crop and
+    the one-pass result, measured here: tiling with blended overlaps must not be worse than that.
+    """
+    img = he_image[:512, :512]
+    full = _logits(tiny, img)
+    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, outputs=("labels", "probabilities"),
+                  device="cpu")
+    logp = np.log(res.probabilities)
+
+    def rel_err(a, b):  # class-contrast error, invariant to a per-pixel shift of the logits
+        a, b = a - a.mean(0), b - b.mean(0)
+        return float(np.abs(a - b).mean() / np.abs(b).mean())
+
+    inner = (slice(None), slice(32, -32), slice(32, -32))  # away from the image border
+    tiled_err = rel_err(logp[inner], full[inner])
+    tiled_agree = float((res.labels[inner[1:]] == full.argmax(0)[inner[1:]] + 1).mean())
+    crop = _logits(tiny, img[128:384, 128:384])
+    crop_err = rel_err(crop, full[:, 128:384, 128:384])
+    crop_agree = float((crop.argmax(0) == full[:, 128:384, 128:384].argmax(0)).mean())
+    assert tiled_err <= crop_err
+    assert tiled_agree >= crop_agree - 0.02
+
+
+def _seam_rates(labels, starts, tile):
+    """Label changes between neighbouring columns at tile borders, and everywhere else."""
+    change = (labels[:, 1:] != labels[:, :-1]).mean(0)
+    seam = sorted({b + d for s in starts for b in (s, s + tile) for d in (-1, 0) if 0 <= b + d < len(change)})
+    other = np.setdiff1d(np.arange(len(change)), seam)
+    return float(change[seam].mean()), float(change[other].mean())
+
+
+def test_no_seams_on_a_synthetic_slide(tiny, he_image):
+    from napari_dfa._tiling import tile_starts
+
+    blended = segment(he_image, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
+    hard = segment(he_image, tiny, tile=256, overlap=0, tissue_mask=False, device="cpu").labels
+    ratios = {}
+    for name, lab, overlap in (("blended", blended, 64), ("hard", hard, 0)):
+        starts = tile_starts(768, 256, 256 - overlap)
+        ratios[name] = [a / b for a, b in (_seam_rates(lab, starts, 256), _seam_rates(lab.T, starts, 256))]
+    # Blended: tile borders look like anywhere else, in both directions.
+    assert max(ratios["blended"]) < 1.25, ratios
+    # The same measure does see the seams of hard-stitched tiles (so it can fail).
+    assert max(ratios["hard"]) > 1.5, ratios
+
+
+def test_float_memory_is_bounded_by_the_tiles_in_flight(tiny):
+    """No K×H×W float canvas: the accumulators hold at most about an overlap strip of a tile row."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 200, (320, 1280, 3), dtype=np.uint8)  # 3 tile rows of 13 tiles
+    res = segment(img, tiny, tile=128, overlap=32, tissue_mask=False, device="cpu", batch_size=2)
+    k, (height, width) = 5, img.shape[:2]
+    canvas = k * height * width * 4
+    # The overlap strip under a tile row, plus the cells of the batch in flight (logits + weights).
+    strip = k * 32 * width * 4 + 2 * (k + 1) * 128 * 128 * 4
+    assert 0 < res.peak_float_bytes <= strip < canvas / 4
+
+
+def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_path):
+    img = he_image[:512, :384]
+    whole = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "a.zarr",
+                    chunk=64)
+    assert whole.completed and whole.path == tmp_path / "a.zarr"
+
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 3  # stop after 3 of 6 tiles (batches of one)
+
+    seen = []
+    part = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
+                   chunk=64, batch_size=1, cancel=cancel, progress=lambda d, t, **i: seen.append((d, t, i.get("eta"))))
+    assert not part.completed and 0 < part.tiles_done < part.tiles_total
+    assert seen and seen[-1][0] == part.tiles_done and seen[-1][1] == part.tiles_total
+    assert all(e is not None and e >= 0 for _, _, e in seen)
+    written = np.asarray(part.labels[:])
+    rows = int(np.nonzero(written.any(axis=1))[0].max()) + 1
+    assert 0 < rows < img.shape[0]  # what was written is kept...
+    np.testing.assert_array_equal(written[:rows], np.asarray(whole.labels[:rows]))  # ...and final
+
+    resumed = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
+                      chunk=64, resume=True)
+    assert resumed.completed and resumed.tiles_done == resumed.tiles_total
+    np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(whole.labels[:]))
+
+    with pytest.raises(ConfigError, match="b.zarr"):  # other settings: refuse to mix two runs
+        segment(img, tiny, tile=128, overlap=16, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
+                chunk=64, resume=True)
+
+
+def test_optional_outputs(tiny, he_image):
+    img = he_image[:320, :384]
+    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu",
+                  outputs=("labels", "probabilities", "uncertainty", "focus"))
+    assert res.probabilities.shape == (5, 320, 384) and res.focus.shape == (5, 320, 384)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(res.focus.sum(0), 1.0, atol=1e-4)  # blended attention stays a distribution
+    top = np.sort(res.probabilities, axis=0)
+    np.testing.assert_allclose(res.uncertainty, 1 - (top[-1] - top[-2]), atol=1e-5)
+    assert np.array_equal(res.labels, res.probabilities.argmax(0) + 1)
+
+
+def _write_pyramid(path, img, mpp=None):
+    levels = [img, img[::2, ::2], img[::4, ::4]]
+    kw = dict(tile=(128, 128), photometric="rgb", compression="zlib")
+    res = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER") if mpp else {}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(levels[0], subifds=2, **res, **kw)
+        for lv in levels[1:]:
+            tif.write(lv, subfiletype=1, **kw)
+    return path
+
+
+def test_glass_tiles_are_skipped_and_get_label_zero(tiny, he_image, tmp_path):
+    img = np.full((256, 640, 3), 235, np.uint8)  # bright, grey glass
+    img[:, :256] = he_image[:256, :256]  # tissue on the left only
+    path = _write_pyramid(tmp_path / "half.tif", img)
+    with open_slide(path) as slide:
+        res = segment(slide, tiny, tile=128, overlap=32, device="cpu")
+    # Tiles start every 96 px; those from x = 288 on hold no tissue.
+    assert res.tiles_skipped == 3 * 4 and res.tiles_done == res.tiles_total == 3 * 7
+    assert (res.labels[:, 320:] == 0).all()  # glass: no prediction
+    assert (res.labels[:, :256] > 0).all()  # tissue: a class everywhere
+
+
+def test_level_auto_and_placement(tiny, he_image, tmp_path):
+    path = _write_pyramid(tmp_path / "mpp.tif", he_image, mpp=0.25)  # level 1 is 0.5 µm/px
+    with open_slide(path) as slide:
+        res = segment(slide, tiny, level="auto", region=(64, 32, 256, 320), tile=128, overlap=32, device="cpu",
+                      tissue_mask=False)
+    assert res.level == 1 and res.downsample == pytest.approx(2.0)
+    assert res.translate == pytest.approx((128.0, 64.0)) and res.labels.shape == (256, 320)
+
+
+def test_small_region_smaller_than_a_tile(tiny, he_image):
+    res = segment(he_image, tiny, region=(10, 20, 50, 70), tile=256, overlap=64, tissue_mask=False, device="cpu")
+    assert res.labels.shape == (50, 70) and (res.labels > 0).all()
+
+
+def test_bad_inputs_raise_package_errors_naming_the_file(tiny, he_image, tmp_path):
+    path = _write_pyramid(tmp_path / "ok.tif", he_image[:256, :256])
+    with open_slide(path) as slide:
+        with pytest.raises(ConfigError, match="ok.tif.*outside"):
+            segment(slide, tiny, region=(200, 0, 100, 100), device="cpu")
+        with pytest.raises(ConfigError, match="ok.tif.*level 7"):
+            segment(slide, tiny, level=7, device="cpu")
+    with pytest.raises(ConfigError, match="multiple"):
+        segment(he_image, tiny, tile=200, device="cpu")
+    with pytest.raises(DataError, match="uint8"):
+        segment(he_image.astype(np.float32), tiny, device="cpu")
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    with pytest.raises(SlideError, match="broken.svs"):
+        segment(bad, tiny, device="cpu")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        segment(he_image, junk, device="cpu")
