@@ -332,6 +332,19 @@ def test_corrupt_tile_is_found_lazily_inside_dask(tmp_path, svs):
         da.compute(slide.levels[0].mean())  # also through a larger graph
 
 
+def test_file_cut_short_after_opening_fails_at_compute(tmp_path, svs):
+    """E.g. a copy still being written when the slide was opened: the header was complete."""
+    growing = tmp_path / "copying.svs"
+    data = svs.read_bytes()
+    growing.write_bytes(data)
+    slide = open_slide(growing)
+    with open(growing, "r+b") as fh:
+        fh.truncate(len(data) // 3)
+    with pytest.raises(SlideError, match=r"copying\.svs.*level 0"):
+        slide.levels[0].compute()
+    slide.close()
+
+
 def test_corrupt_zarr_chunk_and_truncated_png_found_lazily(tmp_path, img):
     path = tmp_path / "c.zarr"
     root = zarr.open_group(path, mode="w")

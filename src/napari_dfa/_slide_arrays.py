@@ -76,12 +76,12 @@ class GuardedArray:
             out = np.asarray(self._array[simple])
             if rest is not None:
                 out = out[rest]
-        except SlideError:
+        except (SlideError, MemoryError):
             raise
-        except Exception as exc:  # any decoder / IO failure is the file's fault at this point
+        except Exception as exc:  # a decoder / IO failure: the file is damaged (or was closed)
             raise SlideError(
                 f"{self.path}: cannot read pixels of {self._what} at {_fmt_key(key)} "
-                f"({type(exc).__name__}: {exc}). The file is truncated or corrupt; "
+                f"({type(exc).__name__}: {exc}). The file may be truncated or corrupt; "
                 "re-export or re-copy it."
             ) from exc
         return out
