@@ -116,7 +116,11 @@ class Slide:
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
         if ya < yb and xa < xb:
-            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = arr[ya:yb, xa:xb].compute(scheduler="threads")
+            part = arr[ya:yb, xa:xb]
+            # A tile-sized read is faster without the thread pool's hand-offs (~2x for 512² JPEG);
+            # a large region decodes its chunks in parallel.
+            part = part.compute(scheduler="sync" if part.npartitions <= 4 else "threads")
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = part
         return out
 
     def close(self) -> None:
