@@ -230,6 +230,11 @@ def test_config_round_trips_and_refuses_typos():
         ModelConfig.from_dict({"preset": "tiny", "gama": 1.0})
     with pytest.raises(ConfigError, match="bias_mode"):
         tiny(bias_mode="focal")
+    with pytest.raises(ConfigError, match="'num_classes' must be int"):
+        ModelConfig.from_dict({"preset": "tiny", "num_classes": "5"})
+    with pytest.raises(ConfigError, match="'encoder_widths' must be"):
+        ModelConfig.from_dict({"preset": "tiny", "encoder_widths": [16, "32", 48, 64]})
+    assert ModelConfig.from_dict({"preset": "tiny", "gamma": 2}).gamma == 2.0  # TOML ints are fine as floats
     with pytest.raises(ConfigError, match="unknown model preset"):
         ModelConfig.from_preset("huge")
 

@@ -191,15 +191,38 @@ def _from_mapping(data: dict[str, Any], *, source: str) -> ModelConfig:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{source}: unknown model config keys {unknown}; known keys: {sorted(_FIELDS)}")
-    kwargs = {}
-    for name, value in data.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
+    kwargs = {name: _coerce(name, value, source) for name, value in data.items()}
     try:
         return ModelConfig(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a value against its field's annotation (TOML and JSON give ints for floats, lists for
+    tuples); a wrong type is a ConfigError naming the key, not a TypeError deep inside the model."""
+    kind = _FIELDS[name].type  # a string: the module uses postponed annotations
+    if value is None and "None" in kind:
+        return None
+    base = kind.replace(" | None", "")
+    ok = True
+    if base == "bool":
+        ok = isinstance(value, bool)
+    elif base == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base == "str":
+        ok = isinstance(value, str)
+    elif base.startswith("tuple["):
+        item = float if "float" in base else int
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float) if item is float else int) and not isinstance(v, bool) for v in value)
+        value = tuple(item(v) for v in value) if ok else value
+    if not ok:
+        raise ConfigError(f"{source}: model config key {name!r} must be {kind}, got {value!r}")
+    return value
 
 
 # Named sizes. `tiny`: CPU unit tests (a few hundred K parameters). `small`: the bundled demo model
