@@ -206,8 +206,12 @@ def upsample_labels(low: np.ndarray, factor: int, y0: int, x0: int, h: int, w: i
     """
     amp = 0.8 * factor + 2.0
     scale = 3.0 * factor
+    # A broad warp bends the borders; a fine one (about one low-res cell) frays the staircase.
+    fine = 0.7 * factor
     dy = amp * ValueNoise(seed, 105).fbm(y0, x0, h, w, scale, step=step)
+    dy += fine * ValueNoise(seed, 107)(y0, x0, h, w, 1.2 * factor, step=step)
     dx = amp * ValueNoise(seed, 106).fbm(y0, x0, h, w, scale, step=step)
+    dx += fine * ValueNoise(seed, 108)(y0, x0, h, w, 1.2 * factor, step=step)
     ys = (y0 + step * np.arange(h, dtype=np.float32)[:, None] + dy) / factor
     xs = (x0 + step * np.arange(w, dtype=np.float32)[None, :] + dx) / factor
     iy = np.clip(np.floor(ys).astype(np.int64), 0, low.shape[0] - 1)

@@ -11,7 +11,7 @@ Slide: an Aperio-style tiled TIFF (page 0 = level 0 with an ``Aperio Image Libra
 description, page 1 = stripped thumbnail, pages 2.. = reduced levels, as SVS files are laid out and
 both tifffile and OpenSlide read them), and ``<stem>_truth.tif``: uint8 labels as a tiled pyramid of
 SubIFDs with lossless deflate. Level 0 is rendered window by window; lower RGB levels are built from
-memory-mapped scratch files, so the whole RGB image is never held in memory.
+scratch files written and read back band by band, so the whole RGB image is never held in memory.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .synth import (
 
 logger = logging.getLogger(__name__)
 
-_SLIDE_FACTOR = 8  # slide layouts are drawn at 1/8 resolution, then upsampled with organic edges
+_LAYOUT_CELLS = 1024  # a slide's layout is drawn on a grid of at most about this many cells a side
 _TRAIN_FOLDS = 4
 
 
@@ -149,10 +149,12 @@ class _SlidePlan:
     def __init__(self, config: SynthConfig, size: tuple[int, int], seed: int):
         self.config, self.size, self.seed = config, size, (int(seed),)
         h, w = size
-        low_shape = (math.ceil(h / _SLIDE_FACTOR) + 2, math.ceil(w / _SLIDE_FACTOR) + 2)
+        # Layout at 1/8 resolution, coarser for huge slides so its memory stays bounded (~100 MB).
+        self.factor = max(8, 2 ** math.ceil(math.log2(max(h, w) / _LAYOUT_CELLS)))
+        low_shape = (math.ceil(h / self.factor) + 2, math.ceil(w / self.factor) + 2)
         tissue = tissue_region(low_shape, fraction=config.tissue_fraction, seed=self.seed)
         low = class_layout(low_shape, proportions=np.asarray(config.frequencies),
-                           region_size=config.slide_region_size / _SLIDE_FACTOR, seed=self.seed, valid=tissue)
+                           region_size=config.slide_region_size / self.factor, seed=self.seed, valid=tissue)
         low[~tissue] = 0
         self.low = low
         self.appearances = config.effective_appearances()
@@ -162,7 +164,7 @@ class _SlidePlan:
 
     def labels(self, y0: int, x0: int, h: int, w: int, step: int = 1) -> np.ndarray:
         """Truth of the window; with ``step``, every ``step``-th level-0 pixel from (y0, x0)."""
-        return upsample_labels(self.low, _SLIDE_FACTOR, y0, x0, h, w, self.seed, step=step)
+        return upsample_labels(self.low, self.factor, y0, x0, h, w, self.seed, step=step)
 
     def rgb(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         m = self.margin
@@ -251,12 +253,41 @@ def _resolution(mpp: float, downsample: float) -> dict:
     return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
 
 
+class _Scratch:
+    """A pyramid level on disk as raw rows, written and read sequentially (plain file I/O, not a
+    memory map, so the pages never count against this process's memory)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]):
+        self.path, self.shape = path, shape
+        self.row_bytes = shape[1] * 3
+        self.rows_written = 0
+        self._fh = path.open("wb")
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = rows[: self.shape[0] - self.rows_written, : self.shape[1]]
+        self._fh.write(np.ascontiguousarray(rows).tobytes())
+        self.rows_written += rows.shape[0]
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def read(self, y0: int, n: int) -> np.ndarray:
+        n = min(n, self.shape[0] - y0)
+        with self.path.open("rb") as fh:
+            fh.seek(y0 * self.row_bytes)
+            data = np.frombuffer(fh.read(n * self.row_bytes), np.uint8)
+        return data.reshape(n, self.shape[1], 3)
+
+    def bands(self, n: int):
+        for y0 in range(0, self.shape[0], n):
+            yield self.read(y0, n)
+
+
 def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progress, cancel) -> None:
     h, w = shapes[0]
     band = 2 * tile  # rows rendered at once: big windows amortise the render margin
     n_bands = math.ceil(h / band)
-    lower = [np.lib.format.open_memmap(scratch / f"level{i}.npy", mode="w+", dtype=np.uint8, shape=(*s, 3))
-             for i, s in enumerate(shapes[1:], start=1)]
+    lower = [_Scratch(scratch / f"level{i}.raw", s) for i, s in enumerate(shapes[1:], start=1)]
 
     def level0_tiles():
         for bi in range(n_bands):
@@ -267,10 +298,8 @@ def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progre
             for x0 in range(0, w, band):
                 bw = min(band, w - x0)
                 rows[:, x0:x0 + bw] = plan.rgb(y0, x0, bh, bw)
-            if lower:  # feed level 1 while the band is in memory (band is even, so 2x2 cells align)
-                small = _downsample2(rows)
-                ly = y0 // 2
-                lower[0][ly:ly + small.shape[0], : small.shape[1]] = small[: shapes[1][0] - ly, : shapes[1][1]]
+            if lower:  # feed level 1 while the band is in memory (bands are even, so 2x2 cells align)
+                lower[0].append(_downsample2(rows))
             for ty in range(0, bh, tile):
                 for tx in range(0, w, tile):
                     yield rows[ty:ty + tile, tx:tx + tile]
@@ -290,39 +319,37 @@ def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progre
         tif.write(level0_tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), description=description,
                   **_resolution(mpp, 1), **common)
         # Lower levels: each from the one above, band by band.
-        for i in range(1, len(lower)):
-            src, dst = lower[i - 1], lower[i]
-            for y0 in range(0, src.shape[0] - 1, 2 * tile):
-                small = _downsample2(np.asarray(src[y0:y0 + 2 * tile]))
-                dst[y0 // 2:y0 // 2 + small.shape[0], : small.shape[1]] = small[: dst.shape[0] - y0 // 2, : dst.shape[1]]
+        for src, dst in zip(lower, lower[1:]):
+            src.close()
+            for rows in src.bands(2 * tile):
+                dst.append(_downsample2(rows))
+        if lower:
+            lower[-1].close()
         # SVS order: the thumbnail (stripped) is page 1, the reduced levels follow as tiled pages.
         thumb = _thumbnail(lower[-1] if lower else None, plan, shapes[0])
         tif.write(thumb, photometric="rgb", compression="jpeg", metadata=None,
                   description=f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} -> "
                               f"{thumb.shape[1]}x{thumb.shape[0]} - |MPP = {mpp:g}")
-        for level, arr in enumerate(lower, start=1):
-            lh, lw = arr.shape[:2]
-            tif.write(_tiles_of(arr, tile), shape=arr.shape, dtype=np.uint8, tile=(tile, tile),
+        for level, scratch_level in enumerate(lower, start=1):
+            lh, lw = scratch_level.shape
+            tif.write(_tiles_of(scratch_level, tile), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
                       description=f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} -> {lw}x{lh}"
                                   f" - |MPP = {mpp * 2 ** level:g}",
                       **_resolution(mpp, 2**level), **common)
-    for arr in lower:
-        del arr
 
 
 def _thumbnail(smallest, plan, shape0) -> np.ndarray:
     if smallest is None:
         return plan.rgb(0, 0, *shape0)[::4, ::4].copy()
-    arr = np.asarray(smallest)
+    arr = smallest.read(0, smallest.shape[0])
     while max(arr.shape[:2]) > 1024:
         arr = _downsample2(arr)
     return arr
 
 
-def _tiles_of(arr, tile):
-    for ty in range(0, arr.shape[0], tile):
-        rows = np.asarray(arr[ty:ty + tile])
-        for tx in range(0, arr.shape[1], tile):
+def _tiles_of(level: _Scratch, tile: int):
+    for rows in level.bands(tile):
+        for tx in range(0, level.shape[1], tile):
             yield rows[:, tx:tx + tile]
 
 
