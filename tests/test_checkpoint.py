@@ -146,7 +146,7 @@ def test_torch_save_pickle_is_refused_without_unpickling(tmp_path, segmenter):
 def test_sam_pickle_gets_a_conversion_hint(tmp_path):
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(2, 3, 16, 16),
                 "mask_decoder.iou_token.weight": torch.zeros(1, 4)}, tmp_path / "sam_vit_b_01ec64.pth")
-    with pytest.raises(CheckpointError, match=r"SAM weights.*python -m napari_dfa\.model\.sam_vit .*sam_vit_b_01ec64\.pth"):
+    with pytest.raises(CheckpointError, match=r"SAM weights.*python -m napari_dfa\.model\.import_sam .*sam_vit_b_01ec64\.pth"):
         load_model(tmp_path / "sam_vit_b_01ec64.pth")
 
 

@@ -169,12 +169,12 @@ def test_encoder_weights_of_the_wrong_size_are_refused(tmp_path):
 def test_missing_sam_weights_say_how_to_get_them(tmp_path):
     config = ModelConfig.from_preset("sam-vit-b", num_classes=3,
                                      encoder_weights=str(tmp_path / "sam_vit_b_01ec64.safetensors"), **SMALL_VIT)
-    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64\.safetensors: SAM encoder weights not found.*python -m napari_dfa\.model\.sam_vit"):
+    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64\.safetensors: SAM encoder weights not found.*python -m napari_dfa\.model\.import_sam"):
         build_model(config)
 
 
 def test_conversion_command(tmp_path, capsys):
-    from napari_dfa.model.sam_vit import main
+    from napari_dfa.model.import_sam import main
 
     torch.save({f"image_encoder.{k}": v for k, v in small_vit().state_dict().items()}, tmp_path / "sam.pth")
     assert main([str(tmp_path / "sam.pth"), str(tmp_path / "sam.safetensors")]) == 0

@@ -139,7 +139,7 @@ def _refuse_pickle(path: Path, kind: str) -> CheckpointError:
            "unpickles model files because a pickle can run arbitrary code.")
     if kind.startswith("torch.save") and _pickle_mentions_sam(path):
         msg += (" It holds SAM weights: convert it once with "
-                f"`python -m napari_dfa.model.sam_vit {path} {path.with_suffix('.safetensors')}` "
+                f"`python -m napari_dfa.model.import_sam {path} {path.with_suffix('.safetensors')}` "
                 "(or import_sam_weights()) and set encoder_weights to the .safetensors file.")
     else:
         msg += " Save models with Segmenter.save(), which writes .safetensors."

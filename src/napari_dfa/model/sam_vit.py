@@ -226,7 +226,7 @@ class SamVitEncoder(nn.Module):
                 raise CheckpointError(
                     f"{weights}: SAM encoder weights not found. Download SAM's sam_vit_b_01ec64.pth "
                     "(github.com/facebookresearch/segment-anything, 'Model Checkpoints') and convert it once: "
-                    f"python -m napari_dfa.model.sam_vit sam_vit_b_01ec64.pth {weights}"
+                    f"python -m napari_dfa.model.import_sam sam_vit_b_01ec64.pth {weights}"
                 )
             _load_safetensors_into(vit, weights, prefix=SAM_PREFIX)
         elif not config.encoder_weights:
@@ -282,27 +282,3 @@ def import_sam_weights(pth_path: str | os.PathLike, out_safetensors: str | os.Pa
     log.info("wrote %d SAM image-encoder tensors from %s to %s", len(tensors), pth_path, out)
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m napari_dfa.model.sam_vit SAM.pth OUT.safetensors``: the one-off conversion."""
-    import argparse
-    import sys
-
-    from ..errors import DFAError
-
-    ap = argparse.ArgumentParser(prog="python -m napari_dfa.model.sam_vit",
-                                 description="Convert SAM's image-encoder weights (.pth pickle) to .safetensors.")
-    ap.add_argument("pth", help="SAM checkpoint, e.g. sam_vit_b_01ec64.pth")
-    ap.add_argument("out", help="output .safetensors file (set it as encoder_weights in the [model] table)")
-    args = ap.parse_args(argv)
-    try:
-        out = import_sam_weights(args.pth, args.out)
-    except DFAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
