@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_dfa import SlideError
 from napari_dfa._reader import napari_get_reader, read_slide
 from napari_dfa._slide_arrays import GuardedArray
 from test_slide import MPP, tissue, write_svs
@@ -103,3 +104,36 @@ def test_viewer_survives_a_bad_file(make_napari_viewer, tmp_path):
     assert viewer.open(str(bad), plugin="napari-dfa") == []
     assert len(viewer.layers) == 0
     assert any("notes.tif" in str(n.message) for n in notification_manager.records[before:])
+
+
+@pytest.mark.gui
+def test_damaged_tile_is_drawn_as_placeholder_with_one_notification(make_napari_viewer, big_svs, tmp_path):
+    """A corrupt tile found while panning: napari keeps drawing, the user is told once, by file name."""
+    from napari.utils.notifications import notification_manager
+
+    data = bytearray(big_svs.read_bytes())
+    with tifffile.TiffFile(big_svs) as tif:
+        page = tif.pages[0]
+        i = 5 * 10 + 5  # 256-px tiles, 10 per row: the tile at pixels (1280..1536, 1280..1536)
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+    data[offset + 4 : offset + count - 4] = b"\xa5" * (count - 8)
+    bad = tmp_path / "damaged.svs"
+    bad.write_bytes(bytes(data))
+
+    viewer = make_napari_viewer(show=True)
+    [layer] = viewer.open(str(bad), plugin="napari-dfa")
+    before = len(notification_manager.records)
+    viewer.camera.center = (1400 * MPP, 1400 * MPP)
+    viewer.camera.zoom = 4 / MPP  # 4 screen pixels per level-0 pixel: napari reads level 0
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert layer.data_level == 0
+    viewer.camera.center = (1300 * MPP, 1500 * MPP)  # another view of the same damaged chunk
+    viewer.screenshot(canvas_only=True, flash=False)
+    told = [str(n.message) for n in notification_manager.records[before:] if "damaged.svs" in str(n.message)]
+    assert len(told) == 1 and "corrupt" in told[0]
+    # the checkerboard's two greys are on screen
+    grey = (np.abs(shot - 160).max(axis=-1) < 4).mean() + (np.abs(shot - 96).max(axis=-1) < 4).mean()
+    assert grey > 0.2
+    # the Slide behind the layer still refuses to hand the damaged pixels to analysis
+    with pytest.raises(SlideError, match="damaged.svs"):
+        layer.metadata["slide"].read_region(0, (1280, 1280, 256, 256))

@@ -18,7 +18,11 @@ file) is shown as an error notification and no layer is added.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
+
+import numpy as np
 
 from .errors import SlideError
 
@@ -68,7 +72,9 @@ def read_slide(path, **_ignored):
 
 def layer_data(slide) -> tuple:
     """``(data, kwargs, "image")`` for a :class:`~napari_dfa.slide.Slide`."""
-    data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
+    guard = _DamageGuard(slide.path)
+    levels = [guard.wrap(level) for level in slide.levels]
+    data = levels if len(levels) > 1 else levels[0]
     name = slide.path.name
     for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
@@ -88,6 +94,55 @@ def layer_data(slide) -> tuple:
         kwargs["scale"] = (slide.mpp, slide.mpp)
         kwargs["units"] = ("um", "um")
     return (data, kwargs, "image")
+
+
+class _DamageGuard:
+    """Shows a damaged chunk as a grey checkerboard, and says so once, instead of failing a redraw.
+
+    napari draws from the dask arrays on every pan and zoom; a SlideError there (a corrupt tile of
+    a 100 GB slide) would surface as a traceback on each redraw and leave that view blank. The rest
+    of the slide stays viewable; the Slide in the layer's metadata still raises, so analysis never
+    runs on the placeholder.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._told = False
+        self._lock = threading.Lock()
+
+    def wrap(self, level):
+        import dask.array as da
+
+        # A stored level maps one read to one chunk: compute in this thread. A level built by
+        # coarsening needs many level-0 chunks per chunk: decode them on a small nested pool.
+        per_chunk = len(level.__dask_graph__()) / max(1, level.npartitions)
+        options = {"scheduler": "sync"} if per_chunk <= 4 else {
+            "scheduler": "threads", "num_workers": min(4, os.cpu_count() or 1)}
+
+        def fetch(block_info=None):
+            loc = block_info[None]["array-location"]
+            try:
+                return level[tuple(slice(a, b) for a, b in loc)].compute(**options)
+            except SlideError as exc:
+                self._tell(str(exc))
+                return _placeholder(tuple(b - a for a, b in loc))
+
+        return da.map_blocks(fetch, chunks=level.chunks, dtype=level.dtype,
+                             meta=np.empty((0, 0, 0), dtype=level.dtype))
+
+    def _tell(self, message: str) -> None:
+        with self._lock:
+            first, self._told = not self._told, True
+        if first:
+            _notify_error(message + " Damaged regions are drawn as a grey checkerboard.")
+        else:
+            logger.error(message)
+
+
+def _placeholder(shape) -> np.ndarray:
+    yy, xx = np.indices(shape[:2])
+    board = np.where(((yy // 16) + (xx // 16)) % 2, 96, 160).astype(np.uint8)
+    return np.repeat(board[:, :, None], shape[2], axis=2)
 
 
 def _notify_error(message: str) -> None:
