@@ -123,11 +123,11 @@ def test_damaged_tile_is_drawn_as_placeholder_with_one_notification(make_napari_
     viewer = make_napari_viewer(show=True)
     [layer] = viewer.open(str(bad), plugin="napari-dfa")
     before = len(notification_manager.records)
-    viewer.camera.center = (1400 * MPP, 1400 * MPP)
-    viewer.camera.zoom = 4 / MPP  # 4 screen pixels per level-0 pixel: napari reads level 0
+    viewer.scene.camera.center = (1400 * MPP, 1400 * MPP)
+    viewer.scene.camera.zoom = 4 / MPP  # 4 screen pixels per level-0 pixel: napari reads level 0
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     assert layer.data_level == 0
-    viewer.camera.center = (1300 * MPP, 1500 * MPP)  # another view of the same damaged chunk
+    viewer.scene.camera.center = (1300 * MPP, 1500 * MPP)  # another view of the same damaged chunk
     viewer.screenshot(canvas_only=True, flash=False)
     told = [str(n.message) for n in notification_manager.records[before:] if "damaged.svs" in str(n.message)]
     assert len(told) == 1 and "corrupt" in told[0]

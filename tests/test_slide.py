@@ -189,7 +189,7 @@ def test_ome_zarr_ngff05_from_ome_zarr_writer_cyx(tmp_path, img):
     path = tmp_path / "case.ome.zarr"
     cyx = np.ascontiguousarray(img.transpose(2, 0, 1))
     root = zarr.open_group(path, mode="w")
-    write_image(cyx, root, axes="cyx", scale={"y": 0.5, "x": 0.5},
+    write_image(cyx, root, axes="cyx", scale={"c": 1.0, "y": 0.5, "x": 0.5},
                 axes_units={"y": "micrometer", "x": "micrometer"})
     slide = open_slide(path)
     assert slide.backend == "zarr"
