@@ -249,3 +249,28 @@ def test_cli_synth_reports_bad_input(tmp_path, capsys):
     assert main(["synth", "dataset", str(tmp_path / "ds"), "--config", str(bad), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "cfg.toml" in err and "ignore_fraction" in err
+
+
+def test_slide_writing_can_be_cancelled_and_leaves_nothing(tmp_path):
+    from napari_dfa.errors import Cancelled
+
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+
+    with pytest.raises(Cancelled, match="s.tif"):
+        write_slide(tmp_path / "s.tif", size=(1100, 600), progress=progress, cancel=lambda: len(calls) >= 1)
+    assert calls == [(1, 3)]  # one 512-row band rendered, then the cancel was seen
+    assert list(tmp_path.iterdir()) == []  # no half-written slide, truth or scratch files
+
+
+def test_dataset_progress_and_bad_arguments(tmp_path):
+    seen = []
+    write_dataset(tmp_path / "ds", n_train=2, n_val=1, n_test=0, tile=64, seed=0,
+                  progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(ConfigError, match="at least one"):
+        write_dataset(tmp_path / "empty", n_train=0, n_val=0, n_test=0)
+    with pytest.raises(ConfigError, match="too small"):
+        write_slide(tmp_path / "tiny.tif", size=(32, 32))
