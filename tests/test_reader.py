@@ -56,6 +56,14 @@ def test_single_small_image_is_one_array_without_scale(tmp_path):
     assert kwargs["multiscale"] is False and "scale" not in kwargs
 
 
+def test_ome_zarr_layer_is_named_without_suffix(tmp_path):
+    import zarr
+
+    zarr.create_array(tmp_path / "case 7.ome.zarr", data=tissue(200, 300), chunks=(100, 100, 3))
+    [(data, kwargs, _)] = read_slide(str(tmp_path / "case 7.ome.zarr"))
+    assert kwargs["name"] == "case 7" and data.shape == (200, 300, 3)
+
+
 def test_bad_file_is_a_notification_not_an_exception(tmp_path):
     from napari.utils.notifications import notification_manager
 

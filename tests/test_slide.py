@@ -228,6 +228,24 @@ def test_ome_zarr_ngff04_zarr_v2_tczyx_uint16(tmp_path):
     assert slide.levels[0].compute().max() == 255  # not a dark image scaled by 65535
 
 
+def test_bioformats2raw_layout_yxc_axes(tmp_path, img):
+    """bioformats2raw puts the image in group "0"; axes may be y, x, c (channels last)."""
+    root = zarr.open_group(tmp_path / "b2r.ome.zarr", mode="w")
+    root.attrs["bioformats2raw.layout"] = 3
+    image = root.create_group("0")
+    image.create_array("0", data=img, chunks=(512, 512, 3))
+    image.create_array("1", data=img[::2, ::2], chunks=(512, 512, 3))
+    image.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "y", "type": "space", "unit": "millimeter"},
+                 {"name": "x", "type": "space", "unit": "millimeter"}, {"name": "c", "type": "channel"}],
+        "datasets": [{"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [0.00025 * 2**i, 0.00025 * 2**i, 1]}]} for i in range(2)]}]}
+    slide = open_slide(tmp_path / "b2r.ome.zarr")
+    assert slide.mpp == pytest.approx(0.25)
+    np.testing.assert_array_equal(slide.levels[1].compute(), img[::2, ::2])
+    assert_regions_match(slide, 0, img, [(700, 300, 100, 900)])
+
+
 def test_plain_zarr_yxc_array_and_numbered_group(tmp_path, img):
     zarr.create_array(tmp_path / "yxc.zarr", data=img, chunks=(512, 512, 3))
     slide = open_slide(tmp_path / "yxc.zarr")
