@@ -57,6 +57,7 @@ class _OpenSlideLevel:
 
 
 def open_openslide(path: Path) -> Opened:
+    """Open any slide OpenSlide reads; SlideError (with the install hint) if OpenSlide is missing."""
     openslide = _import_openslide(path)
     try:
         handle = openslide.OpenSlide(str(path))

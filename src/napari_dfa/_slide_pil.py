@@ -52,6 +52,7 @@ class _PilImage:
 
 
 def open_pil(path: Path) -> Opened:
+    """Open a PNG or JPEG from its header; the pixels are decoded when a level is computed."""
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as im:

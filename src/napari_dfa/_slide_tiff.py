@@ -62,6 +62,7 @@ class _TiffLevel:
 
 
 def open_tiff(path: Path) -> Opened:
+    """Open the main image series of a TIFF-based slide; raises SlideError naming the file."""
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:

@@ -40,6 +40,7 @@ class _ZarrLevel:
 
 
 def open_zarr(path: Path) -> Opened:
+    """Open an OME-Zarr (first multiscale image) or a plain zarr array/group; SlideError on failure."""
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
