@@ -109,7 +109,8 @@ def render(labels: np.ndarray, *, y0: int, x0: int, margin: int, appearances: li
     with np.errstate(divide="ignore"):
         table.append(np.minimum(_FBM_STD * ndtri(1 - np.clip(lumen, 0, 0.99)), 5.0).tolist())
     table = np.array(table, np.float32)
-    mixed = (table @ weights.reshape(len(present), -1)).reshape(len(table), hh, ww)
+    # einsum, not BLAS: a threaded matmul costs more in thread start-up than it saves here.
+    mixed = np.einsum("pk,kn->pn", table, weights.reshape(len(present), -1)).reshape(len(table), hh, ww)
     eosin, haem, fibre_amp, mottle, grain, hole_thr = mixed
 
     # Collagen: two families of wavy stripes in different directions, blended by a smooth field.
