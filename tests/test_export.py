@@ -118,7 +118,7 @@ def test_ome_zarr_export_opens_with_ome_zarr_reader(labels, tmp_path):
     big = np.kron(labels, np.ones((4, 4), np.uint8))  # 1200×1680 → a pyramid
     path = export.write_ome_zarr_labels(tmp_path / "l.zarr", big, NAMES, COLORS, downsample=2.0, offset=(10, 20))
     node = next(iter(Reader(parse_url(str(path)))()))
-    assert [d.shape for d in node.data] == [(1200, 1680), (600, 840), (300, 420)]
+    assert [d.shape for d in node.data] == [(1200, 1680), (600, 840), (300, 420), (150, 210)]
     assert np.array_equal(np.asarray(node.data[0]), big)
     assert np.array_equal(np.asarray(node.data[1]), big[::2, ::2])
     assert {v: p["class"] for v, p in node.metadata["properties"].items()} == {1: "tumour", 2: "stroma", 3: "necrosis"}

@@ -8,9 +8,10 @@ Layout of a store (``<name>.labels.zarr``)::
     1/, 2/, ...         display pyramid (nearest, 2× per level), written once level 0 is done
     probabilities/      optional K×H×W float16, uncertainty/ H×W float16, focus/ K×H×W float16
 
-Coordinates: ``scale`` is the level's downsample and ``translate`` the region's origin, both in
-level-0 pixels (the unit the slide layers use in napari); the microns per pixel, when known, are
-kept in ``napari_dfa.mpp``. The root is an NGFF label image (``image-label`` beside
+Coordinates: with the slide's microns per pixel known, ``scale`` and ``translation`` are in
+micrometres (axes unit ``micrometer``), as our slide reader places the image in napari; otherwise
+in level-0 pixels (no unit). Either way ``napari_dfa`` keeps ``downsample`` and ``translate`` in
+level-0 pixels and ``mpp`` (µm per level-0 pixel). The root is an NGFF label image (``image-label`` beside
 ``multiscales``), which ``ome_zarr.reader`` recognises as a labels node.
 """
 
@@ -30,22 +31,29 @@ logger = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.5"
 ATTR = "napari_dfa"
-PYRAMID_MIN_SIZE = 512  # stop the display pyramid once the longer side fits this
+PYRAMID_MIN_SIZE = 256  # stop the display pyramid once the longer side fits this
 
 
 def ngff_attrs(*, level_shapes: list[tuple[int, int]], downsample: float, translate: tuple[float, float],
-               class_names: list[str], class_colors: list[tuple[int, int, int]], name: str) -> dict:
+               class_names: list[str], class_colors: list[tuple[int, int, int]], name: str,
+               mpp: float | None = None) -> dict:
     """The ``ome`` attribute block: multiscales over the stored levels and the image-label part."""
+    unit = float(mpp) if mpp else 1.0
     datasets = []
     for k, _ in enumerate(level_shapes):
-        s = float(downsample) * 2**k
+        s = float(downsample) * 2**k * unit
         datasets.append({
             "path": str(k),
             "coordinateTransformations": [
                 {"type": "scale", "scale": [s, s]},
-                {"type": "translation", "translation": [float(translate[0]), float(translate[1])]},
+                {"type": "translation", "translation": [float(translate[0]) * unit, float(translate[1]) * unit]},
             ],
         })
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    if mpp:
+        for axis in axes:
+            axis["unit"] = "micrometer"
+
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     colors += [{"label-value": i + 1, "rgba": [int(c) for c in rgb] + [255]} for i, rgb in enumerate(class_colors)]
     properties = [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(class_names)]
@@ -53,7 +61,7 @@ def ngff_attrs(*, level_shapes: list[tuple[int, int]], downsample: float, transl
         "version": NGFF_VERSION,
         "multiscales": [{
             "name": name,
-            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "axes": axes,
             "datasets": datasets,
             "type": "nearest",
         }],
@@ -113,7 +121,7 @@ class LabelsStore:
                     completed=False, extras=sorted((extras or {}).keys()))
         group.attrs.update({
             "ome": ngff_attrs(level_shapes=[(h, w)], downsample=downsample, translate=translate,
-                              class_names=names, class_colors=colors, name=path.name),
+                              class_names=names, class_colors=colors, name=path.name, mpp=meta.get("mpp")),
             ATTR: meta,
         })
         return cls(path=path, group=group)
@@ -188,7 +196,8 @@ class LabelsStore:
             prev = arr
         meta = self.info
         ome = ngff_attrs(level_shapes=shapes, downsample=meta["downsample"], translate=meta["translate"],
-                         class_names=meta["class_names"], class_colors=meta["class_colors"], name=self.path.name)
+                         class_names=meta["class_names"], class_colors=meta["class_colors"], name=self.path.name,
+                         mpp=meta.get("mpp"))
         meta.update(completed=True, rows_done=int(base.shape[0]))
         self.group.attrs.update({"ome": ome, ATTR: meta})
 

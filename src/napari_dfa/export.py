@@ -235,11 +235,14 @@ def _read_zarr_labels(path: Path, level: int):
     names = ours.get("class_names") or [str(props.get(v, {}).get("class", f"class {v}")) for v in range(1, n + 1)]
     colors = ours.get("class_colors") or [tuple(cols.get(v, [128, 128, 128])[:3]) for v in range(1, n + 1)]
     scale, translate = 1.0, [0.0, 0.0]
-    for t in datasets[level].get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            scale = float(t["scale"][-1])
-        if t.get("type") == "translation":
-            translate = [float(v) for v in t["translation"][-2:]]
+    if "downsample" in ours:  # ours: level-0 pixels whatever unit the NGFF transforms use
+        scale, translate = float(ours["downsample"]) * 2**level, [float(v) for v in ours.get("translate", (0, 0))]
+    else:
+        for t in datasets[level].get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = float(t["scale"][-1])
+            if t.get("type") == "translation":
+                translate = [float(v) for v in t["translation"][-2:]]
     info = {"class_names": list(names), "class_colors": [tuple(c) for c in colors], "downsample": scale,
             "offset": tuple(translate), "mpp": ours.get("mpp")}
     return arr, info

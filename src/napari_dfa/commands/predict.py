@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (default 64)")
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: 2 CPU, 8 GPU)")
+    parser.add_argument("--chunk", type=int, default=512, help="chunk edge of the stores; resume granularity (default 512)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per slide (default: all cores locally, cores / workers on dask)")
     parser.add_argument("--outputs", default="labels",
                         help="comma list of labels,probabilities,uncertainty,focus (stored beside the labels)")
     parser.add_argument("--no-tissue-mask", action="store_true", help="also segment tiles that look like glass")
@@ -72,7 +75,7 @@ def parse_level(text):
 
 def options_from_args(args) -> dict:
     return dict(level=parse_level(args.level), region=parse_region(args.region), tile=args.tile,
-                overlap=args.overlap, device=args.device, batch_size=args.batch_size,
+                overlap=args.overlap, device=args.device, batch_size=args.batch_size, chunk=args.chunk,
                 outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
                 tissue_mask=not args.no_tissue_mask, resume=args.resume, overwrite=args.overwrite,
                 geojson=args.geojson, areas=args.areas)
@@ -91,10 +94,12 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     t0 = time.perf_counter()
     report = {"slide": str(slide_path), "ok": False, "path": None, "error": None, "seconds": 0.0,
               "completed": False, "tiles": 0}
+    previous_threads = None
     try:
         if threads:
             import torch
 
+            previous_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
         if isinstance(model, (str, os.PathLike)):
             from ..model import load_model
@@ -112,7 +117,8 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                           tile=options.get("tile", 512), overlap=options.get("overlap", 64),
                           device=options.get("device", "auto"), out=store, progress=progress,
                           resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
-                          outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"))
+                          outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
+                          chunk=options.get("chunk", 512))
             report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
             if res.completed and (options.get("geojson") or options.get("areas")):
                 stem = store.name[: -len(".labels.zarr")]
@@ -128,6 +134,11 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort
         logger.exception("predict failed on %s", slide_path)
         report["error"] = f"{slide_path}: unexpected {type(exc).__name__}: {exc}"
+    finally:
+        if previous_threads:
+            import torch
+
+            torch.set_num_threads(previous_threads)
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -147,7 +158,7 @@ def _run_local(args, options) -> list[dict]:
             bar.n = done
             bar.refresh()
 
-        reports.append(predict_one(path, model, args.out, options, progress=progress))
+        reports.append(predict_one(path, model, args.out, options, progress=progress, threads=args.threads))
         bar.close()
     return reports
 
@@ -162,13 +173,13 @@ def _run_distributed(args, options) -> list[dict]:
     cluster = None
     if args.scheduler:
         client = Client(args.scheduler)
-        threads = None
+        threads = args.threads
     else:
         n = max(1, args.workers)
         # One single-threaded task per process; torch gets the cores shared out between them.
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
-        threads = max(1, (os.cpu_count() or 1) // n)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // n)
     reports = []
     try:
         futures = [client.submit(predict_one, s, model, out, options, None, threads, pure=False) for s in slides]

@@ -1,0 +1,162 @@
+"""``napari-dfa predict``: stores that ome-zarr and napari open, cohorts with failures, interrupt and
+--resume, and a dask LocalCluster of two processes giving the same labels as a local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_dfa import synth
+from napari_dfa.cli import main
+from napari_dfa.inference import segment
+from napari_dfa.model import ModelConfig, Segmenter, load_model
+from napari_dfa.slide import open_slide
+
+NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved tiny model and two synthetic pyramidal SVS-style slides (0.5 µm/px)."""
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
+                                class_colors=COLORS, mpp=0.5)
+    model = seg.save(root / "tiny.safetensors")
+    a, _ = synth.write_slide(root / "slide_a.svs", size=(512, 768), seed=1)
+    b, _ = synth.write_slide(root / "slide_b.svs", size=(384, 512), seed=2)
+    return {"root": root, "model": model, "a": a, "b": b}
+
+
+def _labels(store, level=0):
+    return np.asarray(zarr.open_group(str(store), mode="r")[str(level)][:])
+
+
+def test_predict_writes_ngff_labels_that_ome_zarr_reads(files, tmp_path, capsys):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide at all")
+    out = tmp_path / "out"
+    rc = main(["predict", str(files["a"]), str(bad), "--model", str(files["model"]), "--out", str(out),
+               "--tile", "256", "--overlap", "64", "--device", "cpu", "--geojson", "--areas"])
+    err = capsys.readouterr().err
+    assert rc == 1  # one slide failed...
+    assert "broken.svs" in err and "1 of 2 slides failed" in err
+    store = out / "slide_a.labels.zarr"  # ...the other was written
+    assert (out / "slide_a.geojson").is_file() and (out / "slide_a.areas.csv").is_file()
+
+    node = next(iter(Reader(parse_url(str(store)))()))
+    assert [d.shape for d in node.data] == [(512, 768), (256, 384), (128, 192)]
+    assert {v: p["class"] for v, p in node.metadata["properties"].items()} == dict(enumerate(NAMES, start=1))
+    assert node.metadata["color"][2] == pytest.approx([c / 255 for c in COLORS[1]] + [1.0])
+    # Placed in micrometres like the slide: 0.5 µm/px at level 0, twice that at level 1.
+    assert node.metadata["coordinateTransformations"][1][0]["scale"] == [1.0, 1.0]
+    level0 = np.asarray(node.data[0])
+    np.testing.assert_array_equal(np.asarray(node.data[1]), level0[::2, ::2])
+
+    # The same labels as the library call with the same settings.
+    with open_slide(files["a"]) as slide:
+        res = segment(slide, load_model(files["model"]), tile=256, overlap=64, device="cpu")
+    np.testing.assert_array_equal(level0, res.labels)
+    assert set(np.unique(level0)) <= set(range(0, 6)) and (level0 > 0).mean() > 0.5
+
+    # The GeoJSON covers exactly the labelled pixels (level-0 coordinates).
+    fc = json.loads((out / "slide_a.geojson").read_text())
+    from shapely.geometry import shape
+
+    area = sum(shape(f["geometry"]).area for f in fc["features"])
+    assert area == pytest.approx(float((level0 > 0).sum()))
+
+    # Running again without --resume/--overwrite refuses to clobber the store.
+    assert main(["predict", str(files["a"]), "--model", str(files["model"]), "--out", str(out)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.gui
+def test_napari_opens_the_predicted_store(files, tmp_path, make_napari_viewer):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "out"
+    assert main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(out),
+                 "--tile", "256", "--device", "cpu"]) == 0
+    node = next(iter(Reader(parse_url(str(out / "slide_b.labels.zarr")))()))
+    viewer = make_napari_viewer()
+    scale = node.metadata["coordinateTransformations"][0][0]["scale"]
+    layer = viewer.add_labels(node.data, multiscale=True, scale=scale, name="labels")
+    assert layer.multiscale and [d.shape for d in layer.data] == [(384, 512), (192, 256)]
+    level0 = np.asarray(node.data[0])
+    # What napari shows at a pixel is the stored class there (even pixels: on every level).
+    for y, x in ((10, 10), (200, 300), (382, 510)):
+        value = layer.get_value((y * scale[0], x * scale[1]), world=True)
+        assert (value[1] if isinstance(value, tuple) else value) == level0[y, x]
+
+
+def test_bad_model_and_bad_region_are_reported_with_the_file(files, tmp_path, capsys):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    assert main(["predict", str(files["b"]), "--model", str(junk), "--out", str(tmp_path / "o")]) == 1
+    assert "junk.safetensors" in capsys.readouterr().err
+    assert main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(tmp_path / "o"),
+                 "--region", "0,0,9999,10"]) == 1
+    err = capsys.readouterr().err
+    assert "slide_b.svs" in err and "outside" in err
+    assert main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(tmp_path / "o"),
+                 "--region", "1,2,3"]) == 1
+    assert "y0,x0,height,width" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
+    args = ["predict", str(files["a"]), "--model", str(files["model"]), "--tile", "128", "--overlap", "32",
+            "--device", "cpu", "--chunk", "64"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    expected = _labels(tmp_path / "whole" / "slide_a.labels.zarr")
+
+    out = tmp_path / "cut"
+    store = out / "slide_a.labels.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_dfa.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            rows = int(zarr.open_group(str(store), mode="r").attrs["napari_dfa"]["rows_done"])
+        except Exception:  # noqa: BLE001 - not created yet, or attributes mid-write
+            rows = 0
+        if rows > 0:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI keeps what was written
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    info = zarr.open_group(str(store), mode="r").attrs["napari_dfa"]
+    assert proc.returncode == 130 and 0 < info["rows_done"] < 512 and not info["completed"]
+
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    np.testing.assert_array_equal(_labels(store), expected)
+    assert zarr.open_group(str(store), mode="r").attrs["napari_dfa"]["completed"]
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_same_labels(files, tmp_path):
+    # Same torch thread count on both sides: float sums (and so near-tied labels) depend on it.
+    args = ["--model", str(files["model"]), "--tile", "256", "--overlap", "64", "--device", "cpu", "--threads", "1"]
+    slides = [str(files["a"]), str(files["b"])]
+    assert main(["predict", *slides, *args, "--out", str(tmp_path / "local")]) == 0
+    assert main(["predict", *slides, *args, "--out", str(tmp_path / "dask"), "--workers", "2"]) == 0
+    for stem in ("slide_a", "slide_b"):
+        np.testing.assert_array_equal(_labels(tmp_path / "dask" / f"{stem}.labels.zarr"),
+                                      _labels(tmp_path / "local" / f"{stem}.labels.zarr"))
