@@ -13,8 +13,11 @@ from __future__ import annotations
 # binds the name to the function for good.
 from .config import AugmentConfig, DataConfig, TrainConfig
 from .datasets import SamPathDataset, class_frequencies, open_split
+from .evaluation import evaluate
+from .finetune import FinetuneResult, finetune
 from .losses import SegmentationLoss
 from .metrics import SegmentationMeter
+from .trainer import TrainResult, train
 
 __all__ = [
     "AugmentConfig",
@@ -25,4 +28,9 @@ __all__ = [
     "open_split",
     "SegmentationLoss",
     "SegmentationMeter",
+    "evaluate",
+    "finetune",
+    "FinetuneResult",
+    "train",
+    "TrainResult",
 ]

@@ -332,3 +332,23 @@ def pad_collate(batch, multiple: int = 32):
         imgs[j, : img.shape[0], : img.shape[1]] = img
         masks[j, : mask.shape[0], : mask.shape[1]] = mask
     return imgs, masks
+
+
+def write_sampath(root, items, *, csv_name: str = "cv.csv") -> Path:
+    """Write ``(img_id, rgb uint8 H×W×3, mask uint8 H×W, fold)`` items in the SAM-Path layout
+    (PNG images and masks, ``img_id,fold`` CSV); e.g. to turn corrections into a dataset."""
+    from PIL import Image
+
+    root = Path(root)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "mask").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for img_id, rgb, mask, fold in items:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(root / "img" / f"{img_id}.png")
+        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(root / "mask" / f"{img_id}.png")
+        rows.append((img_id, int(fold)))
+    with open(root / csv_name, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["img_id", "fold"])
+        writer.writerows(rows)
+    return root
