@@ -295,11 +295,15 @@ def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progre
             y0 = bi * band
             bh = min(band, h - y0)
             rows = np.empty((bh, w, 3), np.uint8)
+            small = np.empty((bh // 2, w // 2, 3), np.uint8) if lower else None
             for x0 in range(0, w, band):
                 bw = min(band, w - x0)
-                rows[:, x0:x0 + bw] = plan.rgb(y0, x0, bh, bw)
-            if lower:  # feed level 1 while the band is in memory (bands are even, so 2x2 cells align)
-                lower[0].append(_downsample2(rows))
+                rows[:, x0:x0 + bw] = window = plan.rgb(y0, x0, bh, bw)
+                if small is not None:  # level 1 from the window in hand (band and x0 are even)
+                    reduced = _downsample2(window)
+                    small[:, x0 // 2:x0 // 2 + reduced.shape[1]] = reduced
+            if small is not None:
+                lower[0].append(small)
             for ty in range(0, bh, tile):
                 for tx in range(0, w, tile):
                     yield rows[ty:ty + tile, tx:tx + tile]
@@ -370,10 +374,9 @@ def _write_truth(truth: Path, plan, shapes, *, tile, mpp, config: SynthConfig, s
         lh, lw = shapes[level]
         for ty in range(0, lh, tile):
             th = min(tile, lh - ty)
-            # A level's pixel (i, j) is the level-0 label at (f·i, f·j): sample the layout directly.
-            rows = plan.labels(ty * f, 0, th, lw, step=f)
             for tx in range(0, lw, tile):
-                yield rows[:, tx:tx + tile]
+                # A level's pixel (i, j) is the level-0 label at (f·i, f·j): sample the layout directly.
+                yield plan.labels(ty * f, tx * f, th, min(tile, lw - tx), step=f)
 
     with tifffile.TiffWriter(truth, bigtiff=h * w > 2**31) as tif:
         tif.write(tiles(0), shape=(h, w), dtype=np.uint8, tile=(tile, tile), photometric="minisblack",
