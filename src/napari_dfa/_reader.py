@@ -73,7 +73,8 @@ def read_slide(path, **_ignored):
 def layer_data(slide) -> tuple:
     """``(data, kwargs, "image")`` for a :class:`~napari_dfa.slide.Slide`."""
     guard = _DamageGuard(slide.path)
-    levels = [guard.wrap(level) for level in slide.levels]
+    stored = int(slide.metadata.get("stored_levels", len(slide.levels)))
+    levels = [guard.wrap(level, stored=i < stored) for i, level in enumerate(slide.levels)]
     data = levels if len(levels) > 1 else levels[0]
     name = slide.path.name
     for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
@@ -110,23 +111,25 @@ class _DamageGuard:
         self._told = False
         self._lock = threading.Lock()
 
-    def wrap(self, level):
+    def wrap(self, level, *, stored: bool):
         import dask.array as da
 
         # A stored level maps one read to one chunk: compute in this thread. A level built by
         # coarsening needs many level-0 chunks per chunk: decode them on a small nested pool.
-        per_chunk = len(level.__dask_graph__()) / max(1, level.npartitions)
-        options = {"scheduler": "sync"} if per_chunk <= 4 else {
+        options = {"scheduler": "sync"} if stored else {
             "scheduler": "threads", "num_workers": min(4, os.cpu_count() or 1)}
 
-        def fetch(block_info=None):
-            loc = block_info[None]["array-location"]
+        starts = [np.cumsum((0,) + c) for c in level.chunks]
+
+        def fetch(block_id=None):
+            loc = [(int(s[i]), int(s[i + 1])) for s, i in zip(starts, block_id)]
             try:
                 return level[tuple(slice(a, b) for a, b in loc)].compute(**options)
             except SlideError as exc:
                 self._tell(str(exc))
                 return _placeholder(tuple(b - a for a, b in loc))
 
+        # block_id (not block_info): dask then builds no per-chunk dicts for a 100k-chunk level
         return da.map_blocks(fetch, chunks=level.chunks, dtype=level.dtype,
                              meta=np.empty((0, 0, 0), dtype=level.dtype))
 
