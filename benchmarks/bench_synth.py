@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | --- |")
     for size in (256, 512):
         wall, cpu = bench_tiles(size, args.repeats)
-        print(f"| `generate_tile` {size}×{size} (median of {args.repeats}) | {wall * 1e3:.0f} ms | {cpu * 1e3:.0f} ms | |")
+        print(f"| `generate_tile` {size}×{size} (median of {args.repeats}) | {wall * 1e3:.0f} ms "
+              f"| {cpu * 1e3:.0f} ms | |")
     n = 32
     wall = bench_dataset(n, 256)
     print(f"| `write_dataset` {n} tiles of 256² (PNG) | {wall:.2f} s | | {n / wall:.1f} tiles/s |")

@@ -24,7 +24,8 @@ from napari_dfa.synth import SynthConfig, generate_tile  # noqa: E402
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" / "synth_tiles.png"))
+    default_out = Path(__file__).resolve().parents[1] / "docs" / "images" / "synth_tiles.png"
+    parser.add_argument("--out", default=str(default_out))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiles", type=int, default=5)
     args = parser.parse_args(argv)

@@ -52,7 +52,9 @@ class Appearance:
 
     def lerp(self, other: "Appearance", t: float) -> "Appearance":
         """The appearance a fraction ``t`` of the way from this one to ``other``."""
-        return Appearance(**{f.name: (1 - t) * getattr(self, f.name) + t * getattr(other, f.name) for f in fields(self)})
+        return Appearance(**{
+            f.name: (1 - t) * getattr(self, f.name) + t * getattr(other, f.name) for f in fields(self)
+        })
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,9 @@ class SynthConfig:
         scalar_names = {f.name for f in fields(cls)} - {"classes"}
         unknown = set(data) - scalar_names - {"classes", "replace_classes"}
         if unknown:
-            raise ConfigError(f"{source}: unknown synth setting(s) {sorted(unknown)}; known: {sorted(scalar_names | {'classes'})}")
+            raise ConfigError(
+                f"{source}: unknown synth setting(s) {sorted(unknown)}; known: {sorted(scalar_names | {'classes'})}"
+            )
         kwargs: dict[str, Any] = {}
         for name in scalar_names & set(data):
             try:

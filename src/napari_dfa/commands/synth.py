@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
     sl = sub.add_parser("slide", help="an Aperio-style pyramidal TIFF slide plus <stem>_truth.tif labels")
     sl.add_argument("out", help="output slide file (.tif or .svs)")
     sl.add_argument("--size", default="8192", help="level-0 size: N (square) or HxW, e.g. 4096x6144")
-    sl.add_argument("--mpp", type=float, default=None, help="microns per pixel recorded in the file (default 0.5, the scale the textures are drawn at)")
+    sl.add_argument("--mpp", type=float, default=None,
+                    help="microns per pixel recorded in the file (default 0.5, the scale the textures are drawn at)")
     sl.add_argument("--compression", choices=("jpeg", "deflate"), default="jpeg")
     _common(sl)
 
