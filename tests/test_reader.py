@@ -28,8 +28,13 @@ def test_get_reader_takes_slides_and_refuses_the_rest(tmp_path, big_svs):
     assert napari_get_reader(str(tmp_path / "notes.txt")) is None
     (tmp_path / "folder").mkdir()
     assert napari_get_reader(str(tmp_path / "folder")) is None
-    (tmp_path / "img.zarr").mkdir()
+    (tmp_path / "img.zarr").mkdir()  # a broken store is ours to report
     assert callable(napari_get_reader(str(tmp_path / "img.zarr")))
+    # readable images that are no slide are left to other readers
+    tifffile.imwrite(tmp_path / "zstack.tif", np.zeros((5, 64, 64), np.uint8))
+    assert napari_get_reader(str(tmp_path / "zstack.tif")) is None
+    tifffile.imwrite(tmp_path / "fluo.ome.tif", np.zeros((7, 64, 64), np.uint16), metadata={"axes": "CYX"})
+    assert napari_get_reader(str(tmp_path / "fluo.ome.tif")) is None
 
 
 def test_layer_data_is_lazy_multiscale_rgb_in_microns(big_svs, monkeypatch):

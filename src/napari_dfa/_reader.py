@@ -1,6 +1,7 @@
 """napari reader (npe2): whole-slide images as multiscale RGB image layers in microns.
 
-``napari_get_reader(path)`` answers None for paths it does not handle so other readers can try,
+``napari_get_reader(path)`` answers None for paths it does not handle so other readers can try
+(other suffixes, folders that are not zarr, readable images that are no 2-D slide such as a z-stack),
 otherwise a function returning ``[(data, kwargs, "image")]``:
 
 - ``data``: the slide's levels (a list of dask arrays, level 0 first; one array for a single small
@@ -45,11 +46,27 @@ def napari_get_reader(path):
         return None
     p = Path(path)
     if p.is_dir():
-        is_zarr = p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)
-        return read_slide if is_zarr else None
-    if p.suffix.lower() not in _SUFFIXES:
+        if not (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)):
+            return None
+    elif p.suffix.lower() not in _SUFFIXES:
         return None
-    return read_slide
+    from .slide import SlideLayoutError, open_slide
+
+    # Opening reads metadata only (milliseconds), and tells a slide from a readable file that is
+    # no slide (a z-stack TIFF, a 7-channel OME-Zarr): those are left to other readers. A broken
+    # file is ours to report: its reader function shows the reason.
+    try:
+        slide = open_slide(p)
+    except SlideLayoutError as exc:
+        logger.info("not a slide, left to other readers: %s", exc)
+        return None
+    except SlideError:
+        return read_slide
+
+    def read_opened(_path, **_ignored):
+        return [layer_data(slide)]
+
+    return read_opened
 
 
 def read_slide(path, **_ignored):

@@ -47,6 +47,13 @@ CHUNK_TARGET = 1024
 _names = itertools.count()
 
 
+class SlideLayoutError(SlideError):
+    """A readable image that is not a 2-D RGB/grey slide (a z-stack, many fluorescence channels...).
+
+    The napari reader declines such files so that another reader can open them.
+    """
+
+
 class GuardedArray:
     """Array-like over a stored level whose reads raise :class:`SlideError` naming the file.
 
@@ -169,7 +176,7 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
     if len(axes) != arr.ndim:
         raise SlideError(f"{path}: axes {axes!r} do not match the pixel array shape {arr.shape}.")
     if "Y" not in axes or "X" not in axes:
-        raise SlideError(
+        raise SlideLayoutError(
             f"{path}: the image has axes {axes!r} (shape {arr.shape}), no Y and X plane: "
             "not a 2-D slide."
         )
@@ -185,7 +192,7 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
             logger.info("%s: %d planes along %s; showing the first", path, n, ax)
             index.append(0)
         else:
-            raise SlideError(
+            raise SlideLayoutError(
                 f"{path}: the image is a stack of {n} planes along axis {ax!r} (shape "
                 f"{arr.shape}, axes {axes!r}), not a 2-D slide; open one plane with another reader."
             )
@@ -195,7 +202,7 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
         arr = arr[tuple(index)]
     channel_axes = [a for a in kept if a in "SC"]
     if len(channel_axes) > 1:
-        raise SlideError(
+        raise SlideLayoutError(
             f"{path}: the image has both channels and samples per pixel (shape {arr.shape}); "
             "only grey, RGB and RGBA slides are supported."
         )
@@ -205,7 +212,7 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] > 4:
-        raise SlideError(
+        raise SlideLayoutError(
             f"{path}: {arr.shape[2]} channels; only grey, grey+alpha, RGB and RGBA slides are "
             "supported (fluorescence with many channels needs another reader)."
         )

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import zarr
 
-from ._slide_arrays import GuardedArray, Opened, chunk_edge, lazy_level, rgb_pyramid, to_channels_last
+from ._slide_arrays import (
+    GuardedArray,
+    Opened,
+    SlideLayoutError,
+    chunk_edge,
+    lazy_level,
+    rgb_pyramid,
+    to_channels_last,
+)
 from .errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +78,7 @@ def _open(node, path: Path) -> Opened:
         else:
             keys = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
             if not keys:
-                raise SlideError(f"{path}: a zarr group without OME-NGFF 'multiscales' metadata or arrays '0', '1', ....")
+                raise SlideLayoutError(f"{path}: a zarr group without OME-NGFF 'multiscales' metadata or arrays '0', '1', ....")
             arrays = [(k, node[k]) for k in keys]
             axes, mpp, meta = _guess_axes(arrays[0][1].shape, path), None, {"vendor": "zarr"}
     meta["format"] = "zarr"
@@ -163,4 +171,4 @@ def _guess_axes(shape: tuple, path: Path) -> str:
             return "YXS"
     if len(shape) == 5:
         return "TCZYX"
-    raise SlideError(f"{path}: a zarr array of shape {shape} is not an image (expected YX, YXC, CYX or TCZYX).")
+    raise SlideLayoutError(f"{path}: a zarr array of shape {shape} is not an image (expected YX, YXC, CYX or TCZYX).")

@@ -29,12 +29,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ._slide_arrays import Opened
+from ._slide_arrays import Opened, SlideLayoutError
 from .errors import SlideError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Slide", "open_slide", "BACKENDS", "SUFFIXES"]
+__all__ = ["Slide", "SlideLayoutError", "open_slide", "BACKENDS", "SUFFIXES"]
 
 BACKENDS = ("auto", "tifffile", "openslide")
 _TIFF = {".svs", ".tif", ".tiff", ".btf", ".tf8", ".tf2", ".ndpi"}
