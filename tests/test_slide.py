@@ -293,6 +293,14 @@ def test_grey_16bit_rgba_and_planar_tiffs_become_rgb_uint8(tmp_path, img):
     np.testing.assert_array_equal(got[4:, 4:], img[4:, 4:])
     assert (got[:4, :4] == 255).all()
 
+    # indexed colour: the TIFF ColorMap (16-bit entries) gives the RGB
+    index = (grey // 32).astype(np.uint8)  # 8 colours
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :8] = np.array([[i * 30 * 257, 255 * 257 - i * 20 * 257, 128 * 257] for i in range(8)]).T
+    tifffile.imwrite(tmp_path / "palette.tif", index, photometric="palette", colormap=cmap)
+    np.testing.assert_array_equal(open_slide(tmp_path / "palette.tif").levels[0].compute(),
+                                  (cmap[:, index].transpose(1, 2, 0) // 257).astype(np.uint8))
+
     # 16-bit grey using the full 16-bit range: percentile of the whole (small) image
     g16 = (grey.astype(np.uint16) * 257)
     tifffile.imwrite(tmp_path / "g16.tif", g16)

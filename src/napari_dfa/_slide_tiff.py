@@ -141,12 +141,28 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
                 for ax, c, n in zip(level.axes, zchunks, shape)
             )
         guarded = GuardedArray(path=path, shape=shape, dtype=level.dtype, open_level=opener, what=f"level {li}")
-        stored.append(to_channels_last(lazy_level(guarded, chunks), level.axes, path=path))
+        arr, axes = lazy_level(guarded, chunks), level.axes
+        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+            arr, axes = _apply_palette(arr, axes, page.colormap)
+        stored.append(to_channels_last(arr, axes, path=path))
     levels, downsamples = rgb_pyramid(stored, path=path)
     mpp, metadata = _metadata(tif, series, path)
     metadata["stored_levels"] = len(series.levels)
     metadata["associated_images"] = [s.name.lower() for s in tif.series if _is_associated(s.name)]
     return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=metadata, close=tif.close)
+
+
+def _apply_palette(arr, axes: str, colormap: np.ndarray):
+    """Indexed colour (PhotometricInterpretation 3) -> RGB through the TIFF ColorMap, lazily."""
+    cmap = np.asarray(colormap)
+    lut = np.rint(cmap.T / 257.0).astype(np.uint8) if cmap.max() > 255 else cmap.T.astype(np.uint8)
+
+    def look_up(block):
+        return lut[np.clip(block, 0, len(lut) - 1)]
+
+    rgb = arr.map_blocks(look_up, dtype=np.uint8, new_axis=arr.ndim, chunks=arr.chunks + ((3,),),
+                         meta=np.empty((0,) * (arr.ndim + 1), dtype=np.uint8))
+    return rgb, axes + "S"
 
 
 # --- metadata ---------------------------------------------------------------------------------

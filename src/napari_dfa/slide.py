@@ -15,7 +15,7 @@ Formats and backends:
 - ``openslide`` (optional extra ``napari-dfa[openslide]``): MIRAX, Hamamatsu VMS/VMU/NDPI, Leica
   SCN, Ventana BIF, and anything OpenSlide reads when asked with ``backend="openslide"``.
 
-Grey, 16-bit, float, planar and RGBA data become RGB uint8 lazily (see ``_slide_arrays`` for the
+Grey, 16-bit, float, planar, indexed-colour and RGBA data become RGB uint8 lazily (see ``_slide_arrays`` for the
 intensity scaling). Every failure — at open or later, while dask computes a tile — raises
 :class:`~napari_dfa.errors.SlideError` naming the file and the reason.
 """
