@@ -1,0 +1,208 @@
+"""Whole-slide inference speed and memory (issue 4).
+
+1. Pipeline efficiency, on one synthetic pyramidal slide (SVS-style JPEG TIFF written by
+   ``napari_dfa.synth``) and one model (untrained weights: speed does not depend on them):
+   (a) the model alone — ``Segmenter.predict_logits`` on the very tiles the pipeline runs,
+       pre-loaded in memory, same batch size — with the weights contiguous (NCHW) and
+       channels-last; the faster one is the reference;
+   (b) the whole ``segment`` pipeline (read from the file, tissue mask, blend, argmax, write an
+       OME-Zarr store with its pyramid), same tiles.
+   Efficiency = time(a) / time(b); megapixels/s of slide area for (b). Best of ``--repeats``.
+2. Peak memory of ``segment`` (each run a fresh process, peak RSS from ``getrusage``) on flat
+   synthetic slides of growing size: tissue in a full-width band and a full-height band (so the
+   accumulators see the slide's whole width and height) and glass elsewhere (skipped as glass,
+   like most of a real slide), written tile by tile with tifffile as JPEG pyramids.
+
+    python benchmarks/bench_inference.py                 # the numbers in BENCHMARKS.md
+    python benchmarks/bench_inference.py --quick         # smaller, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def machine() -> str:
+    import torch
+
+    try:
+        import psutil
+
+        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        mem = "RAM unknown"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.platform()}, {os.cpu_count()} CPU cores, {mem}, {gpu}; python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def build_model(preset: str):
+    import torch
+
+    from napari_dfa.model import ModelConfig, Segmenter
+
+    torch.manual_seed(0)
+    return Segmenter.from_config(ModelConfig.from_preset(preset, num_classes=5), mpp=0.5)
+
+
+def time_model(model, tiles: np.ndarray, batch: int, channels_last: bool) -> float:
+    import torch
+
+    model.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.inference_mode():
+        model.predict_logits(tiles[:batch])  # warm-up (allocator, kernels)
+        t0 = time.perf_counter()
+        for b in range(0, len(tiles), batch):
+            out = model.predict_logits(tiles[b : b + batch])["logits"]
+            out.sum().item()  # wait for the device
+    return time.perf_counter() - t0
+
+
+def efficiency(args, tmp: Path) -> list[str]:
+    from napari_dfa import synth
+    from napari_dfa._tiling import TileGrid
+    from napari_dfa.inference import segment
+    from napari_dfa.slide import open_slide
+
+    size = 1024 if args.quick else args.slide
+    slide_path, _ = synth.write_slide(tmp / "bench.svs", size=(size, size), seed=0)
+    model = build_model(args.preset)
+    with open_slide(slide_path) as slide:
+        grid = TileGrid(height=size, width=size, tile=args.tile, overlap=args.overlap, multiple=model.input_multiple)
+        tiles = np.stack([slide.read_region(0, (int(y), int(x), args.tile, args.tile))
+                          for y in grid.ys.starts for x in grid.xs.starts])
+        # Interleaved rounds (model alone, then pipeline, in both weight formats); best of each,
+        # so that load from other processes on a shared machine hurts all of them alike.
+        times = {k: [] for k in ("NCHW", "channels-last", "pipeline NCHW", "pipeline channels-last")}
+        for r in range(args.repeats):
+            for name, cl in (("NCHW", False), ("channels-last", True)):
+                times[name].append(time_model(model, tiles, args.batch, cl))
+                out = tmp / f"bench_{r}_{cl}.labels.zarr"
+                # No tissue mask: (b) runs exactly the tiles (a) runs.
+                res = segment(slide, model, tile=args.tile, overlap=args.overlap, device="cpu", out=out,
+                              batch_size=args.batch, channels_last=cl, tissue_mask=False)
+                assert res.completed and res.tiles_done == grid.total and res.tiles_skipped == 0
+                times[f"pipeline {name}"].append(res.seconds)
+        best_format = min(("NCHW", "channels-last"), key=lambda n: min(times[n]))
+    a = min(times[best_format])
+    b = min(times[f"pipeline {best_format}"])
+    mpx = size * size / 1e6
+    rows = [
+        f"Slide: synthetic {size}×{size} SVS-style JPEG pyramid; model `{args.preset}` (5 classes); tile {args.tile}, "
+        f"overlap {args.overlap}, batch {args.batch}, {grid.total} tiles; best of {args.repeats}.",
+        "",
+        "| measurement | seconds | tiles/s | slide Mpx/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in ("NCHW", "channels-last"):
+        t = min(times[name])
+        rows.append(f"| (a) model alone, {name}{' (faster)' if name == best_format else ''} | {t:.2f} | "
+                    f"{grid.total / t:.2f} | {mpx / t:.3f} |")
+    for name in ("NCHW", "channels-last"):
+        t = min(times[f"pipeline {name}"])
+        rows.append(f"| (b) `segment` pipeline, {name} (read, blend, argmax, write store + pyramid) | {t:.2f} | "
+                    f"{grid.total / t:.2f} | {mpx / t:.3f} |")
+    rows += ["", f"**Pipeline efficiency (a ÷ b against the faster format): {a / b:.2f}**"]
+    return rows
+
+
+# --- memory ----------------------------------------------------------------------------------------
+def write_band_slide(path: Path, size: int, tile: int = 512) -> Path:
+    """Flat-ish pyramidal JPEG TIFF: glass with a tissue band across and one down (textured)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(90, 200, (tile, tile, 3), dtype=np.uint8)
+    tissue[..., 1] //= 2  # pink-purple: saturated, so the tissue mask keeps it
+    glass = np.full((tile, tile, 3), 238, np.uint8)
+    band = (size // 2 - tile, size // 2 + tile)
+
+    def tiles(f: int):
+        n = -(-size // f // tile)
+        for ty in range(n):
+            for tx in range(n):
+                y, x = ty * tile * f, tx * tile * f
+                hit = band[0] <= y < band[1] or band[0] <= x < band[1] or \
+                    (y < band[1] <= y + tile * f) or (x < band[1] <= x + tile * f)
+                yield tissue if hit else glass
+
+    levels = [1, 4, 16]
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for i, f in enumerate(levels):
+            shape = (-(-size // f), -(-size // f), 3)
+            kw = dict(subifds=len(levels) - 1) if i == 0 else dict(subfiletype=1)
+            tif.write(tiles(f), shape=shape, dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                      compression="jpeg", **kw)
+    return path
+
+
+CHILD = r"""
+import json, resource, sys, time, torch
+from napari_dfa.inference import segment
+from napari_dfa.model import load_model
+from napari_dfa.slide import open_slide
+slide_path, model_path, out, tile, overlap, batch = sys.argv[1:7]
+model = load_model(model_path)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open_slide(slide_path) as slide:
+    res = segment(slide, model, tile=int(tile), overlap=int(overlap), device="cpu", out=out, batch_size=int(batch))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kb": base, "peak_kb": peak, "tiles": res.tiles_total, "skipped": res.tiles_skipped,
+                  "seconds": res.seconds, "float_bytes": res.peak_float_bytes, "completed": res.completed}))
+"""
+
+
+def memory(args, tmp: Path) -> list[str]:
+    model_path = build_model(args.preset).save(tmp / "bench_model.safetensors")
+    sizes = [2048, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
+    rows = ["| slide | tiles (computed) | seconds | RSS after model load | peak RSS | peak − load | blend accumulators |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for size in sizes:
+        path = write_band_slide(tmp / f"band_{size}.tif", size)
+        out = tmp / f"band_{size}.labels.zarr"
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(model_path), str(out), str(args.tile),
+                               str(args.overlap), str(args.batch)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(f"| {size}² ({size * size / 1e9:.2f} Gpx) | {r['tiles']} ({r['tiles'] - r['skipped']}) | "
+                    f"{r['seconds']:.0f} | {r['base_kb'] / 1024:.0f} MiB | {r['peak_kb'] / 1024:.0f} MiB | "
+                    f"{(r['peak_kb'] - r['base_kb']) / 1024:.0f} MiB | {r['float_bytes'] / 2**20:.1f} MiB |")
+        path.unlink()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--slide", type=int, default=2048, help="edge of the efficiency slide")
+    p.add_argument("--sizes", default="8192,16384,32768", help="edges of the memory slides")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args()
+    print("## Whole-slide inference speed and memory\n")
+    print(f"Machine: {machine()}\n")
+    print(f"Command: `python benchmarks/bench_inference.py {' '.join(sys.argv[1:])}`\n")
+    with tempfile.TemporaryDirectory(prefix="napari-dfa-bench-") as tmp:
+        print("\n".join(efficiency(args, Path(tmp))))
+        if not args.skip_memory:
+            print("\n### Peak memory of `segment` on growing slides (fresh process each)\n")
+            print("\n".join(memory(args, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
