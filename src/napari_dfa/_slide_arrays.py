@@ -305,7 +305,7 @@ def half(level: da.Array) -> da.Array:
     out = level.map_blocks(
         _mean2x2,
         dtype=np.uint8,
-        chunks=(tuple(c // 2 for c in level.chunks[0]), tuple(c // 2 for c in level.chunks[1]), level.chunks[2]),
+        chunks=tuple(tuple(c // 2 for c in cs) for cs in level.chunks[:2]) + (level.chunks[2],),
         meta=np.empty((0, 0, 0), dtype=np.uint8),
     )
     # Halved chunks shrink geometrically: merge them back to ~CHUNK_TARGET so a low level does

@@ -98,7 +98,9 @@ def _main_series(tif: tifffile.TiffFile, path: Path) -> int:
         if area > best_area:
             best, best_area = i, area
     if best is None:
-        raise SlideError(f"{path}: the TIFF holds no image series (only {len(tif.series)} associated images).")
+        raise SlideError(
+            f"{path}: the TIFF holds no image series (only {len(tif.series)} associated images)."
+        )
     return best
 
 
@@ -140,7 +142,8 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
                 min(chunk_edge(c), 4096, n) if ax in "YX" else c
                 for ax, c, n in zip(level.axes, zchunks, shape)
             )
-        guarded = GuardedArray(path=path, shape=shape, dtype=level.dtype, open_level=opener, what=f"level {li}")
+        guarded = GuardedArray(path=path, shape=shape, dtype=level.dtype, open_level=opener,
+                               what=f"level {li}")
         arr, axes = lazy_level(guarded, chunks), level.axes
         if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
             arr, axes = _apply_palette(arr, axes, page.colormap)
@@ -216,7 +219,7 @@ def _ome_mpp(xml: str | None, path: Path) -> float | None:
             if size is None:
                 return None
             if unit not in _UNIT_UM:
-                logger.warning("%s: OME PhysicalSizeXUnit %r not a length unit; pixel size unknown", path, unit)
+                logger.warning("%s: OME PhysicalSizeXUnit %r is no length; pixel size unknown", path, unit)
                 return None
             return _plausible(size * _UNIT_UM[unit], path, "OME PhysicalSizeX")
     return None

@@ -78,7 +78,9 @@ def _open(node, path: Path) -> Opened:
         else:
             keys = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
             if not keys:
-                raise SlideLayoutError(f"{path}: a zarr group without OME-NGFF 'multiscales' metadata or arrays '0', '1', ....")
+                raise SlideLayoutError(
+                    f"{path}: a zarr group without OME-NGFF 'multiscales' metadata or arrays '0', '1', ..."
+                )
             arrays = [(k, node[k]) for k in keys]
             axes, mpp, meta = _guess_axes(arrays[0][1].shape, path), None, {"vendor": "zarr"}
     meta["format"] = "zarr"
@@ -86,7 +88,8 @@ def _open(node, path: Path) -> Opened:
     for i, (key, arr) in enumerate(arrays):
         full_key = None if key is None else prefix + key
         guarded = GuardedArray(path=path, shape=arr.shape, dtype=arr.dtype,
-                               open_level=_ZarrLevel(path, full_key, arr), what=f"array {full_key or '(root)'}")
+                               open_level=_ZarrLevel(path, full_key, arr),
+                               what=f"array {full_key or '(root)'}")
         chunks = tuple(min(chunk_edge(c), 4096, n) if ax in "YX" else c
                        for ax, c, n in zip(axes, arr.chunks, arr.shape))
         stored.append(to_channels_last(lazy_level(guarded, chunks), axes, path=path))
@@ -171,4 +174,6 @@ def _guess_axes(shape: tuple, path: Path) -> str:
             return "YXS"
     if len(shape) == 5:
         return "TCZYX"
-    raise SlideLayoutError(f"{path}: a zarr array of shape {shape} is not an image (expected YX, YXC, CYX or TCZYX).")
+    raise SlideLayoutError(
+        f"{path}: a zarr array of shape {shape} is not an image (expected YX, YXC, CYX or TCZYX)."
+    )

@@ -15,9 +15,9 @@ Formats and backends:
 - ``openslide`` (optional extra ``napari-dfa[openslide]``): MIRAX, Hamamatsu VMS/VMU/NDPI, Leica
   SCN, Ventana BIF, and anything OpenSlide reads when asked with ``backend="openslide"``.
 
-Grey, 16-bit, float, planar, indexed-colour and RGBA data become RGB uint8 lazily (see ``_slide_arrays`` for the
-intensity scaling). Every failure — at open or later, while dask computes a tile — raises
-:class:`~napari_dfa.errors.SlideError` naming the file and the reason.
+Grey, 16-bit, float, planar, indexed-colour and RGBA data become RGB uint8 lazily (see
+``_slide_arrays`` for the intensity scaling). Every failure — at open or later, while dask computes
+a tile — raises :class:`~napari_dfa.errors.SlideError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def _sniff(path: Path, *, allow_openslide: bool) -> str:
     """Which reader to use: by folder layout, suffix, then the file's first bytes."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        if suffix in _ZARR or any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup", ".zarray")):
+        markers = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
+        if suffix in _ZARR or any((path / n).exists() for n in markers):
             return "zarr"
         raise SlideError(f"{path}: a folder that is not a zarr store (no zarr.json or .zattrs).")
     if allow_openslide and suffix in _OPENSLIDE_ONLY:
