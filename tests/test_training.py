@@ -87,6 +87,15 @@ def test_resume_after_interruption_is_bit_identical(small_set, tmp_path):
     assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
 
 
+def test_loader_workers_give_the_same_weights(small_set, tmp_path):
+    # Augmentation follows (seed, epoch, index) even inside persistent worker processes.
+    cfg = tiny_recipe(small_set, epochs=2)
+    a = train(cfg, out_dir=tmp_path / "w0", device="cpu", plots=False)
+    b = train(cfg.replace(num_workers=1), out_dir=tmp_path / "w1", device="cpu", plots=False)
+    sa, sb = read_checkpoint(a.last_path).state_dict, read_checkpoint(b.last_path).state_dict
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_resume_without_a_run_is_a_clear_error(small_set, tmp_path):
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(tiny_recipe(small_set), out_dir=tmp_path / "empty", device="cpu", resume=True)

@@ -298,10 +298,31 @@ class TrainTiles(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.base)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        # (epoch, index) keys come from EpochSampler: the epoch travels with the index, so
+        # persistent DataLoader workers (which hold a copy of this object) augment correctly.
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         rgb, mask = self.base[i]
-        rgb, mask = augment(rgb, mask, rng_for(self.seed, self.epoch, i), config=self.augment_config, crop=self.crop)
+        rgb, mask = augment(rgb, mask, rng_for(self.seed, epoch, i), config=self.augment_config, crop=self.crop)
         return torch.from_numpy(rgb), torch.from_numpy(mask.astype(np.int64))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Wraps a sampler with ``set_epoch`` (e.g. DistributedSampler) and yields ``(epoch, index)``."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class EvalTiles(torch.utils.data.Dataset):

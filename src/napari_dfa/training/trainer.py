@@ -33,7 +33,8 @@ from torch.utils.data.distributed import DistributedSampler
 from ..errors import Cancelled, ConfigError, DataError
 from . import ddp
 from .config import TrainConfig
-from .datasets import EvalTiles, TrainTiles, class_frequencies, class_set_for, open_split, pad_collate
+from .datasets import (EpochSampler, EvalTiles, TrainTiles, class_frequencies, class_set_for, open_split,
+                       pad_collate)
 from .evaluation import validate
 from .losses import SegmentationLoss
 from .metrics import SegmentationMeter
@@ -165,9 +166,9 @@ class _Run:
     def _loaders(self):
         c = self.config
         self.train_tiles = TrainTiles(self.train_base, crop=c.data.crop, augment_config=c.augment, seed=c.seed)
-        self.sampler = DistributedSampler(
+        self.sampler = EpochSampler(DistributedSampler(
             self.train_tiles, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=c.seed,
-        )
+        ))
         pin = self.ctx.device.type == "cuda"
         self.train_loader = DataLoader(
             self.train_tiles, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.num_workers,
