@@ -257,8 +257,10 @@ def synthetic_root(data: DataConfig) -> Path:
         )
         (tmp / "settings.json").write_text(json.dumps(settings, sort_keys=True))
         (tmp / ".complete").touch()
+        if root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # an empty folder the user made for it
         try:
-            os.replace(tmp, root) if not root.exists() else None
+            os.replace(tmp, root)
         except OSError:
             pass  # another process (a DDP rank) finished first: use its copy
     finally:
