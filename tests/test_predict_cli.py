@@ -86,22 +86,23 @@ def test_predict_writes_ngff_labels_that_ome_zarr_reads(files, tmp_path, capsys)
 
 @pytest.mark.gui
 def test_napari_opens_the_predicted_store(files, tmp_path, make_napari_viewer):
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
     out = tmp_path / "out"
     assert main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(out),
                  "--tile", "256", "--device", "cpu"]) == 0
-    node = next(iter(Reader(parse_url(str(out / "slide_b.labels.zarr")))()))
+    store = out / "slide_b.labels.zarr"
     viewer = make_napari_viewer()
-    scale = node.metadata["coordinateTransformations"][0][0]["scale"]
-    layer = viewer.add_labels(node.data, multiscale=True, scale=scale, name="labels")
-    assert layer.multiscale and [d.shape for d in layer.data] == [(384, 512), (192, 256)]
-    level0 = np.asarray(node.data[0])
-    # What napari shows at a pixel is the stored class there (even pixels: on every level).
-    for y, x in ((10, 10), (200, 300), (382, 510)):
-        value = layer.get_value((y * scale[0], x * scale[1]), world=True)
-        assert (value[1] if isinstance(value, tuple) else value) == level0[y, x]
+    [image] = viewer.open(str(files["b"]), plugin="napari-dfa")
+    [layer] = viewer.open(str(store), plugin="napari-dfa")
+    assert type(layer).__name__ == "Labels" and layer.multiscale
+    assert [d.shape for d in layer.data] == [(384, 512), (192, 256)]
+    # On top of the slide: same micrometre extent, class names and colours from the store.
+    np.testing.assert_allclose(layer.extent.world, image.extent.world)
+    level0 = _labels(store)
+    for y, x in ((10, 10), (200, 300), (382, 510)):  # even pixels: the same on every level
+        _, value = layer.get_value((y * 0.5, x * 0.5), world=True)
+        assert value == level0[y, x]
+        assert layer.features.iloc[int(value)]["class"] == NAMES[value - 1]
+    np.testing.assert_allclose(layer.colormap.map(np.array([2]))[0, :3], np.array(COLORS[1]) / 255, atol=1e-6)
 
 
 def test_bad_model_and_bad_region_are_reported_with_the_file(files, tmp_path, capsys):

@@ -48,6 +48,11 @@ def napari_get_reader(path):
     if p.is_dir():
         if not (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)):
             return None
+        from .export import labels_layer_data
+
+        labels = labels_layer_data(p)  # an NGFF label image (`napari-dfa predict` output): labels
+        if labels is not None:
+            return lambda _path, **_ignored: [labels]
     elif p.suffix.lower() not in _SUFFIXES:
         return None
     from .slide import SlideLayoutError, open_slide

@@ -248,6 +248,48 @@ def _read_zarr_labels(path: Path, level: int):
     return arr, info
 
 
+def labels_layer_data(path):
+    """``(levels, kwargs, "labels")`` for napari when ``path`` is an NGFF label image (e.g. a
+    ``napari-dfa predict`` store), else None. Placed like our slide reader places the image
+    (micrometres when the slide's mpp is known), with the class colours and names."""
+    path = Path(path)
+    if not path.is_dir() or not ((path / "zarr.json").exists() or (path / ".zattrs").exists()):
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = group.attrs.asdict()
+    except Exception:  # noqa: BLE001 - not ours to judge: the slide reader reports it
+        return None
+    ome = attrs.get("ome", attrs)
+    if "image-label" not in ome or "multiscales" not in ome:
+        return None
+    import dask.array as da
+
+    datasets = ome["multiscales"][0]["datasets"]
+    levels = [da.from_zarr(group[d["path"]]) for d in datasets]
+    _, info = _read_zarr_labels(path, 0)
+    mpp = info["mpp"] or 1.0
+    unit = {"units": ("um", "um")} if info["mpp"] else {}
+    colors = {0: [0.0, 0.0, 0.0, 0.0], None: [0.0, 0.0, 0.0, 0.0]}
+    colors.update({i: [c / 255 for c in rgb] + [1.0] for i, rgb in enumerate(info["class_colors"], start=1)})
+    kwargs = {
+        "name": path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name,
+        "multiscale": len(levels) > 1,
+        "scale": (info["downsample"] * mpp,) * 2,
+        "translate": tuple(float(t) * mpp for t in info["offset"]),
+        "colormap": colors,
+        "features": {"index": list(range(len(info["class_names"]) + 1)),
+                     "class": ["unlabelled", *info["class_names"]]},
+        "opacity": 0.5,
+        "metadata": {"napari_dfa": {"store": str(path), "class_names": info["class_names"],
+                                    "class_colors": [list(c) for c in info["class_colors"]]}},
+        **unit,
+    }
+    return (levels if len(levels) > 1 else levels[0], kwargs, "labels")
+
+
 def _read_tiff_labels(path: Path, level: int):
     import tifffile
 
@@ -292,6 +334,6 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False) -> Path:
 
 
 __all__ = [
-    "class_areas", "export_labels", "labels_to_geojson", "read_labels", "write_area_csv", "write_geojson",
-    "write_labels_tiff", "write_ome_zarr_labels",
+    "class_areas", "export_labels", "labels_layer_data", "labels_to_geojson", "read_labels",
+    "write_area_csv", "write_geojson", "write_labels_tiff", "write_ome_zarr_labels",
 ]

@@ -267,6 +267,7 @@ class _Runner:
                 batches.append((i, []))
             for b in range(0, len(todo), self.batch_size):
                 batches.append((i, todo[b : b + self.batch_size]))
+        last_batch_of_row = {i: pos for pos, (i, _) in enumerate(batches)}
         t0, computed = time.perf_counter(), 0
         pool = ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="napari-dfa-read")
         queue: deque = deque()
@@ -286,8 +287,8 @@ class _Runner:
                     self._forward(i, js, tiles, torch)
                     computed += len(js)
                     self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
-                # Glass tiles of this row are finished whenever the row's first batch is.
-                if not any(b[0] == i for b in batches[row_pos + 1 :]):
+                # Glass tiles of this row count once the row's last batch is done.
+                if last_batch_of_row[i] == row_pos:
                     for j in range(grid.cols):
                         if self.skip[i, j]:
                             self.blender.add_tile(i, j, None, None)
