@@ -9,6 +9,19 @@ class are set independently in :class:`SynthConfig`; the defaults hold a rare-an
 - :func:`generate_tile` — one image tile and its mask, deterministic by seed.
 - :func:`write_dataset` — tiles in the SAM-Path layout (``img/``, ``mask/``, ``cv.csv``).
 - :func:`write_slide` — a pyramidal tiled TIFF slide and its truth labels, rendered window by window.
+
+What the two knobs mean, precisely:
+
+- **frequency** f_c: each tile's class mix is drawn from Dirichlet(concentration · f); within a
+  split the mixes are rescaled so that their mean is f; within a tile, class regions (warped
+  Voronoi cells) are assigned greedily to the quotas and their borders then moved until the areas
+  match. Measured over a dataset the shares land within about half a percentage point of f.
+- **difficulty** d_c with look-alike class l: the class's appearance parameters (stain
+  concentrations, fibres, nucleus cover, size, shape, chromatin, holes, patchiness) become
+  (1 − d·m)·A_c + d·m·A_l with m = ``max_overlap`` (0.85), and its borders are blurred with a
+  Gaussian-like sigma d · ``border_blur`` px: its background stain bleeds into the neighbours and its
+  nuclei scatter across the border with the blurred weight as probability. The truth mask keeps
+  the sharp border. A class without look-alike only gets the blur.
 """
 
 from __future__ import annotations
