@@ -212,7 +212,7 @@ class CorrectionStore:
         return total
 
     def corrected_pixels(self) -> int:
-        return sum(self.counts().values())
+        return sum(int(np.count_nonzero(self.read(p.key))) for p in self.patches())
 
     def samples(self, read_rgb: Callable[[int, tuple[int, int, int, int]], np.ndarray],
                 *, keys: Iterable[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+# napari turns layer features into a pandas DataFrame; importing pandas (~0.3 s) when the widgets
+# are docked keeps that out of the moment the first result is shown.
+import pandas  # noqa: F401
 from psygnal import Signal
 from qtpy.QtCore import QObject
 from qtpy.QtCore import Signal as QtSignal
@@ -385,9 +389,18 @@ class Bridge(QObject):
 
 @dataclass
 class Eta:
-    """Remaining time from done/total, for progress labels."""
+    """Remaining time from done/total, for progress labels; ``due()`` throttles UI updates."""
 
     start: float = field(default_factory=time.monotonic)
+    last: float = 0.0
+    every: float = 0.25  # s between progress repaints: each repaint composes napari's GL canvas
+
+    def due(self, done: int, total: int) -> bool:
+        now = time.monotonic()
+        if done >= total or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
 
     def text(self, done: int, total: int) -> str:
         if not total or not done:
@@ -397,9 +410,66 @@ class Eta:
         return f"{done}/{total}, about {left:.0f} s left" if left >= 1 else f"{done}/{total}"
 
 
+_threads_set = False
+
+
+def leave_a_core_for_the_ui() -> None:
+    """Give torch one core less than the machine has (once per process): with every core busy in
+    torch's intra-op pool, the UI thread waits for a CPU and napari stutters (measured in
+    benchmarks/bench_gui.py). ``NAPARI_DFA_GUI_THREADS`` overrides the number."""
+    global _threads_set
+    if _threads_set:
+        return
+    _threads_set = True
+    import os
+
+    import torch
+
+    want = os.environ.get("NAPARI_DFA_GUI_THREADS")
+    n = int(want) if want else max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
+    if n != torch.get_num_threads():
+        logger.info("GUI: torch uses %d thread(s), leaving a core for the UI", n)
+        torch.set_num_threads(n)
+
+
+_warm = None
+
+
+def warm_up() -> None:
+    """Import and initialise, in a background thread while the user opens a slide, what the first
+    Segment / Fine-tune click would otherwise load in its worker: the first AdamW imports ~800
+    modules (torch.distributed), the first dask compute ~200, and module initialisation holds the
+    GIL, which froze the UI for up to 0.5 s (found with faulthandler in benchmarks/bench_gui.py)."""
+    global _warm
+    if _warm is not None:
+        return
+    import threading
+
+    def run():
+        try:
+            import dask.array as da
+            import torch
+
+            from .. import inference, training  # noqa: F401
+
+            leave_a_core_for_the_ui()
+            p = torch.nn.Parameter(torch.zeros(4))
+            opt = torch.optim.AdamW([p], lr=1e-3)
+            (p * 2).sum().backward()
+            opt.step()
+            da.from_array(np.zeros((8, 8)), chunks=4).sum().compute()
+        except Exception:  # a warm-up must never break the widget
+            logger.debug("warm-up failed", exc_info=True)
+
+    _warm = threading.Thread(target=run, name="napari-dfa-warm-up", daemon=True)
+    _warm.start()
+
+
 def start_worker(fn, *, on_done, on_error, on_finished=None):
     """Run ``fn()`` in a napari thread worker; results and errors come back on the UI thread."""
     from napari.qt.threading import create_worker
+
+    leave_a_core_for_the_ui()
 
     connect = {"returned": on_done, "errored": on_error}
     if on_finished is not None:

@@ -61,6 +61,7 @@ class CorrectionRecorder:
         self.store = store
         self.patch = patch
         self.writes = 0
+        self.dirty = False  # edits not yet on disk (undo/redo, replaced data)
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
         # Undo/redo change the array without a paint event: wrap them on this layer only.
@@ -70,6 +71,7 @@ class CorrectionRecorder:
 
     def _wrap(self, fn):
         def run():
+            self.dirty = True
             fn()
             self.flush()
 
@@ -85,6 +87,7 @@ class CorrectionRecorder:
             self.writes += 1
 
     def _on_data(self, event=None) -> None:
+        self.dirty = True
         if getattr(self.layer.data, "shape", None) == tuple(self.patch.shape):
             self.flush()
 
@@ -92,6 +95,7 @@ class CorrectionRecorder:
         """Write the whole layer (after undo/redo, before fine-tuning)."""
         self.store.write(self.patch.key, (0, 0), np.asarray(self.layer.data))
         self.writes += 1
+        self.dirty = False
 
     def disconnect(self) -> None:
         self.layer.events.paint.disconnect(self._on_paint)

@@ -70,6 +70,7 @@ class AttentionWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = c.session_for(napari_viewer)
+        c.warm_up()
         self.worker = None
 
         self.figure = Figure(figsize=(4, 4.8), tight_layout=True)

@@ -15,8 +15,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,6 +31,7 @@ from qtpy.QtWidgets import (
 from ..corrections import CorrectionStore
 from ..errors import Cancelled, DataError
 from . import _common as c
+from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
 
 logger = logging.getLogger(__name__)
@@ -54,6 +53,7 @@ class FinetuneWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = c.session_for(napari_viewer)
+        c.warm_up()
         self.store_root = store_root
         self.recorder: CorrectionRecorder | None = None
         self.worker = None
@@ -78,9 +78,8 @@ class FinetuneWidget(QWidget):
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(160)
+        self.loss_plot = LossPlot()
+        self._total_steps = 1
         self.status = QLabel("Segment a region, then correct it here.")
         self.status.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
@@ -106,7 +105,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.saved_label)
         layout.addWidget(self.guard)
         layout.addLayout(run)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.loss_plot)
         layout.addWidget(self.status)
         layout.addWidget(self.save_button)
         layout.addWidget(QLabel("Model versions"))
@@ -249,30 +248,32 @@ class FinetuneWidget(QWidget):
             return self.worker
         try:
             seg = self._need_model()
-            if self.recorder is not None:
+            if self.recorder is not None and self.recorder.dirty:
                 self.recorder.flush()
             pyramid = self._image_pyramid()
             store = self.store(pyramid)
-            samples = store.samples(pyramid.read)
-            if not samples:
+            n_px = store.corrected_pixels()
+            if not n_px:
                 raise DataError("No corrections yet: pick a class and paint over the wrong labels first")
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
         steps, res, guard = self.steps.value(), self.session.result, self.guard.isChecked()
         target = self._resegment_target(res)
-        n_px = sum(int((m > 0).sum()) for _, m in samples)
         self._cancel.clear()
         self._losses = []
+        self._total_steps = steps
         self._eta = c.Eta()
         self._draw_losses()
         self._busy(True)
-        self._say(f"Fine-tuning on {n_px} corrected pixels in {len(samples)} patch(es)…")
+        self._say(f"Fine-tuning on {n_px} corrected pixels…")
         parent_source = self.session.model_source
 
         def work():
             from ..inference import segment
             from ..training import finetune
+
+            samples = store.samples(pyramid.read)  # reads slide pixels: off the UI thread
 
             def progress(step, total, **info):
                 self._bridge.progress.emit((int(step), int(total), info.get("loss"), info.get("val_loss")))
@@ -316,9 +317,14 @@ class FinetuneWidget(QWidget):
     def _on_progress(self, value) -> None:
         step, total, loss, val = value
         if loss is not None:
-            self._losses.append((step, float(loss), None if val is None else float(val)))
-        if step == total or step % 5 == 0:
-            self._draw_losses()
+            # val_loss is repeated between evaluations: keep a point only when it was re-measured
+            prev = next((v for _, _, v in reversed(self._losses) if v is not None), None)
+            val = None if val is None or (prev is not None and float(val) == prev) else float(val)
+            self._losses.append((step, float(loss), val))
+        self._total_steps = total
+        if not self._eta.due(step, total):
+            return
+        self._draw_losses()
         if not self._cancel.is_set():
             self._say(f"Fine-tuning: step {self._eta.text(step, total)}")
 
@@ -375,19 +381,8 @@ class FinetuneWidget(QWidget):
         self.rollback_button.setEnabled(not busy)
 
     def _draw_losses(self) -> None:
-        self.figure.clear()
-        ax = self.figure.add_subplot(111)
-        if self._losses:
-            steps = [s for s, _, _ in self._losses]
-            ax.plot(steps, [v for _, v, _ in self._losses], label="train")
-            val = [(s, v) for s, _, v in self._losses if v is not None]
-            if val:
-                ax.plot(*zip(*val), marker="o", label="held-out")
-            ax.legend(fontsize=7)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
-        ax.tick_params(labelsize=7)
-        self.canvas.draw_idle()
+        self.loss_plot.set_data([(s, v) for s, v, _ in self._losses],
+                                [(s, v) for s, _, v in self._losses if v is not None], self._total_steps)
 
     # --- model versions ----------------------------------------------------------------------------
     def save_model(self, path) -> Path | None:

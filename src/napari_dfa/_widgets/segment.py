@@ -48,6 +48,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = c.session_for(napari_viewer)
+        c.warm_up()
         self.worker = None
         self._cancel = threading.Event()
         self._bridge = c.Bridge()
@@ -221,6 +222,8 @@ class SegmentWidget(QWidget):
     # --- UI thread callbacks ---------------------------------------------------------------
     def _on_progress(self, value) -> None:
         done, total = value
+        if not self._eta.due(done, total):
+            return
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
         if not self._cancel.is_set():
