@@ -161,6 +161,14 @@ def test_hard_class_is_harder_than_easy_class_of_same_frequency():
     assert dice_easy[necr] > dice[necr] + 0.15, (dice_easy, dice)
 
 
+def test_border_blur_makes_a_hard_class_harder():
+    """The second half of difficulty: a hard class's borders blur by difficulty × border_blur px."""
+    stroma = SynthConfig().class_names.index("stroma")  # difficulty 0.6
+    sharp = _colour_dice(SynthConfig.from_dict({"border_blur": 0}), n=6)
+    blurred = _colour_dice(SynthConfig.from_dict({"border_blur": 25}), n=6)
+    assert blurred[stroma] < sharp[stroma] - 0.1, (sharp, blurred)
+
+
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_slide") / "slide.tif"
