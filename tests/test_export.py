@@ -174,3 +174,23 @@ def test_napari_writers_use_the_layer_classes_and_placement(labels, tmp_path):
     [zarr_path] = _writer.write_labels_zarr(str(tmp_path / "w.zarr"), [data, data[::2, ::2]], meta)
     back, info = export.read_labels(zarr_path)
     assert np.array_equal(back[:], labels) and info["offset"] == (100.0, 200.0)
+
+
+@pytest.mark.gui
+def test_save_from_napari_through_the_manifest(labels, tmp_path, make_napari_viewer):
+    import pandas as pd
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, scale=(2, 2), name="pred",
+                              features=pd.DataFrame({"index": [0, 1, 2, 3], "class": ["unlabelled", *NAMES]}))
+    shown = [tuple(int(round(255 * v)) for v in c[:3]) for c in layer.colormap.map(np.array([1, 2, 3]))]
+    for suffix in ("geojson", "tif", "zarr"):
+        path = tmp_path / f"pred.{suffix}"
+        assert viewer.layers.save(str(path), selected=False, plugin="napari-dfa") == [str(path)]
+    feats = json.loads((tmp_path / "pred.geojson").read_text())["features"]
+    assert {f["properties"]["classification"]["name"]: tuple(f["properties"]["classification"]["color"])
+            for f in feats} == dict(zip(NAMES, shown))
+    for suffix in ("tif", "zarr"):
+        back, info = export.read_labels(tmp_path / f"pred.{suffix}")
+        assert np.array_equal(np.asarray(back[:]), labels) and info["class_names"] == NAMES
+        assert info["downsample"] == 2.0

@@ -1,8 +1,8 @@
 """napari writers for labels layers (npe2 single-layer signature ``(path, data, meta) -> [paths]``).
 
 Class names come from the layer's ``features`` (a ``class`` column indexed by label, what the
-Segment widget sets) or ``metadata["napari_dfa"]["class_names"]``; colours from a direct label
-colormap. The layer's ``scale`` and ``translate`` (level-0 pixels for layers over our slides) place
+Segment widget sets) or ``metadata["napari_dfa"]["class_names"]``; colours are the ones the layer
+shows (its label colormap). The layer's ``scale`` and ``translate`` (level-0 pixels for layers over our slides) place
 the output in level-0 coordinates. Multiscale data is written from its finest level.
 """
 
@@ -34,9 +34,10 @@ def _classes(data, meta: dict) -> tuple[list[str], list[tuple[int, int, int]]]:
         k = int(np.max(data)) if np.size(data) else 0
     colors: dict[int, tuple[int, int, int]] = {}
     cmap = meta.get("colormap")
-    for key, rgba in (getattr(cmap, "color_dict", None) or {}).items():
-        if isinstance(key, (int, np.integer)) and key > 0:
-            colors[int(key)] = tuple(int(round(255 * float(v))) for v in np.asarray(rgba)[:3])
+    if hasattr(cmap, "map") and k:
+        # The colours the user sees (direct or cyclic label colormap).
+        rgba = np.asarray(cmap.map(np.arange(1, k + 1)))
+        colors = {i + 1: tuple(int(round(255 * float(v))) for v in rgba[i, :3]) for i in range(k)}
     for i, c in enumerate(md.get("class_colors") or [], start=1):
         colors.setdefault(i, tuple(int(v) for v in c[:3]))
     out_names = [names.get(i, f"class {i}") for i in range(1, k + 1)]
