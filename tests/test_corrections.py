@@ -149,3 +149,20 @@ def test_sigkill_after_writing_loses_nothing(tmp_path, slide_file):
     (patch,) = store.patches()
     assert store.counts() == {i + 1: 1600 for i in range(5)}
     assert store.read(patch.key)[410, 410] == 5
+
+
+def test_replay_keeps_a_thinned_prediction_away_from_corrections():
+    from napari_dfa.corrections import replay_from_prediction
+
+    labels = np.random.default_rng(0).integers(1, 6, size=(256, 320)).astype(np.uint8)
+    corrected = np.zeros_like(labels)
+    corrected[100:150, 100:200] = 2
+    pseudo = replay_from_prediction(labels, corrected, keep=0.25, block=32, seed=1)
+    kept = pseudo > 0
+    assert not kept[corrected > 0].any()  # never fights a correction
+    assert (pseudo[kept] == labels[kept]).all()  # replays the prediction as it is
+    assert 0.1 < kept.mean() < 0.4  # about a quarter of the blocks
+    # whole 32-pixel blocks, so neighbouring pixels are kept together
+    assert kept[:32, :32].all() or not kept[:32, :32].any()
+    with pytest.raises(DataError, match="differ in shape"):
+        replay_from_prediction(labels, corrected[:10])

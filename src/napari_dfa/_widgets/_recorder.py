@@ -54,12 +54,14 @@ class CorrectionRecorder:
       layer: a single-scale 2-D napari Labels layer covering the patch (same shape).
       store: the slide's :class:`CorrectionStore`.
       patch: the :class:`~napari_dfa.corrections.CorrectionPatch` the layer shows.
+      on_write: called (no arguments) after every write, e.g. to refresh a counter.
     """
 
-    def __init__(self, layer, store: CorrectionStore, patch):
+    def __init__(self, layer, store: CorrectionStore, patch, *, on_write=None):
         self.layer = layer
         self.store = store
         self.patch = patch
+        self.on_write = on_write
         self.writes = 0
         self.dirty = False  # edits not yet on disk (undo/redo, replaced data)
         layer.events.paint.connect(self._on_paint)
@@ -85,6 +87,8 @@ class CorrectionRecorder:
                 return
             self.store.write(self.patch.key, *found)
             self.writes += 1
+        if self.on_write is not None:
+            self.on_write()
 
     def _on_data(self, event=None) -> None:
         self.dirty = True
@@ -96,6 +100,8 @@ class CorrectionRecorder:
         self.store.write(self.patch.key, (0, 0), np.asarray(self.layer.data))
         self.writes += 1
         self.dirty = False
+        if self.on_write is not None:
+            self.on_write()
 
     def disconnect(self) -> None:
         self.layer.events.paint.disconnect(self._on_paint)

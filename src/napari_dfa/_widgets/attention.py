@@ -128,7 +128,7 @@ class AttentionWidget(QWidget):
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("bias")
         ax.set_title(f"attention bias per class ({mode})", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
 
         snaps = bias_trajectory(seg)
         ax2 = self.figure.add_subplot(212)
@@ -140,7 +140,7 @@ class AttentionWidget(QWidget):
             if tuned and tuned[0] > 0:
                 ax2.axvline(tuned[0] - 0.5, color="grey", linestyle=":", linewidth=1)
                 ax2.text(tuned[0] - 0.4, ax2.get_ylim()[1], "fine-tuning", fontsize=7, va="top")
-            ax2.set_xlabel("snapshot (training epochs, then fine-tuning runs)", fontsize=8)
+            ax2.set_xlabel("snapshot (epochs, then fine-tuning)", fontsize=8)
         else:
             ax2.text(0.5, 0.5, "no bias history in this checkpoint yet", ha="center", va="center",
                      transform=ax2.transAxes, fontsize=8)
@@ -196,8 +196,10 @@ class AttentionWidget(QWidget):
                 data = np.asarray(focus[k], dtype=np.float32)
                 if lname in self.viewer.layers:
                     self.viewer.layers.remove(lname)
-                self.viewer.add_image(data, name=lname, colormap=cmap, blending="additive",
-                                      contrast_limits=(0.0, 1.0), scale=res.scale, translate=res.translate,
+                # Attention spread over K classes rarely nears 1: scale each map to its own top.
+                top = max(float(np.percentile(data, 99.5)), 1e-3)
+                self.viewer.add_image(data, name=lname, colormap=cmap, blending="translucent", opacity=0.85,
+                                      contrast_limits=(0.0, top), scale=res.scale, translate=res.translate,
                                       units=units, visible=k == 0)
                 added.append(lname)
         if "uncertainty" in kinds:

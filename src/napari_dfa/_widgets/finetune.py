@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..corrections import CorrectionStore
+from ..corrections import CorrectionStore, replay_from_prediction
 from ..errors import Cancelled, DataError
 from . import _common as c
 from ._lossplot import LossPlot
@@ -75,10 +76,17 @@ class FinetuneWidget(QWidget):
         self.steps.setValue(200)
         self.guard = QCheckBox("Keep the new model only if it is not worse on held-out corrections")
         self.guard.setChecked(True)
+        self.replay = QCheckBox("Replay the current labels elsewhere (against forgetting)")
+        self.replay.setChecked(True)
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.loss_plot = LossPlot()
+        # Refresh the "saved on disk" count shortly after the last stroke, not on every one.
+        self._saved_timer = QTimer(self)
+        self._saved_timer.setSingleShot(True)
+        self._saved_timer.setInterval(300)
+        self._saved_timer.timeout.connect(self._show_saved)
         self._total_steps = 1
         self.status = QLabel("Segment a region, then correct it here.")
         self.status.setWordWrap(True)
@@ -103,6 +111,7 @@ class FinetuneWidget(QWidget):
         imports.addWidget(self.load_button)
         layout.addLayout(imports)
         layout.addWidget(self.saved_label)
+        layout.addWidget(self.replay)
         layout.addWidget(self.guard)
         layout.addLayout(run)
         layout.addWidget(self.loss_plot)
@@ -187,7 +196,7 @@ class FinetuneWidget(QWidget):
                                        colormap=c.class_colormap(seg.class_colors),
                                        features=c.class_features(seg.class_names),
                                        metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
-        self.recorder = CorrectionRecorder(layer, store, patch)
+        self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._saved_timer.start)
         layer.brush_size = max(10, min(data.shape) // 20)
         layer.mode = "paint"
         layer.selected_label = self.class_combo.currentIndex() + 1
@@ -260,6 +269,7 @@ class FinetuneWidget(QWidget):
             return None
         steps, res, guard = self.steps.value(), self.session.result, self.guard.isChecked()
         target = self._resegment_target(res)
+        replay_src = self._replay_source(res, target) if self.replay.isChecked() else None
         self._cancel.clear()
         self._losses = []
         self._total_steps = steps
@@ -274,12 +284,19 @@ class FinetuneWidget(QWidget):
             from ..training import finetune
 
             samples = store.samples(pyramid.read)  # reads slide pixels: off the UI thread
+            replay = None
+            if replay_src is not None:
+                level, region, prediction, corrected = replay_src
+                pseudo = replay_from_prediction(prediction(), corrected)
+                if pseudo.any():
+                    replay = [(pyramid.read(level, region), pseudo)]
 
             def progress(step, total, **info):
                 self._bridge.progress.emit((int(step), int(total), info.get("loss"), info.get("val_loss")))
 
             # finetune() trains a copy, records b_c in its history and writes its provenance.
-            result = finetune(seg, samples, steps=steps, progress=progress, cancel=self._cancel.is_set)
+            result = finetune(seg, samples, steps=steps, replay=replay, progress=progress,
+                              cancel=self._cancel.is_set)
             new = result.segmenter
             keep = bool(result.promoted) or not guard
             relabelled = None
@@ -309,6 +326,23 @@ class FinetuneWidget(QWidget):
             return None
         p = self.recorder.patch
         return (p.level, p.region) if p.level == res.level else None
+
+    def _replay_source(self, res, target):
+        """(level, region, prediction(), corrections) of the region to replay, read on the UI
+        thread except the prediction of a whole-slide result (a zarr read, done in the worker)."""
+        if target is None or res.labels_layer not in self.viewer.layers:
+            return None
+        level, region = target
+        layer = self.viewer.layers[res.labels_layer]
+        corrected = np.zeros(region[2:], np.uint8)
+        if self.recorder is not None and (self.recorder.patch.level, self.recorder.patch.region) == target:
+            corrected = np.array(self.recorder.layer.data, copy=True)
+        if not res.whole_slide:
+            prediction = np.array(layer.data, copy=True)
+            return level, region, lambda: prediction, corrected
+        base = layer.data[0] if layer.multiscale else layer.data
+        y0, x0 = region[0] - res.region[0], region[1] - res.region[1]
+        return level, region, lambda: np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]]), corrected
 
     def cancel(self) -> None:
         self._cancel.set()
