@@ -61,7 +61,10 @@ def save(viewer, path: Path) -> None:
     from PIL import Image
 
     img = viewer.window.screenshot(canvas_only=False, flash=False)
-    Image.fromarray(img).save(path)
+    # 256 colours (dithered) halve the file; the README does not need 24-bit H&E.
+    pal = Image.fromarray(img).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                       dither=Image.Dither.FLOYDSTEINBERG)
+    pal.save(path, optimize=True)
     print(f"wrote {path} ({img.shape[1]}x{img.shape[0]})")
 
 
