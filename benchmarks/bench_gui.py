@@ -1,6 +1,6 @@
 """GUI responsiveness (issue 5): click-to-labels, Fine-tune-to-corrected-labels, UI-thread stalls.
 
-    python benchmarks/bench_gui.py [--model demo|PATH] [--view 1024] [--steps 60] [--threads N]
+    python benchmarks/bench_gui.py [--model demo|PATH] [--view 1024] [--steps N] [--threads N]
 
 A real napari viewer (re-executes itself under ``xvfb-run`` when there is no display) opens the
 sample slide through the reader, docks the Segment and Fine-tune widgets and:
@@ -135,7 +135,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--view", type=int, default=1024, help="visible region side in level-0 pixels")
-    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the widget's default)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
     _reexec_under_xvfb()
@@ -237,7 +237,9 @@ def main() -> int:
     before = float((labels.data[box] == target).mean())
     ys, xs = np.mgrid[box]
     layer.data_setitem((ys.ravel(), xs.ravel()), target)
-    ft_w.steps.setValue(args.steps)
+    if args.steps:
+        ft_w.steps.setValue(args.steps)
+    args.steps = ft_w.steps.value()
     ft_w.guard.setChecked(False)  # time the path the pathologist sees, whatever the held-out check says
     meter.start()
     t = time.perf_counter()
