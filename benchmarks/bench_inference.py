@@ -98,6 +98,7 @@ def efficiency(args, tmp: Path) -> list[str]:
                 res = segment(slide, model, tile=args.tile, overlap=args.overlap, device="cpu", out=out,
                               batch_size=args.batch, channels_last=cl, tissue_mask=False)
                 times[f"pipeline {name}"].append((time.perf_counter() - t0, time.process_time() - c0))
+                times.setdefault(f"share {name}", []).append(res.model_seconds / res.seconds)
                 assert res.completed and res.tiles_done == grid.total and res.tiles_skipped == 0
         best_format = min(("NCHW", "channels-last"), key=lambda n: min(t[0] for t in times[n]))
     def best(key, i):
@@ -123,6 +124,10 @@ def efficiency(args, tmp: Path) -> list[str]:
                     f"{c:.2f} | {grid.total / t:.2f} | {mpx / t:.3f} |")
     # Each round ran (a) right before (b): the ratio within a round cancels slow load drifts.
     pairs = sorted(m[0] / p[0] for m, p in zip(times[best_format], times[f"pipeline {best_format}"]))
+    shares = sorted(times[f"share {best_format}"])
+    rows += ["", f"**Model share of the pipeline's own wall time (forward passes + transfer, timed inside "
+             f"`segment`, so the same load applies to both): {shares[len(shares) // 2]:.2f} median, "
+             f"{shares[-1]:.2f} best.** This is (a) measured inside (b)."]
     rows += ["", f"**Pipeline efficiency (a ÷ b, faster format {best_format}): {a / b:.2f} best-of by wall time, "
              f"{a_cpu / b_cpu:.2f} by CPU time, median of per-round ratios {pairs[len(pairs) // 2]:.2f} "
              f"(rounds: {', '.join(f'{r:.2f}' for r in pairs)}).** CPU time counts the reader and writer threads "

@@ -71,6 +71,7 @@ class SegmentResult:
     tiles_skipped: int = 0
     seconds: float = 0.0
     peak_float_bytes: int = 0  # most bytes the blending accumulators held at once
+    model_seconds: float = 0.0  # wall time inside forward passes (+ transfer back): the rest is overhead
 
 
 def model_fingerprint(model) -> str:
@@ -181,6 +182,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
         res = _result(src, region, model, store=store, sink=sink, done=run.done, total=grid.total,
                       skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
         res.peak_float_bytes = run.peak_bytes
+        res.model_seconds = run.model_seconds
         return res
     finally:
         if opened is not None:
@@ -245,6 +247,7 @@ class _Runner:
         self.progress, self.cancel = progress, cancel
         self.done = 0
         self.peak_bytes = 0
+        self.model_seconds = 0.0
 
     def _read(self, i: int, j: int) -> np.ndarray:
         y, x, h, w = self.grid.tile_box(i, j)
@@ -308,6 +311,7 @@ class _Runner:
     def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch) -> None:
         batch = np.stack(tiles)
         windows = np.stack([self.grid.window(i, j) for j in js])
+        t0 = time.perf_counter()
         with torch.inference_mode():
             # The Segmenter autocasts on CUDA (bfloat16/float16) and returns float32 logits.
             res = self.model.predict_logits(batch, attention=self.want_focus)
@@ -322,6 +326,7 @@ class _Runner:
                 if att.shape[-2:] != logits.shape[-2:]:
                     att = torch.nn.functional.interpolate(att, size=logits.shape[-2:], mode="bilinear", align_corners=False)
                 focus = (att * w).cpu().numpy()
+        self.model_seconds += time.perf_counter() - t0  # .cpu() above waited for the device
         for b, j in enumerate(js):
             self.blender.add_tile(i, j, weighted[b], windows[b], None if focus is None else focus[b])
             self.done += 1
