@@ -216,3 +216,58 @@ def test_sigkill_after_painting_loses_nothing(make_napari_viewer, qtbot, small_s
     (layer,) = ft_w.load_saved()
     np.testing.assert_array_equal(layer.data, expected)
     np.testing.assert_allclose(layer.translate, np.array([200.0, 240.0]) * viewer.layers[0].scale)
+
+
+def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, qtbot, small_slide,
+                                                          tiny_model_path, tmp_path):
+    """Corrections on a whole-slide (multiscale, zarr-backed) result: the corrected patch is
+    segmented again and written back into every level of the store."""
+    from napari_dfa._widgets.finetune import FinetuneWidget
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    image = open_slide_layer(viewer, small_slide)
+    seg_w = SegmentWidget(viewer)
+    ft_w = FinetuneWidget(viewer, store_root=tmp_path / "corrections")
+    set_canvas(viewer, qtbot)
+    seg_w.set_model_source(str(tiny_model_path))
+    seg_w.scope_combo.setCurrentText("Whole slide")
+    seg_w.segment()
+    wait_worker(qtbot, seg_w)
+    labels = viewer.layers[seg_w.session.result.labels_layer]
+    assert labels.multiscale
+    # Review a 256² part of it: the correction layer covers what is in view, not the whole level.
+    view_region(viewer, image, 512, 768, 256, 256)
+    layer = ft_w.start_corrections()
+    (y0, x0, h, w) = ft_w.recorder.patch.region
+    assert h < 600 and w < 600
+    level0 = labels.data[0]
+    before = np.asarray(level0[y0:y0 + h, x0:x0 + w])
+    target = int(np.bincount(before.ravel(), minlength=6)[1:].argmin()) + 1
+    ys, xs = np.mgrid[h // 4:3 * h // 4, w // 4:3 * w // 4]
+    layer.data_setitem((ys.ravel(), xs.ravel()), target)
+    ft_w.steps.setValue(30)
+    ft_w.guard.setChecked(False)
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w, timeout=180_000)
+    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
+    after = np.asarray(level0[y0:y0 + h, x0:x0 + w])  # read back from the zarr store on disk
+    box = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
+    assert (after[box] == target).mean() > (before[box] == target).mean() + 0.2
+    # the display pyramid follows: level 1 is level 0 subsampled by 2 there too
+    level1 = np.asarray(labels.data[1][(y0 + 1) // 2:(y0 + h) // 2, (x0 + 1) // 2:(x0 + w) // 2])
+    np.testing.assert_array_equal(level1, np.asarray(level0)[y0 + (y0 % 2):y0 + h:2, x0 + (x0 % 2):x0 + w:2][:level1.shape[0], :level1.shape[1]])
+
+
+def test_cancel_fine_tuning_keeps_the_model(segmented, qtbot):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(20, 60).repeat(40), np.tile(np.arange(20, 60), 40)), 4)
+    model = ft_w.session.segmenter
+    ft_w.steps.setValue(2000)
+    ft_w._bridge.progress.connect(lambda v: ft_w.cancel())
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w)
+    assert "cancelled" in ft_w.status.text().lower(), ft_w.status.text()
+    assert ft_w.session.segmenter is model
+    assert ft_w.finetune_button.isEnabled() and not ft_w.cancel_button.isEnabled()

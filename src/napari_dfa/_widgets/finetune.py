@@ -389,10 +389,20 @@ class FinetuneWidget(QWidget):
         if not res.whole_slide:
             layer.data = labels
             return
-        # Whole-slide result: write the patch back into every level of the zarr pyramid.
+        # Whole-slide result: write the patch back into every level of the zarr pyramid (the layer
+        # shows the store read-only; a writable handle on the same files does the writing).
+        import zarr
+
         y0, x0, h, w = (region[0] - res.region[0], region[1] - res.region[1], *labels.shape)
-        base = layer.data[0].shape[0]
-        for arr in layer.data:
+        try:
+            group = zarr.open_group(str(res.store_path), mode="r+")
+            levels = [group[a.path.rsplit("/", 1)[-1]] for a in
+                      (layer.data if layer.multiscale else [layer.data])]
+        except Exception as exc:  # a moved or read-only store: say so, keep the new model
+            self._say(f"{res.store_path}: cannot write the corrected labels back ({exc})", error=True)
+            return
+        base = levels[0].shape[0]
+        for arr in levels:
             f = max(1, int(round(base / arr.shape[0])))
             sub = labels[(-y0) % f::f, (-x0) % f::f]
             ys, xs = -(-y0 // f), -(-x0 // f)
