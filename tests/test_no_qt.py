@@ -17,6 +17,7 @@ CORE = [
     "napari_dfa.training",
     "napari_dfa.inference",
     "napari_dfa.export",
+    "napari_dfa.corrections",
     "napari_dfa.cli",
 ]
 
