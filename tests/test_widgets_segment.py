@@ -143,9 +143,20 @@ def test_cancel_mid_run_leaves_a_consistent_layer(setup, qtbot):
     assert data.shape == image.data[0].shape[:2]
     assert (data[-64:] == 0).all()
     assert labels.metadata["napari_dfa"]["completed"] is False
-    # The widget is usable again: a full run after the cancelled one completes.
+    # The widget is usable again, and Segment continues the cancelled whole-slide run from the
+    # rows already written (same slide, level and model), then reuses the finished store at once.
     widget._bridge.progress.disconnect()
     widget._bridge.progress.connect(widget._on_progress)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    labels = viewer.layers[name]
+    assert labels.multiscale and labels.metadata["napari_dfa"]["completed"] is True
+    assert (np.asarray(labels.data[0][-64:]) > 0).any()
+    path = widget.session.result.store_path
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.session.result.store_path == path and widget.status.text().startswith("Done")
     widget.scope_combo.setCurrentText("Visible region")
     view_region(viewer, image, 0, 0, 256, 256)
     widget.segment()

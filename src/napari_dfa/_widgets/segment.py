@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..corrections import cache_dir
-from ..errors import Cancelled, DataError
+from ..errors import Cancelled, ConfigError, DataError
 from . import _common as c
 
 logger = logging.getLogger(__name__)
@@ -204,8 +204,14 @@ class SegmentWidget(QWidget):
             level = pyramid.level_for(seg.mpp, (0, 0, *pyramid.shapes[0]))
             out = _whole_slide_store(pyramid, level, seg)
             data, lv = pyramid.source(level)
-            res = segment(data, seg, level=lv, region=None, device=device, out=out,
-                          progress=progress, cancel=self._cancel.is_set)
+            kwargs = dict(level=lv, region=None, device=device, out=out, progress=progress,
+                          cancel=self._cancel.is_set)
+            try:
+                # The store is named by slide, level and model weights: a finished one is reused at
+                # once, a cancelled one continues from the rows already written.
+                res = segment(data, seg, resume=out.exists(), **kwargs)
+            except ConfigError:  # written with other settings: start over
+                res = segment(data, seg, resume=False, **kwargs)
             return res, level, (0, 0, *pyramid.shapes[level])
         level = pyramid.level_for(seg.mpp, region0)
         region = pyramid.to_level(level, region0, pad=int(getattr(seg, "context", 0)))
@@ -288,8 +294,10 @@ class SegmentWidget(QWidget):
 
 
 def _whole_slide_store(pyramid, level: int, seg) -> Path:
-    """A zarr labels store per (slide, level, model): reruns overwrite, slides never collide."""
-    key = f"{pyramid.path}|{level}|{getattr(seg, 'metadata', {}).get('id', id(seg))}"
+    """A zarr labels store per (slide, level, model weights): slides and models never collide."""
+    from ..inference import model_fingerprint
+
+    key = f"{pyramid.path}|{level}|{model_fingerprint(seg)}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     stem = Path(pyramid.path.split(":", 1)[-1]).name.split(".")[0] or "slide"
     folder = cache_dir() / "labels"
