@@ -8,6 +8,7 @@ import pytest
 import torch
 from widget_fixtures import (  # noqa: F401  (fixtures)
     open_slide_layer,
+    restore_torch_threads,
     set_canvas,
     small_slide,
     tiny_model_path,

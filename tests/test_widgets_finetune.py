@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from widget_fixtures import (  # noqa: F401  (fixtures)
     open_slide_layer,
+    restore_torch_threads,
     set_canvas,
     small_slide,
     tiny_model_path,

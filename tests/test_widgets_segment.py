@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from widget_fixtures import (  # noqa: F401  (fixtures)
     open_slide_layer,
+    restore_torch_threads,
     set_canvas,
     small_slide,
     tiny_model_path,
@@ -123,8 +124,10 @@ def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot,
     np.testing.assert_array_equal(labels.data, expected)
 
 
-def test_cancel_mid_run_leaves_a_consistent_layer(setup, qtbot):
+def test_cancel_mid_run_leaves_a_consistent_layer(setup, qtbot, tmp_path, monkeypatch):
     viewer, image, widget = setup
+    # A fresh cache: the whole-slide store of another test would be reused without any work.
+    monkeypatch.setenv("NAPARI_DFA_CACHE", str(tmp_path))
     widget.scope_combo.setCurrentText("Whole slide")
     seen = []
     widget._bridge.progress.connect(lambda v: (seen.append(v), widget.cancel()))

@@ -77,3 +77,17 @@ def tick(qtbot, seconds):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         qtbot.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """The widgets give torch one core less than the machine (for the UI); tests that come after
+    these in the same session get the thread count back."""
+    import torch
+
+    from napari_dfa._widgets import _common
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+    _common._threads_set = False
