@@ -203,16 +203,23 @@ def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_
                 chunk=64, resume=True)
 
 
-def test_optional_outputs(tiny, he_image):
+def test_optional_outputs(tiny, he_image, tmp_path):
     img = he_image[:320, :384]
-    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu",
-                  outputs=("labels", "probabilities", "uncertainty", "focus"))
+    outputs = ("labels", "probabilities", "uncertainty", "focus")
+    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", outputs=outputs)
     assert res.probabilities.shape == (5, 320, 384) and res.focus.shape == (5, 320, 384)
     np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)
     np.testing.assert_allclose(res.focus.sum(0), 1.0, atol=1e-4)  # blended attention stays a distribution
     top = np.sort(res.probabilities, axis=0)
     np.testing.assert_allclose(res.uncertainty, 1 - (top[-1] - top[-2]), atol=1e-5)
     assert np.array_equal(res.labels, res.probabilities.argmax(0) + 1)
+    # In a store they sit beside the labels, as float16, chunk rows written like the labels.
+    stored = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", outputs=outputs,
+                     out=tmp_path / "x.zarr", chunk=64)
+    for name in ("probabilities", "uncertainty", "focus"):
+        arr = getattr(stored, name)
+        assert arr.dtype == np.float16
+        np.testing.assert_allclose(np.asarray(arr[:], np.float32), getattr(res, name), atol=2e-3)
 
 
 def _write_pyramid(path, img, mpp=None):
