@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from ._tiling import TileGrid
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +191,12 @@ class ZarrSink:
         self._pending.append(self._pool.submit(self._write, y0, rows, extras, end))
 
     def _write(self, y0: int, rows: np.ndarray, extras: dict, end: int) -> None:
-        self.store.write_rows(y0, rows, extras)
-        # Written after the data, so a crash in between only loses work, never claims it.
-        self.store.update_info(rows_done=end)
+        try:
+            self.store.write_rows(y0, rows, extras)
+            # Written after the data, so a crash in between only loses work, never claims it.
+            self.store.update_info(rows_done=end)
+        except OSError as exc:  # disk full, store removed, permissions
+            raise DataError(f"{self.store.path}: cannot write rows {y0}..{end} ({exc})") from exc
         self.rows_written = end
 
     def close(self) -> None:
