@@ -147,7 +147,7 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) 
 
 def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha: float = 0.45) -> Path:
     """The slide under its labels in class colours (glass left as is), with a class legend."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     step = max(1, int(np.ceil(max(labels.shape) / OVERLAY_MAX)))
     lab = labels[::step, ::step]
@@ -158,15 +158,21 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     a = np.where(lab > 0, alpha, 0.0)[..., None]
     blend = (rgb * (1 - a) + colored * a).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(blend)
-    row = 18
-    legend = Image.new("RGB", (img.width, row * len(seg.class_names) + 8), "white")
+    row = max(18, img.width // 50)  # legend readable at the overlay's size
+    try:
+        font = ImageFont.load_default(size=int(row * 0.75))
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    legend = Image.new("RGB", (img.width, row * len(seg.class_names) + row // 2), "white")
     draw = ImageDraw.Draw(legend)
     counts = np.bincount(labels.ravel(), minlength=len(seg.class_names) + 1)
     tissue = max(1, int(counts[1:].sum()))
     for k, (name, col) in enumerate(zip(seg.class_names, seg.class_colors)):
-        y = 4 + k * row
-        draw.rectangle([6, y, 20, y + 12], fill=tuple(int(v) for v in col), outline="black")
-        draw.text((28, y), f"{name}  {100 * counts[k + 1] / tissue:.1f}%", fill="black")
+        y = row // 4 + k * row
+        draw.rectangle([row // 3, y, row // 3 + int(row * 0.7), y + int(row * 0.7)],
+                       fill=tuple(int(v) for v in col), outline="black")
+        draw.text((row * 1.3, y), f"{name}  {100 * counts[k + 1] / tissue:.1f} % of tissue", fill="black",
+                  font=font)
     canvas = Image.new("RGB", (img.width, img.height + legend.height), "white")
     canvas.paste(img, (0, 0))
     canvas.paste(legend, (0, img.height))
