@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 
-
 from napari_dfa.training.bench import bench_config, bench_markdown, machine_info, run_bench, throughput
 
 

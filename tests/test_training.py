@@ -31,14 +31,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def synth_items(n, size, *, folds, seed=0):
-    out = []
-    for i in range(n):
-        rgb, mask = synth.generate_tile(seed=seed * 1000 + i, size=size)
-        out.append((f"tile{i:03d}", rgb, mask, folds[i % len(folds)] if callable(folds) is False else folds(i)))
-    return out
-
-
 def tiny_recipe(root, **changes) -> TrainConfig:
     cfg = TrainConfig(name="t", epochs=2, batch_size=4, lr=3e-3, schedule="constant", model={"preset": "tiny"})
     cfg = cfg.replace(data={"kind": "sampath", "root": str(root), "classes": "bcss", "crop": 64})
