@@ -30,7 +30,7 @@ def test_headless_demo_writes_labels_and_overlay(tmp_path, tiny_model_path):
                            "--level", "2", "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tif = next(out.glob("*_labels.tif"))
-    labels = tifffile.imread(tif)
+    labels = tifffile.imread(tif)  # level 0 of the pyramidal TIFF
     from napari_dfa._sample_data import sample_slide_path
     from napari_dfa.slide import open_slide
 

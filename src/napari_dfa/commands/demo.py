@@ -9,7 +9,6 @@ when the window opens (``--help`` and the headless path never load Qt).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -110,12 +109,14 @@ def _zoom_on_centre(viewer, image, size: int) -> None:
 def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) -> dict[str, Path]:
     """Segment the sample slide (or ``slide``) and write labels, an overlay PNG and class areas.
 
-    Returns the written files by kind: ``labels`` (OME-Zarr), ``labels_tiff``, ``overlay``
-    (PNG: slide with class colours and a legend), ``areas`` (CSV: pixels, µm² and % per class).
+    Returns the written files by kind: ``labels`` (OME-Zarr), ``labels_tiff`` (pyramidal TIFF),
+    ``overlay`` (PNG: slide with class colours and a legend), ``areas`` (CSV: pixels, mm², % per
+    class) — the files are written by :mod:`napari_dfa.export`.
     """
     from tqdm import tqdm
 
     from .._sample_data import sample_slide_path
+    from ..export import write_area_csv, write_labels_tiff
     from ..inference import segment
     from ..model import load_model
     from ..slide import open_slide
@@ -136,11 +137,12 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) 
             res = segment(sl, seg, level=lv, device=device, out=out / f"{_stem(path)}.labels.zarr",
                           progress=progress)
         labels = np.asarray(res.labels[...])
+        place = dict(downsample=res.downsample, mpp=sl.mpp)
         outputs = {"labels": Path(res.path)}
-        outputs["labels_tiff"] = _write_tiff(out / f"{_stem(path)}_labels.tif", labels, seg)
+        outputs["labels_tiff"] = write_labels_tiff(out / f"{_stem(path)}_labels.tif", labels, seg.class_names,
+                                                   seg.class_colors, offset=res.translate, **place)
         outputs["overlay"] = write_overlay(out / f"{_stem(path)}_overlay.png", sl, lv, labels, seg)
-        mpp = sl.level_mpp(lv)
-        outputs["areas"] = _write_areas(out / f"{_stem(path)}_areas.csv", labels, seg, mpp)
+        outputs["areas"] = write_area_csv(out / f"{_stem(path)}_areas.csv", labels, seg.class_names, **place)
     logger.info("demo outputs in %s", out)
     return outputs
 
@@ -177,26 +179,6 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     canvas.paste(img, (0, 0))
     canvas.paste(legend, (0, img.height))
     canvas.save(path)
-    return path
-
-
-def _write_tiff(path: Path, labels: np.ndarray, seg) -> Path:
-    import tifffile
-
-    tifffile.imwrite(path, labels, tile=(256, 256) if min(labels.shape) >= 256 else None,
-                     compression="zlib", metadata={"class_names": list(seg.class_names)})
-    return path
-
-
-def _write_areas(path: Path, labels: np.ndarray, seg, mpp: float | None) -> Path:
-    counts = np.bincount(labels.ravel(), minlength=len(seg.class_names) + 1)
-    tissue = max(1, int(counts[1:].sum()))
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["class", "pixels", "area_um2", "percent_of_tissue"])
-        for k, name in enumerate(seg.class_names):
-            n = int(counts[k + 1])
-            w.writerow([name, n, "" if mpp is None else f"{n * mpp * mpp:.1f}", f"{100 * n / tissue:.2f}"])
     return path
 
 
