@@ -137,23 +137,28 @@ def efficiency(args, tmp: Path) -> list[str]:
 
 # --- memory ----------------------------------------------------------------------------------------
 def write_band_slide(path: Path, size: int, tile: int = 512) -> Path:
-    """Flat-ish pyramidal JPEG TIFF: glass with a tissue band across and one down (textured)."""
+    """Pyramidal JPEG TIFF: glass with one tissue band across and one down, ``tile`` pixels wide
+    at level 0 (the same band at every level), written tile by tile."""
     import tifffile
 
     rng = np.random.default_rng(0)
-    tissue = rng.integers(90, 200, (tile, tile, 3), dtype=np.uint8)
-    tissue[..., 1] //= 2  # pink-purple: saturated, so the tissue mask keeps it
-    glass = np.full((tile, tile, 3), 238, np.uint8)
-    band = (size // 2, size // 2 + tile)  # one stored tile row and column
+    texture = rng.integers(90, 200, (tile, tile, 3), dtype=np.uint8)
+    texture[..., 1] //= 2  # pink-purple: saturated, so the tissue mask keeps it
+    lo, hi = size // 2, size // 2 + tile
 
     def tiles(f: int):
         n = -(-size // f // tile)
+        coords = np.arange(tile) * f
         for ty in range(n):
+            ys = ty * tile * f + coords
+            in_y = (ys >= lo) & (ys < hi)
             for tx in range(n):
-                y, x = ty * tile * f, tx * tile * f
-                hit = band[0] <= y < band[1] or band[0] <= x < band[1] or \
-                    (y < band[1] <= y + tile * f) or (x < band[1] <= x + tile * f)
-                yield tissue if hit else glass
+                xs = tx * tile * f + coords
+                in_x = (xs >= lo) & (xs < hi)
+                band = in_y[:, None] | in_x[None, :]
+                out = np.full((tile, tile, 3), 238, np.uint8)
+                out[band] = texture[band]
+                yield out
 
     levels = [1, 4, 16]
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
