@@ -95,20 +95,22 @@ class Source:
 
     def low_resolution(self, factor: float):
         """A coarse view of the working level about ``factor`` times smaller, and its exact factor
-        (working pixels per view pixel). Uses a stored coarser level when the slide has one."""
+        (working pixels per view pixel). Uses a stored coarser level when the slide has one (a
+        level still too fine is subsampled further with a stride)."""
         factor = max(1.0, factor)
+        array, base = self.array, 1.0
         if self.slide is not None:
-            base = self.downsample
-            best = None
-            for k in range(self.level, len(self.slide.levels)):
-                rel = float(self.slide.downsamples[k]) / base
-                # The coarsest level not coarser than about twice the wanted factor.
-                if rel <= 2 * factor and (best is None or rel > best[1]):
-                    best = (k, rel)
-            if best is not None and best[1] >= factor / 2:
-                return self.slide.levels[best[0]], best[1]
-        step = max(1, int(math.floor(factor)))
-        return _Strided(self.array, step), float(step)
+            rels = {k: float(self.slide.downsamples[k]) / self.downsample
+                    for k in range(self.level, len(self.slide.levels))}
+            # The finest level that is coarse enough, else the coarsest there is (then strided):
+            # a coarser mask is cheap, reading a fine level whole is not.
+            coarse = [k for k in rels if rels[k] >= factor / 2]
+            k = min(coarse, key=lambda k: rels[k]) if coarse else max(rels, key=lambda k: rels[k])
+            array, base = self.slide.levels[k], rels[k]
+        step = max(1, int(math.floor(factor / base)))
+        if step == 1:
+            return array, base
+        return _Strided(array, step), base * step
 
 
 class _Strided:
