@@ -1,4 +1,5 @@
-"""Small helpers the three widgets share: the per-viewer session, image layers as pyramids,
+"""Small helpers the three widgets share: the per-viewer session, recent models (image layers as
+pyramids live in :mod:`._layers`),
 class colours for label layers, messages, background workers.
 
 Nothing here computes anything about tissue: that is :mod:`napari_dfa.inference`,
@@ -24,13 +25,21 @@ from qtpy.QtCore import QObject
 from qtpy.QtCore import Signal as QtSignal
 
 from ..corrections import cache_dir
-from ..errors import DataError
+from ._layers import (  # noqa: F401  (the widgets reach these through this module)
+    LayerPyramid,
+    image_layers,
+    layer_mpp,
+    layer_source_path,
+    pick_image_layer,
+    shapes_roi,
+    to_rgb_uint8,
+    visible_region,
+)
 
 logger = logging.getLogger(__name__)
 
 DEMO = "demo"
 IGNORE_NAME = "unlabelled"
-MAX_REGION_PIXELS = 64_000_000  # a visible/ROI region larger than this at full resolution drops a level
 
 
 # --- session: what the three widgets share for one viewer ------------------------------------
@@ -120,215 +129,6 @@ def add_recent_model(path: str) -> None:
         _recent_file().write_text(json.dumps(items[:8]))
     except OSError as exc:  # a read-only home must not break segmentation
         logger.warning("cannot remember recent models in %s: %s", _recent_file(), exc)
-
-
-# --- image layers as pyramids ----------------------------------------------------------------
-def image_layers(viewer) -> list:
-    from napari.layers import Image
-
-    return [layer for layer in viewer.layers if isinstance(layer, Image)]
-
-
-def pick_image_layer(viewer, name: str | None = None):
-    """The named image layer, else the selected one, else the top one; DataError if none."""
-    layers = image_layers(viewer)
-    if not layers:
-        raise DataError("No slide open: open a slide (File > Open) or the sample "
-                        "(File > Open Sample > napari-dfa) first")
-    if name:
-        for layer in layers:
-            if layer.name == name:
-                return layer
-    active = viewer.layers.selection.active
-    return active if active in layers else layers[-1]
-
-
-class LayerPyramid:
-    """Any napari image layer (ours or another reader's, multiscale or not) as RGB uint8 levels.
-
-    Arguments:
-      layer: a napari Image layer, 2-D grey or RGB(A), any dtype, one array or a pyramid.
-    """
-
-    def __init__(self, layer):
-        levels = list(layer.data) if layer.multiscale else [layer.data]
-        ndim_yx = levels[0].ndim - (1 if layer.rgb else 0)
-        if ndim_yx != 2:
-            raise DataError(f"layer {layer.name!r}: only 2-D images (grey or RGB) can be segmented, "
-                            f"this one has shape {tuple(levels[0].shape)}")
-        self.layer = layer
-        self.raw = levels
-        self.rgb = layer.rgb
-        y0 = float(levels[0].shape[0])
-        self.downsamples = [y0 / float(a.shape[0]) for a in levels]
-        self.shapes = [tuple(int(s) for s in a.shape[:2]) for a in levels]
-        self.scale = tuple(float(s) for s in layer.scale[-2:])
-        self.translate = tuple(float(t) for t in layer.translate[-2:])
-        self.mpp = layer_mpp(layer)
-        self.path = layer_source_path(layer)
-        try:
-            self.units = tuple(layer.units[-2:])
-        except (AttributeError, TypeError):
-            self.units = None
-        self.slide = self._matching_slide(layer)
-
-    def _matching_slide(self, layer):
-        """Our reader's Slide behind the layer, when its levels are the layer's levels: inference
-        then reads tiles and the tissue mask from the slide's own pyramid."""
-        slide = (layer.metadata or {}).get("slide")
-        try:
-            shapes = [tuple(int(s) for s in a.shape[:2]) for a in slide.levels]
-        except AttributeError:
-            return None
-        return slide if shapes == self.shapes else None
-
-    def source(self, index: int):
-        """What to hand :func:`napari_dfa.inference.segment`: ``(slide_or_array, level)``."""
-        return (self.slide, index) if self.slide is not None else (self.level(index), 0)
-
-    def level(self, index: int):
-        """Level ``index`` as a lazy dask array Y×X×3 uint8."""
-        import dask.array as da
-
-        a = self.raw[index]
-        a = a if isinstance(a, da.Array) else da.from_array(a, chunks=_chunks(a))
-        return to_rgb_uint8(a, rgb=self.rgb)
-
-    def read(self, index: int, region) -> np.ndarray:
-        y0, x0, h, w = (int(v) for v in region)
-        return np.asarray(self.level(index)[y0:y0 + h, x0:x0 + w].compute())
-
-    def level_mpp(self, index: int) -> float | None:
-        return None if self.mpp is None else self.mpp * self.downsamples[index]
-
-    def level_for(self, model_mpp: float | None, region0=None) -> int:
-        """The level whose µm/px is nearest the model's; with unknown mpp, the finest level at which
-        the level-0 ``region0`` (y0, x0, h, w) stays below :data:`MAX_REGION_PIXELS`."""
-        if self.mpp and model_mpp:
-            errs = [abs(np.log(self.level_mpp(i) / model_mpp)) for i in range(len(self.raw))]
-            return int(np.argmin(errs))
-        if region0 is None:
-            return 0
-        for i, ds in enumerate(self.downsamples):
-            if (region0[2] / ds) * (region0[3] / ds) <= MAX_REGION_PIXELS:
-                return i
-        return len(self.raw) - 1
-
-    def to_level(self, index: int, region0, pad: int = 0) -> tuple[int, int, int, int]:
-        """A level-0 region in pixels of level ``index``, padded by ``pad`` and clipped to it."""
-        ds = self.downsamples[index]
-        H, W = self.shapes[index]
-        y0 = max(0, int(np.floor(region0[0] / ds)) - pad)
-        x0 = max(0, int(np.floor(region0[1] / ds)) - pad)
-        y1 = min(H, int(np.ceil((region0[0] + region0[2]) / ds)) + pad)
-        x1 = min(W, int(np.ceil((region0[1] + region0[3]) / ds)) + pad)
-        if y1 <= y0 or x1 <= x0:
-            raise DataError(f"layer {self.layer.name!r}: the region {tuple(region0)} lies outside the image")
-        return (y0, x0, y1 - y0, x1 - x0)
-
-    def placement(self, index: int, region) -> tuple[tuple[float, float], tuple[float, float]]:
-        """(scale, translate) that put level-``index`` pixels of ``region`` on this layer in the world."""
-        ds = self.downsamples[index]
-        scale = (self.scale[0] * ds, self.scale[1] * ds)
-        translate = (self.translate[0] + region[0] * scale[0], self.translate[1] + region[1] * scale[1])
-        return scale, translate
-
-    def world_to_level0(self, world_yx) -> np.ndarray:
-        w = np.asarray(world_yx, dtype=float)
-        return (w - np.asarray(self.translate)) / np.asarray(self.scale)
-
-
-def visible_region(viewer, pyramid: LayerPyramid) -> tuple[int, int, int, int]:
-    """The part of the image in view now, as a level-0 region (y0, x0, h, w).
-
-    From the camera (centre, zoom) and the canvas size: napari's own ``corner_pixels`` of a
-    multiscale layer are expanded to chunk boundaries and only grow while panning, so they
-    overestimate what is on screen.
-    """
-    h, w = viewer.canvas.size
-    zoom = float(viewer.camera.zoom)
-    cy, cx = viewer.camera.center[-2:]
-    half = np.array([h, w], dtype=float) / (2 * zoom)
-    lo = pyramid.world_to_level0(np.array([cy, cx]) - half)
-    hi = pyramid.world_to_level0(np.array([cy, cx]) + half)
-    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
-    H, W = pyramid.shapes[0]
-    y0, x0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
-    y1, x1 = min(H, int(np.ceil(hi[0]))), min(W, int(np.ceil(hi[1])))
-    if y1 <= y0 or x1 <= x0:
-        raise DataError(f"layer {pyramid.layer.name!r} is not in view: pan or zoom to the tissue first")
-    return (y0, x0, y1 - y0, x1 - x0)
-
-
-def shapes_roi(viewer, pyramid: LayerPyramid) -> tuple[int, int, int, int]:
-    """Level-0 bounding box of the shapes in the selected (else the top) Shapes layer."""
-    from napari.layers import Shapes
-
-    layers = [layer for layer in viewer.layers if isinstance(layer, Shapes) and len(layer.data)]
-    if not layers:
-        raise DataError("No ROI drawn: add a Shapes layer and draw a rectangle or polygon over the tissue")
-    active = viewer.layers.selection.active
-    layer = active if active in layers else layers[-1]
-    shapes = [layer.data[i] for i in (layer.selected_data or range(len(layer.data)))]
-    pts = np.concatenate([np.asarray(s)[:, -2:] for s in shapes])
-    world = pts * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])
-    lo, hi = pyramid.world_to_level0(world.min(axis=0)), pyramid.world_to_level0(world.max(axis=0))
-    H, W = pyramid.shapes[0]
-    y0, x0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
-    y1, x1 = min(H, int(np.ceil(hi[0]))), min(W, int(np.ceil(hi[1])))
-    if y1 <= y0 or x1 <= x0:
-        raise DataError(f"the ROI in {layer.name!r} does not overlap the image {pyramid.layer.name!r}")
-    return (y0, x0, y1 - y0, x1 - x0)
-
-
-def layer_mpp(layer) -> float | None:
-    """µm per level-0 pixel of a layer: our reader's metadata, else a µm-scaled layer."""
-    md = layer.metadata or {}
-    for key in ("mpp", "microns_per_pixel"):
-        if md.get(key):
-            return float(md[key])
-    slide = md.get("slide")
-    if slide is not None and getattr(slide, "mpp", None):
-        return float(slide.mpp)
-    try:
-        units = [str(u) for u in layer.units[-2:]]
-    except (AttributeError, TypeError):
-        units = []
-    if units and all(u in ("micrometer", "micron", "µm", "um") for u in units):
-        return float(layer.scale[-1])
-    return None
-
-
-def layer_source_path(layer) -> str:
-    """The file a layer was read from, or a stable stand-in for layers made in code."""
-    md = layer.metadata or {}
-    for candidate in (getattr(layer.source, "path", None), md.get("path"),
-                      getattr(md.get("slide"), "path", None)):
-        if candidate:
-            return str(candidate)
-    return f"layer:{layer.name}"
-
-
-def to_rgb_uint8(a, *, rgb: bool):
-    """Grey / 16-bit / float / RGBA dask arrays as RGB uint8, lazily."""
-    import dask.array as da
-
-    if rgb and a.shape[-1] == 4:
-        a = a[..., :3]
-    if a.dtype != np.uint8:
-        if a.dtype == np.uint16:
-            a = (a // 257).astype(np.uint8)
-        elif np.issubdtype(a.dtype, np.floating):
-            a = (da.clip(a, 0, 1) * 255).astype(np.uint8)  # napari's float convention: [0, 1]
-        else:
-            a = da.clip(a, 0, 255).astype(np.uint8)
-    if not rgb:
-        a = da.stack([a, a, a], axis=-1)
-    return a
-
-
-def _chunks(a):
-    return tuple(min(s, 1024) if i < 2 else s for i, s in enumerate(a.shape))
 
 
 # --- class colours ---------------------------------------------------------------------------

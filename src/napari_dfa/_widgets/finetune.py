@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 from ..corrections import CorrectionStore, replay_from_prediction
 from ..errors import Cancelled, DataError
 from . import _common as c
+from . import _finetune_data as fd
 from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
 
@@ -73,7 +74,7 @@ class FinetuneWidget(QWidget):
         self.saved_label.setWordWrap(True)
         self.steps = QSpinBox()
         self.steps.setRange(1, 5000)
-        self.steps.setValue(default_steps())
+        self.steps.setValue(fd.default_steps())
         self.steps.setToolTip("Optimizer steps (batch 4, crop 256). Default: 200 with a GPU; 40 on a CPU, "
                               "which shows a painted correction in well under 30 s (benchmarks/bench_gui.py)")
         self.guard = QCheckBox("Keep the new model only if it is not worse on held-out corrections")
@@ -270,8 +271,9 @@ class FinetuneWidget(QWidget):
             self._say(str(exc), error=True)
             return None
         steps, res, guard = self.steps.value(), self.session.result, self.guard.isChecked()
-        target = self._resegment_target(res)
-        replay_src = self._replay_source(res, target) if self.replay.isChecked() else None
+        target = fd.resegment_target(self.viewer, res, self.recorder)
+        replay_src = fd.replay_source(self.viewer, res, target, self.recorder) if self.replay.isChecked() else None
+        writeback = fd.writeback_target(self.viewer, res, target)
         self._cancel.clear()
         self._losses = []
         self._total_steps = steps
@@ -310,41 +312,14 @@ class FinetuneWidget(QWidget):
                 if target is not None:
                     level, region = target
                     data, lv = pyramid.source(level)
-                    relabelled = (level, region, np.asarray(segment(data, new, level=lv, region=region).labels))
+                    relabelled = np.asarray(segment(data, new, level=lv, region=region).labels)
+                    if writeback is not None:
+                        fd.write_patch(*writeback, relabelled)
             return result, keep, relabelled
 
         self.worker = c.start_worker(work, on_done=self._on_finetuned,
                                      on_error=self._on_error, on_finished=self._on_finished)
         return self.worker
-
-    def _resegment_target(self, res):
-        """(level, region) to segment again after fine-tuning: the segmented region, or for a
-        whole-slide result the patch being corrected; None when there is nothing to refresh."""
-        if res is None or res.image_layer not in self.viewer.layers:
-            return None
-        if not res.whole_slide:
-            return res.level, res.region
-        if self.recorder is None or self.recorder.layer.name not in self.viewer.layers:
-            return None
-        p = self.recorder.patch
-        return (p.level, p.region) if p.level == res.level else None
-
-    def _replay_source(self, res, target):
-        """(level, region, prediction(), corrections) of the region to replay, read on the UI
-        thread except the prediction of a whole-slide result (a zarr read, done in the worker)."""
-        if target is None or res.labels_layer not in self.viewer.layers:
-            return None
-        level, region = target
-        layer = self.viewer.layers[res.labels_layer]
-        corrected = np.zeros(region[2:], np.uint8)
-        if self.recorder is not None and (self.recorder.patch.level, self.recorder.patch.region) == target:
-            corrected = np.array(self.recorder.layer.data, copy=True)
-        if not res.whole_slide:
-            prediction = np.array(layer.data, copy=True)
-            return level, region, lambda: prediction, corrected
-        base = layer.data[0] if layer.multiscale else layer.data
-        y0, x0 = region[0] - res.region[0], region[1] - res.region[1]
-        return level, region, lambda: np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]]), corrected
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -368,7 +343,7 @@ class FinetuneWidget(QWidget):
         result, keep, relabelled = out
         self.last_finetune = result
         self._draw_losses()
-        scores = f"held-out score {_fmt(result.old_score)} → {_fmt(result.new_score)}"
+        scores = f"held-out score {fd.fmt_score(result.old_score)} → {fd.fmt_score(result.new_score)}"
         if not keep:
             self._say(f"Kept the old model: the fine-tuned one scored worse on held-out corrections "
                       f"({scores}). Paint more, or untick the guard to use it anyway.", error=True)
@@ -378,37 +353,18 @@ class FinetuneWidget(QWidget):
                                label=f"fine-tune {n}")
         self.session.bias_changed.emit()
         if relabelled is not None:
-            self._apply_relabel(*relabelled)
+            self._show_relabelled(relabelled)
         self._say(f"Fine-tuned ({scores}); the region is segmented again with the new model.")
 
-    def _apply_relabel(self, level, region, labels) -> None:
+    def _show_relabelled(self, labels) -> None:
         res = self.session.result
         if res is None or res.labels_layer not in self.viewer.layers:
             return
         layer = self.viewer.layers[res.labels_layer]
-        if not res.whole_slide:
+        if res.whole_slide:
+            layer.refresh()  # the worker wrote the patch into the store's levels
+        else:
             layer.data = labels
-            return
-        # Whole-slide result: write the patch back into every level of the zarr pyramid (the layer
-        # shows the store read-only; a writable handle on the same files does the writing).
-        import zarr
-
-        y0, x0, h, w = (region[0] - res.region[0], region[1] - res.region[1], *labels.shape)
-        try:
-            group = zarr.open_group(str(res.store_path), mode="r+")
-            levels = [group[a.path.rsplit("/", 1)[-1]] for a in
-                      (layer.data if layer.multiscale else [layer.data])]
-        except Exception as exc:  # a moved or read-only store: say so, keep the new model
-            self._say(f"{res.store_path}: cannot write the corrected labels back ({exc})", error=True)
-            return
-        base = levels[0].shape[0]
-        for arr in levels:
-            f = max(1, int(round(base / arr.shape[0])))
-            sub = labels[(-y0) % f::f, (-x0) % f::f]
-            ys, xs = -(-y0 // f), -(-x0 // f)
-            sub = sub[: arr.shape[0] - ys, : arr.shape[1] - xs]
-            arr[ys:ys + sub.shape[0], xs:xs + sub.shape[1]] = sub
-        layer.refresh()
 
     def _on_error(self, exc) -> None:
         if isinstance(exc, Cancelled):
@@ -486,23 +442,3 @@ class FinetuneWidget(QWidget):
         self.status.setStyleSheet("color: #e05050;" if error else "")
         if error:
             c.notify(text, severity="warning")
-
-
-def default_steps() -> int:
-    """200 steps with a GPU; 40 on a CPU, where each step of the demo model takes ~0.3 s."""
-    import torch
-
-    gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
-    return 200 if gpu else 40
-
-
-def _num(v):
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _fmt(v) -> str:
-    v = _num(v)
-    return "n/a" if v is None else f"{v:.3f}"
