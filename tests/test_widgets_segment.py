@@ -196,3 +196,29 @@ def test_bad_states_are_messages_not_tracebacks(make_napari_viewer, qtbot, tmp_p
     assert widget.segment() is None
     assert "No ROI drawn" in widget.status.text()
     assert widget.segment_button.isEnabled()
+
+
+def test_grey_16bit_layer_and_recent_models(make_napari_viewer, qtbot, tiny_model_path):
+    """A grey 16-bit image (e.g. a fluorescence reader's layer) is segmented as RGB; a model opened
+    from a file is offered again by the next Segment widget (recent files)."""
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    grey = (np.random.default_rng(1).random((300, 400)) * 60000).astype(np.uint16)
+    viewer.add_image(grey, name="grey16")
+    widget = SegmentWidget(viewer)
+    set_canvas(viewer, qtbot)
+    widget.set_model_source(str(tiny_model_path))
+    viewer.reset_view()
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    labels = viewer.layers["grey16 DFA labels"]
+    assert labels.data.shape == (300, 400)
+    rgb = np.repeat((grey // 257).astype(np.uint8)[..., None], 3, axis=2)
+    expected = segment(rgb, load_model(tiny_model_path), region=(0, 0, 300, 400)).labels
+    np.testing.assert_array_equal(labels.data, expected)
+
+    other = SegmentWidget(make_napari_viewer(show=False))
+    sources = [other.model_combo.itemData(i) for i in range(other.model_combo.count())]
+    assert str(tiny_model_path) in sources and sources[0] == "demo" and sources[-1] is None  # Open…
