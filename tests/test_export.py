@@ -158,7 +158,8 @@ def test_napari_writers_use_the_layer_classes_and_placement(labels, tmp_path):
 
     from napari_dfa import _writer
 
-    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **{i + 1: np.array([*c, 255]) / 255 for i, c in enumerate(COLORS)}})
+    colors = {i + 1: np.array([*c, 255]) / 255 for i, c in enumerate(COLORS)}
+    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **colors})
     layer = Labels(labels, scale=(4, 4), translate=(100, 200), colormap=cmap,
                    features=pd.DataFrame({"index": [0, 1, 2, 3], "class": ["unlabelled", *NAMES]}))
     data, meta, kind = layer.as_layer_data_tuple()

@@ -111,7 +111,8 @@ class TileGrid:
         if self.height <= 0 or self.width <= 0:
             raise ConfigError(f"cannot tile an empty region of {self.height}×{self.width} pixels")
         if self.tile <= 0 or self.tile % self.multiple:
-            raise ConfigError(f"tile={self.tile} must be a positive multiple of the model's input multiple ({self.multiple})")
+            raise ConfigError(f"tile={self.tile} must be a positive multiple of the model's input multiple "
+                              f"({self.multiple})")
         if not 0 <= 2 * self.overlap <= self.tile:
             raise ConfigError(f"overlap={self.overlap} must be between 0 and half the tile ({self.tile // 2})")
         object.__setattr__(self, "ys", Axis.build(self.height, self.tile, self.overlap, self.multiple))

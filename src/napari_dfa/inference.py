@@ -318,13 +318,15 @@ class _Runner:
             w = torch.from_numpy(windows).to(self.device)[:, None]
             logits = res["logits"]
             if logits.shape[1] != len(self.model.class_names):
-                raise DataError(f"the model returned {logits.shape[1]} channels for {len(self.model.class_names)} classes")
+                raise DataError(f"the model returned {logits.shape[1]} channels for "
+                                f"{len(self.model.class_names)} classes")
             weighted = (logits.float() * w).cpu().numpy()
             focus = None
             if self.want_focus and res.get("attention") is not None:
                 att = res["attention"].float()
                 if att.shape[-2:] != logits.shape[-2:]:
-                    att = torch.nn.functional.interpolate(att, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+                    att = torch.nn.functional.interpolate(att, size=logits.shape[-2:], mode="bilinear",
+                                                          align_corners=False)
                 focus = (att * w).cpu().numpy()
         self.model_seconds += time.perf_counter() - t0  # .cpu() above waited for the device
         for b, j in enumerate(js):

@@ -27,13 +27,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (SVS, OME-TIFF, TIFF, OME-Zarr, ...)")
     parser.add_argument("--model", "-m", required=True, help='checkpoint (.safetensors) or "demo"')
     parser.add_argument("--out", "-o", required=True, help="output folder (OUT/<stem>.labels.zarr per slide)")
-    parser.add_argument("--level", default="0", help='pyramid level, or "auto": the level closest to the model\'s µm/px')
+    parser.add_argument("--level", default="0",
+                        help='pyramid level, or "auto": the level closest to the model\'s µm/px')
     parser.add_argument("--region", default=None, metavar="Y0,X0,H,W", help="only this box (pixels of --level)")
     parser.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default 512)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (default 64)")
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: 2 CPU, 8 GPU)")
-    parser.add_argument("--chunk", type=int, default=512, help="chunk edge of the stores; resume granularity (default 512)")
+    parser.add_argument("--chunk", type=int, default=512,
+                        help="chunk edge of the stores; resume granularity (default 512)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per slide (default: all cores locally, cores / workers on dask)")
     parser.add_argument("--outputs", default="labels",
