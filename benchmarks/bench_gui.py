@@ -237,6 +237,10 @@ def main() -> int:
     before = float((labels.data[box] == target).mean())
     ys, xs = np.mgrid[box]
     layer.data_setitem((ys.ravel(), xs.ravel()), target)
+    # let napari draw the new corrections layer first (its first frame compiles shaders: ~150 ms
+    # of UI time that belongs to painting, not to fine-tuning)
+    settle = time.monotonic() + 1.0
+    pump_until(app, lambda: time.monotonic() > settle, 5)
     if args.steps:
         ft_w.steps.setValue(args.steps)
     args.steps = ft_w.steps.value()

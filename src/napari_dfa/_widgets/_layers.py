@@ -86,8 +86,11 @@ class LayerPyramid:
         return to_rgb_uint8(a, rgb=self.rgb)
 
     def read(self, index: int, region) -> np.ndarray:
+        """RGB pixels of ``region`` (y0, x0, h, w) at level ``index``, read by the calling (worker)
+        thread: a training region is small, and dask's pool would only add threads that compete
+        with the UI thread for the GIL."""
         y0, x0, h, w = (int(v) for v in region)
-        return np.asarray(self.level(index)[y0:y0 + h, x0:x0 + w].compute())
+        return np.asarray(self.level(index)[y0:y0 + h, x0:x0 + w].compute(scheduler="synchronous"))
 
     def level_mpp(self, index: int) -> float | None:
         return None if self.mpp is None else self.mpp * self.downsamples[index]
