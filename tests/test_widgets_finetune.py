@@ -105,10 +105,18 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     assert any(tag.startswith("finetune") for tag, _ in __import__(
         "napari_dfa._widgets.attention", fromlist=["bias_trajectory"]).bias_trajectory(ft_w.session.segmenter))
     np.testing.assert_allclose(att_w.current_bias(), ft_w.session.segmenter.class_bias())
-    # Versions: the original and the fine-tuned one; roll back restores the original.
-    assert [v["label"] for v in ft_w.session.versions][-1] == "fine-tune 1"
-    ft_w.rollback(0)
+    # Versions: the original and the fine-tuned one; roll back (the button, on the version picked
+    # in the list) restores the original, and forward again.
+    labels_list = [ft_w.version_combo.itemText(i) for i in range(ft_w.version_combo.count())]
+    assert labels_list == ["tiny.safetensors", "fine-tune 1"]
+    new_model = ft_w.session.segmenter
+    ft_w.version_combo.setCurrentIndex(0)
+    ft_w.rollback_button.click()
     assert ft_w.session.segmenter is old_model
+    assert ft_w.version_combo.currentText() == "tiny.safetensors"  # the list shows what is in use
+    ft_w.version_combo.setCurrentIndex(1)
+    ft_w.rollback_button.click()
+    assert ft_w.session.segmenter is new_model
 
 
 def test_save_model_writes_provenance(segmented, qtbot, tmp_path):

@@ -131,7 +131,8 @@ class FinetuneWidget(QWidget):
         self.finetune_button.clicked.connect(self.finetune)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._ask_save)
-        self.rollback_button.clicked.connect(self.rollback)
+        # (a lambda: `clicked` would pass its `checked` flag as the version index)
+        self.rollback_button.clicked.connect(lambda: self.rollback())
         self.session.model_changed.connect(self._on_model_changed)
         self.session.result_changed.connect(self._show_saved)
         napari_viewer.layers.events.inserted.connect(self._show_saved)
@@ -429,8 +430,9 @@ class FinetuneWidget(QWidget):
         self.version_combo.clear()
         for v in self.session.versions:
             self.version_combo.addItem(v["label"])
-        if self.session.versions:
-            self.version_combo.setCurrentIndex(len(self.session.versions) - 1)
+        current = [i for i, v in enumerate(self.session.versions) if v["segmenter"] is seg]
+        if current:
+            self.version_combo.setCurrentIndex(current[0])
 
     def _need_model(self):
         if self.session.segmenter is None:
