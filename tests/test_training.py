@@ -108,6 +108,15 @@ def test_checkpoint_carries_frequencies_bias_history_and_provenance(small_set, t
     assert not np.allclose(seg.class_bias(), 0.5 * seg.prior_bias(), atol=1e-6)
 
 
+def test_without_a_validation_split_best_is_the_lowest_training_loss(tmp_path):
+    items = [(f"t{i}", *synth.generate_tile(seed=i, size=64), 1) for i in range(3)]
+    root = write_sampath(tmp_path / "noval", items)
+    result = train(tiny_recipe(root, epochs=2), out_dir=tmp_path / "run", device="cpu", plots=False)
+    losses = [r["train_loss"] for r in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(losses))
+    assert np.isnan(result.best_mdice) and result.best_path.is_file()
+
+
 def test_early_stopping_stops(small_set, tmp_path):
     cfg = tiny_recipe(small_set, epochs=30, lr=1e-9, early_stop_patience=2)  # nothing can improve
     result = train(cfg, out_dir=tmp_path / "run", device="cpu", plots=False)

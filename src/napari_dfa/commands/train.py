@@ -82,8 +82,10 @@ def run(args) -> int:
     if main:
         last = result.history[-1] if result.history else {}
         print(f"run folder: {result.out_dir}")
-        if result.best_epoch:
+        if result.best_epoch and result.best_mdice == result.best_mdice:  # not NaN
             print(f"best epoch {result.best_epoch}: validation mDice {result.best_mdice:.4f}")
+        elif result.best_epoch:
+            print(f"best epoch {result.best_epoch}: lowest training loss (no validation split, fold 0)")
         names = result.class_names
         if last:
             print("| class | f_c | val Dice | val IoU | b_c |")

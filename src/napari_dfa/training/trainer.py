@@ -51,7 +51,8 @@ class TrainResult:
       out_dir: the run folder.
       best_path / last_path: checkpoints (``load_model`` them).
       history: per-epoch log rows (also in history.json).
-      best_epoch / best_mdice: epoch (1-based) and validation mDice of ``best``.
+      best_epoch / best_mdice: epoch (1-based) and validation mDice of ``best`` (NaN without a
+        validation split; then ``best`` is the epoch with the lowest training loss).
       stopped_early: True when early stopping ended the run.
       frequencies: f_c of the training split.
       class_names: the K classes.
@@ -160,7 +161,7 @@ class _Run:
         self.amp_dtype = torch.bfloat16 if (self.amp and torch.cuda.is_bf16_supported()) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.history: list[dict] = []
-        self.best_mdice, self.best_epoch, self.bad_epochs = -1.0, 0, 0
+        self.best_score, self.best_epoch, self.bad_epochs = float("-inf"), 0, 0
         self.start_epoch = 0
 
     def _loaders(self):
@@ -209,7 +210,7 @@ class _Run:
 
     def _extra(self):
         return {
-            "history": self.history, "best_mdice": self.best_mdice, "best_epoch": self.best_epoch,
+            "history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "recipe": self.config.to_dict(),
         }
 
@@ -228,7 +229,7 @@ class _Run:
         if extra["recipe"]["seed"] != self.config.seed:
             raise ConfigError(f"{state}: the run used seed {extra['recipe']['seed']}, not {self.config.seed}")
         self.history = extra["history"]
-        self.best_mdice, self.best_epoch, self.bad_epochs = extra["best_mdice"], extra["best_epoch"], extra["bad_epochs"]
+        self.best_score, self.best_epoch, self.bad_epochs = extra["best_score"], extra["best_epoch"], extra["bad_epochs"]
         self.start_epoch = epoch
         log.info("resuming %s after epoch %d", self.out_dir, epoch)
 
@@ -317,9 +318,9 @@ class _Run:
             # Selection: validation mDice; without a validation split, the lowest training loss.
             score = row.get("val_mdice")
             score = score if score is not None else -train_loss
-            improved = score > self.best_mdice
+            improved = score > self.best_score
             if improved:
-                self.best_mdice, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
+                self.best_score, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
             else:
                 self.bad_epochs += 1
             if ctx.is_main:
@@ -341,8 +342,11 @@ class _Run:
                 log.info("early stop after epoch %d (best %d)", epoch + 1, self.best_epoch)
                 break
         ddp.barrier(ctx)
+        best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+        best_mdice = best_row.get("val_mdice")
         return TrainResult(out_dir=self.out_dir, best_path=best_p, last_path=last_p, history=self.history,
-                           best_epoch=self.best_epoch, best_mdice=self.best_mdice, stopped_early=stopped_early,
+                           best_epoch=self.best_epoch, best_mdice=float("nan") if best_mdice is None else best_mdice,
+                           stopped_early=stopped_early,
                            frequencies=self.frequencies, class_names=names)
 
 
