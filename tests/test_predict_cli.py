@@ -122,7 +122,7 @@ def test_bad_model_and_bad_region_are_reported_with_the_file(files, tmp_path, ca
 @pytest.mark.slow
 def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
     args = ["predict", str(files["b"]), "--model", str(files["model"]), "--tile", "128", "--overlap", "32",
-            "--device", "cpu", "--chunk", "64"]
+            "--device", "cpu", "--chunk", "64", "--batch-size", "1"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     expected = _labels(tmp_path / "whole" / "slide_b.labels.zarr")
 
@@ -141,7 +141,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
         if rows > 0:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI keeps what was written
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.wait(timeout=60)
     info = zarr.open_group(str(store), mode="r").attrs["napari_dfa"]
     assert proc.returncode == 130 and 0 < info["rows_done"] < 384 and not info["completed"]
