@@ -27,8 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (SVS, OME-TIFF, TIFF, OME-Zarr, ...)")
     parser.add_argument("--model", "-m", required=True, help='checkpoint (.safetensors) or "demo"')
     parser.add_argument("--out", "-o", required=True, help="output folder (OUT/<stem>.labels.zarr per slide)")
-    parser.add_argument("--level", default="0",
-                        help='pyramid level, or "auto": the level closest to the model\'s µm/px')
+    parser.add_argument("--level", default="auto",
+                        help='pyramid level, or "auto" (default): the level closest to the µm/px the model was '
+                             "trained at (level 0 when the slide or the model does not say)")
     parser.add_argument("--region", default=None, metavar="Y0,X0,H,W", help="only this box (pixels of --level)")
     parser.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default 512)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (default 64)")
