@@ -119,6 +119,24 @@ def test_bad_model_and_bad_region_are_reported_with_the_file(files, tmp_path, ca
     assert "y0,x0,height,width" in capsys.readouterr().err
 
 
+def test_level_auto_picks_the_models_scale_and_reads_the_region_in_level0_pixels(files, tmp_path):
+    import tifffile
+
+    rgb, _ = synth.generate_tile(seed=5, size=512)
+    slide = tmp_path / "fine.tif"  # 0.25 µm/px at level 0, 0.5 µm/px (the model's) at level 1
+    with tifffile.TiffWriter(slide) as tif:
+        tif.write(rgb, tile=(128, 128), subifds=1, photometric="rgb", resolution=(4e4, 4e4),
+                  resolutionunit="CENTIMETER")
+        tif.write(rgb[::2, ::2], tile=(128, 128), subfiletype=1, photometric="rgb")
+    out = tmp_path / "o"
+    assert main(["predict", str(slide), "--model", str(files["model"]), "--out", str(out), "--region",
+                 "100,200,300,160", "--tile", "128", "--overlap", "32", "--device", "cpu"]) == 0
+    info = zarr.open_group(str(out / "fine.labels.zarr"), mode="r").attrs["napari_dfa"]
+    assert info["level"] == 1 and info["region"] == [50, 100, 150, 80]
+    assert info["downsample"] == 2.0 and info["translate"] == [100.0, 200.0] and info["mpp"] == 0.25
+    assert _labels(out / "fine.labels.zarr").shape == (150, 80)
+
+
 @pytest.mark.slow
 def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
     args = ["predict", str(files["b"]), "--model", str(files["model"]), "--tile", "128", "--overlap", "32",

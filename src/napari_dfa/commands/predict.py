@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", default="auto",
                         help='pyramid level, or "auto" (default): the level closest to the µm/px the model was '
                              "trained at (level 0 when the slide or the model does not say)")
-    parser.add_argument("--region", default=None, metavar="Y0,X0,H,W", help="only this box (pixels of --level)")
+    parser.add_argument("--region", default=None, metavar="Y0,X0,H,W",
+                        help="only this box: level-0 pixels with --level auto, else pixels of --level")
     parser.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default 512)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (default 64)")
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
@@ -116,7 +117,15 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
         from ..slide import open_slide
 
         with open_slide(slide_path) as slide:
-            res = segment(slide, model, level=options.get("level", 0), region=options.get("region"),
+            level, region = options.get("level", 0), options.get("region")
+            if level == "auto":
+                level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
+                if region is not None:  # given in level-0 pixels: convert to the chosen level
+                    ds = slide.downsamples[level]
+                    y0, x0 = int(region[0] // ds), int(region[1] // ds)
+                    region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
+                              max(1, round((region[1] + region[3]) / ds) - x0))
+            res = segment(slide, model, level=level, region=region,
                           tile=options.get("tile", 512), overlap=options.get("overlap", 64),
                           device=options.get("device", "auto"), out=store, progress=progress,
                           resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
