@@ -148,3 +148,16 @@ def test_bench_writes_the_paper_shaped_table(tmp_path, capsys):
     run = results["runs"]["difficulty/1"]
     expected = 2.0 * np.log1p(-np.clip(run["difficulty_dice"], 1e-6, 1 - 1e-6))
     np.testing.assert_allclose(run["bias"], expected, atol=1e-5)
+
+
+def test_bias_sensitivity_measures_label_changes_and_restores_the_model():
+    from napari_dfa.training.bench import bias_sensitivity
+
+    seg = load_model("demo")
+    images = [synth.generate_tile(seed=70 + i, size=64)[0] for i in range(2)]
+    before = seg.class_bias().copy()
+    small = bias_sensitivity(seg, images, shift=0.5)
+    huge = bias_sensitivity(seg, images, shift=50.0)  # a bias this large takes over every pixel
+    np.testing.assert_array_equal(seg.class_bias(), before)
+    assert len(small) == 5 and all(0 <= v <= 1 for v in small)
+    assert max(huge) > max(small)

@@ -100,6 +100,8 @@ def run_bench(*, methods=METHODS, seeds=(0, 1, 2), config: TrainConfig | None = 
                 "bias": seg.class_bias().tolist(), "prior": seg.prior_bias().tolist(),
                 "best_epoch": res.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
                 "difficulty_dice": none_dice if method == "difficulty" else None,
+                "sensitivity": (bias_sensitivity(seg, [test[i][0] for i in range(min(8, len(test)))])
+                                if seg.config.learned_bias else None),
             }
             done += 1
             log.info("bench %s seed %d: test mDice %.4f", method, seed, report["_mean"]["dice"])
@@ -114,6 +116,24 @@ def run_bench(*, methods=METHODS, seeds=(0, 1, 2), config: TrainConfig | None = 
     except Exception:  # noqa: BLE001 - the table works without the configured difficulty
         results["difficulty"] = {}
     return results
+
+
+@torch.no_grad()
+def bias_sensitivity(segmenter, images, *, shift: float = 1.0) -> list[float]:
+    """Share of pixels whose predicted label changes when one class's learned δ_c is raised by
+    ``shift`` (one value per class): how much leverage the attention bias has on the prediction.
+    Only meaningful for the learned modes (``dfa``, ``dfa-anchored``); the model is restored."""
+    delta = segmenter.model.bias.delta
+    base = [segmenter.predict(img) for img in images]
+    out = []
+    for k in range(delta.numel()):
+        delta[k] += shift
+        try:
+            changed = [float((segmenter.predict(img) != b).mean()) for img, b in zip(images, base)]
+        finally:
+            delta[k] -= shift
+        out.append(float(np.mean(changed)))
+    return out
 
 
 def _ms(values) -> str:
@@ -141,8 +161,8 @@ def bench_markdown(results: dict) -> str:
     out.append("Classes: training-pixel frequency f_c, configured difficulty (synthetic generator: "
                "0 easy … 1 look-alike), and the attention bias b_c:\n")
     out.append("| class | f_c | difficulty (look-alike) | prior γ·log(1−f_c) − mean | DFA learned b_c | "
-               "difficulty-mode b_c (centred) |")
-    out.append("| --- | ---: | --- | ---: | ---: | ---: |")
+               "difficulty-mode b_c (centred) | DFA: pixels changed by b_c + 1 |")
+    out.append("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     dfa = [runs[f"dfa/{s}"] for s in seeds if f"dfa/{s}" in runs]
     dif = [runs[f"difficulty/{s}"] for s in seeds if f"difficulty/{s}" in runs]
     for k, n in enumerate(names):
@@ -152,7 +172,9 @@ def bench_markdown(results: dict) -> str:
         prior = dfa[0]["prior"][k] if dfa else float("nan")
         learned = _ms([r["bias"][k] for r in dfa])
         dcent = _ms([r["bias"][k] - np.mean(r["bias"]) for r in dif])
-        out.append(f"| {n} | {results['frequencies'][k]:.3f} | {dtxt} | {prior:+.3f} | {learned} | {dcent} |")
+        sens = [r["sensitivity"][k] * 100 for r in dfa if r.get("sensitivity")]
+        stxt = f"{np.mean(sens):.2f} %" if sens else "—"
+        out.append(f"| {n} | {results['frequencies'][k]:.3f} | {dtxt} | {prior:+.3f} | {learned} | {dcent} | {stxt} |")
     secs = [r["seconds"] for r in runs.values()]
     out.append(f"\n{len(runs)} training runs, {np.mean(secs):.0f} s each on average.")
     return "\n".join(out)
