@@ -72,6 +72,19 @@ def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
     for name in SYNTHETIC.names:
         assert name in widget.legend.text()
 
+    # Zooming into the part just segmented: cut out of the cached result, no tile is computed.
+    seen = []
+    widget._bridge.progress.connect(seen.append)
+    view_region(viewer, image, 700, 800, 256, 256)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert "from the cache" in widget.status.text() and not seen
+    sub = widget.session.result.region
+    assert sub[0] >= y0 and sub[1] >= x0 and sub[2] < h
+    np.testing.assert_array_equal(labels.data, expected[sub[0] - y0:sub[0] - y0 + sub[2],
+                                                       sub[1] - x0:sub[1] - x0 + sub[3]])
+    np.testing.assert_allclose(labels.translate, np.asarray(image.translate) + np.array(sub[:2]) * image.scale)
+
 
 def small_slide_of(image):
     return image.metadata["slide"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,43 @@ from . import _common as c
 logger = logging.getLogger(__name__)
 
 SCOPES = {"Visible region": "visible", "Whole slide": "whole", "Shapes ROI": "roi"}
+CACHE_SIZE = 4  # region results kept per widget
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OPEN_ITEM = "Open…"
+
+
+@dataclass
+class CachedRegion:
+    """Labels of a region segmented before; served as a SegmentResult-like answer."""
+
+    labels: np.ndarray
+    path: None = None
+    completed: bool = True
+    tiles_done: int = 0
+    tiles_total: int = 0
+    cached: bool = True
+
+
+class RegionCache:
+    """The last few region results per (image, level, model): a view that lies inside one of them
+    is cut out of it instead of being segmented again (re-clicking, zooming in, panning back).
+    A fine-tuned model is another object, so its results never mix with its parent's."""
+
+    def __init__(self, size: int = CACHE_SIZE):
+        self.size = size
+        self.items: list[tuple[tuple, tuple, np.ndarray, object]] = []
+
+    def get(self, image: str, level: int, seg, region) -> np.ndarray | None:
+        y0, x0, h, w = region
+        for key, (cy, cx, ch, cw), labels, _ in self.items:
+            if key == (image, level, id(seg)) and cy <= y0 and cx <= x0 and y0 + h <= cy + ch \
+                    and x0 + w <= cx + cw:
+                return labels[y0 - cy:y0 - cy + h, x0 - cx:x0 - cx + w].copy()
+        return None
+
+    def put(self, image: str, level: int, seg, region, labels: np.ndarray) -> None:
+        # the model is kept with its entries so that id(seg) cannot be reused by another model
+        self.items = [((image, level, id(seg)), tuple(region), labels, seg), *self.items][: self.size]
 
 
 class SegmentWidget(QWidget):
@@ -50,6 +86,7 @@ class SegmentWidget(QWidget):
         self.session = c.session_for(napari_viewer)
         c.warm_up()
         self.worker = None
+        self.cache = RegionCache()
         self._cancel = threading.Event()
         self._bridge = c.Bridge()
         self._bridge.progress.connect(self._on_progress)
@@ -215,9 +252,14 @@ class SegmentWidget(QWidget):
             return res, level, (0, 0, *pyramid.shapes[level])
         level = pyramid.level_for(seg.mpp, region0)
         region = pyramid.to_level(level, region0, pad=int(getattr(seg, "context", 0)))
+        hit = self.cache.get(pyramid.path, level, seg, region)
+        if hit is not None:
+            return CachedRegion(labels=hit), level, region
         data, lv = pyramid.source(level)
         res = segment(data, seg, level=lv, region=region, device=device,
                       progress=progress, cancel=self._cancel.is_set)
+        if res.completed:
+            self.cache.put(pyramid.path, level, seg, region, np.asarray(res.labels))
         return res, level, region
 
     def cancel(self) -> None:
@@ -267,7 +309,8 @@ class SegmentWidget(QWidget):
             store_path=str(res.path) if whole else None))
         if getattr(res, "completed", True):
             h, w = region[2], region[3]
-            self._say(f"Done: {h}×{w} px at level {level} → layer '{labels.name}'.")
+            cached = " (from the cache)" if getattr(res, "cached", False) else ""
+            self._say(f"Done{cached}: {h}×{w} px at level {level} → layer '{labels.name}'.")
         else:
             self._say(f"Cancelled after {res.tiles_done} of {res.tiles_total} tiles; "
                       "the unfinished part is left unlabelled.")
