@@ -117,6 +117,27 @@ def test_without_a_validation_split_best_is_the_lowest_training_loss(tmp_path):
     assert np.isnan(result.best_mdice) and result.best_path.is_file()
 
 
+def test_init_from_a_checkpoint_starts_where_it_ended(small_set, tmp_path):
+    # Starting from the bundled demo model: the first epoch is already far better than from scratch.
+    cfg = tiny_recipe(small_set, epochs=1, lr=1e-4)
+    scratch = train(cfg, out_dir=tmp_path / "scratch", device="cpu", plots=False)
+    warm = train(cfg.replace(init="demo"), out_dir=tmp_path / "warm", device="cpu", plots=False)
+    assert warm.history[0]["val_mdice"] > scratch.history[0]["val_mdice"] + 0.2
+    seg = load_model(warm.last_path)
+    assert seg.config.preset == "small"  # the checkpoint's architecture, not [model]
+    assert seg.metadata["provenance"]["parent"] == "demo"
+    f = class_frequencies(SamPathDataset(small_set, split="train", class_set=BCSS))
+    np.testing.assert_allclose(seg.frequencies, f, atol=1e-6)
+    # a two-class dataset cannot start from the five-class demo model
+    items = [(f"c{i}", rgb, np.minimum(m, 2), f) for i, (rgb, m), f in
+             zip(range(3), [synth.generate_tile(seed=i, size=64) for i in range(3)], [1, 0, -1])]
+    two = write_sampath(tmp_path / "two", items)
+    bad = cfg.replace(init="demo", data={"root": str(two), "class_names": ["a", "b"],
+                                         "class_colors": [[0, 0, 0], [1, 1, 1]]})
+    with pytest.raises(ConfigError, match="2 classes|5 classes"):
+        train(bad, out_dir=tmp_path / "bad", device="cpu", plots=False)
+
+
 def test_early_stopping_stops(small_set, tmp_path):
     cfg = tiny_recipe(small_set, epochs=30, lr=1e-9, early_stop_patience=2)  # nothing can improve
     result = train(cfg, out_dir=tmp_path / "run", device="cpu", plots=False)

@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch_size")
+    parser.add_argument("--init", default=None, help="start from this checkpoint (.safetensors or 'demo')")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override any recipe key, e.g. --set data.crop=64 --set model.preset=tiny (VALUE in TOML syntax)",
@@ -51,7 +52,7 @@ def load_recipe(args):
 
     config = TrainConfig.from_toml(args.config)
     changes = parse_overrides(args.set)
-    for name in ("epochs", "seed", "batch_size"):
+    for name in ("epochs", "seed", "batch_size", "init"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     return config.replace(**changes) if changes else config

@@ -110,6 +110,9 @@ class TrainConfig:
       amp: mixed precision on CUDA (ignored on CPU).
       num_workers: DataLoader worker processes (0 = load in the training process).
       model: keys for :class:`napari_dfa.model.ModelConfig` (preset, bias_mode, gamma, ...).
+      init: start from this checkpoint (a ``.safetensors`` path or ``"demo"``) instead of a fresh
+        model: its architecture and weights are used, ``[model]`` is ignored, f_c is re-measured on
+        this training set (δ keeps its trained value). Empty = train from scratch.
       data / augment: see :class:`DataConfig` and :class:`AugmentConfig`.
       source: the TOML file this came from (for error messages), not a setting.
     """
@@ -132,6 +135,7 @@ class TrainConfig:
     amp: bool = True
     num_workers: int = 0
     model: dict = field(default_factory=dict)
+    init: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     source: str = ""

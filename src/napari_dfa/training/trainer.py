@@ -88,9 +88,24 @@ def lr_lambda(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def build_model_for(config: TrainConfig, num_classes: int, frequencies):
-    """The model of a recipe (``[model]`` table) for ``num_classes`` classes, warm-started from f_c."""
-    from ..model import ModelConfig, build_model
+def build_model_for(config: TrainConfig, num_classes: int, frequencies, class_names=None):
+    """The model of a recipe (``[model]`` table) for ``num_classes`` classes, warm-started from f_c;
+    with ``init``, the weights and architecture of that checkpoint (f_c re-measured, δ kept)."""
+    from ..model import ModelConfig, build_model, load_model
+
+    if config.init:
+        seg = load_model(config.init)
+        if seg.num_classes != num_classes:
+            raise ConfigError(f"{config.init}: the checkpoint has {seg.num_classes} classes, the data {num_classes}; "
+                              "initialise from a model with the same class list")
+        if class_names is not None and list(class_names) != list(seg.class_names):
+            log.warning("init = %s: its classes %s differ from the data's %s (same ids are assumed)",
+                        config.init, seg.class_names, list(class_names))
+        if config.model:
+            log.warning("init = %s: the [model] table is ignored (the checkpoint's architecture is used)", config.init)
+        seg.model.bias.set_frequencies(frequencies, warm_start=False)
+        torch.manual_seed(config.seed)
+        return seg.model.float()
 
     raw = {"preset": "tiny", **config.model, "num_classes": num_classes}
     if raw.get("encoder_weights") == "":
@@ -132,7 +147,7 @@ class _Run:
         self.data_root = str(self.train_base.root)
         self.frequencies = class_frequencies(self.train_base)
         self.K = self.class_set.num_classes
-        self.model = build_model_for(config, self.K, self.frequencies).to(ctx.device)
+        self.model = build_model_for(config, self.K, self.frequencies, self.class_set.names).to(ctx.device)
         from ..model import Segmenter
 
         # The facade that writes checkpoints (class names/colours, f_c, mpp, provenance, b_c history).
@@ -198,7 +213,7 @@ class _Run:
 
     def _provenance(self, epoch):
         return {
-            "parent": None,
+            "parent": self.config.init or None,
             "data": self.data_root,
             "recipe": self.config.name,
             "recipe_file": self.config.source,
