@@ -88,7 +88,7 @@ def test_metadata_is_plain_json_strings(tmp_path, segmenter):
     path = segmenter.save(tmp_path / "m.safetensors")
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()
-    assert meta["format"] == "napari-dfa" and meta["format_version"] == "1"
+    assert meta["format"] == "napari-dfa" and meta["format_version"] == "2"
     assert meta["bias_mode"] == "dfa-anchored"
     assert json.loads(meta["class_names"]) == NAMES
     assert json.loads(meta["config"])["num_classes"] == 5
@@ -222,6 +222,30 @@ def test_newer_format_version_is_refused(tmp_path, segmenter):
     _rewrite(path, format_version="99")
     with pytest.raises(CheckpointError, match="upgrade napari-dfa"):
         load_model(path)
+
+
+def test_older_format_version_is_refused(tmp_path, segmenter):
+    """Format 1 = the mask head without the decoder-updated memory: a different layout."""
+    path = segmenter.save(tmp_path / "old.safetensors")
+    _rewrite(path, format_version="1",
+             tensors=lambda s: {k: v for k, v in s.items() if not k.startswith("decoder.memory_upsampler")})
+    with pytest.raises(CheckpointError, match=r"old\.safetensors.*format version 1.*older napari-dfa.*Retrain"):
+        load_model(path)
+
+
+def test_written_file_has_normal_permissions(tmp_path, segmenter):
+    old = os.umask(0o022)
+    try:
+        path = segmenter.save(tmp_path / "perm.safetensors")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    old = os.umask(0o077)
+    try:
+        path = segmenter.save(tmp_path / "private.safetensors")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o600
 
 
 def test_missing_file_and_missing_demo(tmp_path, monkeypatch):

@@ -33,7 +33,10 @@ from .config import ModelConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "napari-dfa"
-FORMAT_VERSION = 1
+# 2: the mask features include the decoder-updated memory (decoder.memory_upsampler.*); a version-1
+# file has the old wiring and no such tensors, so it is refused with a message that says so.
+FORMAT_VERSION = 2
+MIN_FORMAT_VERSION = 2
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -109,6 +112,10 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        # mkstemp creates 0600; a model file is meant to be shared: 0644 less the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -204,9 +211,14 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
         version = int(meta.get("format_version", "0"))
     except ValueError:
         version = -1
-    if not 1 <= version <= FORMAT_VERSION:
+    if 1 <= version < MIN_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} was written by an older napari-dfa whose mask "
+            f"head did not use the decoder-updated features; this napari-dfa reads format "
+            f"{MIN_FORMAT_VERSION}..{FORMAT_VERSION}. Retrain the model (napari-dfa train) with this version")
+    if not MIN_FORMAT_VERSION <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported "
-                              f"by this napari-dfa (reads 1..{FORMAT_VERSION}); upgrade napari-dfa")
+                              f"by this napari-dfa (reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); upgrade napari-dfa")
     try:
         config = ModelConfig.from_json(meta.get("config", ""), source=str(path))
     except ConfigError as exc:

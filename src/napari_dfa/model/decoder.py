@@ -8,7 +8,10 @@ One learned token per class. Each layer:
 4. pixel → token cross-attention with the DFA bias: logit[p, c] = q_p·k_c/√d + b_c, softmax over
    the K class tokens, b_c added to every head.
 
-Then a final token → pixel attention and the mask head: token → MLP → e_c, m_c(x) = e_c·F(x).
+Then a final token → pixel attention and the mask head: token → MLP → e_c, m_c(x) = e_c·F(x), where
+F = FPN stride-4 features + the updated memory upsampled ×4 (as SAM upsamples its transformer-updated
+image embedding into the mask features). Without that second term step 4 — the only place b_c acts —
+would reach the masks only through the final token read-out, and b_c would barely move any pixel.
 
 Why the bias sits only in step 4: softmax is shift-invariant along its own axis, so a per-class
 constant in step 2 (softmax over pixels) cancels and receives zero gradient. ``token_pixel_bias``
@@ -20,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pixel_decoder import sine_position_encoding
+from .pixel_decoder import MemoryUpsampler, sine_position_encoding
 
 
 class Attention(nn.Module):
@@ -114,6 +117,9 @@ class DFADecoder(nn.Module):
       heads (int): attention heads.
       mlp_dim (int): token MLP hidden width.
       mask_dim (int): channels of the stride-4 mask features F.
+
+    The mask features are the FPN's stride-4 features plus ``memory_upsampler`` of the memory the
+    two-way layers updated (SAM style), so the pixel → class attention shapes F directly.
     """
 
     def __init__(self, *, num_classes: int, dim: int, depth: int, heads: int, mlp_dim: int, mask_dim: int):
@@ -124,15 +130,18 @@ class DFADecoder(nn.Module):
         self.final_attn = Attention(dim=dim, heads=heads)
         self.final_norm = nn.LayerNorm(dim)
         self.mask_mlp = MLP(dims=(dim, dim, mask_dim))
+        self.memory_upsampler = MemoryUpsampler(memory_dim=dim, dim=mask_dim)
         self.dim = dim
         # Test-only hook: a per-class constant in the token → pixel logits (must change nothing).
         self.token_pixel_bias: nn.Parameter | None = None
 
     def forward(self, memory: torch.Tensor, mask_features: torch.Tensor, class_bias: torch.Tensor):
-        """Arguments: memory B×d×h×w (stride 16), mask_features B×C×H4×W4 (stride 4), class_bias (K,).
+        """Arguments: memory B×d×h×w (stride 16), mask_features B×C×H4×W4 (stride 4, from the FPN),
+        class_bias (K,).
 
         Returns: (mask logits B×K×H4×W4, last layer's pixel → token attention averaged over heads,
-        B×K×h×w, a distribution over classes at every memory position).
+        B×K×h×w, a distribution over classes at every memory position, the updated memory B×d×h×w).
+        The mask logits are e_c · (mask_features + upsampled updated memory).
         """
         b, _, h, w = memory.shape
         memory_pe = sine_position_encoding(h, w, self.dim, device=memory.device, dtype=memory.dtype)
@@ -149,6 +158,8 @@ class DFADecoder(nn.Module):
         tokens = self.final_norm(tokens + self.final_attn(tokens + token_pe, memory + memory_pe, memory,
                                                           logit_bias=offset)[0])
         embeddings = self.mask_mlp(tokens)  # B×K×C
+        updated = memory.transpose(1, 2).reshape(b, -1, h, w)  # B×d×h×w, after the last two-way layer
+        mask_features = mask_features + self.memory_upsampler(updated, mask_features.shape[-2:])
         masks = torch.einsum("bkc,bchw->bkhw", embeddings, mask_features)
         focus = attn.mean(dim=1).transpose(1, 2).reshape(b, -1, h, w)  # B×K×h×w
-        return masks, focus
+        return masks, focus, updated

@@ -28,8 +28,9 @@ class DFASegModel(nn.Module):
     Arguments:
       config (ModelConfig): the configuration the parts were built from (kept for checkpoints).
       encoder (nn.Module): image encoder, features at strides 4, 8, 16, 32 (``out_channels``).
-      pixel_decoder (FPNPixelDecoder): features → stride-4 mask features, stride-16 memory.
-      decoder (DFADecoder): the two-way class-token decoder and mask head.
+      pixel_decoder (FPNPixelDecoder): features → stride-4 FPN features, stride-16 memory.
+      decoder (DFADecoder): the two-way class-token decoder and mask head; the mask features are
+        the FPN stride-4 features plus the decoder-updated memory upsampled ×4 (SAM style).
       bias (ClassBias): b_c of the pixel → token attention.
     """
 
@@ -61,7 +62,7 @@ class DFASegModel(nn.Module):
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
         features = self.encoder(x)
         mask_features, memory = self.pixel_decoder(features)
-        masks, focus = self.decoder(memory, mask_features, self.bias())
+        masks, focus, _ = self.decoder(memory, mask_features, self.bias())  # F fused with the updated memory
         logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
         return {"logits": logits, "attention": focus if return_attention else None}
 

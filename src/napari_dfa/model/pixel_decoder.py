@@ -3,7 +3,8 @@
 Top-down fusion (Feature Pyramid Network): every level is projected to ``dim`` channels, the coarser
 level is upsampled and added, and a 3×3 convolution smooths the sum. The stride-16 level (with the
 stride-32 context folded in) becomes the memory the class tokens attend to; the stride-4 level
-becomes the mask features every class embedding is dotted with.
+is fused (added) with the upsampled, decoder-updated memory (:class:`MemoryUpsampler`, SAM style)
+into the mask features every class embedding is dotted with.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import ConvNormAct
+from .encoder import ConvNormAct, group_norm
 
 
 class FPNPixelDecoder(nn.Module):
@@ -42,6 +43,31 @@ class FPNPixelDecoder(nn.Module):
             x = self.smooth[i](lat)
             fused[i] = x
         return self.mask_proj(fused[0]), self.memory_proj(fused[2])
+
+
+class MemoryUpsampler(nn.Module):
+    """The decoder-updated stride-16 memory → a stride-4 term added to the FPN mask features.
+
+    SAM's mask decoder upsamples the transformer-updated image embedding into the features the
+    class embeddings are dotted with; without this path the pixel → class attention (where the DFA
+    bias b_c acts) would reach the masks only indirectly, through the class tokens. 1×1 convolution
+    d → ``dim``, GroupNorm, GELU, bilinear upsampling to the mask-feature grid (×4): cheap.
+
+    Arguments:
+      memory_dim (int): channels of the memory (decoder width d).
+      dim (int): channels of the mask features.
+    """
+
+    def __init__(self, *, memory_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(memory_dim, dim, kernel_size=1, bias=False)
+        self.norm = group_norm(dim)
+        self.act = nn.GELU()
+
+    def forward(self, memory: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Arguments: memory B×d×h×w; size (H4, W4). Returns B×dim×H4×W4."""
+        x = self.act(self.norm(self.proj(memory)))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def sine_position_encoding(height: int, width: int, dim: int, *, device=None, dtype=None,
