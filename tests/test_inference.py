@@ -74,8 +74,9 @@ def _reference_blend(model, img, tile, overlap):
 def test_tiled_segment_is_the_blend_of_its_tiles(tiny, he_image):
     """The cell bookkeeping, windows and normalisation reproduce a full-canvas blend exactly."""
     img = he_image[:448, :576]  # not a multiple of the stride: the last tiles are pulled back
+    # threads=True: reader and blender threads (the GPU default; inline on small CPUs elsewhere here).
     res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, outputs=("labels", "probabilities"),
-                  device="cpu")
+                  device="cpu", threads=True)
     ref = _reference_blend(tiny, img, 256, 64)
     probs = np.exp(ref - ref.max(0)) / np.exp(ref - ref.max(0)).sum(0)
     assert res.completed and res.tiles_done == res.tiles_total == 6
@@ -173,7 +174,7 @@ def test_float_memory_is_bounded_by_the_tiles_in_flight(tiny):
 def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_path):
     img = he_image[:512, :384]
     whole = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "a.zarr",
-                    chunk=64)
+                    chunk=64, threads=True)
     assert whole.completed and whole.path == tmp_path / "a.zarr"
 
     calls = {"n": 0}

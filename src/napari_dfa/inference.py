@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -89,7 +90,8 @@ def model_fingerprint(model) -> str:
 def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, device="auto", out=None,
             progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
-            read_workers: int = 2, channels_last: bool | None = None) -> SegmentResult:
+            read_workers: int = 2, channels_last: bool | None = None,
+            threads: bool | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
     Arguments:
@@ -112,6 +114,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
       chunk: chunk edge of the zarr store.
       read_workers: threads reading tiles ahead of the model.
       channels_last: convert the model to channels-last memory format (None: leave it as it is).
+      threads: read and blend in threads beside the model (None: yes on GPUs and on CPUs with more
+        than 4 cores; on a small CPU, threads beside torch's own stall its parallel regions).
 
     Returns:
       a :class:`SegmentResult`.
@@ -169,7 +173,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
                     skip[i, j] = not tm.any_in(y, x, h, w)
         first_row = grid.first_row_touching(start_row) if start_row else 0
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
-                      batch_size=batch_size or (8 if dev.type != "cpu" else 2), read_workers=read_workers,
+                      batch_size=batch_size or (8 if dev.type != "cpu" else 2),
+                      read_workers=read_workers if _use_threads(threads, dev) else 0,
                       want_focus="focus" in outputs, progress=progress, cancel=cancel)
         try:
             completed = run.run(first_row)
@@ -235,6 +240,27 @@ def _result(src, region, model, *, store, sink, done, total, skipped, completed,
     return res
 
 
+def _use_threads(threads: bool | None, device) -> bool:
+    if threads is not None:
+        return bool(threads)
+    return device.type != "cpu" or (os.cpu_count() or 1) > 4
+
+
+class _Inline:
+    """An executor that runs each job at once in the calling thread."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
 class _Runner:
     """The tile loop: prefetching reads, batched forward passes, blending, progress and cancel."""
 
@@ -243,7 +269,7 @@ class _Runner:
                  progress, cancel):
         self.src, self.region, self.grid, self.model = src, region, grid, model
         self.device, self.blender, self.skip = device, blender, skip
-        self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(1, read_workers), want_focus
+        self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(0, read_workers), want_focus
         self.progress, self.cancel = progress, cancel
         self.done = 0
         self.peak_bytes = 0
@@ -272,43 +298,70 @@ class _Runner:
                 batches.append((i, todo[b : b + self.batch_size]))
         last_batch_of_row = {i: pos for pos, (i, _) in enumerate(batches)}
         t0, computed = time.perf_counter(), 0
-        pool = ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="napari-dfa-read")
+        # Reading and blending run in threads beside the model (blending in batch order, at most two
+        # batches behind, so the device gets its next batch while the last one is blended; numpy
+        # frees the GIL) — or inline, when read_workers is 0.
+        threaded = self.read_workers > 0
+        pool = (ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="napari-dfa-read")
+                if threaded else _Inline())
+        blend_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-dfa-blend") if threaded else _Inline()
         queue: deque = deque()
+        blending: deque = deque()
         flat = [(i, j) for i, js in batches for j in js]
-        ahead = max(2 * self.batch_size, self.read_workers * 2)
+        ahead = max(2 * self.batch_size, self.read_workers * 2) if threaded else 0
         pos = 0
+
+        def report(row: int) -> None:
+            if self.progress is not None:
+                rate = computed / max(time.perf_counter() - t0, 1e-9)
+                left = len(flat) - computed
+                self.progress(self.done, grid.total, eta=left / rate if rate > 0 else None,
+                              skipped=int(self.skip.sum()), row=row)
+
         try:
             for row_pos, (i, js) in enumerate(batches):
                 if self.cancel is not None and self.cancel():
+                    while blending:
+                        blending.popleft().result()
+                    report(i)
                     logger.info("segment cancelled after %d of %d tiles", self.done, grid.total)
                     return False
                 while pos < len(flat) and len(queue) < ahead + len(js):
                     queue.append(pool.submit(self._read, *flat[pos]))
                     pos += 1
                 tiles = [queue.popleft().result() for _ in js]
-                if tiles:
-                    self._forward(i, js, tiles, torch)
-                    computed += len(js)
-                    self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
-                # Glass tiles of this row count once the row's last batch is done.
-                if last_batch_of_row[i] == row_pos:
-                    for j in range(grid.cols):
-                        if self.skip[i, j]:
-                            self.blender.add_tile(i, j, None, None)
-                            self.done += 1
-                self.blender.sink.advance(self.blender.complete_rows())
-                if self.progress is not None:
-                    rate = computed / max(time.perf_counter() - t0, 1e-9)
-                    left = len(flat) - computed
-                    self.progress(self.done, grid.total, eta=left / rate if rate > 0 else None,
-                                  skipped=int(self.skip.sum()), row=i)
+                out = self._forward(i, js, tiles, torch) if tiles else None
+                computed += len(js)
+                while len(blending) >= 2:
+                    blending.popleft().result()
+                blending.append(blend_pool.submit(self._blend, i, js, out, last_batch_of_row[i] == row_pos))
+                report(i)
+            while blending:
+                blending.popleft().result()
+            report(grid.rows - 1)
             return True
         finally:
             for f in queue:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            blend_pool.shutdown(wait=True)
 
-    def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch) -> None:
+    def _blend(self, i: int, js: list[int], out, row_end: bool) -> None:
+        """Add a batch's tiles (and, after the row's last batch, its glass tiles); write what is final."""
+        if out is not None:
+            weighted, windows, focus = out
+            for b, j in enumerate(js):
+                self.blender.add_tile(i, j, weighted[b], windows[b], None if focus is None else focus[b])
+                self.done += 1
+            self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
+        if row_end:
+            for j in range(self.grid.cols):
+                if self.skip[i, j]:
+                    self.blender.add_tile(i, j, None, None)
+                    self.done += 1
+        self.blender.sink.advance(self.blender.complete_rows())
+
+    def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch):
         batch = np.stack(tiles)
         windows = np.stack([self.grid.window(i, j) for j in js])
         t0 = time.perf_counter()
@@ -329,6 +382,4 @@ class _Runner:
                                                           align_corners=False)
                 focus = (att * w).cpu().numpy()
         self.model_seconds += time.perf_counter() - t0  # .cpu() above waited for the device
-        for b, j in enumerate(js):
-            self.blender.add_tile(i, j, weighted[b], windows[b], None if focus is None else focus[b])
-            self.done += 1
+        return weighted, windows, focus
