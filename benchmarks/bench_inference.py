@@ -7,8 +7,9 @@
        channels-last; the faster one is the reference;
    (b) the whole ``segment`` pipeline (read from the file, tissue mask, blend, argmax, write an
        OME-Zarr store with its pyramid), same tiles.
-   Efficiency = time(a) / time(b), by wall time and by process CPU time; megapixels/s of slide
-   area for (b). Rounds interleave (a) and (b); best of ``--repeats`` each.
+   (b) is run with reads and blending in threads beside the model and inline between forward
+   passes (``segment(threads=...)``). Efficiency = time(a) / time(b), best of ``--repeats``
+   interleaved rounds, plus the per-round ratios; megapixels/s of slide area.
 2. Peak memory of ``segment`` (each run a fresh process, peak RSS from ``getrusage``) on flat
    synthetic slides of growing size: tissue in a full-width band and a full-height band (so the
    accumulators see the slide's whole width and height) and glass elsewhere (skipped as glass,
@@ -86,52 +87,48 @@ def efficiency(args, tmp: Path) -> list[str]:
         for y in grid.ys.starts:
             row = [slide.read_region(0, (int(y), int(x), args.tile, args.tile)) for x in grid.xs.starts]
             batches += [np.stack(row[b : b + args.batch]) for b in range(0, len(row), args.batch)]
-        # Interleaved rounds (model alone, then pipeline, in both weight formats); best of each,
+        # Interleaved rounds: the model alone in both weight formats, then the pipeline (NCHW weights,
+        # as built) with reading/blending in threads beside the model and inline; best of each,
         # so that load from other processes on a shared machine hurts all of them alike.
-        times = {k: [] for k in ("NCHW", "channels-last", "pipeline NCHW", "pipeline channels-last")}
+        times: dict[str, list] = {}
         for r in range(args.repeats):
-            for name, cl in (("NCHW", False), ("channels-last", True)):
-                times[name].append(time_model(model, batches, cl))
-                out = tmp / f"bench_{r}_{cl}.labels.zarr"
+            for name, cl in (("channels-last", True), ("NCHW", False)):
+                times.setdefault(name, []).append(time_model(model, batches, cl))
+            for mode, threads in (("threads", True), ("inline", False)):
+                out = tmp / f"bench_{r}_{mode}.labels.zarr"
                 # No tissue mask: (b) runs exactly the tiles (a) runs.
                 t0, c0 = time.perf_counter(), time.process_time()
                 res = segment(slide, model, tile=args.tile, overlap=args.overlap, device="cpu", out=out,
-                              batch_size=args.batch, channels_last=cl, tissue_mask=False)
-                times[f"pipeline {name}"].append((time.perf_counter() - t0, time.process_time() - c0))
-                times.setdefault(f"share {name}", []).append(res.model_seconds / res.seconds)
+                              batch_size=args.batch, tissue_mask=False, threads=threads)
+                times.setdefault(mode, []).append((time.perf_counter() - t0, time.process_time() - c0))
                 assert res.completed and res.tiles_done == grid.total and res.tiles_skipped == 0
-        best_format = min(("NCHW", "channels-last"), key=lambda n: min(t[0] for t in times[n]))
-    def best(key, i):
+
+    def best(key, i=0):
         return min(t[i] for t in times[key])
 
-    a, b = best(best_format, 0), best(f"pipeline {best_format}", 0)
-    a_cpu, b_cpu = best(best_format, 1), best(f"pipeline {best_format}", 1)
+    faster = min(("NCHW", "channels-last"), key=best)
     mpx = size * size / 1e6
     rows = [
         f"Slide: synthetic {size}×{size} SVS-style JPEG pyramid; model `{args.preset}` (5 classes); tile {args.tile}, "
-        f"overlap {args.overlap}, batch {args.batch}, {grid.total} tiles; best of {args.repeats}.",
+        f"overlap {args.overlap}, batch {args.batch}, {grid.total} tiles; best of {args.repeats} interleaved rounds.",
         "",
-        "| measurement | wall s | CPU s | tiles/s (wall) | slide Mpx/s (wall) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| measurement | wall s | CPU s | tiles/s (wall) | slide Mpx/s (wall) | efficiency vs (a) NCHW |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    a = best("NCHW")
     for name in ("NCHW", "channels-last"):
-        t, c = best(name, 0), best(name, 1)
-        rows.append(f"| (a) model alone, {name}{' (faster)' if name == best_format else ''} | {t:.2f} | {c:.2f} | "
-                    f"{grid.total / t:.2f} | {mpx / t:.3f} |")
-    for name in ("NCHW", "channels-last"):
-        t, c = best(f"pipeline {name}", 0), best(f"pipeline {name}", 1)
-        rows.append(f"| (b) `segment` pipeline, {name} (read, blend, argmax, write store + pyramid) | {t:.2f} | "
-                    f"{c:.2f} | {grid.total / t:.2f} | {mpx / t:.3f} |")
-    # Each round ran (a) right before (b): the ratio within a round cancels slow load drifts.
-    pairs = sorted(m[0] / p[0] for m, p in zip(times[best_format], times[f"pipeline {best_format}"]))
-    shares = sorted(times[f"share {best_format}"])
-    rows += ["", f"**Model share of the pipeline's own wall time (forward passes + transfer, timed inside "
-             f"`segment`, so the same load applies to both): {shares[len(shares) // 2]:.2f} median, "
-             f"{shares[-1]:.2f} best.** This is (a) measured inside (b)."]
-    rows += ["", f"**Pipeline efficiency (a ÷ b, faster format {best_format}): {a / b:.2f} best-of by wall time, "
-             f"{a_cpu / b_cpu:.2f} by CPU time, median of per-round ratios {pairs[len(pairs) // 2]:.2f} "
-             f"(rounds: {', '.join(f'{r:.2f}' for r in pairs)}).** CPU time counts the reader and writer threads "
-             "too; per-round ratios cancel load from other processes that drifts between rounds."]
+        t, c = best(name), best(name, 1)
+        rows.append(f"| (a) model alone, {name} weights{' (faster)' if name == faster else ''} | {t:.2f} | {c:.2f} | "
+                    f"{grid.total / t:.2f} | {mpx / t:.3f} | |")
+    for mode, what in (("threads", "reads and blending in threads beside the model"),
+                       ("inline", "reads and blending inline, between forward passes")):
+        t, c = best(mode), best(mode, 1)
+        pairs = sorted(m[0] / p[0] for m, p in zip(times["NCHW"], times[mode]))
+        rows.append(f"| (b) `segment`, {what} (tissue mask off; blend, argmax, store + pyramid) | {t:.2f} | {c:.2f} | "
+                    f"{grid.total / t:.2f} | {mpx / t:.3f} | **{a / t:.2f}** (per round: "
+                    f"{', '.join(f'{r:.2f}' for r in pairs)}) |")
+    rows += ["", "Efficiency = (a) ÷ (b) by wall time, best of each; per-round ratios compare runs made one "
+             "right after the other. CPU time counts every thread of the process."]
     return rows
 
 
