@@ -70,13 +70,12 @@ class Source:
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Pixels of the box (working-level coordinates), as a contiguous h×w×3 uint8 array."""
         try:
-            if self.slide is not None and hasattr(self.slide, "read_region"):
-                out = self.slide.read_region(self.level, (y, x, h, w))
-            else:
-                out = self.array[y : y + h, x : x + w]
-                if hasattr(out, "compute"):
-                    # Our reader threads already run in parallel: no nested dask thread pool.
-                    out = out.compute(scheduler="synchronous")
+            # Boxes always lie inside the level, so the level's dask array is sliced directly (the
+            # slide's read_region would pad outside it); a slide's read failure is its SlideError.
+            out = self.array[y : y + h, x : x + w]
+            if hasattr(out, "compute"):
+                # Our reader threads already run in parallel: no nested dask thread pool.
+                out = out.compute(scheduler="synchronous")
             out = np.ascontiguousarray(out, dtype=np.uint8)
         except DFAError:
             raise
