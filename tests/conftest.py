@@ -16,3 +16,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "napari-dfa-cache"
     monkeypatch.setenv("NAPARI_DFA_CACHE", str(cache))
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored after: on the 2 shared CI cores a second thread
+    only spins against the other process (and keeps small CPU tests deterministic in speed)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,8 +24,7 @@ FREQS = [0.3, 0.35, 0.2, 0.1, 0.05]
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
+def _seeded(one_torch_thread):
     torch.manual_seed(0)
 
 

@@ -13,12 +13,7 @@ from napari_dfa.training import FinetuneResult, finetune
 from napari_dfa.training.finetune import split_holdout
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ FREQS = [0.6, 0.25, 0.1, 0.04, 0.01]
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
+def _seeded(one_torch_thread):
     torch.manual_seed(0)
 
 

@@ -15,8 +15,7 @@ SMALL_VIT = dict(vit_img_size=64, vit_patch=16, vit_dim=64, vit_depth=2, vit_hea
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
+def _seeded(one_torch_thread):
     torch.manual_seed(0)
 
 

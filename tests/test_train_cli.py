@@ -23,12 +23,7 @@ SMALL = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "data.s
          "--set", "batch_size=4", "--set", "warmup_steps=0", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_train_synthetic_recipe_writes_checkpoints_logs_and_plots(tmp_path, capsys):

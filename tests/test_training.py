@@ -22,13 +22,7 @@ from napari_dfa.training.datasets import synthetic_root, write_sampath
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: a second torch thread only spins against the other test processes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_recipe(root, **changes) -> TrainConfig:
