@@ -51,9 +51,12 @@ class CellBlender:
       num_classes: K, the model's output channels.
       outputs: requested outputs (subset of labels, probabilities, uncertainty, focus).
       sink: receives finished cells through ``put(y0, x0, labels, extras)``.
+      glass: ``glass(y0, x0, h, w) -> h×w bool array | None``, pixels of a cell to label 0
+        (glass beside tissue, :meth:`napari_dfa._tissue.TissueMask.glass_box`); None: no masking.
     """
 
-    def __init__(self, *, grid: TileGrid, num_classes: int, outputs: set[str], sink):
+    def __init__(self, *, grid: TileGrid, num_classes: int, outputs: set[str], sink, glass=None):
+        self.glass = glass
         self.grid = grid
         self.k = num_classes
         self.outputs = outputs
@@ -111,6 +114,10 @@ class CellBlender:
             acc, wsum, focus = cur
             # Argmax of the weighted sum = argmax of the weighted mean (weights are positive).
             labels = _labels_of(acc)
+            if self.glass is not None:
+                glass = self.glass(y0, x0, y1 - y0, x1 - x0)
+                if glass is not None:
+                    labels[glass] = 0
             if {"probabilities", "uncertainty"} & self.outputs:
                 probs = _softmax(acc / wsum)
                 if "probabilities" in self.outputs:

@@ -6,6 +6,11 @@ brightness falls below :data:`MAX_BRIGHTNESS` (dark, unstained-looking tissue, d
 computed on a low-resolution view (a coarse pyramid level, or a strided subsample), then a tile is
 skipped when no tissue pixel lies in its footprint (one mask pixel of margin). Tiles that are
 skipped get label 0 ("no prediction").
+
+Tiles at the edge of the tissue hold glass too, and a model trained inside tissue ROIs calls it
+some class ("other", typically), which would inflate that class's area. So the glass of the mask —
+background patches of at least :data:`GLASS_MIN_AREA`, unlike lumens and fat — is also set to
+label 0 pixel by pixel, at the mask's resolution (see :meth:`TissueMask.glass_box`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import math
 
 import numpy as np
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +27,9 @@ MIN_CHROMA = 18
 MAX_BRIGHTNESS = 200
 # The low-resolution view is at most about this many pixels on its longer side.
 MASK_SIZE = 2048
+# Background patches at least this large (working-level pixels, 256²) are glass; smaller ones are
+# holes in the tissue (lumens, fat) and keep the class the model gives them.
+GLASS_MIN_AREA = 256 * 256
 
 
 def tissue_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -42,8 +51,33 @@ class TissueMask:
     def __init__(self, *, mask: np.ndarray, scale: tuple[float, float]):
         self.mask = np.asarray(mask, dtype=bool)
         self.scale = scale
+        self.offset = (0.0, 0.0)  # region pixels of the mask origin before the region origin
         # Summed-area table: any-tissue-in-a-box in O(1).
-        self._sat = np.pad(self.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        self._sat = _summed_area(self.mask)
+        self._glass = None
+
+    @property
+    def glass(self) -> np.ndarray:
+        """Boolean glass mask (same grid as ``mask``): large background patches, not holes."""
+        if self._glass is None:
+            sy, sx = self.scale
+            self._glass = glass_from_tissue(self.mask, min_area=GLASS_MIN_AREA / (sy * sx))
+            self._glass_sat = _summed_area(self._glass)
+        return self._glass
+
+    def glass_box(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+        """Glass pixels of a box (region pixels) as an h×w boolean array, or None if it has none."""
+        glass = self.glass
+        sy, sx = self.scale
+        oy, ox = self.offset
+        my, mx = glass.shape
+        rows = np.clip(((np.arange(y, y + h) + oy) // sy).astype(np.int64), 0, my - 1)
+        cols = np.clip(((np.arange(x, x + w) + ox) // sx).astype(np.int64), 0, mx - 1)
+        s = self._glass_sat
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        if s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0] == 0:  # O(1): most cells hold no glass
+            return None
+        return glass[rows[:, None], cols[None, :]]
 
     @property
     def fraction(self) -> float:
@@ -61,6 +95,24 @@ class TissueMask:
             return False
         s = self._sat
         return bool(s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] > 0)
+
+
+def glass_from_tissue(tissue: np.ndarray, *, min_area: float, close: int = 2) -> np.ndarray:
+    """Glass of a coarse tissue mask: after closing small gaps in the tissue, every background
+    patch of at least ``min_area`` mask pixels; smaller ones (lumens, fat cells, tears, also where
+    the region's edge cuts them) stay tissue. One mask pixel of margin is kept around the tissue."""
+    pad = close + 1
+    t = ndimage.binary_closing(np.pad(tissue, pad), iterations=close)[pad:-pad, pad:-pad]
+    parts, n = ndimage.label(~t)
+    if n == 0:
+        return np.zeros_like(t)
+    big = np.bincount(parts.ravel(), minlength=n + 1) >= max(1.0, min_area)
+    big[0] = False
+    return ndimage.binary_erosion(big[parts], border_value=1)
+
+
+def _summed_area(mask: np.ndarray) -> np.ndarray:
+    return np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
 
 def tissue_mask_for(source, region: tuple[int, int, int, int]) -> TissueMask:

@@ -4,7 +4,8 @@
 a slide or an image:
 
 1. a tile grid with overlap (:mod:`._tiling`); tiles over glass are skipped using a tissue mask
-   from a coarse level (:mod:`._tissue`) and get label 0;
+   from a coarse level (:mod:`._tissue`) and get label 0, and so does the glass in tiles at
+   the edge of the tissue (at the mask's resolution);
 2. tiles are read by a thread pool a few tiles ahead of the model, batched within a tile row,
    run under ``torch.inference_mode`` (autocast to float16 on CUDA);
 3. **logits** are blended with a raised-cosine window (:mod:`._blend`). Logits rather than
@@ -131,7 +132,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
       cancel: ``cancel() -> bool``; when it turns true the run stops after the current batch,
         keeps what was written and returns with ``completed=False``.
       resume: continue the store at ``out`` from the rows already written (same settings).
-      tissue_mask: skip tiles over glass (label 0 there).
+      tissue_mask: skip tiles over glass and give glass beside tissue label 0 (at the tissue
+        mask's resolution); False: every pixel gets a class.
       outputs: any of "labels", "probabilities", "uncertainty", "focus".
       batch_size: tiles per forward pass (default 8 on GPUs, 2 on CPU).
       chunk: chunk edge of the zarr store.
@@ -185,15 +187,17 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
             sink = ZarrSink(store=store, start=start_row, extras=extras)
         else:
             sink = MemorySink(shape=(region[2], region[3]), extras=extras)
-        blender = CellBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink)
-
         skip = np.zeros((grid.rows, grid.cols), dtype=bool)
+        glass = None
         if tissue_mask:
             tm = tissue_mask_for(src, region)
             for i in range(grid.rows):
                 for j in range(grid.cols):
                     y, x, h, w = grid.tile_box(i, j)
                     skip[i, j] = not tm.any_in(y, x, h, w)
+            if tm.glass.any():
+                glass = tm.glass_box
+        blender = CellBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
                       batch_size=batch_size or (8 if dev.type != "cpu" else 2),
