@@ -27,14 +27,20 @@ def rng_for(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
 
 
-def random_crop(rgb: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator):
-    """A ``size×size`` window at a random position; smaller images are padded (white, ignore)."""
+def _pad_to(rgb: np.ndarray, mask: np.ndarray, size: int):
+    """Pad an image smaller than ``size`` on a side to it: white pixels, ignore label."""
     h, w = mask.shape
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
         rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), constant_values=255)
         mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=0)
-        h, w = mask.shape
+    return rgb, mask
+
+
+def random_crop(rgb: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator):
+    """A ``size×size`` window at a random position; smaller images are padded (white, ignore)."""
+    rgb, mask = _pad_to(rgb, mask, size)
+    h, w = mask.shape
     y = int(rng.integers(0, h - size + 1))
     x = int(rng.integers(0, w - size + 1))
     return rgb[y : y + size, x : x + size], mask[y : y + size, x : x + size]
@@ -42,12 +48,8 @@ def random_crop(rgb: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Gen
 
 def center_crop(rgb: np.ndarray, mask: np.ndarray, size: int):
     """The central ``size×size`` window (padded like :func:`random_crop` when smaller)."""
+    rgb, mask = _pad_to(rgb, mask, size)
     h, w = mask.shape
-    if h < size or w < size:
-        ph, pw = max(0, size - h), max(0, size - w)
-        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), constant_values=255)
-        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=0)
-        h, w = mask.shape
     y, x = (h - size) // 2, (w - size) // 2
     return rgb[y : y + size, x : x + size], mask[y : y + size, x : x + size]
 
