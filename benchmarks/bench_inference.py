@@ -83,7 +83,7 @@ def efficiency(args, tmp: Path) -> list[str]:
 
 def efficiency_one(args, tmp: Path, size: int) -> list[str]:
     from napari_dfa import synth
-    from napari_dfa._tiling import TileGrid
+    from napari_dfa.inference.tiling import TileGrid
     from napari_dfa.inference import segment
     from napari_dfa.slide import open_slide
 

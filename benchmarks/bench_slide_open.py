@@ -41,8 +41,8 @@ def measure(path: str) -> dict:
     import zarr  # noqa: F401
 
     from napari_dfa import open_slide
-    import napari_dfa._slide_tiff  # noqa: F401
-    import napari_dfa._slide_zarr  # noqa: F401
+    import napari_dfa.slide._tiff  # noqa: F401
+    import napari_dfa.slide._zarr  # noqa: F401
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()

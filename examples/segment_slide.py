@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from napari_dfa import export, load_model, open_slide, segment, synth
-from napari_dfa._zarr_out import default_store_name
+from napari_dfa import labels as export, load_model, open_slide, segment, synth
+from napari_dfa.paths import labels_store_name
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         slide_path, _truth = synth.write_slide(out / "synthetic.svs", size=(2048, 2048), seed=0)
     model = load_model(args.model)
     level = args.level if args.level == "auto" else int(args.level)
-    store = out / default_store_name(slide_path)
+    store = out / labels_store_name(slide_path)
 
     with open_slide(slide_path) as slide, tqdm(unit="tile", desc=Path(slide_path).name) as bar:
         def progress(done, total, **info):

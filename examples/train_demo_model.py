@@ -4,7 +4,7 @@
     python examples/train_demo_model.py --epochs 5      # quicker, worse
 
 Writes the run folder (checkpoints, logs, plots) to runs/demo, then the shipped model
-src/napari_dfa/models/demo.safetensors (fp16 weights, a few MB) and its model card demo.json
+src/napari_dfa/weights/demo.safetensors (fp16 weights, a few MB) and its model card demo.json
 (classes, f_c, learned b_c against the prior, validation and test Dice per class, the recipe).
 """
 
@@ -27,7 +27,7 @@ from napari_dfa.training.evaluation import evaluate, format_report
 from napari_dfa.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
-DEST = REPO / "src" / "napari_dfa" / "models" / "demo.safetensors"
+DEST = REPO / "src" / "napari_dfa" / "weights" / "demo.safetensors"
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from napari_dfa import synth
 from napari_dfa.errors import CheckpointError, ConfigError, DataError, SlideError
-from napari_dfa._tissue import tissue_from_rgb
+from napari_dfa.inference.tissue import tissue_from_rgb
 from napari_dfa.inference import segment
 from napari_dfa.model import ModelConfig, Segmenter, load_model
 from napari_dfa.slide import open_slide
@@ -150,7 +150,7 @@ def _seam_rates(labels, starts, tile):
 
 
 def test_no_seams_on_a_synthetic_slide(tiny, he_image):
-    from napari_dfa._tiling import tile_starts
+    from napari_dfa.inference.tiling import tile_starts
 
     blended = segment(he_image, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
     hard = segment(he_image, tiny, tile=256, overlap=0, tissue_mask=False, device="cpu").labels

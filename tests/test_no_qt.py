@@ -16,7 +16,7 @@ CORE = [
     "napari_dfa.model",
     "napari_dfa.training",
     "napari_dfa.inference",
-    "napari_dfa.export",
+    "napari_dfa.labels",
     "napari_dfa.corrections",
     "napari_dfa.cli",
 ]

@@ -17,7 +17,7 @@ import zarr
 from PIL import Image
 
 from napari_dfa import SlideError, open_slide
-from napari_dfa._slide_arrays import GuardedArray
+from napari_dfa.slide._arrays import GuardedArray
 
 MPP = 0.499
 

@@ -229,7 +229,7 @@ def test_slide_reads_through_open_slide_and_openslide(slide):
 
 def test_slide_windows_are_seamless():
     """A window of the slide does not depend on where rendering was cut (no seams between tiles)."""
-    from napari_dfa._synth_writers import _SlidePlan
+    from napari_dfa.synth.writers import _SlidePlan
 
     plan = _SlidePlan(SynthConfig(), (1024, 1024), seed=5)
     big = plan.rgb(300, 300, 384, 384)

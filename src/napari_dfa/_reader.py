@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlideError
+from .paths import slide_stem
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ def napari_get_reader(path):
     if p.is_dir():
         if not (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)):
             return None
-        from .export import labels_layer_data
 
         labels = labels_layer_data(p)  # an NGFF label image (`napari-dfa predict` output): labels
         if labels is not None:
@@ -98,13 +98,7 @@ def layer_data(slide) -> tuple:
     stored = int(slide.metadata.get("stored_levels", len(slide.levels)))
     levels = [guard.wrap(level, stored=i < stored) for i, level in enumerate(slide.levels)]
     data = levels if len(levels) > 1 else levels[0]
-    name = slide.path.name
-    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = slide.path.stem
+    name = slide_stem(slide.path)
     kwargs = {
         "rgb": True,
         "multiscale": len(slide.levels) > 1,
@@ -177,3 +171,47 @@ def _notify_error(message: str) -> None:
     except ImportError:  # used outside napari: the log line is all we can do
         return
     show_error(message)
+
+
+def labels_layer_data(path):
+    """``(levels, kwargs, "labels")`` for napari when ``path`` is an NGFF label image (e.g. a
+    ``napari-dfa predict`` store), else None. Placed like our slide reader places the image
+    (micrometres when the slide's mpp is known), with the class colours and names."""
+    path = Path(path)
+    if not path.is_dir() or not ((path / "zarr.json").exists() or (path / ".zattrs").exists()):
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = group.attrs.asdict()
+    except Exception:  # noqa: BLE001 - not ours to judge: the slide reader reports it
+        return None
+    ome = attrs.get("ome", attrs)
+    if "image-label" not in ome or "multiscales" not in ome:
+        return None
+    import dask.array as da
+
+    datasets = ome["multiscales"][0]["datasets"]
+    levels = [da.from_zarr(group[d["path"]]) for d in datasets]
+    from .labels import read_labels
+
+    _, info = read_labels(path, level=0)
+    mpp = info["mpp"] or 1.0
+    unit = {"units": ("um", "um")} if info["mpp"] else {}
+    colors = {0: [0.0, 0.0, 0.0, 0.0], None: [0.0, 0.0, 0.0, 0.0]}
+    colors.update({i: [c / 255 for c in rgb] + [1.0] for i, rgb in enumerate(info["class_colors"], start=1)})
+    kwargs = {
+        "name": path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name,
+        "multiscale": len(levels) > 1,
+        "scale": (info["downsample"] * mpp,) * 2,
+        "translate": tuple(float(t) * mpp for t in info["offset"]),
+        "colormap": colors,
+        "features": {"index": list(range(len(info["class_names"]) + 1)),
+                     "class": ["unlabelled", *info["class_names"]]},
+        "opacity": 0.5,
+        "metadata": {"napari_dfa": {"store": str(path), "class_names": info["class_names"],
+                                    "class_colors": [list(c) for c in info["class_colors"]]}},
+        **unit,
+    }
+    return (levels if len(levels) > 1 else levels[0], kwargs, "labels")

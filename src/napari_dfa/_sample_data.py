@@ -25,19 +25,16 @@ SAMPLE_SEED = 0
 SAMPLE_VERSION = 1
 
 
-def cache_dir() -> Path:
-    """``$NAPARI_DFA_CACHE`` or ``~/.cache/napari-dfa``."""
-    return Path(os.environ.get("NAPARI_DFA_CACHE") or Path.home() / ".cache" / "napari-dfa")
-
-
 def sample_slide_path(*, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> Path:
     """Path of the cached synthetic sample slide (Aperio-style TIFF, 0.5 µm/px), made on first use.
 
     Its truth labels are :func:`sample_truth_path` (``<stem>_truth.tif`` beside it).
     """
-    from ._synth_writers import truth_path_for
+    from .synth.writers import truth_path_for
     from .errors import DataError
     from .synth import SynthConfig, write_slide
+
+    from .paths import cache_dir
 
     folder = cache_dir()
     path = folder / f"synthetic_slide_v{SAMPLE_VERSION}_{size}_s{seed}.tif"
@@ -62,7 +59,7 @@ def sample_slide_path(*, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> Pa
 
 def sample_truth_path(*, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> Path:
     """Path of the truth labels of the sample slide (generated with it on first use)."""
-    from ._synth_writers import truth_path_for
+    from .synth.writers import truth_path_for
 
     return truth_path_for(sample_slide_path(size=size, seed=seed))
 

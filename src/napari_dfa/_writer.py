@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from . import export
+from . import labels
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +62,18 @@ def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     names, colors = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(export.write_ome_zarr_labels(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_ome_zarr_labels(path, arr, names, colors, downsample=ds, offset=off))]
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     names, colors = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(export.write_labels_tiff(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_labels_tiff(path, arr, names, colors, downsample=ds, offset=off))]
 
 
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     names, colors = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(export.write_geojson(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_geojson(path, arr, names, colors, downsample=ds, offset=off))]

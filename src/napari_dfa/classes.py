@@ -7,7 +7,13 @@ label k + 1.
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
+
+
+def default_colors(k: int) -> list[tuple[int, int, int]]:
+    """K evenly spaced hues, for classes that came without colours."""
+    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(k, 1), 0.7, 0.95)) for i in range(k)]
 
 
 @dataclass(frozen=True)

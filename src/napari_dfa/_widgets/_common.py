@@ -24,7 +24,7 @@ from psygnal import Signal
 from qtpy.QtCore import QObject
 from qtpy.QtCore import Signal as QtSignal
 
-from ..corrections import cache_dir
+from ..paths import cache_dir
 from ._layers import (  # noqa: F401  (the widgets reach these through this module)
     LayerPyramid,
     image_layers,

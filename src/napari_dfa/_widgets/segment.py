@@ -7,7 +7,6 @@ image layer, from any reader, multiscale or not).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..corrections import cache_dir
+from ..paths import region_labels_store_path
 from ..errors import Cancelled, ConfigError, DataError
 from . import _common as c
 
@@ -340,12 +339,9 @@ def _whole_slide_store(pyramid, level: int, seg) -> Path:
     """A zarr labels store per (slide, level, model weights): slides and models never collide."""
     from ..inference import model_fingerprint
 
-    key = f"{pyramid.path}|{level}|{model_fingerprint(seg)}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    stem = Path(pyramid.path.split(":", 1)[-1]).name.split(".")[0] or "slide"
-    folder = cache_dir() / "labels"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{stem}-L{level}-{digest}.zarr"
+    path = region_labels_store_path(pyramid.path, level, model_fingerprint(seg))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def open_label_pyramid(res) -> list:

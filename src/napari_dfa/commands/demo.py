@@ -116,7 +116,8 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) 
     from tqdm import tqdm
 
     from .._sample_data import sample_slide_path
-    from ..export import write_area_csv, write_labels_tiff
+    from ..paths import slide_stem
+    from ..labels import write_area_csv, write_labels_tiff
     from ..inference import segment
     from ..model import load_model
     from ..slide import open_slide
@@ -134,15 +135,15 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) 
                 bar.n = done
                 bar.refresh()
 
-            res = segment(sl, seg, level=lv, device=device, out=out / f"{_stem(path)}.labels.zarr",
+            res = segment(sl, seg, level=lv, device=device, out=out / f"{slide_stem(path)}.labels.zarr",
                           progress=progress)
         labels = np.asarray(res.labels[...])
         place = dict(downsample=res.downsample, mpp=sl.mpp)
         outputs = {"labels": Path(res.path)}
-        outputs["labels_tiff"] = write_labels_tiff(out / f"{_stem(path)}_labels.tif", labels, seg.class_names,
+        outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.class_names,
                                                    seg.class_colors, offset=res.translate, **place)
-        outputs["overlay"] = write_overlay(out / f"{_stem(path)}_overlay.png", sl, lv, labels, seg)
-        outputs["areas"] = write_area_csv(out / f"{_stem(path)}_areas.csv", labels, seg.class_names, **place)
+        outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg)
+        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.class_names, **place)
     logger.info("demo outputs in %s", out)
     return outputs
 
@@ -180,7 +181,3 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     canvas.paste(legend, (0, img.height))
     canvas.save(path)
     return path
-
-
-def _stem(path: Path) -> str:
-    return path.name.split(".")[0]

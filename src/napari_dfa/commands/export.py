@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_labels
+    from ..labels import export_labels
 
     for dst in args.to:
         path = export_labels(args.labels, dst, level=args.level, split=args.split)

@@ -90,8 +90,8 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
 
     ``model`` is a Segmenter or a checkpoint path/"demo" (loaded here: what a dask task gets).
     Returns ``{"slide", "ok", "path", "error", "seconds", "completed", "tiles"}``."""
-    from .. import export
-    from .._zarr_out import default_store_name
+    from .. import labels as label_files
+    from ..paths import labels_store_name
     from ..errors import ConfigError, DFAError
     from ..inference import segment
 
@@ -111,7 +111,7 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
             model = load_model(model)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        store = out_dir / default_store_name(slide_path)
+        store = out_dir / labels_store_name(slide_path)
         if store.exists() and not (options.get("resume") or options.get("overwrite")):
             raise ConfigError(f"{store} exists; pass --resume to continue it or --overwrite to start over")
         from ..slide import open_slide
@@ -135,10 +135,10 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
             if res.completed and (options.get("geojson") or options.get("areas")):
                 stem = store.name[: -len(".labels.zarr")]
                 if options.get("geojson"):
-                    export.write_geojson(out_dir / f"{stem}.geojson", res.labels, res.class_names,
+                    label_files.write_geojson(out_dir / f"{stem}.geojson", res.labels, res.class_names,
                                          res.class_colors, downsample=res.downsample, offset=res.translate)
                 if options.get("areas"):
-                    export.write_area_csv(out_dir / f"{stem}.areas.csv", res.labels, res.class_names,
+                    label_files.write_area_csv(out_dir / f"{stem}.areas.csv", res.labels, res.class_names,
                                           downsample=res.downsample, mpp=slide.mpp)
         report["ok"] = res.completed
     except DFAError as exc:

@@ -30,7 +30,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from .config import ModelConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT = "napari-dfa"
 # 2: the mask features include the decoder-updated memory (decoder.memory_upsampler.*); a version-1
@@ -120,7 +120,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("saved checkpoint %s (%d tensors)", path, len(tensors))
+    logger.info("saved checkpoint %s (%d tensors)", path, len(tensors))
     return path
 
 
@@ -271,3 +271,31 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], p
         raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}); "
                               "the run that wrote it diverged; use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
+
+
+def load_safetensors_into(module: "torch.nn.Module", path: str | Path, *, prefix: str = "") -> None:
+    """Load a safetensors state dict (keys optionally under ``prefix``) strictly into ``module``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: encoder weights file not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise CheckpointError(f"{path}: not a readable .safetensors weights file ({exc})") from None
+    if prefix:
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        result = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(
+            f"{path}: encoder weights do not fit the configured encoder ({str(exc).splitlines()[-1].strip()})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: encoder weights do not match the configured encoder "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); "
+            "check the vit_* / encoder_* sizes in the model config"
+        )
+    logger.info("loaded encoder weights from %s (%d tensors)", path, len(tensors))

@@ -15,7 +15,7 @@ from .decoder import DFADecoder
 from .encoder import build_encoder
 from .pixel_decoder import FPNPixelDecoder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # ImageNet statistics (SAM uses the same, scaled to 0–255).
 PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -96,6 +96,6 @@ def build_model(config: ModelConfig, *, frequencies: Sequence[float] | None = No
     if config.freeze_encoder:
         model.set_encoder_frozen(True)
     n = sum(p.numel() for p in model.parameters())
-    log.debug("built %s model (%s encoder, bias %s): %d parameters", config.preset, config.encoder,
+    logger.debug("built %s model (%s encoder, bias %s): %d parameters", config.preset, config.encoder,
               config.bias_mode, n)
     return model

@@ -9,30 +9,15 @@ few crops, where batch statistics are noise. ``build_encoder`` picks the encoder
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from .checkpoint import load_safetensors_into
 from .config import ModelConfig
+from .layers import ConvNormAct
 
-log = logging.getLogger(__name__)
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 8 groups that divide the channel count."""
-    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
-
-
-class ConvNormAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, *, kernel: int = 3, stride: int = 1, act: bool = True):
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
-            group_norm(cout),
-            nn.GELU() if act else nn.Identity(),
-        )
+logger = logging.getLogger(__name__)
 
 
 class ResidualBlock(nn.Module):
@@ -88,7 +73,7 @@ def build_encoder(config: ModelConfig, *, load_weights: bool = True) -> nn.Modul
     if config.encoder == "conv":
         encoder = ConvEncoder(widths=config.encoder_widths, depths=config.encoder_depths)
         if weights:
-            _load_safetensors_into(encoder, weights)
+            load_safetensors_into(encoder, weights)
     elif config.encoder == "sam-vit-b":
         from .sam_vit import SamVitEncoder
 
@@ -98,31 +83,3 @@ def build_encoder(config: ModelConfig, *, load_weights: bool = True) -> nn.Modul
 
         encoder = TimmEncoder(name=config.encoder.split(":", 1)[1], weights=weights)
     return encoder
-
-
-def _load_safetensors_into(module: nn.Module, path: str | Path, *, prefix: str = "") -> None:
-    """Load a safetensors state dict (keys optionally under ``prefix``) strictly into ``module``."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: encoder weights file not found")
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise CheckpointError(f"{path}: not a readable .safetensors weights file ({exc})") from None
-    if prefix:
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        result = module.load_state_dict(tensors, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        raise CheckpointError(
-            f"{path}: encoder weights do not fit the configured encoder ({str(exc).splitlines()[-1].strip()})"
-        ) from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: encoder weights do not match the configured encoder "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); "
-            "check the vit_* / encoder_* sizes in the model config"
-        )
-    log.info("loaded encoder weights from %s (%d tensors)", path, len(tensors))

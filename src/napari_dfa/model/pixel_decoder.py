@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import ConvNormAct, group_norm
+from .layers import ConvNormAct, group_norm
 
 
 class FPNPixelDecoder(nn.Module):

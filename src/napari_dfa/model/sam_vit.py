@@ -24,9 +24,10 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .config import ModelConfig
-from .encoder import _load_safetensors_into, group_norm
+from .checkpoint import load_safetensors_into
+from .layers import group_norm
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SAM_PREFIX = "image_encoder."
 
@@ -228,9 +229,9 @@ class SamVitEncoder(nn.Module):
                     "(github.com/facebookresearch/segment-anything, 'Model Checkpoints') and convert it once: "
                     f"python -m napari_dfa.model.import_sam sam_vit_b_01ec64.pth {weights}"
                 )
-            _load_safetensors_into(vit, weights, prefix=SAM_PREFIX)
+            load_safetensors_into(vit, weights, prefix=SAM_PREFIX)
         elif not config.encoder_weights:
-            log.warning("sam-vit-b encoder built without weights: convert SAM's checkpoint with "
+            logger.warning("sam-vit-b encoder built without weights: convert SAM's checkpoint with "
                         "import_sam_weights() and set encoder_weights")
         return cls(image_encoder=vit, neck_dim=config.vit_neck_dim)
 
@@ -279,6 +280,6 @@ def import_sam_weights(pth_path: str | os.PathLike, out_safetensors: str | os.Pa
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("wrote %d SAM image-encoder tensors from %s to %s", len(tensors), pth_path, out)
+    logger.info("wrote %d SAM image-encoder tensors from %s to %s", len(tensors), pth_path, out)
     return out
 

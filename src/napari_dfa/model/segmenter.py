@@ -19,22 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..classes import default_colors
 from ..errors import CheckpointError, DataError
 from .checkpoint import load_state_checked, read_checkpoint, write_checkpoint
 from .config import ModelConfig
 from .dfa_model import DFASegModel, build_model
 from .device import resolve_device
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo.safetensors"
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "demo.safetensors"
 _RESERVED = ("provenance", "bias_history", "source")
-
-
-def _default_colors(k: int) -> list[tuple[int, int, int]]:
-    import colorsys
-
-    return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(k, 1), 0.7, 0.95)) for i in range(k)]
 
 
 class Segmenter:
@@ -59,7 +54,7 @@ class Segmenter:
         self.model = model
         self.class_names = list(class_names) if class_names is not None else [f"class {i + 1}" for i in range(k)]
         self.class_colors = ([tuple(int(v) for v in c) for c in class_colors] if class_colors is not None
-                             else _default_colors(k))
+                             else default_colors(k))
         if len(self.class_names) != k or len(self.class_colors) != k:
             raise DataError(f"a {k}-class model needs {k} class names and colours, got "
                             f"{len(self.class_names)} and {len(self.class_colors)}")
@@ -243,5 +238,5 @@ def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = 
                 "source": str(path)}
     seg = Segmenter(model, class_names=contents.class_names, class_colors=contents.class_colors,
                     mpp=contents.mpp, metadata=metadata, device=device)
-    log.info("loaded %s from %s", seg, path)
+    logger.info("loaded %s from %s", seg, path)
     return seg

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 WANTED_STRIDES = (4, 8, 16, 32)
 
@@ -79,7 +79,7 @@ class TimmEncoder(nn.Module):
         if result.missing_keys:
             raise CheckpointError(f"{path}: weights miss {len(result.missing_keys)} encoder tensors, "
                                   f"e.g. {result.missing_keys[:3]}")
-        log.info("loaded timm encoder weights from %s", path)
+        logger.info("loaded timm encoder weights from %s", path)
 
     def freezable(self) -> nn.Module:
         return self.backbone

@@ -27,7 +27,7 @@ import torch
 
 from .config import TrainConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 METHODS = ("none", "cffa", "difficulty", "dfa", "weighted_ce")
 LABELS = {
@@ -104,7 +104,7 @@ def run_bench(*, methods=METHODS, seeds=(0, 1, 2), config: TrainConfig | None = 
                                 if seg.config.learned_bias else None),
             }
             done += 1
-            log.info("bench %s seed %d: test mDice %.4f", method, seed, report["_mean"]["dice"])
+            logger.info("bench %s seed %d: test mDice %.4f", method, seed, report["_mean"]["dice"])
             if progress is not None:
                 progress(done, total, method=method, seed=seed)
     try:

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..classes import CLASS_SETS, ClassSet
+from ..classes import CLASS_SETS, ClassSet, default_colors
 from ..errors import ConfigError, DataError
 from .augment import augment, center_crop, rng_for
 from .config import AugmentConfig, DataConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SPLITS = {"train": lambda f: f >= 1, "val": lambda f: f == 0, "test": lambda f: f == -1}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -38,7 +38,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 def class_set_for(data: DataConfig) -> ClassSet:
     """The class list of a recipe: explicit ``class_names`` or a named set of napari_dfa.classes."""
     if data.class_names:
-        colors = data.class_colors or _default_colors(len(data.class_names))
+        colors = data.class_colors or default_colors(len(data.class_names))
         if len(colors) != len(data.class_names):
             raise ConfigError("[data] class_colors needs one colour per entry of class_names")
         return ClassSet(name="custom", names=tuple(data.class_names), colors=tuple(map(tuple, colors)))
@@ -49,13 +49,6 @@ def class_set_for(data: DataConfig) -> ClassSet:
             f"[data] classes = {data.classes!r}; known sets: {', '.join(CLASS_SETS)} "
             "(or give class_names = [...])"
         ) from None
-
-
-def _default_colors(n):
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return tuple(tuple(int(255 * v) for v in cmap(i % 10)[:3]) for i in range(n))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -227,14 +220,10 @@ def class_frequencies(dataset: SamPathDataset) -> np.ndarray:
     return counts / counts.sum()
 
 
-def cache_dir() -> Path:
-    """``$NAPARI_DFA_CACHE`` or ``~/.cache/napari-dfa``."""
-    return Path(os.environ.get("NAPARI_DFA_CACHE") or Path.home() / ".cache" / "napari-dfa")
-
-
 def synthetic_root(data: DataConfig) -> Path:
     """Generate the synthetic dataset of ``data`` once (atomically) and return its folder."""
     from .. import synth
+    from ..paths import cache_dir
 
     settings = {
         "n": [data.synth_n_train, data.synth_n_val, data.synth_n_test],
@@ -250,7 +239,7 @@ def synthetic_root(data: DataConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         cfg = synth.SynthConfig.from_dict(dict(data.synth)) if data.synth else synth.SynthConfig()
-        log.info("generating the synthetic dataset into %s", root)
+        logger.info("generating the synthetic dataset into %s", root)
         synth.write_dataset(
             tmp, cfg, n_train=data.synth_n_train, n_val=data.synth_n_val, n_test=data.synth_n_test,
             tile=data.synth_tile, seed=data.synth_seed,

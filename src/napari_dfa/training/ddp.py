@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def setup(device: torch.device) -> DistContext:
         initialized = True
     else:
         initialized = False
-    log.info("DDP: rank %d/%d on %s (%s)", rank, world, device, backend)
+    logger.info("DDP: rank %d/%d on %s (%s)", rank, world, device, backend)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, initialized=initialized)
 
 

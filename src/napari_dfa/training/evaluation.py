@@ -9,7 +9,7 @@ import torch
 from .datasets import EvalTiles, pad_collate
 from .metrics import SegmentationMeter, scores_by_name
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def logits_of(model: torch.nn.Module, imgs: torch.Tensor, device: torch.device, *, amp: bool = False):

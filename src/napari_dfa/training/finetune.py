@@ -24,7 +24,7 @@ from .config import AugmentConfig
 from .losses import SegmentationLoss
 from .metrics import confusion_matrix, scores_from_confusion
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BLOCK = 32  # hold-out granularity in pixels
 
@@ -222,7 +222,7 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
                      "new_score": None if np.isnan(new_score) else new_score, "promoted": promoted},
     }
     new.metadata.pop("source", None)  # not loaded from a file: saving stamps a fresh provenance
-    log.info("fine-tuned on %d corrected pixels (%d held out): score %.4f -> %.4f, promoted=%s",
+    logger.info("fine-tuned on %d corrected pixels (%d held out): score %.4f -> %.4f, promoted=%s",
              corrected, held, old_score, new_score, promoted)
     return FinetuneResult(segmenter=new, promoted=promoted, old_score=old_score, new_score=new_score,
                           history=history, corrected_pixels=corrected, held_out_pixels=held)

@@ -40,7 +40,7 @@ from .losses import SegmentationLoss
 from .metrics import SegmentationMeter
 from .state import load_train_state, save_train_state
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,10 +99,10 @@ def build_model_for(config: TrainConfig, num_classes: int, frequencies, class_na
             raise ConfigError(f"{config.init}: the checkpoint has {seg.num_classes} classes, the data {num_classes}; "
                               "initialise from a model with the same class list")
         if class_names is not None and list(class_names) != list(seg.class_names):
-            log.warning("init = %s: its classes %s differ from the data's %s (same ids are assumed)",
+            logger.warning("init = %s: its classes %s differ from the data's %s (same ids are assumed)",
                         config.init, seg.class_names, list(class_names))
         if config.model:
-            log.warning("init = %s: the [model] table is ignored (the checkpoint's architecture is used)", config.init)
+            logger.warning("init = %s: the [model] table is ignored (the checkpoint's architecture is used)", config.init)
         seg.model.bias.set_frequencies(frequencies, warm_start=False)
         torch.manual_seed(config.seed)
         return seg.model.float()
@@ -246,7 +246,7 @@ class _Run:
         self.history = extra["history"]
         self.best_score, self.best_epoch, self.bad_epochs = extra["best_score"], extra["best_epoch"], extra["bad_epochs"]
         self.start_epoch = epoch
-        log.info("resuming %s after epoch %d", self.out_dir, epoch)
+        logger.info("resuming %s after epoch %d", self.out_dir, epoch)
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, step0: int, total_steps: int) -> float:
@@ -302,7 +302,7 @@ class _Run:
         if self.resume:
             self.try_resume()
         elif ctx.is_main and last_p.exists():
-            log.warning("%s already holds a run; it is overwritten (use --resume to continue it)", self.out_dir)
+            logger.warning("%s already holds a run; it is overwritten (use --resume to continue it)", self.out_dir)
         if ctx.is_main:
             (self.out_dir / "recipe.json").write_text(json.dumps(c.to_dict(), indent=1), encoding="utf-8")
         names = list(self.class_set.names)
@@ -350,11 +350,11 @@ class _Run:
 
                     plot_history(self.history, class_names=names, class_colors=self.class_set.colors,
                                  prior_bias=prior, out_dir=self.out_dir)
-                log.info("epoch %d/%d: train %.4f val %.4f mDice %s", epoch + 1, c.epochs, train_loss, val_loss,
+                logger.info("epoch %d/%d: train %.4f val %.4f mDice %s", epoch + 1, c.epochs, train_loss, val_loss,
                          row.get("val_mdice"))
             if c.early_stop_patience and self.bad_epochs >= c.early_stop_patience:
                 stopped_early = True
-                log.info("early stop after epoch %d (best %d)", epoch + 1, self.best_epoch)
+                logger.info("early stop after epoch %d (best %d)", epoch + 1, self.best_epoch)
                 break
         ddp.barrier(ctx)
         best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), {})

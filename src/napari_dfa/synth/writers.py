@@ -29,12 +29,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from . import __version__
-from ._synth_config import GLASS, SynthConfig
-from ._synth_layout import class_layout, tissue_region, upsample_labels
-from ._synth_render import margin_for, pixel_noise, render, sample_stain
-from .errors import Cancelled, ConfigError, DataError
-from .synth import (
+from .. import __version__
+from .config import GLASS, SynthConfig
+from .layout import class_layout, tissue_region, upsample_labels
+from .render import margin_for, pixel_noise, render, sample_stain
+from ..errors import Cancelled, ConfigError, DataError
+from .tiles import (
     DATASET_CSV,
     DATASET_JSON,
     balance_proportions,

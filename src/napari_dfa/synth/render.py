@@ -16,8 +16,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.special import gammaln, ndtri
 
-from ._synth_config import Appearance
-from ._synth_layout import ValueNoise
+from .config import Appearance
+from .layout import ValueNoise
 
 # Macenko et al. 2009 reference H&E optical-density vectors (R, G, B), as used in stain normalisation.
 H_REF = np.array([0.5626, 0.7201, 0.4062])

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
-from .errors import SlideError
+from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from ._slide_arrays import (
+from ._arrays import (
     GuardedArray,
     Opened,
     chunk_edge,
@@ -29,7 +29,7 @@ from ._slide_arrays import (
     rgb_pyramid,
     to_channels_last,
 )
-from .errors import SlideError
+from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .classes import SYNTHETIC
-from .errors import ConfigError
+from ..classes import SYNTHETIC
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +206,3 @@ class LabelsStore:
         return [self.group[d["path"]] for d in datasets]
 
 
-def default_store_name(slide_path: str | os.PathLike) -> str:
-    """``<stem>.labels.zarr`` for a slide file (``.ome.tif``/``.ome.zarr`` stems lose both suffixes)."""
-    name = Path(slide_path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] + ".labels.zarr"
-    return Path(name).stem + ".labels.zarr"

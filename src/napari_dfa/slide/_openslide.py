@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._slide_arrays import GuardedArray, Opened, chunk_edge, lazy_level, rgb_pyramid, to_channels_last
-from .errors import SlideError
+from ._arrays import GuardedArray, Opened, chunk_edge, lazy_level, rgb_pyramid, to_channels_last
+from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 

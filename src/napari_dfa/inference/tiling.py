@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def tile_starts(length: int, tile: int, stride: int) -> np.ndarray:

@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from ._tiling import TileGrid
-from .errors import DataError
+from .tiling import TileGrid
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError, DataError, DFAError, SlideError
+from ..errors import ConfigError, DataError, DFAError, SlideError
 
 logger = logging.getLogger(__name__)
 

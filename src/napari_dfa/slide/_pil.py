@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ._slide_arrays import GuardedArray, Opened, lazy_level, rgb_pyramid, to_channels_last
-from ._slide_tiff import MPP_PLAUSIBLE
-from .errors import SlideError
+from ._arrays import GuardedArray, Opened, lazy_level, rgb_pyramid, to_channels_last
+from ._tiff import MPP_PLAUSIBLE
+from ..errors import SlideError
 
 # Pillow mode -> (dtype, samples, mode to convert to first or None)
 _MODES = {

@@ -18,8 +18,6 @@ is rasterised onto the slide grid at a chosen level by :meth:`CorrectionStore.im
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -29,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .errors import DataError
+from ..errors import DataError
+from ..paths import corrections_store_path
+from .geojson import rasterise_polygons, read_geojson_polygons
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +37,6 @@ FORMAT = "napari-dfa-corrections/1"
 CHUNK = 256
 
 
-def cache_dir() -> Path:
-    """napari-dfa's cache folder: ``$NAPARI_DFA_CACHE`` or ``~/.cache/napari-dfa``."""
-    env = os.environ.get("NAPARI_DFA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "napari-dfa"
-
-
-def store_path_for(slide_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Path:
-    """Where the corrections of one slide live: stable for the same absolute slide path."""
-    slide_path = str(slide_path)
-    key = slide_path if slide_path.startswith("layer:") else str(Path(slide_path).expanduser().resolve())
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
-    stem = Path(key.split(":", 1)[-1]).name.split(".")[0] or "slide"
-    base = Path(root) if root is not None else cache_dir() / "corrections"
-    return base / f"{stem}-{digest}.zarr"
 
 
 @dataclass(frozen=True)
@@ -120,7 +106,7 @@ class CorrectionStore:
         create: bool = True,
     ) -> CorrectionStore:
         """Open (or create) the store of ``slide_path`` under ``root`` (default: the cache folder)."""
-        path = store_path_for(slide_path, root=root)
+        path = corrections_store_path(slide_path, root=root)
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(path, slide_path=slide_path, class_names=class_names, create=create)
 
@@ -265,125 +251,6 @@ class CorrectionStore:
             return self._patches[key]
         except KeyError:
             raise DataError(f"{self.path}: no correction patch {key!r}") from None
-
-
-def replay_from_prediction(labels: np.ndarray, corrected: np.ndarray, *, keep: float = 0.25,
-                           block: int = 32, seed: int = 0) -> np.ndarray:
-    """Pseudo-labels that keep a fine-tuned model predicting what it predicted where nobody corrected.
-
-    Training only on the corrected pixels lets a model forget everything else: corrections of one
-    class teach it to call everything that class, and a hold-out drawn from the same corrections
-    cannot notice. The current prediction outside the corrections, thinned to a random ``keep``
-    share of ``block``-pixel blocks (down-weighted against the corrections), is replayed with them.
-
-    Arguments:
-      labels: the current prediction over the reviewed region (uint8, 0 = none).
-      corrected: the corrections over the same region (0 = not corrected).
-      keep: share of blocks kept.
-      block: block edge in pixels.
-      seed: seeds the block choice.
-
-    Returns: uint8 pseudo-labels, 0 where not replayed (and wherever a correction is).
-    """
-    labels, corrected = np.asarray(labels), np.asarray(corrected)
-    if labels.shape != corrected.shape:
-        raise DataError(f"prediction {labels.shape} and corrections {corrected.shape} differ in shape")
-    h, w = labels.shape
-    rng = np.random.default_rng(seed)
-    pick = rng.random((-(-h // block), -(-w // block))) < keep
-    mask = np.kron(pick, np.ones((block, block), bool))[:h, :w]
-    return np.where(mask & (corrected == 0), labels, 0).astype(np.uint8)
-
-
-def read_geojson_polygons(path: str | os.PathLike, class_names: list[str]) -> list[tuple[int, list]]:
-    """``[(label, rings)]`` from a GeoJSON file; rings[0] is the exterior, the rest are holes.
-
-    Accepts a FeatureCollection, a list of features (QuPath's older export) or a single feature.
-    The class comes from ``properties.classification.name`` (QuPath), or a plain
-    ``properties.classification`` / ``properties.class`` string; features without one are skipped.
-    """
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable GeoJSON file ({exc})") from None
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        features = doc.get("features") or []
-    elif isinstance(doc, list):
-        features = doc
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        features = [doc]
-    else:
-        raise DataError(f"{path}: expected a GeoJSON FeatureCollection of annotations")
-    lowered = [n.lower() for n in class_names]
-    out, skipped = [], 0
-    for i, feat in enumerate(features):
-        props = (feat or {}).get("properties") or {}
-        name = _class_name(props)
-        if name is None:
-            skipped += 1
-            continue
-        if name.lower() not in lowered:
-            raise DataError(f"{path}: feature {i} has class {name!r}, which the model does not know "
-                            f"(classes: {', '.join(class_names)}); rename it in QuPath")
-        label = lowered.index(name.lower()) + 1
-        geom = (feat or {}).get("geometry") or {}
-        gtype, coords = geom.get("type"), geom.get("coordinates")
-        try:
-            if gtype == "Polygon":
-                out.append((label, [np.asarray(r, dtype=float)[:, :2] for r in coords]))
-            elif gtype == "MultiPolygon":
-                out.extend((label, [np.asarray(r, dtype=float)[:, :2] for r in poly]) for poly in coords)
-            else:
-                skipped += 1
-        except (TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"{path}: feature {i} has malformed coordinates ({exc})") from None
-    if skipped:
-        logger.warning("%s: skipped %d features without a class or without a polygon", path, skipped)
-    if not out:
-        raise DataError(f"{path}: no class-annotated polygons found (set a classification in QuPath)")
-    return out
-
-
-def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 1.0,
-                       level_shape: tuple[int, int] | None = None, source: object = "polygons"
-                       ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Draw labelled polygons (level-0 (x, y) vertices) on the grid of a level.
-
-    Returns ``(mask, (y0, x0))``: uint8 labels over the polygons' bounding box and its top-left in
-    level pixels. A pixel belongs to a polygon when its centre does (QuPath's convention).
-    """
-    from PIL import Image, ImageDraw
-
-    pts = np.concatenate([r for _, rings in polygons for r in rings]) / downsample
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int)
-    x0, y0 = max(x0, 0), max(y0, 0)
-    if level_shape is not None:
-        y1, x1 = min(y1, int(level_shape[0])), min(x1, int(level_shape[1]))
-    if x1 <= x0 or y1 <= y0:
-        raise DataError(f"{source}: the polygons lie outside the slide")
-    img = Image.new("L", (int(x1 - x0), int(y1 - y0)), 0)
-    draw = ImageDraw.Draw(img)
-    for label, rings in polygons:
-        for j, ring in enumerate(rings):
-            # PIL fills integer points; pixel i's centre is i + 0.5 in QuPath coordinates.
-            xy = [(float(x) / downsample - x0 - 0.5, float(y) / downsample - y0 - 0.5) for x, y in ring]
-            if len(xy) >= 3:
-                draw.polygon(xy, fill=int(label) if j == 0 else 0)
-    return np.asarray(img, dtype=np.uint8), (int(y0), int(x0))
-
-
-def _class_name(props: dict) -> str | None:
-    cls = props.get("classification")
-    if isinstance(cls, dict) and cls.get("name"):
-        return str(cls["name"])
-    for key in ("classification", "class"):
-        if isinstance(props.get(key), str) and props[key]:
-            return props[key]
-    return None
 
 
 def _natural(key: str):

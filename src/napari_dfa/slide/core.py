@@ -29,8 +29,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ._slide_arrays import Opened, SlideLayoutError
-from .errors import SlideError
+from ._arrays import Opened, SlideLayoutError
+from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 
@@ -172,19 +172,19 @@ def open_slide(path, *, backend: str = "auto") -> Slide:
     kind = "openslide" if backend == "openslide" else _sniff(path, allow_openslide=backend == "auto")
     opened: Opened
     if kind == "openslide":
-        from ._slide_openslide import open_openslide
+        from ._openslide import open_openslide
 
         opened = open_openslide(path)
     elif kind == "tiff":
-        from ._slide_tiff import open_tiff
+        from ._tiff import open_tiff
 
         opened = open_tiff(path)
     elif kind == "zarr":
-        from ._slide_zarr import open_zarr
+        from ._zarr import open_zarr
 
         opened = open_zarr(path)
     else:
-        from ._slide_pil import open_pil
+        from ._pil import open_pil
 
         opened = open_pil(path)
     slide = Slide(path=path, levels=opened.levels, downsamples=opened.downsamples, mpp=opened.mpp,

@@ -13,8 +13,8 @@ import shapely
 import tifffile
 from shapely.geometry import shape
 
-from napari_dfa import export
-from napari_dfa._polygons import mask_to_geometry
+from napari_dfa import labels as export
+from napari_dfa.labels.polygons import mask_to_geometry
 from napari_dfa.cli import main
 from napari_dfa.errors import DataError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zarr
 
-from ._slide_arrays import (
+from ._arrays import (
     GuardedArray,
     Opened,
     SlideLayoutError,
@@ -22,7 +22,7 @@ from ._slide_arrays import (
     rgb_pyramid,
     to_channels_last,
 )
-from .errors import SlideError
+from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._blend import CellBlender, MemorySink, ZarrSink
-from ._source import Source, _is_slide
-from ._tiling import TileGrid
-from ._tissue import tissue_mask_for
-from ._zarr_out import LabelsStore
-from .errors import ConfigError, DataError
+from .blend import CellBlender, MemorySink, ZarrSink
+from .reader import Source, _is_slide
+from .tiling import TileGrid
+from .tissue import tissue_mask_for
+from ..labels.store import LabelsStore
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +147,13 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
     """
     import torch
 
-    from .model import load_model
-    from .model.device import resolve_device
+    from ..model import load_model
+    from ..model.device import resolve_device
 
     t_start = time.perf_counter()
     opened = None
     if isinstance(slide_or_array, (str, Path)):
-        from .slide import open_slide
+        from ..slide import open_slide
 
         slide_or_array = opened = open_slide(slide_or_array)
     if isinstance(model, (str, Path)):
