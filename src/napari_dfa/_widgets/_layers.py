@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from ..errors import DataError
+from ..slide import nearest_level
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ class LayerPyramid:
         """The level whose µm/px is nearest the model's; with unknown mpp, the finest level at which
         the level-0 ``region0`` (y0, x0, h, w) stays below :data:`MAX_REGION_PIXELS`."""
         if self.mpp and model_mpp:
-            errs = [abs(np.log(self.level_mpp(i) / model_mpp)) for i in range(len(self.raw))]
-            return int(np.argmin(errs))
+            return nearest_level([self.level_mpp(i) for i in range(len(self.raw))], model_mpp)
         if region0 is None:
             return 0
         for i, ds in enumerate(self.downsamples):

@@ -7,6 +7,6 @@ they share (``_arrays``); :mod:`.core` picks the backend and holds :class:`Slide
 from __future__ import annotations
 
 from ._arrays import SlideLayoutError
-from .core import BACKENDS, SUFFIXES, Slide, open_slide
+from .core import BACKENDS, SUFFIXES, Slide, nearest_level, open_slide
 
-__all__ = ["BACKENDS", "SUFFIXES", "Slide", "SlideLayoutError", "open_slide"]
+__all__ = ["BACKENDS", "SUFFIXES", "Slide", "SlideLayoutError", "nearest_level", "open_slide"]

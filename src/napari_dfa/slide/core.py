@@ -34,7 +34,7 @@ from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Slide", "SlideLayoutError", "open_slide", "BACKENDS", "SUFFIXES"]
+__all__ = ["Slide", "SlideLayoutError", "open_slide", "nearest_level", "BACKENDS", "SUFFIXES"]
 
 BACKENDS = ("auto", "tifffile", "openslide")
 _TIFF = {".svs", ".tif", ".tiff", ".btf", ".tf8", ".tf2", ".ndpi"}
@@ -99,8 +99,7 @@ class Slide:
             return 0
         if mpp is None or mpp <= 0:
             raise ValueError(f"mpp must be a positive number of µm per pixel, not {mpp!r}")
-        errors = [abs(math.log(self.mpp * ds / mpp)) for ds in self.downsamples]
-        return min(range(len(errors)), key=lambda i: (round(errors[i], 9), i))
+        return nearest_level([self.mpp * ds for ds in self.downsamples], mpp)
 
     def read_region(self, level: int, region: tuple[int, int, int, int]) -> np.ndarray:
         """Pixels of ``region = (y0, x0, h, w)`` in ``level`` pixels as ``h×w×3 uint8``.
@@ -147,6 +146,15 @@ class Slide:
     def _check_level(self, level: int) -> None:
         if not 0 <= int(level) < len(self.levels):
             raise SlideError(f"{self.path}: level {level} does not exist (the slide has {len(self.levels)}).")
+
+
+def nearest_level(level_mpps: list[float], mpp: float) -> int:
+    """Index of the level whose µm/px is closest to ``mpp`` by ratio; ties go to the finer level.
+
+    The one level chooser: slides, napari layers from any reader and the CLI all pick levels here.
+    """
+    errors = [abs(math.log(m / mpp)) for m in level_mpps]
+    return min(range(len(errors)), key=lambda i: (round(errors[i], 9), i))
 
 
 def open_slide(path, *, backend: str = "auto") -> Slide:
