@@ -2,10 +2,12 @@
 
     python examples/train_demo_model.py                 # a few minutes on a CPU
     python examples/train_demo_model.py --epochs 5      # quicker, worse
+    python examples/train_demo_model.py --dest src/napari_dfa/weights/demo.safetensors   # replace the shipped one
 
-Writes the run folder (checkpoints, logs, plots) to runs/demo, then the shipped model
-src/napari_dfa/weights/demo.safetensors (fp16 weights, a few MB) and its model card demo.json
-(classes, f_c, learned b_c against the prior, validation and test Dice per class, the recipe).
+Writes the run folder (checkpoints, logs, plots) to --out (default runs/demo) and the demo model
+(fp16 weights, a few MB) with its model card demo.json (classes, f_c, learned b_c against the prior,
+validation and test Dice per class, the recipe) into that folder as well. The shipped model
+src/napari_dfa/weights/demo.safetensors is only replaced when --dest names it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "training" / "synthetic.toml"))
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--dest", default=str(DEST))
+    ap.add_argument("--out", default=str(REPO / "runs" / "demo"), help="run folder (default runs/demo)")
+    ap.add_argument("--dest", default=None,
+                    help=f"where the demo model goes (default OUT/demo.safetensors; the shipped one is {DEST})")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     ap.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the size)")
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     print("test:")
     print(format_report(test))
 
-    dest = Path(args.dest)
+    dest = Path(args.dest) if args.dest else Path(args.out) / "demo.safetensors"
     dtype = None if args.fp32 else torch.float16
     seg.save(dest, provenance={
         "parent": None,

@@ -51,7 +51,7 @@ def test_headless_demo_writes_labels_and_overlay(tmp_path, tiny_model_path):
 
 def test_demo_without_display_points_to_headless(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    proc = subprocess.run([*_cli(), "demo"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([*_cli(), "demo"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 1
     assert "no display" in proc.stderr and "napari-dfa demo --headless" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -59,7 +59,7 @@ def test_demo_without_display_points_to_headless(tmp_path):
 
 def test_missing_model_is_one_clear_error(tmp_path):
     proc = subprocess.run([*_cli(), "demo", "--headless", "--out", str(tmp_path), "--model",
-                           str(tmp_path / "nope.safetensors")], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "nope.safetensors")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "nope.safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -86,6 +86,6 @@ def test_demo_viewer_has_sample_model_and_widgets(make_napari_viewer, qtbot, tin
     # Segment the view the demo opens on.
     seg_w = widgets["Segment"]
     seg_w.segment()
-    wait_worker(qtbot, seg_w, timeout=300_000)
+    wait_worker(qtbot, seg_w, timeout=600_000)
     assert seg_w.status.text().startswith("Done"), seg_w.status.text()
     assert f"{image.name} DFA labels" in viewer.layers

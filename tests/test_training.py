@@ -213,7 +213,7 @@ def test_ddp_two_gloo_processes(small_set, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "napari_dfa.cli", "train", "--config", str(recipe), "--out", str(tmp_path / "run"),
            "--device", "cpu", "--no-plots"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg = load_model(tmp_path / "run" / "last.safetensors")
     assert seg.metadata["provenance"]["world_size"] == 2

@@ -80,12 +80,12 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     store = CorrectionStore.for_slide(image.metadata["path"], root=ft_w.store_root)
     n_painted = int((layer.data == target).sum())
     assert store.counts() == {target: n_painted}
-    qtbot.waitUntil(lambda: f"{n_painted} px" in ft_w.saved_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: f"{n_painted} px" in ft_w.saved_label.text(), timeout=600_000)
 
     old_model = ft_w.session.segmenter
     ft_w.steps.setValue(40)
     ft_w.finetune()
-    wait_worker(qtbot, ft_w, timeout=180_000)
+    wait_worker(qtbot, ft_w, timeout=600_000)
     assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
     assert ft_w.last_finetune.promoted
     assert ft_w.session.segmenter is not old_model
@@ -127,7 +127,7 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     ft_w.steps.setValue(3)
     ft_w.guard.setChecked(False)  # keep it whatever the held-out score says
     ft_w.finetune()
-    wait_worker(qtbot, ft_w, timeout=120_000)
+    wait_worker(qtbot, ft_w, timeout=600_000)
     assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
     out = ft_w.save_model(tmp_path / "tuned.safetensors")
     assert out is not None and out.exists()
@@ -209,7 +209,7 @@ def test_sigkill_after_painting_loses_nothing(make_napari_viewer, qtbot, small_s
         np.save({str(tmp_path / "expected.npy")!r}, np.asarray(layer.data))
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "NAPARI_DFA_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     expected = np.load(tmp_path / "expected.npy")
@@ -259,7 +259,7 @@ def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, q
     ft_w.steps.setValue(30)
     ft_w.guard.setChecked(False)
     ft_w.finetune()
-    wait_worker(qtbot, ft_w, timeout=180_000)
+    wait_worker(qtbot, ft_w, timeout=600_000)
     assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
     after = np.asarray(level0[y0:y0 + h, x0:x0 + w])  # read back from the zarr store on disk
     box = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))

@@ -56,7 +56,7 @@ def view_region(viewer, layer, y0, x0, h, w):
     viewer.camera.zoom = min(ch / (h * sy), cw / (w * sx))
 
 
-def wait_worker(qtbot, widget, timeout=120_000):
+def wait_worker(qtbot, widget, timeout=600_000):
     """Wait until the widget's thread worker has finished and its callbacks ran."""
     qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
     qtbot.wait(20)
