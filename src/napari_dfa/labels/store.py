@@ -5,14 +5,25 @@ Layout of a store (``<name>.labels.zarr``)::
     zarr.json           attributes: ome.multiscales + ome.image-label (colours, class names),
                         napari_dfa (class list, level, region, progress for resume)
     0/                  labels at the working level, uint8, chunks chunk×chunk
-    1/, 2/, ...         display pyramid (nearest, 2× per level), written once level 0 is done
+    1/, 2/, ...         display pyramid (nearest subsampling), written once level 0 is done: as many
+                        levels as the slide, spaced as the slide's are, when the slide is known;
+                        else 2× per level down to 256 px
     probabilities/      optional K×H×W float16, uncertainty/ H×W float16, focus/ K×H×W float16
 
 Coordinates: with the slide's microns per pixel known, ``scale`` and ``translation`` are in
 micrometres (axes unit ``micrometer``), as our slide reader places the image in napari; otherwise
 in level-0 pixels (no unit). Either way ``napari_dfa`` keeps ``downsample`` and ``translate`` in
 level-0 pixels and ``mpp`` (µm per level-0 pixel). The root is an NGFF label image (``image-label`` beside
-``multiscales``), which ``ome_zarr.reader`` recognises as a labels node.
+``multiscales``), which ``ome_zarr.reader`` recognises as a labels node; it passes the
+``ome-zarr-models`` validator and the NGFF strict label and image schemas (``colors`` and
+``properties`` name the same label values, 1..K; ``multiscales[0]`` has ``name``, ``type`` and
+``metadata``).
+
+Inside an OME-Zarr slide (``<slide>/labels/<name>``, :func:`image_labels_path`; ``napari-dfa predict
+--into-image``) the store is one of the slide's labels: listed in ``<slide>/labels`` (``"labels":
+[...]``), ``image-label.source`` ``../../``, the slide's zarr format and NGFF version (0.4 on zarr v2
+too), and coordinates in the slide's own frame (its dataset-0 scale, translation and unit), so that
+ome_zarr and napari-ome-zarr overlay the labels on the image they open.
 """
 
 from __future__ import annotations
@@ -35,37 +46,65 @@ PYRAMID_MIN_SIZE = 256  # stop the display pyramid once the longer side fits thi
 
 def ngff_attrs(*, level_shapes: list[tuple[int, int]], downsample: float, translate: tuple[float, float],
                class_names: list[str], class_colors: list[tuple[int, int, int]], name: str,
-               mpp: float | None = None) -> dict:
-    """The ``ome`` attribute block: multiscales over the stored levels and the image-label part."""
-    unit = float(mpp) if mpp else 1.0
+               mpp: float | None = None, factors: list[int] | None = None, frame: dict | None = None,
+               version: str = NGFF_VERSION, source: str | None = None) -> dict:
+    """The OME metadata block: multiscales over the stored levels and the image-label part.
+
+    ``factors``: level-0 label pixels per pixel of each level (default 1, 2, 4, ...). ``frame``: the
+    coordinate system to write in, ``{"scale": (sy, sx), "translation": (ty, tx), "unit": str|None}``
+    per level-0 *slide* pixel (default: ``mpp`` µm, or pixels when ``mpp`` is unknown); inside an
+    image it is the image's own, so its readers overlay both without knowing our units.
+    ``version`` "0.4" puts the version inside ``multiscales[0]`` and ``image-label`` (zarr v2)."""
+    if frame is None:
+        unit = float(mpp) if mpp else 1.0
+        frame = {"scale": (unit, unit), "translation": (0.0, 0.0), "unit": "micrometer" if mpp else None}
+    (sy, sx), (ty, tx) = frame["scale"], frame["translation"]
+    factors = factors or [2**k for k in range(len(level_shapes))]
     datasets = []
-    for k, _ in enumerate(level_shapes):
-        s = float(downsample) * 2**k * unit
+    for k in range(len(level_shapes)):
+        f = float(downsample) * float(factors[k])
         datasets.append({
             "path": str(k),
             "coordinateTransformations": [
-                {"type": "scale", "scale": [s, s]},
-                {"type": "translation", "translation": [float(translate[0]) * unit, float(translate[1]) * unit]},
+                {"type": "scale", "scale": [f * sy, f * sx]},
+                {"type": "translation", "translation": [ty + float(translate[0]) * sy, tx + float(translate[1]) * sx]},
             ],
         })
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    if mpp:
+    if frame.get("unit"):
         for axis in axes:
-            axis["unit"] = "micrometer"
+            axis["unit"] = frame["unit"]
 
-    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
-    colors += [{"label-value": i + 1, "rgba": [int(c) for c in rgb] + [255]} for i, rgb in enumerate(class_colors)]
+    # Label 0 (glass, not segmented) is in neither list: readers draw values without a colour
+    # transparent, and validators (ome-zarr-models) want both lists to name the same values.
+    colors = [{"label-value": i + 1, "rgba": [int(c) for c in rgb] + [255]} for i, rgb in enumerate(class_colors)]
     properties = [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(class_names)]
-    return {
-        "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": name,
-            "axes": axes,
-            "datasets": datasets,
-            "type": "nearest",
-        }],
-        "image-label": {"version": NGFF_VERSION, "colors": colors, "properties": properties},
+    from .. import __version__
+
+    multiscale = {
+        "name": name,
+        "axes": axes,
+        "datasets": datasets,
+        "type": "nearest",
+        # required by the NGFF strict schema: how the levels were made
+        "metadata": {"description": "labels subsampled by nearest neighbour (every n-th pixel), never averaged",
+                     "method": "napari_dfa.labels.store.LabelsStore.finish", "version": __version__},
     }
+    image_label = {"colors": colors, "properties": properties}
+    if source:
+        image_label["source"] = {"image": source}
+    if version == "0.4":
+        return {"multiscales": [{"version": "0.4", **multiscale}], "image-label": {"version": "0.4", **image_label}}
+    return {"version": version, "multiscales": [multiscale], "image-label": {"version": version, **image_label}}
+
+
+def ome_block(attrs: dict) -> dict:
+    """The OME metadata of a group's attributes: ``attrs["ome"]`` (NGFF 0.5) or the attributes (0.4)."""
+    return attrs.get("ome", attrs)
+
+
+def _write_ome(group, block: dict, zarr_format: int) -> None:
+    group.attrs.update({"ome": block} if zarr_format == 3 else block)
 
 
 def pyramid_shapes(shape: tuple[int, int], min_size: int = PYRAMID_MIN_SIZE) -> list[tuple[int, int]]:
@@ -75,6 +114,101 @@ def pyramid_shapes(shape: tuple[int, int], min_size: int = PYRAMID_MIN_SIZE) -> 
         h, w = shapes[-1]
         shapes.append((int(math.ceil(h / 2)), int(math.ceil(w / 2))))
     return shapes
+
+
+def pyramid_factors(shape: tuple[int, int], image_downsamples=None,
+                    min_size: int = PYRAMID_MIN_SIZE) -> list[int]:
+    """Subsampling factor of each label level relative to label level 0.
+
+    When the image pyramid is known (``image_downsamples``: level-0 image pixels per pixel of each
+    image level) the labels get as many levels as the image, spaced as the image's are (NGFF: "the
+    same number of entries as the original image"): computed at image level 0, label level k has
+    the shape and scale of image level k. Otherwise 2× steps down to ``min_size``."""
+    if not image_downsamples:
+        return [2**k for k in range(len(pyramid_shapes(shape, min_size)))]
+    ds = [float(d) for d in image_downsamples]
+    factors = [1]
+    for d in ds[1:]:  # integers (nearest subsampling), never finer than the level before
+        factors.append(max(factors[-1], int(round(d / ds[0]))))
+    return factors
+
+
+def image_frame(image_group) -> dict:
+    """The coordinate system of an NGFF image group's level 0, for labels stored inside it.
+
+    Returns ``{"scale": (sy, sx), "translation": (ty, tx), "unit", "downsamples", "zarr_format",
+    "version"}``: y/x scale and translation of dataset 0 (with any multiscale-wide transform), the
+    unit of the x axis, the image's level-0 pixels per pixel of each level."""
+    attrs = image_group.attrs.asdict()
+    ome = ome_block(attrs)
+    ms = ome["multiscales"][0]
+    axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+    names = [a.get("name") for a in axes] or ["y", "x"]
+    iy, ix = names.index("y"), names.index("x")
+
+    def yx(transforms, kind, default):
+        for t in transforms or []:
+            if t.get("type") == kind and kind in t:
+                v = t[kind]
+                return float(v[iy]), float(v[ix])
+        return default
+
+    ds0 = ms["datasets"][0].get("coordinateTransformations")
+    sy, sx = yx(ds0, "scale", (1.0, 1.0))
+    ty, tx = yx(ds0, "translation", (0.0, 0.0))
+    gy, gx = yx(ms.get("coordinateTransformations"), "scale", (1.0, 1.0))
+    oy, ox = yx(ms.get("coordinateTransformations"), "translation", (0.0, 0.0))
+    shapes = [image_group[d["path"]].shape for d in ms["datasets"]]
+    downsamples = [shapes[0][ix] / s[ix] for s in shapes]
+    fmt = image_group.metadata.zarr_format
+    return {"scale": (sy * gy, sx * gx), "translation": (ty * gy + oy, tx * gx + ox),
+            "unit": axes[ix].get("unit") if axes else None, "downsamples": downsamples,
+            "zarr_format": fmt, "version": "0.5" if fmt == 3 else "0.4"}
+
+
+def image_labels_path(image_path, name: str) -> Path:
+    """``<image>/labels/<name>``: where labels of an OME-Zarr image go (the image group holding the
+    multiscales: the root, or ``0/`` in the bioformats2raw layout). ConfigError if not an image."""
+    root = Path(image_path)
+    try:
+        node = zarr.open_group(str(root), mode="r")
+        attrs = node.attrs.asdict()
+        if "multiscales" not in ome_block(attrs) and "0" in node and isinstance(node["0"], zarr.Group):
+            root, node = root / "0", node["0"]
+            attrs = node.attrs.asdict()
+    except Exception as exc:  # noqa: BLE001 - not a zarr group at all
+        raise ConfigError(f"{image_path}: --into-image needs an OME-Zarr image ({exc})") from exc
+    if "multiscales" not in ome_block(attrs):
+        raise ConfigError(f"{image_path}: --into-image needs an OME-Zarr image (no multiscales metadata); "
+                          "leave the option out to write a standalone labels store")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--into-image {name!r}: give a plain name for the labels (no '/')")
+    return root / "labels" / name
+
+
+def _parent_image(path: Path):
+    """The NGFF image group that ``path`` (``.../labels/<name>``) belongs to, or None."""
+    if path.parent.name != "labels":
+        return None
+    try:
+        image = zarr.open_group(str(path.parent.parent), mode="r")
+    except Exception:  # noqa: BLE001 - no zarr group above: a standalone store
+        return None
+    return image if "multiscales" in ome_block(image.attrs.asdict()) else None
+
+
+def _register_label(labels_dir: Path, name: str, zarr_format: int, version: str) -> None:
+    """List ``name`` in the image's ``labels`` group (created if missing), keeping other labels."""
+    try:
+        group = zarr.open_group(str(labels_dir), mode="r")
+        listed = list(ome_block(group.attrs.asdict()).get("labels", []))
+    except Exception:  # noqa: BLE001 - no labels group yet
+        listed = []
+    group = zarr.open_group(str(labels_dir), mode="a", zarr_format=zarr_format)
+    if name not in listed:
+        listed.append(name)
+    block = {"version": version, "labels": listed} if zarr_format == 3 else {"labels": listed}
+    _write_ome(group, block, zarr_format)
 
 
 class LabelsStore:
@@ -97,32 +231,50 @@ class LabelsStore:
         """A new store (an existing one at ``path`` is replaced) with an all-zero level 0.
 
         ``extras`` maps optional output names to their channel count (0: a 2-D map) and ``info``
-        is kept under ``napari_dfa`` (level, region, settings, mpp, ...)."""
+        is kept under ``napari_dfa`` (level, region, settings, mpp, ``image_downsamples``: the
+        slide's pyramid, which the label levels then match, ...).
+
+        A ``path`` of the form ``<image>/labels/<name>`` inside an OME-Zarr image (see
+        :func:`image_labels_path`) becomes one of that image's labels: same zarr format and NGFF
+        version as the image, coordinates in the image's own frame, ``source`` pointing back to it,
+        listed in ``labels/`` so that OME-Zarr readers find it beside the image."""
         path = Path(path)
+        meta = dict(info or {})
+        image = _parent_image(path)
+        zarr_format, version = 3, NGFF_VERSION
+        if image is not None:
+            frame = image_frame(image)
+            zarr_format, version = frame.pop("zarr_format"), frame.pop("version")
+            meta.setdefault("image_downsamples", frame.pop("downsamples"))
+            meta["frame"] = {"scale": list(frame["scale"]), "translation": list(frame["translation"]),
+                             "unit": frame["unit"]}
+        meta.update(zarr_format=zarr_format, ngff_version=version)
         try:
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            if image is not None:
+                _register_label(path.parent, path.name, zarr_format, version)
+            group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         except Exception as exc:  # noqa: BLE001 - permissions, a file in the way, ...
             raise ConfigError(f"{path}: cannot create the labels store ({exc})") from exc
         h, w = (int(v) for v in shape)
+
+        def dims(*names):  # dimension names exist in zarr v3 only
+            return {"dimension_names": names} if zarr_format == 3 else {}
+
         group.create_array("0", shape=(h, w), chunks=(min(chunk, h), min(chunk, w)), dtype="uint8",
-                           fill_value=0, dimension_names=("y", "x"))
+                           fill_value=0, **dims("y", "x"))
         for name, channels in (extras or {}).items():
             if channels:
                 group.create_array(name, shape=(channels, h, w), chunks=(channels, min(chunk, h), min(chunk, w)),
-                                   dtype="float16", fill_value=0, dimension_names=("c", "y", "x"))
+                                   dtype="float16", fill_value=0, **dims("c", "y", "x"))
             else:
                 group.create_array(name, shape=(h, w), chunks=(min(chunk, h), min(chunk, w)),
-                                   dtype="float16", fill_value=0, dimension_names=("y", "x"))
+                                   dtype="float16", fill_value=0, **dims("y", "x"))
         names, colors = [str(n) for n in class_names], [tuple(int(v) for v in c) for c in class_colors]
-        meta = dict(info or {})
         meta.update(class_names=names, class_colors=[list(c) for c in colors], downsample=float(downsample),
                     translate=[float(t) for t in translate], chunk=int(chunk), rows_done=0,
                     completed=False, extras=sorted((extras or {}).keys()))
-        group.attrs.update({
-            "ome": ngff_attrs(level_shapes=[(h, w)], downsample=downsample, translate=translate,
-                              class_names=names, class_colors=colors, name=path.name, mpp=meta.get("mpp")),
-            ATTR: meta,
-        })
+        _write_ome(group, _ome_for(meta, [(h, w)], [1], path.name), zarr_format)
+        group.attrs.update({ATTR: meta})
         return cls(path=path, group=group)
 
     @classmethod
@@ -178,31 +330,48 @@ class LabelsStore:
                 arr[y0:y1, :] = block.astype(np.float16)
 
     def finish(self, *, min_size: int = PYRAMID_MIN_SIZE) -> None:
-        """Build the display pyramid from level 0 (chunk rows at a time) and mark completed."""
+        """Build the display pyramid from level 0 (chunk rows at a time) and mark completed.
+
+        As many levels as the image when its pyramid is known (``image_downsamples``), else 2×
+        steps down to ``min_size``; nearest subsampling (a label is never averaged)."""
         base = self.labels
         chunk = int(base.chunks[0])
-        shapes = pyramid_shapes(base.shape, min_size)
-        prev = base
-        for k, (h, w) in enumerate(shapes[1:], start=1):
+        meta = self.info
+        factors = pyramid_factors(base.shape, meta.get("image_downsamples"), min_size)
+        h0, w0 = base.shape
+        shapes = [(int(math.ceil(h0 / f)), int(math.ceil(w0 / f))) for f in factors]
+        dims = {"dimension_names": ("y", "x")} if int(meta.get("zarr_format", 3)) == 3 else {}
+        made = [base]
+        for k in range(1, len(factors)):
+            h, w = shapes[k]
+            # Subsample the finest level already made whose factor divides this one (level 0 always does).
+            j = max(i for i in range(k) if factors[k] % factors[i] == 0)
+            src, step = made[j], factors[k] // factors[j]
             arr = self.group.create_array(str(k), shape=(h, w), chunks=(min(chunk, h), min(chunk, w)),
-                                          dtype="uint8", fill_value=0, dimension_names=("y", "x"),
-                                          overwrite=True)
-            # Nearest downsampling: level k pixel i is level k-1 pixel 2i. One output chunk row
-            # reads two input chunk rows, so memory stays bounded by the width.
+                                          dtype="uint8", fill_value=0, overwrite=True, **dims)
+            # Nearest: level k pixel i is source pixel step·i. Blocks of chunk rows × 4 chunks of
+            # columns keep memory bounded whatever the width and the step.
+            cols = 4 * chunk
             for r0 in range(0, h, chunk):
                 r1 = min(h, r0 + chunk)
-                arr[r0:r1, :] = prev[2 * r0 : 2 * r1 : 2, ::2][:, :w]
-            prev = arr
-        meta = self.info
-        ome = ngff_attrs(level_shapes=shapes, downsample=meta["downsample"], translate=meta["translate"],
-                         class_names=meta["class_names"], class_colors=meta["class_colors"], name=self.path.name,
-                         mpp=meta.get("mpp"))
+                for c0 in range(0, w, cols):
+                    c1 = min(w, c0 + cols)
+                    arr[r0:r1, c0:c1] = src[step * r0 : step * r1 : step, step * c0 : step * c1 : step]
+            made.append(arr)
         meta.update(completed=True, rows_done=int(base.shape[0]))
-        self.group.attrs.update({"ome": ome, ATTR: meta})
+        _write_ome(self.group, _ome_for(meta, shapes, factors, self.path.name), int(meta.get("zarr_format", 3)))
+        self.group.attrs.update({ATTR: meta})
 
     def levels(self) -> list[zarr.Array]:
         """The stored levels listed in the multiscales metadata."""
-        datasets = self.group.attrs["ome"]["multiscales"][0]["datasets"]
+        datasets = ome_block(self.group.attrs.asdict())["multiscales"][0]["datasets"]
         return [self.group[d["path"]] for d in datasets]
 
 
+def _ome_for(meta: dict, shapes, factors, name: str) -> dict:
+    """The OME block of a store from its ``napari_dfa`` attributes."""
+    frame = meta.get("frame")
+    return ngff_attrs(level_shapes=shapes, downsample=meta["downsample"], translate=meta["translate"],
+                      class_names=meta["class_names"], class_colors=meta["class_colors"], name=name,
+                      mpp=meta.get("mpp"), factors=factors, frame=frame,
+                      version=meta.get("ngff_version", NGFF_VERSION), source="../../" if frame else None)
