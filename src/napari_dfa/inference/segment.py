@@ -245,7 +245,9 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
                                class_colors=model.class_colors, chunk=chunk, downsample=src.downsample,
                                translate=translate, extras=extras,
                                info=dict(settings, source=src.name,
-                                         mpp=getattr(src.slide, "mpp", None)))
+                                         mpp=getattr(src.slide, "mpp", None),
+                                         # the label levels then match the slide's (NGFF labels)
+                                         image_downsamples=getattr(src.slide, "downsamples", None)))
     return store, 0
 
 
