@@ -86,6 +86,9 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: napari-dfa checkpoints are .safetensors files; use that suffix")
+    if dtype not in (None, torch.float32, torch.float16):
+        # The reader accepts float32 and float16 weights only (see napari_dfa.model.validate).
+        raise CheckpointError(f"{path}: weights are saved as float32 or float16, not {dtype}")
     tensors = {}
     for key, t in state_dict.items():
         t = t.detach().to("cpu")
@@ -107,6 +110,11 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
         metadata["bias_history"] = _dumps(bias_history, "bias_history")
     if extra:
         metadata["extra"] = _dumps(extra, "extra")
+    # What is written must read back: the same checks as read_checkpoint, before any byte is written.
+    from .validate import check_config_bounds, check_metadata
+
+    check_config_bounds(config, source=str(path))
+    check_metadata(path, metadata, num_classes=config.num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -155,10 +163,9 @@ def _refuse_pickle(path: Path, kind: str) -> CheckpointError:
 
 def _sniff(path: Path) -> None:
     """Refuse pickles and obviously broken files before any parser touches them."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: model file not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
+    from .validate import check_model_path
+
+    check_model_path(path)  # a missing file, a symlink loop, a folder (which file in it?)
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
@@ -179,17 +186,6 @@ def _sniff(path: Path) -> None:
                               "copy it again or re-export the model")
 
 
-def _load_json(path: Path, meta: dict, key: str, *, required: bool = True, default=None):
-    if key not in meta:
-        if required:
-            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}; the file is damaged or foreign")
-        return default
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata {key!r} is not valid JSON ({exc})") from None
-
-
 def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     """Read and validate a napari-dfa checkpoint without unpickling anything."""
     from safetensors import safe_open
@@ -200,6 +196,8 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
+            # Names, shapes and dtypes from the header: checked before any tensor is read.
+            header = {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own exception types
         raise CheckpointError(f"{path}: malformed or truncated .safetensors file ({exc})") from None
     if meta.get("format") != FORMAT:
@@ -219,33 +217,24 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     if not MIN_FORMAT_VERSION <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported "
                               f"by this napari-dfa (reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); upgrade napari-dfa")
+    # Everything is validated before anything is allocated (see napari_dfa.model.validate).
+    from .validate import check_config_bounds, check_metadata, check_tensors, parse_json
+
+    raw_config = parse_json(path, "config", meta.get("config", ""))
+    if not isinstance(raw_config, dict):
+        raise CheckpointError(f"{path}: invalid model config in checkpoint (not a JSON object)")
     try:
-        config = ModelConfig.from_json(meta.get("config", ""), source=str(path))
-    except ConfigError as exc:
+        config = ModelConfig.from_dict(raw_config, source=str(path))
+    except (ConfigError, TypeError, ValueError) as exc:  # TypeError: e.g. a list where a name belongs
         raise CheckpointError(f"{path}: invalid model config in checkpoint ({exc})") from None
-    k = config.num_classes
-    names = _load_json(path, meta, "class_names")
-    colors = _load_json(path, meta, "class_colors")
-    freqs = _load_json(path, meta, "frequencies")
-    for key, value in (("class_names", names), ("class_colors", colors), ("frequencies", freqs)):
-        if not isinstance(value, list) or len(value) != k:
-            raise CheckpointError(f"{path}: {key} must list {k} entries (one per class), found {value!r}")
+    check_config_bounds(config, source=str(path))
+    parsed = check_metadata(path, meta, num_classes=config.num_classes)
+    check_tensors(path, header, config)
     try:
         state = load_file(str(path))
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read the tensors ({exc}); the file is truncated or damaged") from None
-    return CheckpointContents(
-        path=path,
-        config=config,
-        state_dict=state,
-        class_names=[str(n) for n in names],
-        class_colors=[tuple(int(v) for v in c) for c in colors],
-        frequencies=np.asarray(freqs, dtype=np.float64),
-        mpp=_load_json(path, meta, "mpp", required=False),
-        provenance=_load_json(path, meta, "provenance", required=False, default={}),
-        bias_history=_load_json(path, meta, "bias_history", required=False, default=[]),
-        extra=_load_json(path, meta, "extra", required=False, default={}),
-    )
+    return CheckpointContents(path=path, config=config, state_dict=state, **parsed)
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

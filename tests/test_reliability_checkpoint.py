@@ -1,0 +1,191 @@
+"""Crafted and damaged checkpoints: every one is refused with a CheckpointError naming the file,
+before anything is allocated — never a hang, a traceback, or a model that paints one class."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from napari_dfa.errors import CheckpointError
+from napari_dfa.model import ModelConfig, Segmenter, load_model, read_checkpoint
+from napari_dfa.model.validate import check_metadata, json_depth
+
+NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A saved tiny model: its metadata and tensors, for crafting bad copies."""
+    torch.manual_seed(0)
+    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
+                                class_colors=COLORS, frequencies=[0.3, 0.3, 0.2, 0.1, 0.1], mpp=0.5)
+    path = seg.save(tmp_path_factory.mktemp("ck") / "good.safetensors", dtype=torch.float16)
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    return {"path": path, "meta": meta, "state": state}
+
+
+def craft(path, good, tensors=None, **meta):
+    save_file(tensors if tensors is not None else good["state"], str(path), metadata={**good["meta"], **meta})
+    return path
+
+
+def refused(path, *match):
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert path.name in text, text
+    for m in match:
+        assert m in text, text
+    return text
+
+
+def config_with(good, **changes):
+    cfg = json.loads(good["meta"]["config"])
+    cfg.update(changes)
+    return json.dumps(cfg)
+
+
+def test_the_untouched_file_loads(good):
+    assert load_model(good["path"]).class_names == NAMES
+
+
+def test_huge_sizes_in_the_config_are_refused_before_building(tmp_path, good):
+    # decoder_depth 100000 used to build 100000 layers (> 180 s, 4 GB) before the tensors were checked.
+    refused(craft(tmp_path / "deep.safetensors", good, config=config_with(good, decoder_depth=100000)),
+            "decoder_depth", "out of range")
+    refused(craft(tmp_path / "wide.safetensors", good,
+                  config=config_with(good, encoder_widths=[100000, 100000, 100000, 100000])), "encoder_widths")
+    refused(craft(tmp_path / "k.safetensors", good, config=config_with(good, num_classes=10**6)), "num_classes")
+
+
+def test_sizes_within_bounds_that_do_not_match_the_tensors_are_refused(tmp_path, good):
+    refused(craft(tmp_path / "d3.safetensors", good, config=config_with(good, decoder_depth=3)),
+            "do not match", "missing")
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.bfloat16, torch.float64])
+def test_weights_of_another_dtype_are_refused(tmp_path, good, dtype):
+    """int16 or bf16 bytes where float16 belongs used to load and predict one class everywhere."""
+    state = dict(good["state"])
+    key = "decoder.mask_mlp.layers.0.weight"
+    state[key] = state[key].view(dtype) if dtype != torch.float64 else state[key].to(dtype)
+    if state[key].shape != good["state"][key].shape:  # view() keeps the shape for 2-byte dtypes only
+        state[key] = good["state"][key].to(dtype)
+    refused(craft(tmp_path / f"{str(dtype)[6:]}.safetensors", good, tensors=state), key, "stored as")
+
+
+def test_all_weights_in_bf16_are_refused(tmp_path, good):
+    state = {k: v.view(torch.bfloat16) if v.dtype == torch.float16 else v for k, v in good["state"].items()}
+    refused(craft(tmp_path / "bf16.safetensors", good, tensors=state), "BF16", "float32 or float16")
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("class_colors", json.dumps(["red", "green", "blue", "grey", "gold"]), "RGB triples"),
+    ("class_colors", json.dumps([[300, 0, 0]] * 5), "RGB triples"),
+    ("class_names", json.dumps([1, 2, 3, 4, 5]), "strings"),
+    ("mpp", '"abc"', "microns per pixel"),
+    ("mpp", "[0.5]", "microns per pixel"),
+    ("mpp", "0", "microns per pixel"),
+    ("mpp", "-0.5", "microns per pixel"),
+    ("mpp", "NaN", "microns per pixel"),
+    ("frequencies", "[NaN, 0.2, 0.2, 0.2, 0.2]", "frequencies"),
+    ("frequencies", "[-1, 0.2, 0.2, 0.2, 0.2]", "frequencies"),
+    ("extra", '"a string"', "JSON object"),
+    ("provenance", "[1, 2]", "JSON object"),
+    ("bias_history", "{}", "JSON list"),
+    ("config", "[]", "config"),
+    ("config", '{"num_classes": "five"}', "num_classes"),
+    ("extra", "[" * 100_000 + "]" * 100_000, "nested"),
+    ("provenance", "1" * 5000, "not valid JSON"),
+])
+def test_metadata_of_the_wrong_type_or_range_is_one_clear_error(tmp_path, good, key, value, words):
+    refused(craft(tmp_path / f"bad_{key}.safetensors", good, **{key: value}), key, words)
+
+
+def test_a_symlink_loop_and_a_dangling_link_are_named(tmp_path):
+    loop = tmp_path / "loop.safetensors"
+    os.symlink(loop, loop)
+    assert "symbolic link loop" in refused(loop)
+    dangling = tmp_path / "gone.safetensors"
+    os.symlink(tmp_path / "moved.safetensors", dangling)
+    assert "broken symbolic link" in refused(dangling)
+
+
+def test_a_run_folder_names_its_best_checkpoint(tmp_path, good):
+    run = tmp_path / "syn"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(good["path"].read_bytes())
+    assert str(run / "best.safetensors") in refused(run)
+
+
+def test_writing_refuses_what_reading_would(tmp_path):
+    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=2), mpp=0.0)
+    with pytest.raises(CheckpointError, match="mpp"):
+        seg.save(tmp_path / "zero.safetensors")
+    with pytest.raises(CheckpointError, match="float32 or float16"):
+        Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=2)).save(
+            tmp_path / "bf.safetensors", dtype=torch.bfloat16)
+    assert not list(tmp_path.iterdir())
+
+
+def test_json_depth_skips_brackets_in_strings():
+    assert json_depth('{"a": "[[[[[[", "b": [[1]]}') == 3
+    assert json_depth('"\\"[[[["') == 0
+
+
+# --- fuzzing --------------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+    max_leaves=30,
+)
+META_KEYS = ("class_names", "class_colors", "frequencies", "mpp", "provenance", "bias_history", "extra", "bias_mode")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(META_KEYS), json_values | st.text(max_size=40).map(lambda t: ("raw", t)),
+                       max_size=len(META_KEYS)))
+def test_fuzz_metadata_gives_a_checkpoint_error_or_valid_values(changes):
+    meta = {"class_names": json.dumps(NAMES), "class_colors": json.dumps([list(c) for c in COLORS]),
+            "frequencies": json.dumps([0.2] * 5), "mpp": "0.5"}
+    for key, value in changes.items():
+        meta[key] = value[1] if isinstance(value, tuple) else json.dumps(value)
+    try:
+        out = check_metadata(__import__("pathlib").Path("fuzz.safetensors"), meta, num_classes=5)
+    except CheckpointError as exc:
+        assert "fuzz.safetensors" in str(exc)
+        return
+    assert len(out["class_names"]) == 5 and all(isinstance(n, str) for n in out["class_names"])
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in out["class_colors"])
+    assert np.isfinite(out["frequencies"]).all()
+    assert out["mpp"] is None or (np.isfinite(out["mpp"]) and out["mpp"] > 0)
+    assert isinstance(out["extra"], dict) and isinstance(out["provenance"], dict)
+
+
+CONFIG_FIELDS = ("num_classes", "encoder_widths", "encoder_depths", "decoder_depth", "decoder_dim", "decoder_heads",
+                 "decoder_mlp_dim", "pixel_dim", "gamma", "input_multiple", "encoder", "bias_mode", "preset",
+                 "difficulty_dice", "vit_depth")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(CONFIG_FIELDS), json_values, min_size=1, max_size=3))
+def test_fuzz_config_through_the_loader(tmp_path, good, changes):
+    """Any config the file may hold: a CheckpointError naming the file, or a model that loads."""
+    path = craft(tmp_path / "fuzz.safetensors", good, config=config_with(good, **changes))
+    try:
+        seg = read_checkpoint(path)
+    except CheckpointError as exc:
+        assert "fuzz.safetensors" in str(exc)
+        return
+    assert seg.config.num_classes == 5
