@@ -1,7 +1,8 @@
 """``napari-dfa predict``: segment whole slides into OME-Zarr labels stores, locally or on dask.
 
 One store per slide: ``OUT/<slide stem>.labels.zarr`` (``.ome.tif``/``.ome.zarr`` lose both
-suffixes), an NGFF label image with the class names and colours (see napari_dfa._zarr_out).
+suffixes), an NGFF label image with the class names and colours (see napari_dfa.labels.store);
+with ``--into-image`` an OME-Zarr slide gets it as its own ``labels/<name>`` instead.
 ``--geojson`` and ``--areas`` add ``<stem>.geojson`` (QuPath) and ``<stem>.areas.csv`` beside it.
 
 With ``--workers N`` (a dask LocalCluster of N processes) or ``--scheduler ADDRESS`` (a running
@@ -47,6 +48,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing stores")
     parser.add_argument("--geojson", action="store_true", help="also write OUT/<stem>.geojson (QuPath)")
     parser.add_argument("--areas", action="store_true", help="also write OUT/<stem>.areas.csv (per-class area)")
+    parser.add_argument("--into-image", action="store_true",
+                        help="OME-Zarr slides: write the labels into the slide's own labels/ group, where "
+                             "OME-Zarr viewers look, instead of OUT (which keeps the GeoJSON/areas files)")
+    parser.add_argument("--label-name", default="napari-dfa", metavar="NAME",
+                        help="with --into-image: the labels' name, <slide>/labels/NAME (default napari-dfa)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="run slides on a local dask cluster of N processes")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run slides on this dask scheduler")
@@ -82,7 +88,7 @@ def options_from_args(args) -> dict:
                 overlap=args.overlap, device=args.device, batch_size=args.batch_size, chunk=args.chunk,
                 outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
                 tissue_mask=not args.no_tissue_mask, resume=args.resume, overwrite=args.overwrite,
-                geojson=args.geojson, areas=args.areas)
+                geojson=args.geojson, areas=args.areas, into_image=args.label_name if args.into_image else None)
 
 
 def predict_one(slide_path, model, out_dir, options: dict, progress=None, threads: int | None = None) -> dict:
@@ -91,7 +97,7 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     ``model`` is a Segmenter or a checkpoint path/"demo" (loaded here: what a dask task gets).
     Returns ``{"slide", "ok", "path", "error", "seconds", "completed", "tiles"}``."""
     from .. import labels as label_files
-    from ..paths import labels_store_name
+    from ..paths import labels_store_name, slide_stem
     from ..errors import ConfigError, DFAError
     from ..inference import segment
 
@@ -112,6 +118,10 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         store = out_dir / labels_store_name(slide_path)
+        if options.get("into_image"):  # <slide>/labels/<name>, an NGFF label of the slide itself
+            from ..labels.store import image_labels_path
+
+            store = image_labels_path(slide_path, options["into_image"])
         if store.exists() and not (options.get("resume") or options.get("overwrite")):
             raise ConfigError(f"{store} exists; pass --resume to continue it or --overwrite to start over")
         from ..slide import open_slide
@@ -133,7 +143,7 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                           chunk=options.get("chunk", 512))
             report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
             if res.completed and (options.get("geojson") or options.get("areas")):
-                stem = store.name[: -len(".labels.zarr")]
+                stem = slide_stem(slide_path)
                 if options.get("geojson"):
                     label_files.write_geojson(out_dir / f"{stem}.geojson", res.labels, res.class_names,
                                          res.class_colors, downsample=res.downsample, offset=res.translate)

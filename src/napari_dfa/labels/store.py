@@ -245,7 +245,8 @@ class LabelsStore:
         if image is not None:
             frame = image_frame(image)
             zarr_format, version = frame.pop("zarr_format"), frame.pop("version")
-            meta.setdefault("image_downsamples", frame.pop("downsamples"))
+            # the image's stored datasets (a reader may add levels of its own to the slide)
+            meta["image_downsamples"] = frame.pop("downsamples")
             meta["frame"] = {"scale": list(frame["scale"]), "translation": list(frame["translation"]),
                              "unit": frame["unit"]}
         meta.update(zarr_format=zarr_format, ngff_version=version)
