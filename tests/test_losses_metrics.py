@@ -122,6 +122,38 @@ def test_all_ignored_batch_gives_zero_loss_with_a_graph():
     assert loss.item() == 0.0 and torch.all(logits.grad == 0)
 
 
+@pytest.mark.parametrize("kind", ["focal_dice", "weighted_ce"])
+def test_logit_adjustment_is_the_plain_loss_on_prior_shifted_logits(kind):
+    """Menon et al.'s logit adjustment: the loss sees logits + τ·log f_c, nothing else changes."""
+    freqs = [0.7, 0.2, 0.1]
+    logits, target = _logits_and_target(seed=3)
+    shift = torch.log(torch.tensor(freqs)).view(1, 3, 1, 1)
+    for tau in (1.0, 0.5):
+        adjusted = SegmentationLoss(kind=kind, frequencies=freqs, logit_adjust_tau=tau)(logits, target)
+        plain_on_shifted = SegmentationLoss(kind=kind, frequencies=freqs)(logits + tau * shift, target)
+        torch.testing.assert_close(adjusted, plain_on_shifted)
+        # and so do the gradients with respect to the model's logits
+        g1 = torch.autograd.grad(adjusted, logits)[0]
+        g2 = torch.autograd.grad(SegmentationLoss(kind=kind, frequencies=freqs)(logits + tau * shift, target), logits)[0]
+        torch.testing.assert_close(g1, g2)
+    plain = SegmentationLoss(kind=kind, frequencies=freqs)(logits, target)
+    adjusted = SegmentationLoss(kind=kind, frequencies=freqs, logit_adjust_tau=1.0)(logits, target)
+    assert abs(plain.item() - adjusted.item()) > 1e-3
+    # a uniform prior is a common shift, which softmax ignores: no change at all
+    uniform = SegmentationLoss(kind=kind, frequencies=[1, 1, 1], logit_adjust_tau=1.0)(logits, target)
+    torch.testing.assert_close(uniform, SegmentationLoss(kind=kind, frequencies=[1, 1, 1])(logits, target))
+
+
+def test_logit_adjustment_needs_frequencies_and_survives_an_absent_class():
+    from napari_dfa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="frequencies"):
+        SegmentationLoss(logit_adjust_tau=1.0)
+    logits, target = _logits_and_target()
+    loss = SegmentationLoss(frequencies=[0.5, 0.5, 0.0], logit_adjust_tau=1.0)(logits, target)
+    assert torch.isfinite(loss)
+
+
 def test_inverse_frequency_weights_favour_rare_classes():
     w = inverse_frequency_weights([0.5, 0.4, 0.1])
     assert w.mean().item() == pytest.approx(1.0)

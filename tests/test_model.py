@@ -46,7 +46,7 @@ def ce_loss(logits: torch.Tensor, seed=1) -> torch.Tensor:
 
 # -- where the bias acts -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["dfa", "dfa-anchored"])
+@pytest.mark.parametrize("mode", ["dfa", "dfa-anchored", "dfa-out"])
 def test_loss_gradient_reaches_every_delta(mode):
     model = build_model(tiny(bias_mode=mode), frequencies=FREQS)
     loss = ce_loss(model(images())["logits"])
@@ -84,6 +84,72 @@ def test_bias_has_leverage_on_the_mask_features():
     mean = float(np.mean(shares))
     assert mean > 0.05, f"raising one b_c by 1 changes only {mean:.2%} of labels on average ({shares})"
     assert min(shares) > 0.02, shares
+
+
+def _twins(seed=0):
+    """A dfa and a dfa-out model with the very same weights (same seed, same state-dict layout)."""
+    models = {}
+    for mode in ("dfa", "dfa-out"):
+        torch.manual_seed(seed)
+        models[mode] = build_model(tiny(bias_mode=mode), frequencies=FREQS).eval()
+    a, b = models["dfa"].state_dict(), models["dfa-out"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return models["dfa"], models["dfa-out"]
+
+
+def test_dfa_out_adds_delta_to_the_output_logits():
+    """dfa-out = dfa with δ also on class c's output logit: the same attention, logits + δ_c."""
+    dfa, out = _twins()
+    x = images(b=2, size=64)
+    with torch.no_grad():
+        ref, got = dfa(x, return_attention=True), out(x, return_attention=True)
+    delta = dfa.bias.delta.detach()
+    assert delta.abs().max() > 0.05  # warm-started from the prior, not zero
+    torch.testing.assert_close(got["logits"], ref["logits"] + delta[None, :, None, None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["attention"], ref["attention"])
+
+
+def test_dfa_out_bias_moves_more_pixels_than_dfa_at_init():
+    """+1 on δ_c moves more labels in dfa-out (attention and output) than on b_c in dfa (attention
+    only), with the same weights: the learned bias reaches the masks."""
+    dfa, out = _twins()
+    x = images(b=2, size=128)
+    shares = {}
+    with torch.no_grad():
+        for name, model in (("dfa", dfa), ("dfa-out", out)):
+            before = model(x)["logits"].argmax(1)
+            shares[name] = []
+            for k in range(5):
+                model.bias.delta[k] += 1.0
+                shares[name].append((model(x)["logits"].argmax(1) != before).float().mean().item())
+                model.bias.delta[k] -= 1.0
+    assert all(o > d for o, d in zip(shares["dfa-out"], shares["dfa"])), shares
+    assert np.mean(shares["dfa-out"]) > 2 * np.mean(shares["dfa"]), shares
+
+
+def test_dfa_out_trains_and_delta_gets_a_gradient():
+    from napari_dfa.training.losses import SegmentationLoss
+    from napari_dfa.training.optim import make_optimizer
+
+    rgb, mask = synthetic_tiles(n=2, size=64)
+    freqs = np.bincount(mask.ravel(), minlength=4)[1:] / mask.size
+    model = build_model(ModelConfig.from_preset("tiny", num_classes=3, bias_mode="dfa-out"), frequencies=freqs)
+    opt = make_optimizer(model, lr=3e-3, weight_decay=1e-4)
+    crit = SegmentationLoss()
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(mask)
+    start = model.bias.delta.detach().clone()
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = crit(model(x)["logits"], y)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.all(model.bias.delta.grad.abs() > 1e-7), model.bias.delta.grad
+        opt.step()
+        losses.append(loss.item())
+    assert not torch.equal(model.bias.delta.detach(), start)
+    assert losses[-1] < losses[0], losses
 
 
 def test_mask_features_include_the_updated_memory():
@@ -175,7 +241,7 @@ def test_frequencies_are_clamped_and_normalised():
         build_model(tiny(), frequencies=[0.5, 0.5])
 
 
-@pytest.mark.parametrize("mode", ["none", "cffa", "difficulty", "dfa", "dfa-anchored"])
+@pytest.mark.parametrize("mode", ["none", "cffa", "difficulty", "dfa", "dfa-anchored", "dfa-out"])
 def test_class_bias_follows_the_mode_table(mode):
     dice = (0.9, 0.8, 0.5, 0.3, 0.95)
     seg = Segmenter.from_config(tiny(bias_mode=mode, difficulty_dice=dice, gamma=1.5), frequencies=FREQS)
@@ -189,11 +255,12 @@ def test_class_bias_follows_the_mode_table(mode):
         "difficulty": g * np.log(1 - d),
         "dfa": delta.numpy(),
         "dfa-anchored": g * np.log(1 - f) + delta.numpy(),
+        "dfa-out": delta.numpy(),
     }[mode]
     np.testing.assert_allclose(seg.class_bias(), expected, rtol=1e-5, atol=1e-6)
     prior = g * np.log(1 - f)
     np.testing.assert_allclose(seg.prior_bias(), prior - prior.mean(), rtol=1e-5, atol=1e-6)
-    assert seg.model.bias.delta.requires_grad == (mode in ("dfa", "dfa-anchored"))
+    assert seg.model.bias.delta.requires_grad == (mode in ("dfa", "dfa-anchored", "dfa-out"))
 
 
 def test_difficulty_mode_needs_dice():
@@ -221,6 +288,67 @@ def test_param_groups_give_delta_its_own_learning_rate():
 
     fixed = build_model(tiny(bias_mode="cffa"), frequencies=FREQS)
     assert [g["name"] for g in param_groups(fixed, lr=1e-3)] == ["model"]
+
+
+def test_make_optimizer_is_adamw_over_the_dfa_groups():
+    from napari_dfa.training.optim import make_optimizer
+
+    model = build_model(tiny(delta_lr_multiplier=5.0), frequencies=FREQS)
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.05)
+    assert isinstance(opt, torch.optim.AdamW)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["delta"]["lr"] == pytest.approx(5e-3)  # the model config's multiplier
+    assert by_name["delta"]["weight_decay"] == 0.0 and by_name["model"]["weight_decay"] == 0.05
+    assert not opt.defaults.get("fused")  # CPU parameters: the fused CUDA kernel is off
+    assert make_optimizer(model, lr=1e-3, weight_decay=0.0, delta_lr_multiplier=2.0).param_groups[1]["lr"] == \
+        pytest.approx(2e-3)
+
+
+def test_zero_delta_multiplier_keeps_delta_at_its_warm_start():
+    """dfa-warm-only: δ is left out of the optimizer; everything else trains."""
+    from napari_dfa.training.optim import make_optimizer
+
+    model = build_model(tiny(), frequencies=FREQS)
+    warm = model.bias.warm_start_delta().clone()
+    torch.testing.assert_close(model.bias.delta.detach(), warm)
+    opt = make_optimizer(model, lr=1e-2, weight_decay=0.1, delta_lr_multiplier=0.0)
+    assert [g["name"] for g in opt.param_groups] == ["model"]
+    head = model.decoder.mask_mlp.layers[0].weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        ce_loss(model(images(b=1))["logits"]).backward()
+        opt.step()
+    assert torch.equal(model.bias.delta.detach(), warm)
+    assert not torch.equal(model.decoder.mask_mlp.layers[0].weight.detach(), head)
+
+
+def test_cold_start_delta_is_zero():
+    model = build_model(tiny(delta_init_scale=0.0), frequencies=FREQS)
+    assert torch.equal(model.bias.delta.detach(), torch.zeros(5))
+
+
+def test_bundled_demo_checkpoint_loads_and_predicts_as_before():
+    """Adding bias modes must not change what the demo model (bias_mode dfa) computes: its logits
+    are the decoder's masks upsampled, with no output offset, and its labels on a fixed tile are
+    the ones recorded before dfa-out existed."""
+    from napari_dfa import synth
+    from napari_dfa.model import load_model
+
+    seg = load_model("demo")
+    assert seg.config.bias_mode == "dfa" and not seg.model.bias.reaches_output
+    rgb, _ = synth.generate_tile(seed=123, size=128)
+    labels = seg.predict(rgb)
+    counts = np.bincount(labels.ravel(), minlength=6)
+    recorded = np.array([0, 0, 4029, 5443, 6912, 0])  # napari-dfa before dfa-out, same tile
+    assert np.abs(counts - recorded).sum() <= 0.002 * labels.size, counts.tolist()
+    model = seg.model
+    x = torch.from_numpy(rgb)[None].permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        feats = model.encoder((x - model.pixel_mean) / model.pixel_std)
+        mask_features, memory = model.pixel_decoder(feats)
+        masks = model.decoder(memory, mask_features, model.bias())[0]
+        old = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(x)["logits"], old, atol=0, rtol=0)
 
 
 def test_bias_l2_penalty():

@@ -102,6 +102,32 @@ def test_checkpoint_carries_frequencies_bias_history_and_provenance(small_set, t
     assert not np.allclose(seg.class_bias(), 0.5 * seg.prior_bias(), atol=1e-6)
 
 
+def test_logit_adjusted_training_changes_the_loss_not_the_model(small_set, tmp_path):
+    """logit_adjust: the same network and mode none; only the training loss sees τ·log f_c, so the
+    run differs from a plain one while the saved model predicts with its own logits."""
+    plain = train(tiny_recipe(small_set, model={"bias_mode": "none"}), out_dir=tmp_path / "plain", device="cpu",
+                  plots=False)
+    adjusted = train(tiny_recipe(small_set, model={"bias_mode": "none"}, logit_adjust_tau=1.0),
+                     out_dir=tmp_path / "la", device="cpu", plots=False)
+    assert all(np.isfinite(r["train_loss"]) for r in adjusted.history)
+    assert adjusted.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    seg = load_model(adjusted.last_path)
+    assert seg.config.bias_mode == "none" and not seg.class_bias().any()
+    assert seg.metadata["train"]["recipe"]["logit_adjust_tau"] == 1.0
+    with pytest.raises(ConfigError, match="logit_adjust_tau"):
+        tiny_recipe(small_set, logit_adjust_tau=-1.0)
+
+
+def test_trainer_trains_dfa_out(small_set, tmp_path):
+    result = train(tiny_recipe(small_set, model={"bias_mode": "dfa-out"}), out_dir=tmp_path / "run", device="cpu",
+                   plots=False)
+    seg = load_model(result.last_path)
+    assert seg.config.bias_mode == "dfa-out" and seg.model.bias.reaches_output
+    hist = seg.metadata["bias_history"]
+    assert hist[0]["bias"] != hist[-1]["bias"]  # δ trained (its own optimizer group)
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+
+
 def test_without_a_validation_split_best_is_the_lowest_training_loss(tmp_path):
     items = [(f"t{i}", *synth.generate_tile(seed=i, size=64), 1) for i in range(3)]
     root = write_sampath(tmp_path / "noval", items)

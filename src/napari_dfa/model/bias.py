@@ -7,6 +7,12 @@
 | ``difficulty``   | γ·log(1 − Dice_c)      | no      |
 | ``dfa``          | δ_c                    | yes     |
 | ``dfa-anchored`` | γ·log(1 − f_c) + δ_c   | yes     |
+| ``dfa-out``      | δ_c, also on the output | yes     |
+
+``dfa-out``: the same learned, warm-started δ_c acts in the attention and is also added to class
+c's output score (the mask logits before softmax / argmax, in training and inference), so the
+learned bias reaches the masks directly; in the other modes it acts only inside the attention,
+where it turned out to move few pixels once trained.
 
 f_c is the pixel frequency of class c over the non-ignored training pixels (stored as a buffer, so
 it travels in the checkpoint). Warm start of the learned modes: δ_c ← α·(γ·log(1 − f_c) − mean_c),
@@ -58,7 +64,12 @@ class ClassBias(nn.Module):
 
     @property
     def learned(self) -> bool:
-        return self.mode in ("dfa", "dfa-anchored")
+        return self.mode in ("dfa", "dfa-anchored", "dfa-out")
+
+    @property
+    def reaches_output(self) -> bool:
+        """True when b_c is also added to class c's output logits (mode ``dfa-out``)."""
+        return self.mode == "dfa-out"
 
     def _vector(self, values, name: str) -> np.ndarray:
         """Validated K-vector (checked in numpy, so building on the meta device works too)."""
@@ -106,7 +117,7 @@ class ClassBias(nn.Module):
             return self.prior()
         if self.mode == "difficulty":
             return log_prior(self.difficulty_dice, self.gamma)
-        if self.mode == "dfa":
+        if self.mode in ("dfa", "dfa-out"):
             return self.delta
         return self.prior() + self.delta  # dfa-anchored
 
@@ -115,7 +126,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
                  delta_lr_multiplier: float = 20.0) -> list[dict]:
     """Optimizer groups: every trainable weight at ``lr`` with ``weight_decay``, and δ in its own
     group at ``lr × delta_lr_multiplier`` without weight decay (decay would pull the learned
-    difficulty back to zero). Frozen parameters are left out.
+    difficulty back to zero). Frozen parameters are left out; with ``delta_lr_multiplier = 0`` δ
+    is left out too, so it stays exactly at its warm start (the ``dfa-warm-only`` ablation).
     """
     delta_ids = {id(m.delta) for m in model.modules() if isinstance(m, ClassBias)}
     others, deltas = [], []
@@ -123,7 +135,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
         if p.requires_grad:
             (deltas if id(p) in delta_ids else others).append(p)
     groups = [{"params": others, "lr": lr, "weight_decay": weight_decay, "name": "model"}]
-    if deltas:
+    if deltas and delta_lr_multiplier != 0:
         groups.append({"params": deltas, "lr": lr * delta_lr_multiplier, "weight_decay": 0.0, "name": "delta"})
     return groups
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-BIAS_MODES = ("none", "cffa", "difficulty", "dfa", "dfa-anchored")
-LEARNED_BIAS_MODES = ("dfa", "dfa-anchored")
+BIAS_MODES = ("none", "cffa", "difficulty", "dfa", "dfa-anchored", "dfa-out")
+LEARNED_BIAS_MODES = ("dfa", "dfa-anchored", "dfa-out")
 BUILTIN_ENCODERS = ("conv", "sam-vit-b")
 
 
@@ -42,10 +42,12 @@ class ModelConfig:
       decoder_depth (int): number of two-way DFA decoder layers.
       decoder_heads (int): attention heads in the decoder (the bias b_c is added to every head).
       decoder_mlp_dim (int): hidden width of the token MLP.
-      bias_mode (str): one of ``none``, ``cffa``, ``difficulty``, ``dfa`` (default), ``dfa-anchored``.
+      bias_mode (str): one of ``none``, ``cffa``, ``difficulty``, ``dfa`` (default), ``dfa-anchored``,
+        ``dfa-out`` (δ also added to the output class logits; see :mod:`napari_dfa.model.bias`).
       gamma (float): γ of the frequency / difficulty prior γ·log(1 − x).
       delta_init_scale (float): α of the warm start δ ← α·(prior − mean prior); 0 = cold start.
-      delta_lr_multiplier (float): learning-rate multiplier of δ's optimizer group.
+      delta_lr_multiplier (float): learning-rate multiplier of δ's optimizer group (0 = δ stays at
+        its warm start).
       bias_l2_lambda (float): weight of the optional L2 penalty on δ (0 = off).
       difficulty_dice (tuple[float, ...] | None): per-class validation Dice of an earlier run,
         required by ``bias_mode="difficulty"``.
@@ -116,7 +118,7 @@ class ModelConfig:
 
     @property
     def learned_bias(self) -> bool:
-        """True when δ is trained (modes ``dfa`` and ``dfa-anchored``)."""
+        """True when δ is trained (modes ``dfa``, ``dfa-anchored`` and ``dfa-out``)."""
         return self.bias_mode in LEARNED_BIAS_MODES
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -31,7 +31,7 @@ class DFASegModel(nn.Module):
       pixel_decoder (FPNPixelDecoder): features → stride-4 FPN features, stride-16 memory.
       decoder (DFADecoder): the two-way class-token decoder and mask head; the mask features are
         the FPN stride-4 features plus the decoder-updated memory upsampled ×4 (SAM style).
-      bias (ClassBias): b_c of the pixel → token attention.
+      bias (ClassBias): b_c of the pixel → token attention (mode ``dfa-out``: also of the output logits).
     """
 
     def __init__(self, *, config: ModelConfig, encoder: nn.Module, pixel_decoder: FPNPixelDecoder,
@@ -52,7 +52,8 @@ class DFASegModel(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> dict:
         """Arguments: x, B×3×H×W float in [0, 1], H and W multiples of ``config.input_multiple``.
 
-        Returns: dict with ``logits`` (B×K×H×W, channel k = label k + 1) and ``attention``
+        Returns: dict with ``logits`` (B×K×H×W, channel k = label k + 1; in mode ``dfa-out`` they
+        include b_c) and ``attention``
         (the last layer's pixel → class attention averaged over heads, B×K×H/16×W/16, summing to 1
         over classes; None unless ``return_attention``).
         """
@@ -62,7 +63,12 @@ class DFASegModel(nn.Module):
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
         features = self.encoder(x)
         mask_features, memory = self.pixel_decoder(features)
-        masks, focus, _ = self.decoder(memory, mask_features, self.bias())  # F fused with the updated memory
+        bias = self.bias()
+        masks, focus, _ = self.decoder(memory, mask_features, bias)  # F fused with the updated memory
+        if self.bias.reaches_output:
+            # dfa-out: b_c is also class c's output offset (a constant per class commutes with the
+            # bilinear upsampling, so adding it at stride 4 is the same as after it).
+            masks = masks + bias.to(masks.dtype)[None, :, None, None]
         logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
         return {"logits": logits, "attention": focus if return_attention else None}
 

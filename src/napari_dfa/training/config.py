@@ -106,6 +106,9 @@ class TrainConfig:
       loss: ``focal_dice`` (``focal_weight``·focal + ``dice_weight``·dice over softmax) or
         ``weighted_ce`` (inverse-frequency class-weighted cross-entropy, the re-weighting baseline).
       focal_gamma: focusing parameter of the focal loss.
+      logit_adjust_tau: logit adjustment (Menon et al., ICLR 2021): the loss is computed on
+        ``logits + τ·log f_c`` during training, the model's plain logits are used at inference;
+        0 = off (the benchmark's ``logit_adjust`` method uses τ = 1 with bias mode ``none``).
       early_stop_patience: stop after this many epochs without a better validation mDice; 0 = off.
       amp: mixed precision on CUDA (ignored on CPU).
       num_workers: DataLoader worker processes (0 = load in the training process).
@@ -131,6 +134,7 @@ class TrainConfig:
     focal_weight: float = 0.25
     dice_weight: float = 0.75
     focal_gamma: float = 2.0
+    logit_adjust_tau: float = 0.0
     early_stop_patience: int = 0
     amp: bool = True
     num_workers: int = 0
@@ -160,6 +164,10 @@ class TrainConfig:
             bad(f"[data] val_crop = {self.data.val_crop} must be 0 or a multiple of 32")
         if self.lr <= 0:
             bad("lr must be > 0")
+        if self.logit_adjust_tau < 0:
+            bad(f"logit_adjust_tau = {self.logit_adjust_tau} must be >= 0")
+        if self.num_workers < 0:
+            bad(f"num_workers = {self.num_workers} must be >= 0")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

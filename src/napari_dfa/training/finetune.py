@@ -23,6 +23,7 @@ from .augment import augment, rng_for
 from .config import AugmentConfig
 from .losses import SegmentationLoss
 from .metrics import confusion_matrix, scores_from_confusion
+from .optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,6 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
 
     Returns: :class:`FinetuneResult`.
     """
-    from ..model.bias import param_groups
-
     k = segmenter.num_classes
     samples = _check_samples(samples, k, "correction")
     replay = _check_samples(replay, k, "replay sample")
@@ -171,7 +170,7 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     model = new.model
     device = new.device
     lr = 2e-4 if lr is None else float(lr)
-    optimizer = torch.optim.AdamW(param_groups(model, lr, 1e-4, new.config.delta_lr_multiplier))
+    optimizer = make_optimizer(model, lr=lr, weight_decay=1e-4, delta_lr_multiplier=new.config.delta_lr_multiplier)
     criterion = SegmentationLoss(kind="focal_dice")
     aug = AugmentConfig(flip=True, rot90=True, stain=0.03, brightness=0.03)
     torch.manual_seed(seed)

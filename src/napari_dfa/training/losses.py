@@ -3,6 +3,11 @@
 - :func:`focal_loss` and :func:`dice_loss`: the reference recipe is ``0.25·focal + 0.75·dice``.
 - :func:`weighted_cross_entropy`: inverse-frequency class weights, the loss re-weighting baseline
   the DFA paper argues against.
+- logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021):
+  ``SegmentationLoss(logit_adjust_tau=τ)`` computes its loss on ``logits + τ·log f_c`` during
+  training only; the model's own logits are used at inference. Adding the log-prior makes the
+  loss ask for larger margins on rare classes, so the plain argmax later favours them by about
+  ``τ·log(f_common / f_rare)``.
 
 Targets are label maps with values 0..K (0 = ignore); logits are ``B×K×H×W`` (channel k = label k+1).
 Ignored pixels contribute nothing, so changing the prediction there changes neither the loss nor
@@ -64,6 +69,14 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, weight
     return F.cross_entropy(flat, t, weight=weights.to(flat.device, flat.dtype))
 
 
+def log_prior_shift(frequencies, *, tau: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """``τ·log f_c`` (K floats; f_c normalised to sum to 1, clamped at ``eps`` so an absent class
+    gets a large finite shift rather than −inf)."""
+    f = np.asarray(frequencies, dtype=np.float64)
+    f = np.clip(f / f.sum(), eps, None)
+    return torch.tensor(tau * np.log(f), dtype=torch.float32)
+
+
 def inverse_frequency_weights(frequencies, *, eps: float = 1e-4) -> torch.Tensor:
     """``w_c ∝ 1/f_c`` normalised to mean 1 (classes with f_c = 0 get the largest weight)."""
     f = np.clip(np.asarray(frequencies, dtype=np.float64), eps, None)
@@ -78,7 +91,9 @@ class SegmentationLoss(torch.nn.Module):
       kind: ``"focal_dice"`` or ``"weighted_ce"``.
       focal_weight / dice_weight: coefficients of the focal and Dice terms (``focal_dice``).
       focal_gamma: focusing parameter γ of the focal term.
-      frequencies: f_c of the training set (``weighted_ce`` derives its weights from them).
+      frequencies: f_c of the training set (``weighted_ce`` derives its weights from them, logit
+        adjustment its prior).
+      logit_adjust_tau: τ of logit adjustment; the loss sees ``logits + τ·log f_c`` (0 = off).
     """
 
     def __init__(
@@ -89,20 +104,28 @@ class SegmentationLoss(torch.nn.Module):
         dice_weight: float = 0.75,
         focal_gamma: float = 2.0,
         frequencies=None,
+        logit_adjust_tau: float = 0.0,
     ):
         super().__init__()
         if kind not in ("focal_dice", "weighted_ce"):
             raise ConfigError(f"loss = {kind!r}; choose focal_dice or weighted_ce")
         if kind == "weighted_ce" and frequencies is None:
             raise ConfigError("loss = weighted_ce needs the training-set class frequencies")
+        if logit_adjust_tau and frequencies is None:
+            raise ConfigError("logit_adjust_tau > 0 needs the training-set class frequencies")
         self.kind = kind
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
         self.focal_gamma = focal_gamma
         weights = inverse_frequency_weights(frequencies) if frequencies is not None else torch.ones(1)
         self.register_buffer("class_weights", weights, persistent=False)
+        self.logit_adjust_tau = float(logit_adjust_tau)
+        shift = log_prior_shift(frequencies, tau=self.logit_adjust_tau) if self.logit_adjust_tau else torch.zeros(1)
+        self.register_buffer("logit_shift", shift, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.logit_adjust_tau:
+            logits = logits.float() + self.logit_shift.view(1, -1, *([1] * (logits.ndim - 2)))
         if self.kind == "weighted_ce":
             return weighted_cross_entropy(logits, target, weights=self.class_weights)
         loss = logits.new_zeros((), dtype=torch.float32)

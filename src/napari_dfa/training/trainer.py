@@ -38,6 +38,7 @@ from .datasets import (EpochSampler, EvalTiles, TrainTiles, class_frequencies, c
 from .evaluation import validate
 from .losses import SegmentationLoss
 from .metrics import SegmentationMeter
+from .optim import make_optimizer
 from .state import load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -161,17 +162,17 @@ class _Run:
         self.criterion = SegmentationLoss(
             kind=config.loss, focal_weight=config.focal_weight, dice_weight=config.dice_weight,
             focal_gamma=config.focal_gamma, frequencies=self.frequencies,
+            logit_adjust_tau=config.logit_adjust_tau,
         ).to(ctx.device)
         self._loaders()
-        from ..model.bias import param_groups
-
-        mcfg = self.model.config
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, config.lr, config.weight_decay, mcfg.delta_lr_multiplier)
-        )
+        self.optimizer = make_optimizer(self.model, lr=config.lr, weight_decay=config.weight_decay,
+                                        delta_lr_multiplier=self.model.config.delta_lr_multiplier)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / config.accumulate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.steps_per_epoch))
-        self.amp = config.amp and ctx.device.type == "cuda"
+        self.amp = config.amp and ctx.device.type == "cuda"  # autocast only on CUDA; CPU trains in float32
+        if ctx.device.type == "cuda":
+            # Fixed-size training crops: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
         # bf16 needs no loss scaling; fp16 (older GPUs) does.
         self.amp_dtype = torch.bfloat16 if (self.amp and torch.cuda.is_bf16_supported()) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
@@ -256,7 +257,9 @@ class _Run:
         self.sampler.set_epoch(epoch)
         self.train_tiles.set_epoch(epoch)
         self.net.train()
-        loss_sum, n = 0.0, 0
+        cuda = self.ctx.device.type == "cuda"
+        # The loss is summed on the device: a float() per step would wait for the GPU every step.
+        loss_sum, n = torch.zeros((), device=self.ctx.device), 0  # float32: MPS has no float64
         self.optimizer.zero_grad(set_to_none=True)
         batches = len(self.train_loader)
         for i, (imgs, masks) in enumerate(self.train_loader):
@@ -264,6 +267,8 @@ class _Run:
                 raise Cancelled(f"training cancelled in epoch {epoch + 1}; {self.paths[1]} holds the last finished epoch")
             masks = masks.to(self.ctx.device, non_blocking=True)
             x = imgs.to(self.ctx.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)  # the model is channels-last on CUDA
             with torch.autocast(device_type=self.ctx.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits = self.net(x)["logits"]
             loss = self.criterion(logits.float(), masks)
@@ -275,11 +280,11 @@ class _Run:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
             n += 1
             if self.progress is not None:
                 self.progress(step0 + i + 1, total_steps, epoch=epoch + 1, loss=float(loss.detach()))
-        totals = ddp.all_reduce_sum(self.ctx, torch.tensor([loss_sum, n], dtype=torch.float64))
+        totals = ddp.all_reduce_sum(self.ctx, torch.tensor([float(loss_sum), n], dtype=torch.float64))
         return float(totals[0] / max(1.0, float(totals[1])))
 
     def validate(self):
