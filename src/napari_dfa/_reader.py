@@ -2,7 +2,8 @@
 
 ``napari_get_reader(path)`` answers None for paths it does not handle so other readers can try
 (other suffixes, folders that are not zarr, readable images that are no 2-D slide such as a z-stack),
-otherwise a function returning ``[(data, kwargs, "image")]``:
+otherwise a function returning ``[(data, kwargs, "image")]`` (slides: files, OME-Zarr folders,
+DICOM WSI as a ``.dcm`` file or the folder of its series):
 
 - ``data``: the slide's levels (a list of dask arrays, level 0 first; one array for a single small
   level) — napari reads only the tiles on screen at the level that fits the zoom, never all of
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 # Kept in sync with napari_dfa.slide.SUFFIXES (not imported here: napari asks every reader about
 # every path, and this module must stay cheap to import).
 _SUFFIXES = {".svs", ".tif", ".tiff", ".btf", ".tf8", ".tf2", ".ndpi", ".png", ".jpg", ".jpeg", ".zarr",
-             ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide"}
+             ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide", ".dcm"}
 _ZARR_MARKERS = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
 
 
@@ -47,7 +48,8 @@ def napari_get_reader(path):
         return None
     p = Path(path)
     if p.is_dir():
-        if not (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)):
+        if not (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS)
+                or _is_dicom_folder(p)):
             return None
 
         labels = labels_layer_data(p)  # an NGFF label image (`napari-dfa predict` output): labels
@@ -72,6 +74,14 @@ def napari_get_reader(path):
         return [layer_data(slide)]
 
     return read_opened
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    """A DICOM WSI folder (``.dcm`` files of one series): by name only, cheap for napari's probe."""
+    try:
+        return any(c.suffix.lower() == ".dcm" for c in path.iterdir())
+    except OSError:
+        return False
 
 
 def read_slide(path, **_ignored):

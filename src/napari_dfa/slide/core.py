@@ -13,7 +13,9 @@ Formats and backends:
 - ``zarr``: OME-Zarr (NGFF 0.4 and 0.5, zarr v2 and v3) and plain zarr arrays;
 - ``pillow``: PNG and JPEG (decoded whole on first use: those formats have no tiles);
 - ``openslide`` (optional extra ``napari-dfa[openslide]``): MIRAX, Hamamatsu VMS/VMU/NDPI, Leica
-  SCN, Ventana BIF, and anything OpenSlide reads when asked with ``backend="openslide"``.
+  SCN, Ventana BIF, and anything OpenSlide reads when asked with ``backend="openslide"``;
+- ``dicom`` (through OpenSlide): DICOM WSI, a ``.dcm`` file of the series or the folder holding it
+  (see ``_dicom``).
 
 Grey, 16-bit, float, planar, indexed-colour and RGBA data become RGB uint8 lazily (see
 ``_slide_arrays`` for the intensity scaling). Every failure — at open or later, while dask computes
@@ -42,7 +44,8 @@ _PIL = {".png", ".jpg", ".jpeg"}
 _ZARR = {".zarr"}
 # Vendor formats tifffile cannot read (or reads worse): always OpenSlide under "auto".
 _OPENSLIDE_ONLY = {".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide"}
-SUFFIXES = _TIFF | _PIL | _ZARR | _OPENSLIDE_ONLY
+_DICOM = {".dcm"}  # read through OpenSlide too, under every backend but "tifffile"
+SUFFIXES = _TIFF | _PIL | _ZARR | _OPENSLIDE_ONLY | _DICOM
 
 _MAGIC = {
     b"II*\x00": "tiff", b"MM\x00*": "tiff", b"II+\x00": "tiff", b"MM\x00+": "tiff",
@@ -59,7 +62,7 @@ class Slide:
       downsamples: level-0 pixels per level pixel for each level (``1.0`` for level 0).
       mpp: microns per level-0 pixel, or None when the file does not say.
       metadata: vendor metadata, e.g. ``{"vendor": "aperio", "aperio": {...}, ...}``.
-      backend: ``"tifffile"``, ``"zarr"``, ``"pillow"`` or ``"openslide"``.
+      backend: ``"tifffile"``, ``"zarr"``, ``"pillow"``, ``"openslide"`` or ``"dicom"``.
       closer: called once by :meth:`close` to release file handles.
     """
 
@@ -161,8 +164,8 @@ def open_slide(path, *, backend: str = "auto") -> Slide:
     """Open a whole-slide image lazily (metadata only; pixels are read when a level is computed).
 
     Arguments:
-      path: a slide file (``.svs``, ``.tif``, ``.ome.tif``, ``.ndpi``, ``.mrxs``, ``.png``, ...) or an
-        OME-Zarr folder.
+      path: a slide file (``.svs``, ``.tif``, ``.ome.tif``, ``.ndpi``, ``.mrxs``, ``.dcm``, ``.png``, ...),
+        an OME-Zarr folder or a DICOM WSI folder.
       backend: ``"auto"`` (by format: see the module docstring), ``"tifffile"`` (tifffile, zarr and
         Pillow readers; never OpenSlide) or ``"openslide"``.
 
@@ -177,9 +180,20 @@ def open_slide(path, *, backend: str = "auto") -> Slide:
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideError(f"{path}: no such file or folder.")
-    kind = "openslide" if backend == "openslide" else _sniff(path, allow_openslide=backend == "auto")
+    if backend == "openslide":  # a DICOM folder still needs its file picked
+        from ._dicom import is_dicom_file, is_dicom_folder
+
+        kind = "dicom" if is_dicom_folder(path) or (path.is_file() and is_dicom_file(path)) else "openslide"
+    else:
+        kind = _sniff(path, allow_openslide=backend == "auto")
     opened: Opened
-    if kind == "openslide":
+    if kind == "dicom":
+        if backend == "tifffile":
+            raise SlideError(f"{path}: DICOM slides are read through OpenSlide; open with backend='auto'.")
+        from ._dicom import open_dicom
+
+        opened = open_dicom(path)
+    elif kind == "openslide":
         from ._openslide import open_openslide
 
         opened = open_openslide(path)
@@ -204,19 +218,24 @@ def open_slide(path, *, backend: str = "auto") -> Slide:
 
 def _sniff(path: Path, *, allow_openslide: bool) -> str:
     """Which reader to use: by folder layout, suffix, then the file's first bytes."""
+    from ._dicom import is_dicom_folder
+
     suffix = path.suffix.lower()
     if path.is_dir():
         markers = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
         if suffix in _ZARR or any((path / n).exists() for n in markers):
             return "zarr"
-        raise SlideError(f"{path}: a folder that is not a zarr store (no zarr.json or .zattrs).")
+        if is_dicom_folder(path):
+            return "dicom"
+        raise SlideError(f"{path}: a folder that is neither a zarr store (no zarr.json or .zattrs) nor a "
+                         "DICOM WSI (no .dcm files).")
     if allow_openslide and suffix in _OPENSLIDE_ONLY:
         return "openslide"
     if allow_openslide and suffix == ".ndpi" and _openslide_available():
         return "openslide"
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(132)
     except OSError as exc:
         raise SlideError(f"{path}: cannot read the file ({exc}).") from exc
     if not head:
@@ -224,12 +243,14 @@ def _sniff(path: Path, *, allow_openslide: bool) -> str:
     for magic, kind in _MAGIC.items():
         if head.startswith(magic):
             return kind
+    if head[128:132] == b"DICM":  # DICOM Part 10: a 128-byte preamble, then the marker
+        return "dicom"
     if suffix in _OPENSLIDE_ONLY:
         raise SlideError(f"{path}: {suffix} slides need OpenSlide; open with backend='auto' or 'openslide'.")
     raise SlideError(
-        f"{path}: not a supported slide (the first bytes {head[:4]!r} are not TIFF, PNG or JPEG"
+        f"{path}: not a supported slide (the first bytes {head[:4]!r} are not TIFF, PNG, JPEG or DICOM"
         f"{'' if suffix not in SUFFIXES else f', although it is named {suffix}'}). "
-        "Supported: SVS, (OME-)TIFF, NDPI, OME-Zarr, PNG, JPEG, and OpenSlide formats."
+        "Supported: SVS, (OME-)TIFF, NDPI, OME-Zarr, DICOM WSI, PNG, JPEG, and OpenSlide formats."
     )
 
 
