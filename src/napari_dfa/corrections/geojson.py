@@ -1,10 +1,39 @@
-"""QuPath GeoJSON annotations as corrections (no Qt): polygons with classes, rasterised onto a level."""
+"""QuPath GeoJSON annotations as corrections (no Qt): polygons with classes, rasterised onto a level.
+
+Reading (:func:`read_geojson`) accepts what QuPath writes and reports, feature by feature, what it
+skipped and why — nothing is dropped silently and one odd feature never aborts the import:
+
+- a FeatureCollection, a list of features (QuPath's older export) or one feature; also
+  ``.geojson.gz`` and ``.zip`` exports (every ``.geojson``/``.json`` member of the archive);
+- the class from ``properties.classification.name``, a derived class written as
+  ``classification.names: ["Tumor", "Positive"]`` (matched as ``"Tumor: Positive"``, then as its
+  base ``"Tumor"``), or a plain ``classification`` / ``class`` string; matching ignores case;
+  QuPath's ``Ignore*`` class becomes the ignore label 0 (it clears what was drawn under it);
+- objects nested in ``childObjects`` (in ``properties`` or on the feature);
+- Polygon, MultiPolygon and GeometryCollection geometries (lines and points are skipped);
+- annotations only by default: detections, cells and tiles (``properties.objectType``, or the
+  ``PathDetectionObject``-style ids of QuPath 0.2) are told apart and skipped unless asked for;
+- an unknown class, a missing class, a ring with fewer than 3 distinct vertices, empty or
+  malformed coordinates, non-finite numbers, a non-object feature or a polygon beyond any slide
+  (:data:`MAX_COORDINATE`) is skipped with its reason.
+
+Rasterising (:func:`rasterise_polygons`) is pixel-exact: a pixel belongs to a polygon when its
+centre does (QuPath's and GDAL's rule; a centre exactly on a left/top edge is inside, on a
+right/bottom edge outside). Each polygon is filled with its own holes by the even-odd rule, so a
+hole only leaves out that polygon's paint and never erases polygons drawn before it; later
+features paint over earlier ones. Our own GeoJSON export read back gives the labels it came from.
+"""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import logging
+import math
 import os
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,95 +42,390 @@ from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# No glass slide is a million pixels long at any scanner resolution (250 mm at 0.25 µm/px): a
+# coordinate beyond this is a unit mix-up (µm, nm) or a broken export, not an annotation.
+MAX_COORDINATE = 1_000_000
+MAX_DECOMPRESSED = 1 << 30  # bytes read from a .gz/.zip (a 1 GiB GeoJSON is ~10 M cells)
+MAX_PATCH_PIXELS = 1 << 30  # one rasterised patch (uint8): import at a coarser level beyond this
+ROW_BAND = 1024  # rows filled at a time (bounds the scanline buffers)
+OBJECT_TYPES = ("annotation", "detection", "cell", "tile", "tma_core")
+_QUPATH_02_IDS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection",
+                  "PathCellObject": "cell", "PathTileObject": "tile", "TMACoreObject": "tma_core"}
+
+
+@dataclass
+class GeoJSONImport:
+    """What :func:`read_geojson` found.
+
+    Attributes:
+      polygons: ``[(label, rings)]``; label 0 = ignore (QuPath ``Ignore*``), 1..K a class;
+        rings[0] is the exterior, the rest its holes, each an n×2 array of level-0 (x, y).
+      skipped: ``[(where, why)]`` per skipped feature, e.g. ``("feature 3", "class 'Fat' ...")``.
+      per_class: polygons imported per class name.
+    """
+
+    source: str
+    polygons: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    def report(self, limit: int = 20) -> str:
+        """Human-readable summary: what was imported, then each skipped feature and why."""
+        got = ", ".join(f"{n} {c}" for n, c in self.per_class.items()) or "nothing"
+        lines = [f"{self.source}: imported {len(self.polygons)} polygons ({got}); skipped {len(self.skipped)} features"]
+        lines += [f"  {where}: {why}" for where, why in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            lines.append(f"  ... and {len(self.skipped) - limit} more")
+        return "\n".join(lines)
+
 
 def read_geojson_polygons(path: str | os.PathLike, class_names: list[str]) -> list[tuple[int, list]]:
-    """``[(label, rings)]`` from a GeoJSON file; rings[0] is the exterior, the rest are holes.
+    """``[(label, rings)]`` from a QuPath GeoJSON file (see :func:`read_geojson`); skipped
+    features are logged one per line. Raises DataError when no class polygon is left."""
+    found = read_geojson(path, class_names)
+    if found.skipped:
+        logger.warning("%s", found.report())
+    if not any(label > 0 for label, _ in found.polygons):
+        why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
+        raise DataError(f"{found.source}: no class-annotated polygons found (set a classification in QuPath "
+                        f"that the model knows: {', '.join(class_names)}){why}")
+    return found.polygons
 
-    Accepts a FeatureCollection, a list of features (QuPath's older export) or a single feature.
-    The class comes from ``properties.classification.name`` (QuPath), or a plain
-    ``properties.classification`` / ``properties.class`` string; features without one are skipped.
-    """
+
+def read_geojson(path: str | os.PathLike, class_names: list[str], *,
+                 object_types: tuple[str, ...] = ("annotation",)) -> GeoJSONImport:
+    """Read the class-annotated polygons of a QuPath GeoJSON (``.geojson``, ``.json``,
+    ``.geojson.gz``, ``.zip``); never raises for one bad feature, only for an unreadable file."""
     path = Path(path)
+    found = GeoJSONImport(source=str(path))
+    lowered = [str(n).lower() for n in class_names]
+    for member, doc in _documents(path):
+        prefix = f"{member}: " if member else ""
+        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+            features = doc.get("features")
+            if not isinstance(features, list):
+                found.skipped.append((f"{prefix}features", "not a list of features"))
+                continue
+        elif isinstance(doc, list):
+            features = doc
+        elif isinstance(doc, dict) and doc.get("type") in ("Feature", "GeometryCollection", "Polygon",
+                                                           "MultiPolygon"):
+            features = [doc if doc.get("type") == "Feature" else {"type": "Feature", "geometry": doc}]
+        else:
+            raise DataError(f"{path}{' ' + member if member else ''}: expected a GeoJSON FeatureCollection "
+                            "of annotations (QuPath: File > Export objects as GeoJSON)")
+        for i, feat in enumerate(features):
+            _feature(feat, f"{prefix}feature {i}", lowered, class_names, object_types, found)
+    return found
+
+
+def _documents(path: Path):
+    """``(member name, parsed JSON)`` of a file, a .gz or every GeoJSON member of a .zip."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.lower().endswith((".geojson", ".json"))
+                         and not n.startswith("__MACOSX/")]
+                if not names:
+                    raise DataError(f"{path}: the zip archive holds no .geojson or .json file")
+                for name in names:
+                    with zf.open(name) as fh:
+                        yield name, _parse(path, _read_bounded(path, fh), name)
+            return
+        with open(path, "rb") as raw:
+            head = raw.read(2)
+            raw.seek(0)
+            fh = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+            yield "", _parse(path, _read_bounded(path, fh), "")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable GeoJSON file ({exc})") from None
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        features = doc.get("features") or []
-    elif isinstance(doc, list):
-        features = doc
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        features = [doc]
-    else:
-        raise DataError(f"{path}: expected a GeoJSON FeatureCollection of annotations")
-    lowered = [n.lower() for n in class_names]
-    out, skipped = [], 0
-    for i, feat in enumerate(features):
-        props = (feat or {}).get("properties") or {}
-        name = _class_name(props)
-        if name is None:
-            skipped += 1
-            continue
-        if name.lower() not in lowered:
-            raise DataError(f"{path}: feature {i} has class {name!r}, which the model does not know "
-                            f"(classes: {', '.join(class_names)}); rename it in QuPath")
-        label = lowered.index(name.lower()) + 1
-        geom = (feat or {}).get("geometry") or {}
-        gtype, coords = geom.get("type"), geom.get("coordinates")
-        try:
-            if gtype == "Polygon":
-                out.append((label, [np.asarray(r, dtype=float)[:, :2] for r in coords]))
-            elif gtype == "MultiPolygon":
-                out.extend((label, [np.asarray(r, dtype=float)[:, :2] for r in poly]) for poly in coords)
+
+
+def _read_bounded(path: Path, fh) -> bytes:
+    data = fh.read(MAX_DECOMPRESSED + 1)
+    if len(data) > MAX_DECOMPRESSED:
+        raise DataError(f"{path}: more than {MAX_DECOMPRESSED >> 20} MiB of GeoJSON; split the export")
+    return data
+
+
+def _parse(path: Path, data: bytes, member: str):
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        where = f"{path}{' ' + member if member else ''}"
+        raise DataError(f"{where}: not a readable GeoJSON file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _feature(feat, where: str, lowered, class_names, object_types, found: GeoJSONImport) -> None:
+    if not isinstance(feat, dict):
+        found.skipped.append((where, f"not a GeoJSON feature ({_short(feat)})"))
+        return
+    props = feat.get("properties")
+    props = props if isinstance(props, dict) else {}
+    _own_polygons(feat, props, where, lowered, class_names, object_types, found)
+    # Children lie inside their parent in QuPath's hierarchy: drawn after it, so over it.
+    for holder in (props, feat):
+        children = holder.get("childObjects")
+        if isinstance(children, list):
+            for j, child in enumerate(children):
+                _feature(child, f"{where} > child {j}", lowered, class_names, object_types, found)
+
+
+def _own_polygons(feat: dict, props: dict, where: str, lowered, class_names, object_types,
+                  found: GeoJSONImport) -> None:
+    kind = _object_type(feat, props)
+    if kind not in object_types:
+        found.skipped.append((where, f"a QuPath {kind} object; corrections are read from "
+                                     f"{' and '.join(object_types)} objects"))
+        return
+    name, candidates = _class_name(props)
+    if name is None:
+        found.skipped.append((where, "no classification (set a class in QuPath)"))
+        return
+    label = None
+    for cand in candidates:
+        if cand.lower().startswith("ignore"):
+            label = 0  # QuPath's Ignore*: not corrected
+            break
+        if cand.lower() in lowered:
+            label = lowered.index(cand.lower()) + 1
+            break
+    if label is None:
+        found.skipped.append((where, f"class {name!r}, which the model does not know "
+                                     f"(classes: {', '.join(class_names)}); rename it in QuPath"))
+        return
+    polys, reasons = _polygons(feat.get("geometry"))
+    for why in reasons:
+        found.skipped.append((where, why))
+    if not polys:
+        if not reasons:
+            found.skipped.append((where, "no polygon geometry"))
+        return
+    cls = "ignore" if label == 0 else class_names[label - 1]
+    for rings in polys:
+        found.polygons.append((label, rings))
+        found.per_class[cls] = found.per_class.get(cls, 0) + 1
+
+
+def _object_type(feat: dict, props: dict) -> str:
+    kind = props.get("objectType")
+    if isinstance(kind, str) and kind:
+        kind = kind.lower().replace(" ", "_")
+        return "tma_core" if kind in ("tma", "tmacore") else kind
+    return _QUPATH_02_IDS.get(feat.get("id"), "annotation") if isinstance(feat.get("id"), str) else "annotation"
+
+
+def _class_name(props: dict) -> tuple[str | None, list[str]]:
+    """The class as written, and the names to try in order (derived class, then its base)."""
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        names = cls.get("names")
+        if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+            full = ": ".join(names)
+            return full, [full, names[0]]
+        if isinstance(cls.get("name"), str) and cls["name"]:
+            full = cls["name"]
+            return full, [full, full.split(":")[0].strip()]
+    for key in ("classification", "class"):
+        if isinstance(props.get(key), str) and props[key]:
+            return props[key], [props[key]]
+    return None, []
+
+
+def _polygons(geom) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Polygons (each a list of rings) in a geometry, and a reason for each part left out."""
+    if not isinstance(geom, dict):
+        return [], ["no geometry" if geom is None else f"geometry is not an object ({_short(geom)})"]
+    gtype, coords = geom.get("type"), geom.get("coordinates")
+    if gtype == "Polygon":
+        rings, why = _polygon(coords)
+        return ([rings], []) if rings else ([], [why])
+    if gtype == "MultiPolygon":
+        if not isinstance(coords, list) or not coords:
+            return [], ["MultiPolygon with empty coordinates"]
+        out, reasons = [], []
+        for k, part in enumerate(coords):
+            rings, why = _polygon(part)
+            if rings:
+                out.append(rings)
             else:
-                skipped += 1
-        except (TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"{path}: feature {i} has malformed coordinates ({exc})") from None
-    if skipped:
-        logger.warning("%s: skipped %d features without a class or without a polygon", path, skipped)
-    if not out:
-        raise DataError(f"{path}: no class-annotated polygons found (set a classification in QuPath)")
-    return out
+                reasons.append(f"MultiPolygon part {k}: {why}")
+        return out, reasons
+    if gtype == "GeometryCollection":
+        parts = geom.get("geometries")
+        if not isinstance(parts, list):
+            return [], ["GeometryCollection without a geometries list"]
+        out, reasons = [], []
+        for k, part in enumerate(parts):
+            polys, why = _polygons(part)
+            out += polys
+            reasons += [f"GeometryCollection part {k}: {w}" for w in why]
+        return out, reasons
+    return [], [f"a {gtype or 'missing'} geometry, not a polygon"]
 
 
+def _polygon(coords) -> tuple[list[np.ndarray] | None, str]:
+    if not isinstance(coords, list) or not coords:
+        return None, "empty coordinates"
+    rings = []
+    for k, ring in enumerate(coords):
+        arr, why = _ring(ring)
+        if arr is None:
+            if k == 0:
+                return None, why
+            continue  # a broken hole is left out; the shell still counts
+        rings.append(arr)
+    shell = rings[0]
+    if abs(_area(shell)) == 0.0:
+        return None, "a polygon with no area (its vertices lie on one line)"
+    lo, hi = shell.min(axis=0), shell.max(axis=0)
+    if (hi < 0).any() or (lo > MAX_COORDINATE).any():
+        return None, (f"lies outside any slide (x {lo[0]:.0f}..{hi[0]:.0f}, y {lo[1]:.0f}..{hi[1]:.0f} "
+                      f"level-0 pixels); are the coordinates in pixels?")
+    if max(abs(lo).max(), abs(hi).max()) > MAX_COORDINATE:
+        return None, (f"reaches beyond any slide (coordinates up to {max(abs(lo).max(), abs(hi).max()):.0f}, "
+                      f"more than {MAX_COORDINATE} level-0 pixels); are the coordinates in pixels?")
+    return rings, ""
+
+
+def _ring(ring) -> tuple[np.ndarray | None, str]:
+    if not isinstance(ring, list) or not ring:
+        return None, "empty coordinates"
+    try:
+        arr = np.asarray(ring, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None, "malformed coordinates (expected [x, y] number pairs)"
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        return None, "malformed coordinates (expected [x, y] number pairs)"
+    arr = arr[:, :2]
+    if not np.isfinite(arr).all():
+        return None, "coordinates that are not finite numbers"
+    if len(np.unique(arr, axis=0)) < 3:
+        return None, f"a polygon with {len(np.unique(arr, axis=0))} distinct vertices (at least 3 make an area)"
+    return arr, ""
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _short(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# --- rasterising ----------------------------------------------------------------------------------
 def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 1.0,
                        level_shape: tuple[int, int] | None = None, source: object = "polygons"
                        ) -> tuple[np.ndarray, tuple[int, int]]:
     """Draw labelled polygons (level-0 (x, y) vertices) on the grid of a level.
 
-    Returns ``(mask, (y0, x0))``: uint8 labels over the polygons' bounding box and its top-left in
-    level pixels. A pixel belongs to a polygon when its centre does (QuPath's convention).
+    Returns ``(mask, (y0, x0))``: uint8 labels over the polygons' bounding box (clipped to the
+    level) and its top-left in level pixels. Pixel-centre rule, holes per polygon, later polygons
+    over earlier ones; label 0 (QuPath ``Ignore*``) clears. Polygons outside the level are left
+    out with a warning; none inside, or none covering a pixel centre, is a DataError.
     """
-    from PIL import Image, ImageDraw
-
-    pts = np.concatenate([r for _, rings in polygons for r in rings]) / downsample
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int)
-    x0, y0 = max(x0, 0), max(y0, 0)
+    ds = float(downsample)
+    if not (math.isfinite(ds) and ds > 0):
+        raise DataError(f"{source}: downsample must be a positive number, got {downsample!r}")
+    scaled, outside = [], 0
+    for label, rings in polygons:
+        rings = [np.asarray(r, dtype=np.float64)[:, :2] / ds for r in rings]
+        lo, hi = rings[0].min(axis=0), rings[0].max(axis=0)
+        if hi[0] <= 0 or hi[1] <= 0 or (level_shape is not None and (lo[0] >= level_shape[1] or lo[1] >= level_shape[0])):
+            outside += 1
+            continue
+        scaled.append((int(label), rings, lo, hi))
+    if outside:
+        logger.warning("%s: %d polygons lie outside the slide level and were left out", source, outside)
+    if not scaled:
+        raise DataError(f"{source}: the polygons lie outside the slide")
+    lo = np.min([s[2] for s in scaled], axis=0)
+    hi = np.max([s[3] for s in scaled], axis=0)
+    # Pixels whose centres can fall inside: columns floor(lo - 0.5) + 1 .. ceil(hi - 0.5).
+    x0, y0 = max(0, int(math.floor(lo[0]))), max(0, int(math.floor(lo[1])))
+    x1, y1 = int(math.ceil(hi[0])), int(math.ceil(hi[1]))
     if level_shape is not None:
         y1, x1 = min(y1, int(level_shape[0])), min(x1, int(level_shape[1]))
     if x1 <= x0 or y1 <= y0:
         raise DataError(f"{source}: the polygons lie outside the slide")
-    img = Image.new("L", (int(x1 - x0), int(y1 - y0)), 0)
-    draw = ImageDraw.Draw(img)
-    for label, rings in polygons:
-        for j, ring in enumerate(rings):
-            # PIL fills integer points; pixel i's centre is i + 0.5 in QuPath coordinates.
-            xy = [(float(x) / downsample - x0 - 0.5, float(y) / downsample - y0 - 0.5) for x, y in ring]
-            if len(xy) >= 3:
-                draw.polygon(xy, fill=int(label) if j == 0 else 0)
-    return np.asarray(img, dtype=np.uint8), (int(y0), int(x0))
+    if (y1 - y0) * (x1 - x0) > MAX_PATCH_PIXELS:
+        raise DataError(f"{source}: the polygons span {x1 - x0}×{y1 - y0} pixels at this level (more than "
+                        f"{MAX_PATCH_PIXELS >> 20} M); import them at a coarser level")
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    painted = np.zeros(mask.shape, dtype=bool)
+    empty = 0
+    for label, rings, _, _ in scaled:
+        n = fill_polygon(mask, [r - (x0, y0) for r in rings], label, painted)
+        empty += n == 0
+    if empty:
+        logger.warning("%s: %d polygons cover no pixel centre at this level (smaller than a pixel)", source, empty)
+    if not painted.any():
+        raise DataError(f"{source}: no pixel centre of this level lies inside the polygons; "
+                        "draw larger regions or import at a finer level")
+    return mask, (int(y0), int(x0))
 
 
-def _class_name(props: dict) -> str | None:
-    cls = props.get("classification")
-    if isinstance(cls, dict) and cls.get("name"):
-        return str(cls["name"])
-    for key in ("classification", "class"):
-        if isinstance(props.get(key), str) and props[key]:
-            return props[key]
-    return None
-
-
+def fill_polygon(mask: np.ndarray, rings: list[np.ndarray], value: int, painted: np.ndarray | None = None) -> int:
+    """Set the pixels of ``mask`` whose centres lie inside the polygon (exterior + holes, even-odd
+    rule) to ``value``; vertices are (x, y) in ``mask``'s pixel units, pixel (r, c) has its centre
+    at (c + 0.5, r + 0.5). Returns the number of pixels set. Scanline fill: each edge crosses the
+    pixel-centre rows it spans once, so the work is the edges' height plus the area."""
+    h, w = mask.shape
+    xs, ys = [], []
+    for ring in rings:
+        ring = np.asarray(ring, dtype=np.float64)
+        if len(ring) and not np.array_equal(ring[0], ring[-1]):
+            ring = np.vstack([ring, ring[:1]])  # GeoJSON rings are closed; be kind to others
+        xa, ya, xb, yb = ring[:-1, 0], ring[:-1, 1], ring[1:, 0], ring[1:, 1]
+        keep = ya != yb  # horizontal edges cross no centre row
+        xs.append(np.stack([xa[keep], xb[keep]]))
+        ys.append(np.stack([ya[keep], yb[keep]]))
+    if not xs:
+        return 0
+    xa, xb = np.concatenate([x[0] for x in xs]), np.concatenate([x[1] for x in xs])
+    ya, yb = np.concatenate([y[0] for y in ys]), np.concatenate([y[1] for y in ys])
+    ylo, yhi = np.minimum(ya, yb), np.maximum(ya, yb)
+    # Rows r with centre r + 0.5 in [ylo, yhi): half-open, so a vertex on a row counts once.
+    r0 = np.clip(np.ceil(ylo - 0.5), 0, h).astype(np.int64)
+    r1 = np.clip(np.ceil(yhi - 0.5), 0, h).astype(np.int64)
+    counts = np.maximum(r1 - r0, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return 0
+    edge = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    rows = r0[edge] + (np.arange(total) - starts[edge])
+    yc = rows + 0.5
+    x = xa[edge] + (yc - ya[edge]) * (xb[edge] - xa[edge]) / (yb[edge] - ya[edge])
+    order = np.lexsort((x, rows))
+    rows, x = rows[order], x[order]
+    # Every row holds an even number of crossings (closed rings, half-open rows): pair them up.
+    left, right, row = x[0::2], x[1::2], rows[0::2]
+    c0 = np.clip(np.ceil(left - 0.5), 0, w).astype(np.int64)
+    c1 = np.clip(np.ceil(right - 0.5), 0, w).astype(np.int64)
+    keep = c1 > c0
+    row, c0, c1 = row[keep], c0[keep], c1[keep]
+    if not row.size:
+        return 0
+    # Work inside the polygon's own box, a band of rows at a time.
+    xa0, xa1 = int(c0.min()), int(c1.max())
+    bw = xa1 - xa0
+    n = 0
+    for b0 in range(int(row[0]), int(row[-1]) + 1, ROW_BAND):
+        b1 = min(h, b0 + ROW_BAND)
+        i0, i1 = np.searchsorted(row, b0), np.searchsorted(row, b1)
+        if i0 == i1:
+            continue
+        diff = np.zeros((b1 - b0, bw + 1), dtype=np.int32)
+        np.add.at(diff, (row[i0:i1] - b0, c0[i0:i1] - xa0), 1)
+        np.add.at(diff, (row[i0:i1] - b0, c1[i0:i1] - xa0), -1)
+        inside = np.cumsum(diff[:, :bw], axis=1) > 0
+        mask[b0:b1, xa0:xa1][inside] = value
+        if painted is not None:
+            painted[b0:b1, xa0:xa1] |= inside
+        n += int(inside.sum())
+    return n
