@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Keep BLAS/torch from oversubscribing 2 cores when pytest and Qt share them.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: test demo demo-headless bench setup system-deps clean
+.PHONY: test demo demo-headless bench bench-dfa-gpu bench-dfa-quick setup system-deps clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,19 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# Does the learned class bias help? 10 paired seeds x none/dfa/dfa-out/difficulty/logit_adjust,
+# sized for one GPU (~10 min on an H200; training/gpu_bench.toml says how). Stops at once without CUDA.
+BENCH_GPU_OUT ?= runs/bench-dfa-gpu
+bench-dfa-gpu: setup
+	@$(PY) -c "import sys, torch; ok = torch.cuda.is_available(); print('CUDA:', torch.cuda.get_device_name(0) if ok else 'NOT AVAILABLE (torch ' + torch.__version__ + ')'); sys.exit(0 if ok else 1)" \
+		|| { echo "bench-dfa-gpu needs a CUDA GPU and a CUDA build of torch; on a CPU run 'make bench-dfa-quick'" >&2; exit 1; }
+	$(VENV)/bin/napari-dfa bench --config training/gpu_bench.toml --device cuda --out $(BENCH_GPU_OUT) \
+		--markdown $(BENCH_GPU_OUT).md
+
+# The same comparison as a CPU smoke run (tiny model, 64 px, 2 epochs, 2 seeds): checks the path, not the answer.
+bench-dfa-quick: setup
+	$(VENV)/bin/napari-dfa bench --quick --device cpu --out runs/bench-dfa-quick --markdown runs/bench-dfa-quick.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

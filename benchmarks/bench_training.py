@@ -7,7 +7,7 @@
 Throughput: tiles/s of the full pipeline (SAM-Path dataset in memory, augmentation with HED stain
 jitter, collation, transfer, forward, backward, AdamW step) against forward+backward+step on one
 pre-loaded batch of the same size; the ratio says whether the data pipeline keeps the model fed
-(goal >= 0.9). Bias modes: `napari-dfa bench` (see napari_dfa.training.bench).
+(goal >= 0.9). Bias modes: `napari-dfa bench` (see napari_dfa.training.comparison).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import argparse
 import sys
 import time
 
-from napari_dfa.training.bench import bench_config, bench_markdown, machine_info, run_bench, throughput
+from napari_dfa.training.comparison import comparison_config as bench_config
+from napari_dfa.training.comparison import comparison_markdown, run_comparison
+from napari_dfa.training.throughput import machine_info, throughput
 
 
 def main(argv=None) -> int:
@@ -47,11 +49,11 @@ def main(argv=None) -> int:
         return 0
     print("\n## DFA vs. baselines on synthetic data\n")
     t0 = time.perf_counter()
-    results = run_bench(seeds=range(args.seeds), config=bench_config(epochs=args.epochs), out_dir=args.out,
-                        device=args.device)
-    print(f"{args.seeds} seeds × 5 methods, {args.epochs} epochs each, tiny preset, 128² tiles; "
+    results = run_comparison(seeds=range(args.seeds), config=bench_config(epochs=args.epochs), out_dir=args.out,
+                             device=args.device)
+    print(f"{args.seeds} seeds × {len(results['methods'])} methods, {args.epochs} epochs each, tiny preset, 128² tiles; "
           f"{(time.perf_counter() - t0) / 60:.1f} min\n")
-    print(bench_markdown(results))
+    print(comparison_markdown(results))
     return 0
 
 
