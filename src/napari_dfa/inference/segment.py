@@ -23,13 +23,10 @@ it with the same batches, so a resumed run equals an uninterrupted one bit for b
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,35 +77,10 @@ class SegmentResult:
     model_seconds: float = 0.0  # wall time inside forward passes (+ transfer back): the rest is overhead
 
 
-_FINGERPRINTS: dict = {}  # weak model -> (identity of its tensors, fingerprint)
-
-
 def model_fingerprint(model) -> str:
-    """A cheap identity of a model's weights and classes (resume refuses a different model).
-
-    Summing every weight costs ~0.1 s for the demo model, per call; the result is cached per model
-    and reused while no tensor was replaced or changed in place (torch's per-tensor version counter
-    moves on every in-place write, e.g. an optimiser step)."""
-    import torch
-
-    state = model.model.state_dict()
-    ident = (list(model.class_names), repr(getattr(model, "config", "")),
-             tuple((name, p.data_ptr(), p._version, tuple(p.shape), p.dtype) for name, p in state.items()))
-    cached = _FINGERPRINTS.get(id(model))
-    if cached is not None and cached[0]() is model and cached[1] == ident:
-        return cached[2]
-    h = hashlib.sha1(json.dumps([list(model.class_names), repr(getattr(model, "config", ""))]).encode())
-    with torch.no_grad():
-        for name, p in state.items():
-            h.update(name.encode())
-            h.update(f"{tuple(p.shape)}:{float(p.double().sum()):.12e}:{float(p.double().abs().sum()):.12e}".encode())
-    digest = h.hexdigest()[:16]
-    try:
-        _FINGERPRINTS[id(model)] = (weakref.ref(model, lambda _r, k=id(model): _FINGERPRINTS.pop(k, None)), ident,
-                                    digest)
-    except TypeError:  # not weak-referenceable: no cache
-        pass
-    return digest
+    """The identity of a model's weights and classes (resume refuses a different model); see
+    :meth:`napari_dfa.model.Segmenter.fingerprint`."""
+    return model.fingerprint()
 
 
 def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, device="auto", out=None,

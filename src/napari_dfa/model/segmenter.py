@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -131,6 +133,63 @@ class Segmenter:
         entry = {**info, "bias": [float(b) for b in self.class_bias()]}
         self.metadata["bias_history"].append(entry)
         return entry
+
+    def bias_history(self) -> list[tuple[str, np.ndarray]]:
+        """The b_c snapshots recorded in this model's metadata, oldest first, as (label, K floats).
+
+        Training records the bias every epoch; fine-tuning runs append theirs. Reads
+        ``bias_history`` (or ``delta_history``), also under ``provenance`` or as a JSON string:
+        a list of dicts (``{"epoch": e, "bias": [...]}`` or ``{"step": s, "delta": [...]}``) or
+        of lists. Snapshots with another number of classes are left out.
+        """
+        md = self.metadata
+        k = self.num_classes
+        prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else {}
+        for key in ("bias_history", "delta_history"):
+            hist = md.get(key, prov.get(key))
+            if isinstance(hist, str):  # older checkpoints kept it as JSON text
+                try:
+                    hist = json.loads(hist)
+                except ValueError:
+                    hist = None
+            if not isinstance(hist, list):
+                continue
+            out = []
+            for i, item in enumerate(hist):
+                if isinstance(item, dict):
+                    vec = next((item[n] for n in ("bias", "b", "delta") if n in item), None)
+                    tag = " ".join(str(item[n]) for n in ("phase", "epoch", "step", "run") if n in item) or f"#{i}"
+                else:
+                    vec, tag = item, f"#{i}"
+                vec = np.asarray(vec, dtype=float).ravel() if vec is not None else None
+                if vec is not None and vec.size == k:
+                    out.append((tag, vec))
+            if out:
+                return out
+        return []
+
+    # -- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A cheap identity of the weights and classes (16 hex digits): a whole-slide labels store
+        is named by it, and resuming one refuses another model.
+
+        Summing every weight costs ~0.1 s for the demo model, so the result is kept and reused
+        while no tensor was replaced or changed in place (torch's per-tensor version counter moves
+        on every in-place write, e.g. an optimiser step)."""
+        state = self.model.state_dict()
+        ident = (list(self.class_names), repr(self.config),
+                 tuple((name, p.data_ptr(), p._version, tuple(p.shape), p.dtype) for name, p in state.items()))
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == ident:
+            return cached[1]
+        h = hashlib.sha1(json.dumps([list(self.class_names), repr(self.config)]).encode())
+        with torch.no_grad():
+            for name, p in state.items():
+                h.update(name.encode())
+                h.update(f"{tuple(p.shape)}:{float(p.double().sum()):.12e}:{float(p.double().abs().sum()):.12e}".encode())
+        digest = h.hexdigest()[:16]
+        self._fingerprint = (ident, digest)
+        return digest
 
     # -- inference ------------------------------------------------------------------------------
     def _autocast(self):
