@@ -3,6 +3,15 @@
 Each OpenSlide level becomes a dask array whose chunks are ``read_region`` calls (OpenSlide is
 thread-safe), RGBA composited over white — OpenSlide marks pixels outside the scanned area
 transparent. OpenSlide is imported only here, lazily, so the package works without it.
+
+Bounds (MIRAX, Leica SCN, ...: the ``openslide.bounds-x/-y/-width/-height`` properties, the scanned
+rectangle inside a larger, mostly empty frame): the slide is cropped to them, as QuPath does by
+default. Pixel (0, 0) of level 0 is OpenSlide's level-0 pixel (bounds-x, bounds-y), and every
+coordinate napari-dfa reads or writes (labels, GeoJSON, corrections, regions) is in the frame
+QuPath shows, so GeoJSON goes both ways without a shift. Level k is ``bounds / downsample_k``
+pixels, read from the same offset. ``Slide.metadata["bounds"]`` keeps the rectangle ``{"x", "y",
+"width", "height"}`` in OpenSlide level-0 pixels: add (x, y) to a napari-dfa coordinate to get
+OpenSlide's full-frame one (what ``openslide.OpenSlide.read_region`` takes).
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ def _import_openslide(path: Path):
 class _OpenSlideLevel:
     """``level[y0:y1, x0:x1, :]`` -> RGBA pixels through ``read_region``; picklable (reopens)."""
 
-    def __init__(self, path: Path, level: int, downsample: float, handle=None):
+    def __init__(self, path: Path, level: int, downsample: float, handle=None, origin=(0, 0)):
         self.path, self.level, self.downsample = path, level, downsample
+        self.origin = (int(origin[0]), int(origin[1]))  # (x, y) level-0 pixels: the bounds' corner
         self._handle = handle
 
     def __call__(self):
@@ -48,7 +58,8 @@ class _OpenSlideLevel:
         y0, x0 = ys.start or 0, xs.start or 0
         h, w = ys.stop - y0, xs.stop - x0
         # read_region takes the top-left in level-0 pixels and the size in level pixels
-        location = (int(round(x0 * self.downsample)), int(round(y0 * self.downsample)))
+        location = (int(round(x0 * self.downsample)) + self.origin[0],
+                    int(round(y0 * self.downsample)) + self.origin[1])
         rgba = np.asarray(self._handle.read_region(location, self.level, (w, h)))
         return rgba[:, :, key[2]] if len(key) > 2 else rgba
 
@@ -67,13 +78,18 @@ def open_openslide(path: Path) -> Opened:
         raise SlideError(f"{path}: OpenSlide cannot open the slide ({type(exc).__name__}: {exc}).") from exc
     try:
         props = dict(handle.properties)
+        bounds = _bounds(props, handle.level_dimensions[0])
+        origin = (bounds["x"], bounds["y"]) if bounds else (0, 0)
         stored = []
         for level, ((w, h), ds) in enumerate(zip(handle.level_dimensions, handle.level_downsamples)):
+            if bounds:  # QuPath's frame: the bounds rectangle at this level's scale
+                w = max(1, int(bounds["width"] / ds))
+                h = max(1, int(bounds["height"] / ds))
             tile_h = int(props.get(f"openslide.level[{level}].tile-height", 0) or 0)
             tile_w = int(props.get(f"openslide.level[{level}].tile-width", 0) or 0)
             chunks = (min(chunk_edge(tile_h or 1024), h), min(chunk_edge(tile_w or 1024), w), 4)
             guarded = GuardedArray(path=path, shape=(h, w, 4), dtype=np.uint8,
-                                   open_level=_OpenSlideLevel(path, level, float(ds), handle),
+                                   open_level=_OpenSlideLevel(path, level, float(ds), handle, origin),
                                    what=f"level {level}")
             stored.append(to_channels_last(lazy_level(guarded, chunks), "YXS", path=path))
         levels, downsamples = rgb_pyramid(stored, path=path)
@@ -95,6 +111,8 @@ def open_openslide(path: Path) -> Opened:
     meta = {"vendor": vendor, "format": "openslide", "properties": props,
             "associated_images": sorted(handle.associated_images),
             "stored_levels": handle.level_count}
+    if bounds:
+        meta["bounds"] = bounds
     power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
     if power:
         try:
@@ -104,3 +122,15 @@ def open_openslide(path: Path) -> Opened:
     if vendor == "aperio":
         meta["aperio"] = {k.split(".", 1)[1]: v for k, v in props.items() if k.startswith("aperio.")}
     return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta, close=handle.close)
+
+
+def _bounds(props: dict, full: tuple[int, int]) -> dict | None:
+    """The ``openslide.bounds-*`` rectangle (level-0 pixels) when all four are given and it is
+    not the whole frame, else None."""
+    try:
+        x, y, w, h = (int(props[f"openslide.bounds-{k}"]) for k in ("x", "y", "width", "height"))
+    except (KeyError, ValueError):
+        return None
+    if w <= 0 or h <= 0 or (x, y, w, h) == (0, 0, int(full[0]), int(full[1])):
+        return None
+    return {"x": x, "y": y, "width": w, "height": h}

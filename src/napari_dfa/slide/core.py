@@ -227,7 +227,7 @@ def _sniff(path: Path, *, allow_openslide: bool) -> str:
             return "zarr"
         if is_dicom_folder(path):
             return "dicom"
-        raise SlideError(f"{path}: a folder that is neither a zarr store (no zarr.json or .zattrs) nor a "
+        raise SlideError(f"{path}: a folder that is not a zarr store (no zarr.json or .zattrs) nor a "
                          "DICOM WSI (no .dcm files).")
     if allow_openslide and suffix in _OPENSLIDE_ONLY:
         return "openslide"
