@@ -192,18 +192,26 @@ def labels_layer_data(path):
         return None
     import zarr
 
+    from .errors import DataError
+    from .labels.store import multiscale_levels, ome_block
+
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs = group.attrs.asdict()
     except Exception:  # noqa: BLE001 - not ours to judge: the slide reader reports it
         return None
-    ome = attrs.get("ome", attrs)
+    ome = ome_block(attrs)
     if "image-label" not in ome or "multiscales" not in ome:
+        return None
+    try:
+        arrays = multiscale_levels(group)
+    except DataError:  # a damaged store: the slide reader reports it
+        return None
+    if not arrays:
         return None
     import dask.array as da
 
-    datasets = ome["multiscales"][0]["datasets"]
-    levels = [da.from_zarr(group[d["path"]]) for d in datasets]
+    levels = [da.from_zarr(a) for a in arrays]
     from .labels import read_labels
 
     _, info = read_labels(path, level=0)

@@ -17,7 +17,7 @@ import numpy as np
 from ._common import ROWS, check_classes, row_blocks
 from .areas import write_area_csv
 from .geojson import write_geojson
-from .store import ATTR, LabelsStore
+from .store import ATTR, LabelsStore, multiscale_datasets, multiscale_levels, ome_block
 from .tiff import read_tiff_labels, write_labels_tiff
 from ..errors import DataError
 
@@ -64,14 +64,14 @@ def _read_zarr_labels(path: Path, level: int):
         attrs = group.attrs.asdict()
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: not a zarr store ({exc})") from exc
-    ome = attrs.get("ome", attrs)
-    try:
-        datasets = ome["multiscales"][0]["datasets"]
-    except (KeyError, IndexError, TypeError):
-        raise DataError(f"{path}: no OME-Zarr multiscales metadata; is it a labels store?") from None
-    if not 0 <= level < len(datasets):
-        raise DataError(f"{path}: level {level} does not exist (the store has {len(datasets)} levels)")
-    arr = group[datasets[level]["path"]]
+    ome = ome_block(attrs)
+    datasets = multiscale_datasets(group)
+    if not datasets:
+        raise DataError(f"{path}: no OME-Zarr multiscales metadata; is it a labels store?")
+    levels = multiscale_levels(group)
+    if not 0 <= level < len(levels):
+        raise DataError(f"{path}: level {level} does not exist (the store has {len(levels)} levels)")
+    arr = levels[level]
     if arr.ndim != 2:
         arr = arr[(0,) * (arr.ndim - 2)]  # t/c/z leading axes of size 1
     ours = attrs.get(ATTR, {})

@@ -103,6 +103,33 @@ def ome_block(attrs: dict) -> dict:
     return attrs.get("ome", attrs)
 
 
+def multiscale_datasets(group: zarr.Group) -> list[dict]:
+    """The ``datasets`` of the group's first NGFF ``multiscales`` entry (finest first, each with
+    its ``path`` and ``coordinateTransformations``); [] when the group has none."""
+    multiscales = ome_block(group.attrs.asdict()).get("multiscales")
+    try:
+        return list(multiscales[0]["datasets"])
+    except (KeyError, IndexError, TypeError):
+        return []
+
+
+def multiscale_levels(group: zarr.Group) -> list[zarr.Array]:
+    """The arrays the group's NGFF ``multiscales`` lists, finest first ([] without multiscales).
+
+    The one reader of a label image's levels: the labels store, reading labels back, the napari
+    reader and the widgets use it. A listed array missing from the store raises
+    :class:`DataError` naming the store."""
+    levels = []
+    for d in multiscale_datasets(group):
+        key = d.get("path")
+        if key is None or key not in group:
+            where = getattr(group.store, "root", group.store)  # the folder, for a local store
+            raise DataError(f"{where}: the multiscales dataset {key!r} is listed but missing from the "
+                            "store; write the labels again")
+        levels.append(group[key])
+    return levels
+
+
 def _write_ome(group, block: dict, zarr_format: int) -> None:
     group.attrs.update({"ome": block} if zarr_format == 3 else block)
 
@@ -364,9 +391,36 @@ class LabelsStore:
         self.group.attrs.update({ATTR: meta})
 
     def levels(self) -> list[zarr.Array]:
-        """The stored levels listed in the multiscales metadata."""
-        datasets = ome_block(self.group.attrs.asdict())["multiscales"][0]["datasets"]
-        return [self.group[d["path"]] for d in datasets]
+        """The stored levels listed in the multiscales metadata, level 0 first."""
+        return multiscale_levels(self.group)
+
+    def level_factors(self) -> list[int]:
+        """Level-0 pixels per pixel of each stored level (level k pixel i is level-0 pixel f·i):
+        the ratio of the levels' NGFF scales, or of their heights when a level has no scale."""
+        levels = self.levels()
+        scales = []
+        for d in multiscale_datasets(self.group):
+            s = [t["scale"][-1] for t in d.get("coordinateTransformations", []) if t.get("type") == "scale"]
+            scales.append(float(s[0]) if s else None)
+        if len(scales) == len(levels) and all(scales) and scales[0] > 0:
+            return [max(1, int(round(s / scales[0]))) for s in scales]
+        return [max(1, int(round(levels[0].shape[0] / a.shape[0]))) for a in levels]
+
+    def write_patch(self, offset: tuple[int, int], labels: np.ndarray) -> None:
+        """Write ``labels`` at ``offset`` (y, x; level-0 pixels of the store) into every level.
+
+        Level k is level 0 subsampled by its factor (nearest, as :meth:`finish` builds it), so a
+        patch corrected after the pyramid was built shows at every zoom. Open the store with
+        mode ``"r+"``."""
+        levels = self.levels()
+        y0, x0 = (int(v) for v in offset)
+        for arr, f in zip(levels, self.level_factors()):
+            # the level-0 rows/columns this level samples: multiples of f
+            sub = labels[(-y0) % f::f, (-x0) % f::f]
+            ys, xs = -(-y0 // f), -(-x0 // f)
+            sub = sub[: arr.shape[0] - ys, : arr.shape[1] - xs]
+            arr[ys:ys + sub.shape[0], xs:xs + sub.shape[1]] = sub
+        logger.info("%s: wrote a %s patch at %s into %d levels", self.path, labels.shape, offset, len(levels))
 
 
 def _ome_for(meta: dict, shapes, factors, name: str) -> dict:
