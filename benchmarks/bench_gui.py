@@ -171,9 +171,9 @@ def main() -> int:
     seg_w.device_combo.setCurrentText("cpu")
     # The widgets warm torch/dask up in the background once docked; a user opening a slide gives
     # them those seconds, so the clicks are measured after it.
-    from napari_dfa._widgets import _common
+    from napari_dfa._widgets import _base
 
-    pump_until(app, lambda: _common._warm is None or not _common._warm.is_alive(), 120)
+    pump_until(app, lambda: _base._warm is None or not _base._warm.is_alive(), 120)
     settle = time.monotonic() + 1.0
     pump_until(app, lambda: time.monotonic() > settle, 5)
     meter = StallMeter()

@@ -66,7 +66,8 @@ def test_missing_model_is_one_clear_error(tmp_path):
 
 @pytest.mark.gui
 def test_demo_viewer_has_sample_model_and_widgets(make_napari_viewer, qtbot, tiny_model_path):
-    from napari_dfa._widgets._common import LayerPyramid, session_for, visible_region
+    from napari_dfa._widgets._layers import LayerPyramid, visible_region
+    from napari_dfa._widgets._session import session_for
     from napari_dfa.commands.demo import DEMO_VIEW, build_viewer
 
     viewer = make_napari_viewer(show=True)

@@ -35,8 +35,8 @@ def trained_history_model(tiny_model_path, tmp_path):
 
 
 def test_shows_current_bias_prior_and_history(make_napari_viewer, qtbot, trained_history_model):
-    from napari_dfa._widgets._common import session_for
-    from napari_dfa._widgets.attention import AttentionWidget, bias_trajectory
+    from napari_dfa._widgets._session import session_for
+    from napari_dfa._widgets.attention import AttentionWidget
 
     viewer = make_napari_viewer(show=True)
     widget = AttentionWidget(viewer)
@@ -57,10 +57,10 @@ def test_shows_current_bias_prior_and_history(make_napari_viewer, qtbot, trained
     prior = bars_ax.collections[0].get_offsets()[:, 1]
     np.testing.assert_allclose(prior, seg.prior_bias(), atol=1e-6)
     # b_c trajectory: one line per class, one point per recorded epoch, from the checkpoint.
-    assert [tag for tag, _ in bias_trajectory(seg)] == ["0", "1", "2"]
+    assert [tag for tag, _ in seg.bias_history()] == ["0", "1", "2"]
     lines = traj_ax.get_lines()
     assert len(lines) == len(seg.class_names)
-    np.testing.assert_allclose(lines[0].get_ydata(), [v[0] for _, v in bias_trajectory(seg)])
+    np.testing.assert_allclose(lines[0].get_ydata(), [v[0] for _, v in seg.bias_history()])
     assert lines[0].get_ydata()[-1] > lines[0].get_ydata()[0]  # class 1's δ went up, as recorded
 
 

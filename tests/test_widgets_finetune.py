@@ -103,8 +103,7 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     outside[layer.data > 0] = False
     assert float((after[outside] == before[outside]).mean()) > 0.2
     # The attention widget follows the new model: b_c history now includes the fine-tuning run.
-    assert any(tag.startswith("finetune") for tag, _ in __import__(
-        "napari_dfa._widgets.attention", fromlist=["bias_trajectory"]).bias_trajectory(ft_w.session.segmenter))
+    assert any(tag.startswith("finetune") for tag, _ in ft_w.session.segmenter.bias_history())
     np.testing.assert_allclose(att_w.current_bias(), ft_w.session.segmenter.class_bias())
     # Versions: the original and the fine-tuned one; roll back (the button, on the version picked
     # in the list) restores the original, and forward again.
@@ -140,7 +139,7 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
 
 
 def test_bad_states_give_messages(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):
-    from napari_dfa._widgets._common import session_for
+    from napari_dfa._widgets._session import session_for
     from napari_dfa._widgets.finetune import FinetuneWidget
 
     viewer = make_napari_viewer(show=True)
@@ -188,7 +187,7 @@ def test_sigkill_after_painting_loses_nothing(make_napari_viewer, qtbot, small_s
         import os, signal
         import numpy as np
         import napari
-        from napari_dfa._widgets._common import RegionResult, session_for
+        from napari_dfa._widgets._session import RegionResult, session_for
         from napari_dfa._widgets.finetune import FinetuneWidget
         from napari_dfa.model import load_model
 
@@ -215,7 +214,7 @@ def test_sigkill_after_painting_loses_nothing(make_napari_viewer, qtbot, small_s
     expected = np.load(tmp_path / "expected.npy")
     assert (expected == 2).sum() > 2000 and (expected == 5).sum() == 50
 
-    from napari_dfa._widgets._common import session_for
+    from napari_dfa._widgets._session import session_for
     from napari_dfa._widgets.finetune import FinetuneWidget
 
     viewer = make_napari_viewer(show=True)

@@ -85,9 +85,9 @@ def restore_torch_threads():
     these in the same session get the thread count back."""
     import torch
 
-    from napari_dfa._widgets import _common
+    from napari_dfa.inference import background
 
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-    _common._threads_set = False
+    background._threads_set = False

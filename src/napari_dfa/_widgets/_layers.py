@@ -1,5 +1,9 @@
 """Image layers as pyramids: any napari image layer (ours or another reader's, multiscale or not)
-as RGB uint8 levels, the part of it in view, a drawn ROI, and where a result goes on it."""
+as RGB uint8 levels, the part of it in view, a drawn ROI, and where a result goes on it; and the
+part of a result under review that fine-tuning replays, segments again and writes back.
+
+No Qt, but napari layers: call these on the UI thread (layers are not thread-safe).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 
 import numpy as np
 
+from ..corrections.workflow import ReplaySpec, WriteBack
 from ..errors import DataError
 from ..slide import nearest_level
 
@@ -173,6 +178,54 @@ def shapes_roi(viewer, pyramid: LayerPyramid) -> tuple[int, int, int, int]:
     if y1 <= y0 or x1 <= x0:
         raise DataError(f"the ROI in {layer.name!r} does not overlap the image {pyramid.layer.name!r}")
     return (y0, x0, y1 - y0, x1 - x0)
+
+
+# --- the part of a result under review (inputs of the fine-tune workflow) ---------------------------
+def review_target(viewer, result, recorder) -> tuple[int, tuple[int, int, int, int]] | None:
+    """(level, region) to segment again after fine-tuning: the segmented region, or for a
+    whole-slide result the patch being corrected; None when there is nothing to refresh.
+
+    Arguments:
+      result: the session's last :class:`~._session.RegionResult` (or None).
+      recorder: the :class:`~._recorder.CorrectionRecorder` of the correction layer (or None).
+    """
+    if result is None or result.image_layer not in viewer.layers:
+        return None
+    if not result.whole_slide:
+        return result.level, result.region
+    if recorder is None or recorder.layer.name not in viewer.layers:
+        return None
+    p = recorder.patch
+    return (p.level, p.region) if p.level == result.level else None
+
+
+def replay_spec(viewer, result, target, recorder) -> ReplaySpec | None:
+    """The current labels and corrections of ``target`` (level, region), to replay.
+
+    Copied now, except the labels of a whole-slide result: a zarr read, which the workflow does
+    in the worker.
+    """
+    if target is None or result.labels_layer not in viewer.layers:
+        return None
+    level, region = target
+    layer = viewer.layers[result.labels_layer]
+    corrected = np.zeros(region[2:], np.uint8)
+    if recorder is not None and (recorder.patch.level, recorder.patch.region) == tuple(target):
+        corrected = np.array(recorder.layer.data, copy=True)
+    if not result.whole_slide:
+        return ReplaySpec(level, region, np.array(layer.data, copy=True), corrected)
+    base = layer.data[0] if layer.multiscale else layer.data
+    y0, x0 = region[0] - result.region[0], region[1] - result.region[1]
+    return ReplaySpec(level, region, lambda: np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]]), corrected)
+
+
+def writeback_spec(viewer, result, target) -> WriteBack | None:
+    """Where a re-segmented ``target`` of a whole-slide result goes: its labels store, at the
+    target's offset in it; None for an in-memory region result."""
+    if target is None or not result.whole_slide or result.labels_layer not in viewer.layers:
+        return None
+    return WriteBack(store=str(result.store_path),
+                     offset=(target[1][0] - result.region[0], target[1][1] - result.region[1]))
 
 
 def layer_mpp(layer) -> float | None:

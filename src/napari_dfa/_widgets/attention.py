@@ -3,7 +3,8 @@
 Top plot: the effective bias b_c the decoder adds to each class's pixel → class attention logit
 (bars, class colours) against the centred frequency prior γ·log(1 − f_c) (diamonds): a class whose
 bar sits above its prior was found harder than its rarity alone says. Bottom plot: b_c over the
-snapshots stored in the checkpoint's ``bias_history`` (training epochs, then fine-tuning runs).
+snapshots stored in the checkpoint's ``bias_history`` (training epochs, then fine-tuning runs; see
+:meth:`napari_dfa.model.Segmenter.bias_history`).
 Buttons add the per-class focus maps (last decoder layer's pixel → class attention) and the
 uncertainty map of the last segmented region as image layers aligned with its labels.
 """
@@ -15,50 +16,16 @@ import logging
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..errors import DataError
-from . import _common as c
+from ._base import DFAWidget
+from ._layers import LayerPyramid
 
 logger = logging.getLogger(__name__)
 
 
-def bias_trajectory(segmenter) -> list[tuple[str, np.ndarray]]:
-    """b_c snapshots recorded in a checkpoint's metadata, oldest first, as (label, K floats).
-
-    Training logs the bias every epoch; fine-tuning runs append theirs. Accepts a list of dicts
-    (``{"epoch": e, "bias": [...]}`` or ``{"step": s, "delta": [...]}``) or a list of lists.
-    """
-    md = dict(getattr(segmenter, "metadata", None) or {})
-    k = len(segmenter.class_names)
-    prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else {}
-    for key in ("bias_history", "delta_history"):
-        hist = md.get(key, prov.get(key))
-        if isinstance(hist, str):
-            import json
-
-            try:
-                hist = json.loads(hist)
-            except ValueError:
-                hist = None
-        if not isinstance(hist, list):
-            continue
-        out = []
-        for i, item in enumerate(hist):
-            if isinstance(item, dict):
-                vec = next((item[n] for n in ("bias", "b", "delta") if n in item), None)
-                tag = " ".join(str(item[n]) for n in ("phase", "epoch", "step", "run") if n in item) or f"#{i}"
-            else:
-                vec, tag = item, f"#{i}"
-            vec = np.asarray(vec, dtype=float).ravel() if vec is not None else None
-            if vec is not None and vec.size == k:
-                out.append((tag, vec))
-        if out:
-            return out
-    return []
-
-
-class AttentionWidget(QWidget):
+class AttentionWidget(DFAWidget):
     """Dock widget: b_c vs. the frequency prior, its trajectory, focus and uncertainty layers.
 
     Arguments:
@@ -66,12 +33,10 @@ class AttentionWidget(QWidget):
       parent: optional Qt parent.
     """
 
+    hint = "Segment a region to see where each class token looks."
+
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = c.session_for(napari_viewer)
-        c.warm_up()
-        self.worker = None
+        super().__init__(napari_viewer, parent)
 
         self.figure = Figure(figsize=(4, 4.8), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -80,8 +45,6 @@ class AttentionWidget(QWidget):
         self.values.setWordWrap(True)
         self.focus_button = QPushButton("Add focus maps")
         self.uncertainty_button = QPushButton("Add uncertainty map")
-        self.status = QLabel("Segment a region to see where each class token looks.")
-        self.status.setWordWrap(True)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.focus_button)
@@ -130,7 +93,7 @@ class AttentionWidget(QWidget):
         ax.set_title(f"attention bias per class ({mode})", fontsize=9)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
 
-        snaps = bias_trajectory(seg)
+        snaps = seg.bias_history()
         ax2 = self.figure.add_subplot(212)
         if snaps:
             traj = np.stack([v for _, v in snaps])
@@ -160,15 +123,13 @@ class AttentionWidget(QWidget):
                 raise DataError(f"the image layer {res.image_layer!r} was closed; open it and segment again")
             if res.whole_slide:
                 raise DataError("Focus maps are made for a region: segment the visible region first")
-            pyramid = c.LayerPyramid(self.viewer.layers[res.image_layer])
+            pyramid = LayerPyramid(self.viewer.layers[res.image_layer])
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
         if self.worker is not None:
             return self.worker
         self._say("Computing " + " and ".join(kinds) + " maps…")
-        self.focus_button.setEnabled(False)
-        self.uncertainty_button.setEnabled(False)
 
         def work():
             from ..inference import segment
@@ -176,10 +137,7 @@ class AttentionWidget(QWidget):
             data, lv = pyramid.source(res.level)
             return segment(data, seg, level=lv, region=res.region, outputs=("labels", *kinds))
 
-        self.worker = c.start_worker(work, on_done=lambda out: self._on_maps(out, res, seg, kinds, pyramid.units),
-                                     on_error=lambda exc: self._say(c.error_text(exc), error=True),
-                                     on_finished=self._on_finished)
-        return self.worker
+        return self.run_job(work, lambda out: self._on_maps(out, res, seg, kinds, pyramid.units))
 
     def _on_maps(self, out, res, seg, kinds, units=None) -> None:
         from napari.utils.colormaps import Colormap
@@ -215,13 +173,6 @@ class AttentionWidget(QWidget):
             added.append("uncertainty")
         self._say(f"Added {len(added)} layer(s): {', '.join(added)}. Bright = where to look/correct.")
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.focus_button.setEnabled(True)
-        self.uncertainty_button.setEnabled(True)
-
-    def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setText(text)
-        self.status.setStyleSheet("color: #e05050;" if error else "")
-        if error:
-            c.notify(text, severity="warning")
+    def _set_busy(self, busy: bool) -> None:
+        self.focus_button.setEnabled(not busy)
+        self.uncertainty_button.setEnabled(not busy)

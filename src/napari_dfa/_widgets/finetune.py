@@ -3,18 +3,18 @@
 napari cannot paint multiscale labels (napari #1587), so corrections live in their own
 single-scale Labels layer over the region under review, and every stroke is written to the slide's
 :class:`~napari_dfa.corrections.CorrectionStore` as it is made. Fine-tuning
-(:func:`napari_dfa.training.finetune`) runs in a thread worker with a live loss curve; the new model
-is kept only when it does not score worse on held-out corrections (unless that guard is switched
-off), then the region is segmented again so the change shows. Every version can be rolled back.
+(:func:`napari_dfa.corrections.workflow.finetune_on_corrections`) runs in a thread worker with a
+live loss curve; the new model is kept only when it does not score worse on held-out corrections
+(unless that guard is switched off), then the region is segmented again so the change shows. This
+widget only gathers the inputs from the layers (on the UI thread) and shows the outcome. Every
+version can be rolled back.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -26,22 +26,24 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
-from ..corrections import CorrectionStore, replay_from_prediction
-from ..errors import Cancelled, DataError
-from . import _common as c
-from . import _finetune_data as fd
+from ..corrections import CorrectionStore
+from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections
+from ..errors import DataError
+from ._base import DFAWidget, error_text
+from ._labels_layer import class_colormap, class_features
+from ._layers import LayerPyramid, pick_image_layer, replay_spec, review_target, visible_region, writeback_spec
 from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
+from ._session import add_recent_model
 
 logger = logging.getLogger(__name__)
 
 LAYER = "DFA corrections"
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(DFAWidget):
     """Dock widget: class picker, correction layer, QuPath import, Fine-tune / Cancel, loss curve,
     Save model, roll back.
 
@@ -51,20 +53,16 @@ class FinetuneWidget(QWidget):
       store_root: folder of the correction stores (default: the napari-dfa cache folder).
     """
 
+    hint = "Segment a region, then correct it here."
+    cancelling_text = "Cancelling after the current step…"
+    cancelled_text = "Fine-tuning cancelled; the model is unchanged."
+
     def __init__(self, napari_viewer, parent=None, *, store_root=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = c.session_for(napari_viewer)
-        c.warm_up()
+        super().__init__(napari_viewer, parent)
         self.store_root = store_root
         self.recorder: CorrectionRecorder | None = None
-        self.worker = None
         self.last_finetune = None  # FinetuneResult of the last run
-        self._cancel = threading.Event()
-        self._bridge = c.Bridge()
-        self._bridge.progress.connect(self._on_progress)
         self._losses: list[tuple[int, float, float | None]] = []
-        self._eta = c.Eta()
 
         self.class_combo = QComboBox()
         self.start_button = QPushButton("Correct the segmented region")
@@ -74,7 +72,7 @@ class FinetuneWidget(QWidget):
         self.saved_label.setWordWrap(True)
         self.steps = QSpinBox()
         self.steps.setRange(1, 5000)
-        self.steps.setValue(fd.default_steps())
+        self.steps.setValue(default_steps())
         self.steps.setToolTip("Optimizer steps (batch 4, crop 256). Default: 200 with a GPU; 40 on a CPU, "
                               "which shows a painted correction in well under 30 s (benchmarks/bench_gui.py)")
         self.guard = QCheckBox("Keep the new model only if it is not worse on held-out corrections")
@@ -91,8 +89,6 @@ class FinetuneWidget(QWidget):
         self._saved_timer.setInterval(300)
         self._saved_timer.timeout.connect(self._show_saved)
         self._total_steps = 1
-        self.status = QLabel("Segment a region, then correct it here.")
-        self.status.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Roll back")
@@ -141,12 +137,12 @@ class FinetuneWidget(QWidget):
         self._show_saved()
 
     # --- where corrections go ----------------------------------------------------------------
-    def _image_pyramid(self) -> c.LayerPyramid:
+    def _image_pyramid(self) -> LayerPyramid:
         res = self.session.result
         name = res.image_layer if res is not None and res.image_layer in self.viewer.layers else None
-        return c.LayerPyramid(c.pick_image_layer(self.viewer, name))
+        return LayerPyramid(pick_image_layer(self.viewer, name))
 
-    def store(self, pyramid: c.LayerPyramid | None = None) -> CorrectionStore:
+    def store(self, pyramid: LayerPyramid | None = None) -> CorrectionStore:
         """The correction store of the current slide (created on first use)."""
         pyramid = pyramid or self._image_pyramid()
         names = self.session.segmenter.class_names if self.session.segmenter is not None else None
@@ -160,7 +156,7 @@ class FinetuneWidget(QWidget):
             raise DataError("Nothing segmented yet: segment a region first, then correct it")
         if not res.whole_slide:
             return res.level, res.region
-        return res.level, pyramid.to_level(res.level, c.visible_region(self.viewer, pyramid))
+        return res.level, pyramid.to_level(res.level, visible_region(self.viewer, pyramid))
 
     def start_corrections(self):
         """Add (or reopen) the correction layer over the region under review; returns it."""
@@ -173,7 +169,9 @@ class FinetuneWidget(QWidget):
             self._say(str(exc), error=True)
             return None
         patch = store.create_patch(level=level, region=region, downsample=pyramid.downsamples[level])
-        return self._show_patch(store, patch, pyramid)
+        layer = self._show_patch(store, patch, pyramid)
+        self._say("Paint over the wrong labels with the right class; every stroke is saved as you paint.")
+        return layer
 
     def load_saved(self):
         """Show every correction patch saved for the current slide (e.g. after a crash)."""
@@ -184,8 +182,11 @@ class FinetuneWidget(QWidget):
         except DataError as exc:
             self._say(str(exc), error=True)
             return []
-        return [self._show_patch(store, p, pyramid, name=f"{LAYER} {p.key}" if i else LAYER)
-                for i, p in enumerate(store.patches())]
+        layers = [self._show_patch(store, p, pyramid, name=f"{LAYER} {p.key}" if i else LAYER)
+                  for i, p in enumerate(store.patches())]
+        self._say(f"Showing {len(layers)} saved correction patch(es)." if layers
+                  else "No corrections saved for this slide yet.")
+        return layers
 
     def _show_patch(self, store, patch, pyramid, name: str = LAYER):
         seg = self.session.segmenter
@@ -197,8 +198,8 @@ class FinetuneWidget(QWidget):
             self.viewer.layers.remove(name)
         layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=0.8,
                                        units=pyramid.units,
-                                       colormap=c.class_colormap(seg.class_colors),
-                                       features=c.class_features(seg.class_names),
+                                       colormap=class_colormap(seg.class_colors),
+                                       features=class_features(seg.class_names),
                                        metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
         self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._saved_timer.start)
         layer.brush_size = max(10, min(data.shape) // 20)
@@ -271,60 +272,31 @@ class FinetuneWidget(QWidget):
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
-        steps, res, guard = self.steps.value(), self.session.result, self.guard.isChecked()
-        target = fd.resegment_target(self.viewer, res, self.recorder)
-        replay_src = fd.replay_source(self.viewer, res, target, self.recorder) if self.replay.isChecked() else None
-        writeback = fd.writeback_target(self.viewer, res, target)
-        self._cancel.clear()
+        # Everything read from napari layers is read here, on the UI thread (layers are not
+        # thread-safe); the workflow reads slide pixels and trains in the worker.
+        res = self.session.result
+        target = review_target(self.viewer, res, self.recorder)
+        replay = replay_spec(self.viewer, res, target, self.recorder) if self.replay.isChecked() else None
+        writeback = writeback_spec(self.viewer, res, target)
+        resegment = None
+        if target is not None:
+            data, lv = pyramid.source(target[0])
+            resegment = Resegment(source=data, level=lv, region=target[1])
+        steps, guard, parent = self.steps.value(), self.guard.isChecked(), self.session.model_source
         self._losses = []
         self._total_steps = steps
-        self._eta = c.Eta()
         self._draw_losses()
-        self._busy(True)
         self._say(f"Fine-tuning on {n_px} corrected pixels…")
-        parent_source = self.session.model_source
 
         def work():
-            from ..inference import segment
-            from ..training import finetune
+            return finetune_on_corrections(
+                seg, store, pyramid.read, steps=steps, guard=guard, replay=replay, resegment=resegment,
+                writeback=writeback, parent_source=parent,
+                slide=pyramid.path, cancel=self.cancelled,
+                progress=lambda step, total, **info: self.report_progress(
+                    int(step), int(total), info.get("loss"), info.get("val_loss")))
 
-            samples = store.samples(pyramid.read)  # reads slide pixels: off the UI thread
-            replay = None
-            if replay_src is not None:
-                level, region, prediction, corrected = replay_src
-                pseudo = replay_from_prediction(prediction(), corrected)
-                if pseudo.any():
-                    replay = [(pyramid.read(level, region), pseudo)]
-
-            def progress(step, total, **info):
-                self._bridge.progress.emit((int(step), int(total), info.get("loss"), info.get("val_loss")))
-
-            # finetune() trains a copy, records b_c in its history and writes its provenance.
-            result = finetune(seg, samples, steps=steps, replay=replay, progress=progress,
-                              cancel=self._cancel.is_set)
-            new = result.segmenter
-            keep = bool(result.promoted) or not guard
-            relabelled = None
-            if keep:
-                prov = new.metadata.setdefault("provenance", {})
-                prov.setdefault("parent", parent_source)
-                prov["correction_store"] = str(store.path)
-                prov["slide"] = pyramid.path
-                if target is not None:
-                    level, region = target
-                    data, lv = pyramid.source(level)
-                    relabelled = np.asarray(segment(data, new, level=lv, region=region).labels)
-                    if writeback is not None:
-                        fd.write_patch(*writeback, relabelled)
-            return result, keep, relabelled
-
-        self.worker = c.start_worker(work, on_done=self._on_finetuned,
-                                     on_error=self._on_error, on_finished=self._on_finished)
-        return self.worker
-
-    def cancel(self) -> None:
-        self._cancel.set()
-        self._say("Cancelling after the current step…")
+        return self.run_job(work, self._on_finetuned)
 
     def _on_progress(self, value) -> None:
         step, total, loss, val = value
@@ -337,25 +309,22 @@ class FinetuneWidget(QWidget):
         if not self._eta.due(step, total):
             return
         self._draw_losses()
-        if not self._cancel.is_set():
+        if not self.cancelled():
             self._say(f"Fine-tuning: step {self._eta.text(step, total)}")
 
-    def _on_finetuned(self, out) -> None:
-        result, keep, relabelled = out
-        self.last_finetune = result
+    def _on_finetuned(self, outcome) -> None:
+        self.last_finetune = outcome.result
         self._draw_losses()
-        scores = f"held-out score {fd.fmt_score(result.old_score)} → {fd.fmt_score(result.new_score)}"
-        if not keep:
-            self._say(f"Kept the old model: the fine-tuned one scored worse on held-out corrections "
-                      f"({scores}). Paint more, or untick the guard to use it anyway.", error=True)
+        if not outcome.kept:
+            self._say(outcome.message, error=True)
             return
         n = sum(1 for v in self.session.versions if "fine-tune" in v["label"]) + 1
-        self.session.set_model(result.segmenter, f"{self.session.model_source} + fine-tune {n}",
+        self.session.set_model(outcome.segmenter, f"{self.session.model_source} + fine-tune {n}",
                                label=f"fine-tune {n}")
         self.session.bias_changed.emit()
-        if relabelled is not None:
-            self._show_relabelled(relabelled)
-        self._say(f"Fine-tuned ({scores}); the region is segmented again with the new model.")
+        if outcome.relabelled is not None:
+            self._show_relabelled(outcome.relabelled)
+        self._say(outcome.message)
 
     def _show_relabelled(self, labels) -> None:
         res = self.session.result
@@ -367,18 +336,7 @@ class FinetuneWidget(QWidget):
         else:
             layer.data = labels
 
-    def _on_error(self, exc) -> None:
-        if isinstance(exc, Cancelled):
-            self._say("Fine-tuning cancelled; the model is unchanged.")
-            return
-        logger.debug("fine-tuning failed", exc_info=exc)
-        self._say(c.error_text(exc), error=True)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._busy(False)
-
-    def _busy(self, busy: bool) -> None:
+    def _set_busy(self, busy: bool) -> None:
         self.finetune_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.rollback_button.setEnabled(not busy)
@@ -394,9 +352,9 @@ class FinetuneWidget(QWidget):
             seg = self._need_model()
             out = seg.save(path, provenance=dict(seg.metadata.get("provenance") or {}))
         except Exception as exc:  # a full disk or a bad path must not crash napari
-            self._say(f"Could not save {path}: {c.error_text(exc)}", error=True)
+            self._say(f"Could not save {path}: {error_text(exc)}", error=True)
             return None
-        c.add_recent_model(str(out))
+        add_recent_model(str(out))
         self._say(f"Saved {out}.")
         return Path(out)
 
@@ -438,9 +396,3 @@ class FinetuneWidget(QWidget):
         if self.session.segmenter is None:
             raise DataError("No model yet: segment with a model in the Segment widget first")
         return self.session.segmenter
-
-    def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setText(text)
-        self.status.setStyleSheet("color: #e05050;" if error else "")
-        if error:
-            c.notify(text, severity="warning")

@@ -8,8 +8,6 @@ image layer, from any reader, multiscale or not).
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,56 +20,25 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
+from ..errors import ConfigError, DataError
+from ..inference.region_cache import CachedRegion, RegionCache
+from ..labels import LabelsStore
 from ..paths import region_labels_store_path
-from ..errors import Cancelled, ConfigError, DataError
-from . import _common as c
+from ._base import DFAWidget
+from ._labels_layer import put_labels_layer
+from ._layers import LayerPyramid, image_layers, pick_image_layer, shapes_roi, visible_region
+from ._session import DEMO, RegionResult, add_recent_model, recent_models
 
 logger = logging.getLogger(__name__)
 
 SCOPES = {"Visible region": "visible", "Whole slide": "whole", "Shapes ROI": "roi"}
-CACHE_SIZE = 4  # region results kept per widget
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OPEN_ITEM = "Open…"
 
 
-@dataclass
-class CachedRegion:
-    """Labels of a region segmented before; served as a SegmentResult-like answer."""
-
-    labels: np.ndarray
-    path: None = None
-    completed: bool = True
-    tiles_done: int = 0
-    tiles_total: int = 0
-    cached: bool = True
-
-
-class RegionCache:
-    """The last few region results per (image, level, model): a view that lies inside one of them
-    is cut out of it instead of being segmented again (re-clicking, zooming in, panning back).
-    A fine-tuned model is another object, so its results never mix with its parent's."""
-
-    def __init__(self, size: int = CACHE_SIZE):
-        self.size = size
-        self.items: list[tuple[tuple, tuple, np.ndarray, object]] = []
-
-    def get(self, image: str, level: int, seg, region) -> np.ndarray | None:
-        y0, x0, h, w = region
-        for key, (cy, cx, ch, cw), labels, _ in self.items:
-            if key == (image, level, id(seg)) and cy <= y0 and cx <= x0 and y0 + h <= cy + ch \
-                    and x0 + w <= cx + cw:
-                return labels[y0 - cy:y0 - cy + h, x0 - cx:x0 - cx + w].copy()
-        return None
-
-    def put(self, image: str, level: int, seg, region, labels: np.ndarray) -> None:
-        # the model is kept with its entries so that id(seg) cannot be reused by another model
-        self.items = [((image, level, id(seg)), tuple(region), labels, seg), *self.items][: self.size]
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(DFAWidget):
     """Dock widget: model, device, scope, Segment / Cancel, progress with ETA, class legend.
 
     Arguments:
@@ -79,17 +46,12 @@ class SegmentWidget(QWidget):
       parent: optional Qt parent.
     """
 
+    hint = "Open a slide, then click Segment."
+    cancelled_text = "Cancelled; the labels are unchanged."
+
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = c.session_for(napari_viewer)
-        c.warm_up()
-        self.worker = None
+        super().__init__(napari_viewer, parent)
         self.cache = RegionCache()
-        self._cancel = threading.Event()
-        self._bridge = c.Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._eta = c.Eta()
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -103,8 +65,6 @@ class SegmentWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = QLabel("Open a slide, then click Segment.")
-        self.status.setWordWrap(True)
         self.legend = QLabel()
         self.legend.setWordWrap(True)
 
@@ -139,12 +99,12 @@ class SegmentWidget(QWidget):
     def _fill_models(self, select: str | None = None) -> None:
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        self.model_combo.addItem("Demo model (bundled)", c.DEMO)
-        sources = [s for s in [self.session.model_source, *c.recent_models()] if s and s != c.DEMO]
+        self.model_combo.addItem("Demo model (bundled)", DEMO)
+        sources = [s for s in [self.session.model_source, *recent_models()] if s and s != DEMO]
         for src in dict.fromkeys(sources):
             self.model_combo.addItem(Path(src).name, src)
         self.model_combo.addItem(OPEN_ITEM, None)
-        want = select or self.session.model_source or c.DEMO
+        want = select or self.session.model_source or DEMO
         idx = self.model_combo.findData(want)
         self.model_combo.setCurrentIndex(max(idx, 0))
         self.model_combo.blockSignals(False)
@@ -157,7 +117,7 @@ class SegmentWidget(QWidget):
         self.model_combo.setCurrentIndex(self.model_combo.findData(source))
 
     def model_source(self) -> str:
-        return self.model_combo.currentData() or c.DEMO
+        return self.model_combo.currentData() or DEMO
 
     def _on_model_activated(self, index: int) -> None:
         if self.model_combo.itemData(index) is not None:
@@ -172,7 +132,7 @@ class SegmentWidget(QWidget):
     def _refresh_images(self, event=None) -> None:
         current = self.image_combo.currentText()
         self.image_combo.clear()
-        names = [layer.name for layer in c.image_layers(self.viewer)]
+        names = [layer.name for layer in image_layers(self.viewer)]
         self.image_combo.addItems(names)
         if current in names:
             self.image_combo.setCurrentText(current)
@@ -198,23 +158,18 @@ class SegmentWidget(QWidget):
             return self.worker
         scope = SCOPES[self.scope_combo.currentText()]
         try:
-            layer = c.pick_image_layer(self.viewer, self.image_combo.currentText() or None)
-            pyramid = c.LayerPyramid(layer)
+            layer = pick_image_layer(self.viewer, self.image_combo.currentText() or None)
+            pyramid = LayerPyramid(layer)
             region0 = None
             if scope == "visible":
-                region0 = c.visible_region(self.viewer, pyramid)
+                region0 = visible_region(self.viewer, pyramid)
             elif scope == "roi":
-                region0 = c.shapes_roi(self.viewer, pyramid)
+                region0 = shapes_roi(self.viewer, pyramid)
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
         source, device = self.model_source(), self.device_combo.currentText()
         session_model = self.session.segmenter if self.session.model_source == source else None
-        self._cancel.clear()
-        self._eta = c.Eta()
-        self.progress.setRange(0, 0)  # busy until the first tile reports
-        self.segment_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
         self._say("Loading the model…" if session_model is None else "Segmenting…")
 
         def work():
@@ -225,23 +180,21 @@ class SegmentWidget(QWidget):
                 seg = load_model(source)
             return self._run(seg, pyramid, scope, region0, device), seg
 
-        self.worker = c.start_worker(work, on_done=lambda out: self._on_done(out, source, layer.name),
-                                     on_error=self._on_error, on_finished=self._on_finished)
-        return self.worker
+        return self.run_job(work, lambda out: self._on_done(out, source, layer.name))
 
     def _run(self, seg, pyramid, scope, region0, device):
         """Worker thread: choose the level, segment, return (result, level, region)."""
         from ..inference import segment
 
         def progress(done, total, **info):
-            self._bridge.progress.emit((int(done), int(total)))
+            self.report_progress(int(done), int(total))
 
         if scope == "whole":
             level = pyramid.level_for(seg.mpp, (0, 0, *pyramid.shapes[0]))
             out = _whole_slide_store(pyramid, level, seg)
             data, lv = pyramid.source(level)
             kwargs = dict(level=lv, region=None, device=device, out=out, progress=progress,
-                          cancel=self._cancel.is_set)
+                          cancel=self.cancelled)
             try:
                 # The store is named by slide, level and model weights: a finished one is reused at
                 # once, a cancelled one continues from the rows already written.
@@ -256,15 +209,10 @@ class SegmentWidget(QWidget):
             return CachedRegion(labels=hit), level, region
         data, lv = pyramid.source(level)
         res = segment(data, seg, level=lv, region=region, device=device,
-                      progress=progress, cancel=self._cancel.is_set)
+                      progress=progress, cancel=self.cancelled)
         if res.completed:
             self.cache.put(pyramid.path, level, seg, region, np.asarray(res.labels))
         return res, level, region
-
-    def cancel(self) -> None:
-        """Ask the running job to stop after the tile in flight."""
-        self._cancel.set()
-        self._say("Cancelling…")
 
     # --- UI thread callbacks ---------------------------------------------------------------
     def _on_progress(self, value) -> None:
@@ -273,19 +221,19 @@ class SegmentWidget(QWidget):
             return
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
-        if not self._cancel.is_set():
+        if not self.cancelled():
             self._say(f"Segmenting: {self._eta.text(done, total)}")
 
     def _on_done(self, out, source: str, layer_name: str) -> None:
         (res, level, region), seg = out
         if self.session.segmenter is not seg:
             self.session.set_model(seg, source)
-            if source != c.DEMO:
-                c.add_recent_model(source)
+            if source != DEMO:
+                add_recent_model(source)
         if layer_name not in self.viewer.layers:
             self._say("The image layer was closed while segmenting; result dropped.", error=True)
             return
-        pyramid = c.LayerPyramid(self.viewer.layers[layer_name])
+        pyramid = LayerPyramid(self.viewer.layers[layer_name])
         scale, translate = pyramid.placement(level, region)
         whole = res.path is not None
         name = f"{layer_name} DFA labels" + (" (whole slide)" if whole else "")
@@ -294,14 +242,14 @@ class SegmentWidget(QWidget):
         if whole:
             data = open_label_pyramid(res)
             data = data if len(data) > 1 else data[0]  # a cancelled run has no display pyramid yet
-            labels = c.put_labels_layer(self.viewer, name, data, scale=scale, translate=translate,
-                                        segmenter=seg, multiscale=isinstance(data, list), metadata=meta,
-                                        units=pyramid.units)
+            labels = put_labels_layer(self.viewer, name, data, scale=scale, translate=translate,
+                                      segmenter=seg, multiscale=isinstance(data, list), metadata=meta,
+                                      units=pyramid.units)
         else:
-            labels = c.put_labels_layer(self.viewer, name, np.asarray(res.labels), scale=scale,
-                                        translate=translate, segmenter=seg, metadata=meta,
-                                        units=pyramid.units)
-        self.session.set_result(c.RegionResult(
+            labels = put_labels_layer(self.viewer, name, np.asarray(res.labels), scale=scale,
+                                      translate=translate, segmenter=seg, metadata=meta,
+                                      units=pyramid.units)
+        self.session.set_result(RegionResult(
             image_layer=layer_name, level=level, region=tuple(int(v) for v in region),
             downsample=pyramid.downsamples[level], scale=scale, translate=translate,
             labels_layer=labels.name, whole_slide=whole,
@@ -314,49 +262,28 @@ class SegmentWidget(QWidget):
             self._say(f"Cancelled after {res.tiles_done} of {res.tiles_total} tiles; "
                       "the unfinished part is left unlabelled.")
 
-    def _on_error(self, exc) -> None:
-        if isinstance(exc, Cancelled):
-            self._say("Cancelled; the labels are unchanged.")
-            return
-        logger.debug("segmentation failed", exc_info=exc)
-        self._say(c.error_text(exc), error=True)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.segment_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if not self._cancel.is_set() else 0)
-
-    def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setText(text)
-        self.status.setStyleSheet("color: #e05050;" if error else "")
-        if error:
-            c.notify(text, severity="warning")
+    def _set_busy(self, busy: bool) -> None:
+        self.segment_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setRange(0, 0)  # busy until the first tile reports
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if not self.cancelled() else 0)
 
 
 def _whole_slide_store(pyramid, level: int, seg) -> Path:
     """A zarr labels store per (slide, level, model weights): slides and models never collide."""
-    from ..inference import model_fingerprint
-
-    path = region_labels_store_path(pyramid.path, level, model_fingerprint(seg))
+    path = region_labels_store_path(pyramid.path, level, seg.fingerprint())
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def open_label_pyramid(res) -> list:
-    """The levels of a whole-slide labels store (OME-Zarr multiscales), finest first."""
-    import zarr
-
+    """The levels of a whole-slide labels store, finest first (level 0 alone until the run
+    finished and built the display pyramid)."""
     try:
-        group = zarr.open_group(str(res.path), mode="r")
-    except Exception:  # a bare array store: one level
+        levels = LabelsStore.open(res.path, mode="r").levels()
+    except DataError:  # not (yet) a complete store: the result's own level 0
         return [res.labels]
-    attrs = group.attrs.asdict()
-    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    if ms:
-        paths = [d["path"] for d in ms[0]["datasets"]]
-    else:
-        paths = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
-    levels = [group[p] for p in paths if p in group]
     return levels or [res.labels]

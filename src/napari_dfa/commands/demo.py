@@ -74,7 +74,8 @@ def build_viewer(viewer, *, model: str = "demo", slide: str | None = None) -> di
     viewer stays usable (the Segment widget can open another model).
     """
     from .._sample_data import sample_slide_path
-    from .._widgets._common import load_into_session, notify
+    from .._widgets._base import notify
+    from .._widgets._session import load_into_session
     from ..errors import DFAError
 
     if slide is None:

@@ -1,0 +1,192 @@
+"""What every napari-dfa dock widget does the same way: find the viewer's session, run one job at a
+time in a thread worker, carry its progress to the UI thread, cancel it, and say what happened in a
+status line (errors in red, and as a notification).
+
+Nothing here computes anything about tissue: that is :mod:`napari_dfa.inference` and
+:mod:`napari_dfa.corrections.workflow`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from qtpy.QtCore import QObject
+from qtpy.QtCore import Signal as QtSignal
+from qtpy.QtWidgets import QLabel, QWidget
+
+from ..errors import Cancelled, DFAError
+from ._session import session_for
+
+logger = logging.getLogger(__name__)
+
+ERROR_STYLE = "color: #e05050;"
+
+
+# --- messages ---------------------------------------------------------------------------------
+def notify(message: str, *, severity: str = "info") -> None:
+    from napari.utils import notifications
+
+    logger.info(message)
+    {"info": notifications.show_info, "warning": notifications.show_warning,
+     "error": notifications.show_error}[severity](message)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the user: our errors say what to do; anything else gets its type named."""
+    if isinstance(exc, DFAError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- background work ------------------------------------------------------------------------------
+class Bridge(QObject):
+    """Carries progress from a worker thread to the UI thread (Qt queues cross-thread signals)."""
+
+    progress = QtSignal(object)
+
+
+@dataclass
+class Eta:
+    """Remaining time from done/total, for progress labels; ``due()`` throttles UI updates."""
+
+    start: float = field(default_factory=time.monotonic)
+    last: float = 0.0
+    every: float = 0.25  # s between progress repaints: each repaint composes napari's GL canvas
+
+    def due(self, done: int, total: int) -> bool:
+        now = time.monotonic()
+        if done >= total or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
+
+    def text(self, done: int, total: int) -> str:
+        if not total or not done:
+            return ""
+        elapsed = time.monotonic() - self.start
+        left = elapsed * (total - done) / done
+        return f"{done}/{total}, about {left:.0f} s left" if left >= 1 else f"{done}/{total}"
+
+
+def start_worker(fn, *, on_done, on_error, on_finished=None):
+    """Run ``fn()`` in a napari thread worker; results and errors come back on the UI thread."""
+    from napari.qt.threading import create_worker
+
+    # torch comes with this: imported at the first job, not when the widget is docked
+    from ..inference import background
+
+    background.leave_a_core_for_the_ui()
+
+    connect = {"returned": on_done, "errored": on_error}
+    if on_finished is not None:
+        connect["finished"] = on_finished
+    return create_worker(fn, _connect=connect)
+
+
+_warm = None
+
+
+def warm_up() -> None:
+    """Import and initialise, in a background thread while the user opens a slide, what the first
+    Segment / Fine-tune click would otherwise load in its worker (once per process)."""
+    global _warm
+    if _warm is not None:
+        return
+
+    def run():
+        try:
+            from ..corrections import workflow
+            from ..inference import background
+
+            background.warm_up()
+            workflow.warm_up()
+        except Exception:  # a warm-up must never break the widget
+            logger.debug("warm-up failed", exc_info=True)
+
+    _warm = threading.Thread(target=run, name="napari-dfa-warm-up", daemon=True)
+    _warm.start()
+
+
+# --- the base class -------------------------------------------------------------------------------
+class DFAWidget(QWidget):
+    """A dock widget of one viewer: ``viewer``, ``session``, ``status`` (a QLabel to lay out),
+    ``worker`` (the running job or None), and a progress bridge from the job's thread.
+
+    Subclasses lay out their controls, start jobs with :meth:`run_job`, and override
+    :meth:`_on_progress` (UI thread, values sent by :meth:`report_progress`) and
+    :meth:`_set_busy` (enable/disable their buttons).
+
+    Arguments:
+      napari_viewer: the viewer (napari passes it when the widget is docked).
+      parent: optional Qt parent.
+    """
+
+    hint = ""  # the status line before anything happened
+    cancelling_text = "Cancelling…"
+    cancelled_text = "Cancelled."
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        warm_up()
+        self.worker = None
+        self._cancel = threading.Event()
+        self._bridge = Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._eta = Eta()
+        self.status = QLabel(self.hint)
+        self.status.setWordWrap(True)
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def run_job(self, work, on_done):
+        """Run ``work()`` in a thread worker, ``on_done(result)`` on the UI thread; errors and
+        cancellation end up in the status line. Returns the worker."""
+        self._cancel.clear()
+        self._eta = Eta()
+        self._set_busy(True)
+        self.worker = start_worker(work, on_done=on_done, on_error=self._on_error,
+                                   on_finished=self._on_finished)
+        return self.worker
+
+    def report_progress(self, *values) -> None:
+        """From the worker thread: hand ``values`` to :meth:`_on_progress` on the UI thread."""
+        self._bridge.progress.emit(values)
+
+    def cancelled(self) -> bool:
+        """Whether the user asked the running job to stop (the job's ``cancel`` callback)."""
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check."""
+        self._cancel.set()
+        self._say(self.cancelling_text)
+
+    def _on_progress(self, values) -> None:
+        pass
+
+    def _set_busy(self, busy: bool) -> None:
+        pass
+
+    def _on_error(self, exc) -> None:
+        if isinstance(exc, Cancelled):
+            self._say(self.cancelled_text)
+            return
+        logger.debug("%s failed", type(self).__name__, exc_info=exc)
+        self._say(error_text(exc), error=True)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_busy(False)
+
+    # --- status line -----------------------------------------------------------------------------
+    def _say(self, text: str, *, error: bool = False) -> None:
+        """Show ``text`` in the status line; an error is red and also a notification. Any message
+        replaces the one before, so an old error goes as soon as the next action succeeds."""
+        self.status.setText(text)
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
+        if error:
+            notify(text, severity="warning")
