@@ -113,9 +113,11 @@ def test_bad_model_and_bad_region_are_reported_with_the_file(files, tmp_path, ca
                  "--region", "0,0,9999,10"]) == 1
     err = capsys.readouterr().err
     assert "slide_b.svs" in err and "outside" in err
-    assert main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(tmp_path / "o"),
-                 "--region", "1,2,3"]) == 1
-    assert "y0,x0,height,width" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: checked before anything runs
+        main(["predict", str(files["b"]), "--model", str(files["model"]), "--out", str(tmp_path / "o"),
+              "--region", "1,2,3"])
+    assert exc.value.code == 2
+    assert "argument --region" in capsys.readouterr().err
 
 
 def test_level_auto_picks_the_models_scale_and_reads_the_region_in_level0_pixels(files, tmp_path):

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .commands._args import quiet_dask
+
+    quiet_dask(args.verbose)  # dask/distributed chatter only with -v
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-dfa {args.command}: interrupted; work written so far is kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"napari-dfa {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+              "(run with -v for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # `python -m napari_dfa.cli`, also what torchrun launches

@@ -25,27 +25,33 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
+    from ._args import choices_list, level, positive_int, non_negative_int, region
+
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (SVS, OME-TIFF, TIFF, OME-Zarr, ...)")
-    parser.add_argument("--model", "-m", required=True, help='checkpoint (.safetensors) or "demo"')
+    parser.add_argument("--model", "-m", required=True,
+                        help='checkpoint (.safetensors), a training run folder (its best.safetensors) or "demo"')
     parser.add_argument("--out", "-o", required=True, help="output folder (OUT/<stem>.labels.zarr per slide)")
-    parser.add_argument("--level", default="auto",
+    parser.add_argument("--level", type=level, default="auto",
                         help='pyramid level, or "auto" (default): the level closest to the µm/px the model was '
                              "trained at (level 0 when the slide or the model does not say)")
-    parser.add_argument("--region", default=None, metavar="Y0,X0,H,W",
+    parser.add_argument("--region", type=region, default=None, metavar="Y0,X0,H,W",
                         help="only this box: level-0 pixels with --level auto, else pixels of --level")
-    parser.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default 512)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (default 64)")
-    parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: 2 CPU, 8 GPU)")
-    parser.add_argument("--chunk", type=int, default=512,
+    parser.add_argument("--tile", type=positive_int, default=512, help="tile edge in pixels (default 512)")
+    parser.add_argument("--overlap", type=non_negative_int, default=64,
+                        help="overlap of neighbouring tiles (default 64)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="tiles per forward pass (default: 2 CPU, 8 GPU)")
+    parser.add_argument("--chunk", type=positive_int, default=512,
                         help="chunk edge of the stores; resume granularity (default 512)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads per slide (default: all cores locally, cores / workers on dask)")
-    parser.add_argument("--outputs", default="labels",
+    parser.add_argument("--outputs", type=choices_list(OUTPUTS), default=("labels",),
                         help="comma list of labels,probabilities,uncertainty,focus (stored beside the labels)")
     parser.add_argument("--no-tissue-mask", action="store_true", help="also segment tiles that look like glass")
     parser.add_argument("--resume", action="store_true", help="continue unfinished stores from the rows written")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing stores")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing stores and files (never a folder that is not a labels store)")
     parser.add_argument("--geojson", action="store_true", help="also write OUT/<stem>.geojson (QuPath)")
     parser.add_argument("--areas", action="store_true", help="also write OUT/<stem>.areas.csv (per-class area)")
     parser.add_argument("--into-image", action="store_true",
@@ -54,41 +60,59 @@ def add_arguments(parser) -> None:
     parser.add_argument("--label-name", default="napari-dfa", metavar="NAME",
                         help="with --into-image: the labels' name, <slide>/labels/NAME (default napari-dfa)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, help="run slides on a local dask cluster of N processes")
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run slides on this dask scheduler")
+    group.add_argument("--workers", type=positive_int, default=None,
+                       help="run slides on a local dask cluster of N processes")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run slides on this dask scheduler, e.g. tcp://host:8786")
 
 
-def parse_region(text: str | None):
-    from ..errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ConfigError(f"--region {text!r}: give four integers y0,x0,height,width")
-    return values
-
-
-def parse_level(text):
-    from ..errors import ConfigError
-
-    if str(text) == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"--level {text!r}: give a level number or 'auto'") from None
+# What segment() can store beside the labels (napari_dfa.inference.segment.OUTPUTS; listed here
+# so that --help does not import torch).
+OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
 
 
 def options_from_args(args) -> dict:
-    return dict(level=parse_level(args.level), region=parse_region(args.region), tile=args.tile,
+    return dict(level=args.level, region=args.region, tile=args.tile,
                 overlap=args.overlap, device=args.device, batch_size=args.batch_size, chunk=args.chunk,
-                outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
-                tissue_mask=not args.no_tissue_mask, resume=args.resume, overwrite=args.overwrite,
-                geojson=args.geojson, areas=args.areas, into_image=args.label_name if args.into_image else None)
+                outputs=tuple(args.outputs), tissue_mask=not args.no_tissue_mask, resume=args.resume,
+                overwrite=args.overwrite, geojson=args.geojson, areas=args.areas,
+                into_image=args.label_name if args.into_image else None)
+
+
+def output_paths(slide_path, out_dir, options: dict) -> dict:
+    """``{"store", "geojson", "areas"}`` one slide writes (the last two None when not asked)."""
+    from ..paths import labels_store_name, slide_stem
+
+    out_dir = Path(out_dir)
+    store = out_dir / labels_store_name(slide_path)
+    if options.get("into_image"):  # <slide>/labels/<name>, an NGFF label of the slide itself
+        from ..labels.store import image_labels_path
+
+        store = image_labels_path(slide_path, options["into_image"])
+    stem = slide_stem(slide_path)
+    return {"store": store,
+            "geojson": out_dir / f"{stem}.geojson" if options.get("geojson") else None,
+            "areas": out_dir / f"{stem}.areas.csv" if options.get("areas") else None}
+
+
+def check_outputs(slide_path, out_dir, options: dict) -> dict:
+    """Refuse, before any work, outputs that would destroy something: an existing store without
+    --resume/--overwrite, a folder in its place that is not a labels store (never replaced), an
+    existing GeoJSON/CSV without --overwrite (--resume rewrites them from the store it finishes)."""
+    from ..errors import ConfigError
+    from ..labels.outputs import check_destination
+    from ..labels.store import refuse_foreign
+
+    paths = output_paths(slide_path, out_dir, options)
+    store = paths["store"]
+    if store.exists() or store.is_symlink():
+        refuse_foreign(store)
+        if not (options.get("resume") or options.get("overwrite")):
+            raise ConfigError(f"{store} exists; pass --resume to continue it or --overwrite to start over")
+    for key in ("geojson", "areas"):
+        if paths[key] is not None and paths[key].parent.is_dir():
+            check_destination(paths[key], overwrite=bool(options.get("overwrite") or options.get("resume")))
+    return paths
 
 
 def predict_one(slide_path, model, out_dir, options: dict, progress=None, threads: int | None = None) -> dict:
@@ -97,9 +121,9 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     ``model`` is a Segmenter or a checkpoint path/"demo" (loaded here: what a dask task gets).
     Returns ``{"slide", "ok", "path", "error", "seconds", "completed", "tiles"}``."""
     from .. import labels as label_files
-    from ..paths import labels_store_name, slide_stem
-    from ..errors import ConfigError, DFAError
+    from ..errors import DFAError
     from ..inference import segment
+    from ..labels.outputs import atomic_output
 
     t0 = time.perf_counter()
     report = {"slide": str(slide_path), "ok": False, "path": None, "error": None, "seconds": 0.0,
@@ -116,17 +140,14 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
 
             model = load_model(model)
         out_dir = Path(out_dir)
+        paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
+        store = paths["store"]
         out_dir.mkdir(parents=True, exist_ok=True)
-        store = out_dir / labels_store_name(slide_path)
-        if options.get("into_image"):  # <slide>/labels/<name>, an NGFF label of the slide itself
-            from ..labels.store import image_labels_path
-
-            store = image_labels_path(slide_path, options["into_image"])
-        if store.exists() and not (options.get("resume") or options.get("overwrite")):
-            raise ConfigError(f"{store} exists; pass --resume to continue it or --overwrite to start over")
+        from ..labels.store import store_lock
         from ..slide import open_slide
 
-        with open_slide(slide_path) as slide:
+        # One writer per store: a second predict on the same --out stops here with a message.
+        with store_lock(store), open_slide(slide_path) as slide:
             level, region = options.get("level", 0), options.get("region")
             if level == "auto":
                 level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
@@ -142,14 +163,14 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                           outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
                           chunk=options.get("chunk", 512))
             report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
-            if res.completed and (options.get("geojson") or options.get("areas")):
-                stem = slide_stem(slide_path)
-                if options.get("geojson"):
-                    label_files.write_geojson(out_dir / f"{stem}.geojson", res.labels, res.class_names,
-                                         res.class_colors, downsample=res.downsample, offset=res.translate)
-                if options.get("areas"):
-                    label_files.write_area_csv(out_dir / f"{stem}.areas.csv", res.labels, res.class_names,
-                                          downsample=res.downsample, mpp=slide.mpp)
+            if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
+                with atomic_output(paths["geojson"]) as tmp:
+                    label_files.write_geojson(tmp, res.labels, res.class_names, res.class_colors,
+                                              downsample=res.downsample, offset=res.translate)
+            if res.completed and paths["areas"] is not None:
+                with atomic_output(paths["areas"]) as tmp:
+                    label_files.write_area_csv(tmp, res.labels, res.class_names, downsample=res.downsample,
+                                               mpp=slide.mpp)
         report["ok"] = res.completed
     except DFAError as exc:
         report["error"] = str(exc)
@@ -170,7 +191,7 @@ def _run_local(args, options) -> list[dict]:
 
     from ..model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     reports = []
     for path in args.slides:
         bar = tqdm(total=0, desc=Path(path).name, unit="tile", leave=True)
@@ -186,20 +207,34 @@ def _run_local(args, options) -> list[dict]:
 
 
 def _run_distributed(args, options) -> list[dict]:
+    from ._args import quiet_dask
+
+    quiet_dask(getattr(args, "verbose", 0))
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
+
+    from ..errors import ConfigError
 
     model = args.model if args.model == "demo" else str(Path(args.model).resolve())
     slides = [str(Path(s).resolve()) for s in args.slides]
     out = str(Path(args.out).resolve())
     cluster = None
+    # dask's own logs (worker start/stop, CommClosedError while the cluster shuts down) only with -v.
+    quiet = logging.WARNING if getattr(args, "verbose", 0) else logging.CRITICAL
     if args.scheduler:
-        client = Client(args.scheduler)
+        _check_reachable(args.scheduler)
+        try:
+            client = Client(args.scheduler, timeout="30s")
+        except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"--scheduler {args.scheduler}: cannot reach the dask scheduler ({reason}); "
+                              "is it running, and is the address tcp://HOST:PORT?") from None
         threads = args.threads
     else:
         n = max(1, args.workers)
         # One single-threaded task per process; torch gets the cores shared out between them.
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=quiet)
         client = Client(cluster)
         threads = args.threads or max(1, (os.cpu_count() or 1) // n)
     reports = []
@@ -215,8 +250,53 @@ def _run_distributed(args, options) -> list[dict]:
     return sorted(reports, key=lambda r: order.get(r["slide"], 0))
 
 
+def _check_reachable(address: str) -> None:
+    """A refused or unroutable scheduler address is one line at once, not dask's retries and a
+    60-line traceback after its timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from ..errors import ConfigError
+
+    text = address if "://" in address else f"tcp://{address}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("tcp", "tls"):
+        return  # inproc://, ucx://...: dask's own connect says what is wrong
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ConfigError(f"--scheduler {address}: give the scheduler's address as tcp://HOST:PORT (e.g. tcp://host:8786)")
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {address}: cannot reach the dask scheduler ({exc.strerror or exc}); "
+                          "is it running, and is the address right?") from None
+
+
 def run(args) -> int:
+    from ..errors import ConfigError, DFAError
+    from ._args import resolve_model
+
     options = options_from_args(args)
+    # Everything that can be checked is checked before a model, a progress bar or a folder exists.
+    args.model = resolve_model(args.model)
+    missing = [s for s in args.slides if not Path(s).exists()]
+    if missing:
+        raise ConfigError(f"no such slide: {', '.join(missing)}" + (" (nothing was run)" if len(args.slides) > 1 else ""))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a file, not a folder")
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise ConfigError("--scheduler: give the scheduler's address, e.g. tcp://host:8786")
+    problems = []
+    for slide in args.slides:
+        try:
+            check_outputs(slide, args.out, options)
+        except DFAError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
     distributed = args.workers is not None or args.scheduler is not None
     reports = _run_distributed(args, options) if distributed else _run_local(args, options)
     failed = [r for r in reports if not r["ok"]]

@@ -16,8 +16,9 @@ import numpy as np
 
 from ._common import ROWS, check_classes, row_blocks
 from .areas import write_area_csv
-from .geojson import write_geojson
-from .store import ATTR, LabelsStore, multiscale_datasets, multiscale_levels, ome_block
+from .geojson import labels_to_geojson, write_geojson
+from .outputs import atomic_output, check_destination
+from .store import ATTR, LabelsStore, completeness, multiscale_datasets, multiscale_levels, ome_block
 from .tiff import read_tiff_labels, write_labels_tiff
 from ..errors import DataError
 
@@ -45,15 +46,55 @@ def read_labels(path, *, level: int = 0):
 
     Returns ``(labels, info)``: a lazy zarr array (or numpy for TIFF) of the requested pyramid
     level, and ``info`` with ``class_names``, ``class_colors``, ``downsample``, ``offset``, ``mpp``
-    (downsample already multiplied by 2**level)."""
+    (downsample already multiplied by 2**level), and the completeness marker: ``completed``,
+    ``rows_done``, ``rows_total``, ``fraction``, ``partial`` (an incomplete store is logged)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir() or path.suffix == ".zarr":
-        return _read_zarr_labels(path, level)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return read_tiff_labels(path, level)
-    raise DataError(f"{path}: unsupported labels file; give an OME-Zarr labels store (.zarr) or a TIFF")
+        labels, info = _read_zarr_labels(path, level)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        labels, info = read_tiff_labels(path, level)
+    else:
+        raise DataError(f"{path}: unsupported labels file; give an OME-Zarr labels store (.zarr) or a TIFF")
+    info.update(_completeness_marker(path))
+    if not info["completed"]:
+        logger.warning("%s: %s", path, describe_incomplete(info))
+    return labels, info
+
+
+def _completeness_marker(path: Path) -> dict:
+    """The completeness marker of our stores and TIFFs (see labels.store.completeness); labels
+    written by other tools carry none and count as complete."""
+    import json
+
+    meta, rows_total = {}, None
+    try:
+        if path.is_dir() or path.suffix == ".zarr":
+            import zarr
+
+            group = zarr.open_group(str(path), mode="r")
+            meta = dict(group.attrs.get(ATTR, {}) or {})
+            if meta and "0" in group:
+                rows_total = int(group["0"].shape[0])
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                meta = json.loads(tif.pages[0].description or "{}").get(ATTR, {}) or {}
+    except Exception:  # noqa: BLE001 - unreadable metadata was reported by the reader already
+        meta = {}
+    if "completed" not in meta:
+        return {"completed": True, "rows_done": None, "rows_total": None, "fraction": 1.0, "partial": False}
+    return completeness(meta, rows_total if rows_total is not None else int(meta.get("rows_total", 0)))
+
+
+def describe_incomplete(info: dict) -> str:
+    """``incomplete: 384 of 1024 rows segmented (37.5 %)``."""
+    if info.get("rows_total"):
+        return (f"incomplete: {info['rows_done']} of {info['rows_total']} rows segmented "
+                f"({100 * info['fraction']:.1f} % of the region)")
+    return "incomplete (the run that wrote it did not finish)"
 
 
 def _read_zarr_labels(path: Path, level: int):
@@ -95,19 +136,99 @@ def _read_zarr_labels(path: Path, level: int):
     return arr, info
 
 
-def export_labels(src, dst, *, level: int = 0, split: bool = False) -> Path:
-    """Convert a labels store/TIFF to ``dst`` by its suffix: .geojson/.json, .tif/.tiff, .zarr, .csv."""
-    labels, info = read_labels(src, level=level)
+EXPORT_SUFFIXES = (".geojson", ".json", ".tif", ".tiff", ".zarr", ".csv")
+
+
+def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: bool = False,
+                  overwrite: bool = False) -> Path:
+    """Convert a labels store/TIFF to ``dst`` by its suffix: .geojson/.json, .tif/.tiff, .zarr, .csv.
+
+    Nothing is lost: an incomplete store (a run that did not finish) is refused unless
+    ``partial``, and then every output says so (GeoJSON: a ``napari_dfa`` member and each
+    feature's name; TIFF and .zarr: the completeness marker; CSV: a ``partial`` column). An
+    existing ``dst`` needs ``overwrite``; a folder that is not our store is never replaced. The
+    output is written beside ``dst`` and renamed into place when complete."""
     dst = Path(dst)
-    kw = dict(downsample=info["downsample"], offset=info["offset"])
     suffix = dst.suffix.lower()
-    if suffix in (".geojson", ".json"):
-        return write_geojson(dst, labels, info["class_names"], info["class_colors"], split=split, **kw)
-    if suffix in (".tif", ".tiff"):
-        return write_labels_tiff(dst, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
-    if suffix == ".zarr":
-        return write_ome_zarr_labels(dst, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
-    if suffix == ".csv":
-        return write_area_csv(dst, labels, info["class_names"], downsample=info["downsample"], mpp=info["mpp"])
-    raise DataError(f"{dst}: unknown export format {suffix!r}; use .geojson, .tif, .zarr or .csv")
+    if suffix not in EXPORT_SUFFIXES:
+        raise DataError(f"{dst}: unknown export format {suffix!r}; use .geojson, .tif, .zarr or .csv")
+    check_destination(dst, overwrite=overwrite, source=src)
+    labels, info = read_labels(src, level=level)
+    if not info["completed"] and not partial:
+        raise DataError(f"{src}: {describe_incomplete(info)}; finish it (napari-dfa predict ... --resume) "
+                        "or pass --partial to export what is there, marked as partial")
+    mark = None if info["completed"] else {
+        "partial": True, "completed": False, "rows_done": info["rows_done"], "rows_total": info["rows_total"],
+        "segmented_fraction": round(float(info["fraction"]), 6), "source": str(src)}
+    kw = dict(downsample=info["downsample"], offset=info["offset"])
+    with atomic_output(dst) as tmp:
+        if suffix in (".geojson", ".json"):
+            if mark is None:
+                write_geojson(tmp, labels, info["class_names"], info["class_colors"], split=split, **kw)
+            else:
+                _write_partial_geojson(tmp, labels, info, mark, split=split)
+        elif suffix in (".tif", ".tiff"):
+            write_labels_tiff(tmp, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
+            if mark is not None:
+                _mark_tiff(tmp, mark)
+        elif suffix == ".zarr":
+            write_ome_zarr_labels(tmp, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
+            store = LabelsStore.open(tmp)
+            _rename_multiscale(store.group, dst.name)  # it was written under the temporary name
+            if mark is not None:
+                store.update_info(**mark)
+        else:
+            write_area_csv(tmp, labels, info["class_names"], downsample=info["downsample"], mpp=info["mpp"])
+            if mark is not None:
+                _mark_csv(tmp, mark)
+    if mark is not None:
+        logger.warning("%s: written from an incomplete store and marked partial (%s)", dst, describe_incomplete(info))
+    return dst
+
+
+def _rename_multiscale(group, name: str) -> None:
+    attrs = group.attrs.asdict()
+    key = "ome" if "ome" in attrs else None
+    block = dict(attrs[key]) if key else attrs
+    if block.get("multiscales"):
+        block["multiscales"] = [{**block["multiscales"][0], "name": name}, *block["multiscales"][1:]]
+        group.attrs.update({key: block} if key else {"multiscales": block["multiscales"]})
+
+
+def _partial_words(mark: dict) -> str:
+    return (f"PARTIAL: {100 * mark['segmented_fraction']:.1f} % of the region segmented "
+            f"({mark['rows_done']} of {mark['rows_total']} rows)")
+
+
+def _write_partial_geojson(path: Path, labels, info: dict, mark: dict, *, split: bool) -> None:
+    import json
+
+    fc = labels_to_geojson(labels, info["class_names"], info["class_colors"], info["downsample"], info["offset"],
+                           split=split)
+    fc[ATTR] = mark  # a foreign member (RFC 7946 6.1): QuPath ignores it, our tools read it
+    for feat in fc["features"]:  # what QuPath shows in its annotation list
+        feat["properties"]["name"] = f"{feat['properties']['classification']['name']} ({_partial_words(mark)})"
+    path.write_text(json.dumps(fc))
+
+
+def _mark_tiff(path: Path, mark: dict) -> None:
+    import json
+
+    import tifffile
+
+    desc = json.loads(tifffile.tiffcomment(path) or "{}")
+    desc.setdefault(ATTR, {}).update(mark)
+    tifffile.tiffcomment(path, json.dumps(desc))
+
+
+def _mark_csv(path: Path, mark: dict) -> None:
+    import csv
+
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[0].append("partial")
+    for row in rows[1:]:
+        row.append(_partial_words(mark))
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
 

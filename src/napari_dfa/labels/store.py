@@ -255,7 +255,8 @@ class LabelsStore:
     def create(cls, path, *, shape: tuple[int, int], class_names, class_colors, chunk: int = 512,
                downsample: float = 1.0, translate=(0.0, 0.0), extras: dict[str, int] | None = None,
                info: dict | None = None) -> LabelsStore:
-        """A new store (an existing one at ``path`` is replaced) with an all-zero level 0.
+        """A new store (an existing napari-dfa store at ``path`` is replaced; anything else there
+        is refused, see :func:`refuse_foreign`) with an all-zero level 0.
 
         ``extras`` maps optional output names to their channel count (0: a 2-D map) and ``info``
         is kept under ``napari_dfa`` (level, region, settings, mpp, ``image_downsamples``: the
@@ -266,6 +267,7 @@ class LabelsStore:
         version as the image, coordinates in the image's own frame, ``source`` pointing back to it,
         listed in ``labels/`` so that OME-Zarr readers find it beside the image."""
         path = Path(path)
+        refuse_foreign(path)  # replacing is for our own stores only: never empty someone's folder
         meta = dict(info or {})
         image = _parent_image(path)
         zarr_format, version = 3, NGFF_VERSION
@@ -430,3 +432,117 @@ def _ome_for(meta: dict, shapes, factors, name: str) -> dict:
                       class_names=meta["class_names"], class_colors=meta["class_colors"], name=name,
                       mpp=meta.get("mpp"), factors=factors, frame=frame,
                       version=meta.get("ngff_version", NGFF_VERSION), source="../../" if frame else None)
+
+
+# --- completeness and writers -------------------------------------------------------------------
+# Every store carries ``napari_dfa.completed`` (False until finish() ran) and ``rows_done``; every
+# reader and exporter honours it (napari_dfa.labels.io.read_labels reports it, export refuses an
+# incomplete store unless asked for a partial copy, which is then marked ``partial``).
+
+
+def completeness(info: dict, rows_total: int) -> dict:
+    """``{"completed", "rows_done", "rows_total", "fraction", "partial"}`` of a store's attributes."""
+    completed = bool(info.get("completed", False))
+    rows_done = int(info.get("rows_done", rows_total if completed else 0))
+    rows_done = max(0, min(rows_done, int(rows_total)))
+    return {"completed": completed, "rows_done": rows_done, "rows_total": int(rows_total),
+            "fraction": rows_done / rows_total if rows_total else 1.0, "partial": bool(info.get("partial", False))}
+
+
+def is_labels_store(path) -> bool:
+    """Whether ``path`` is a labels store napari-dfa wrote (its ``napari_dfa`` attributes)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        return ATTR in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # noqa: BLE001 - not a zarr group at all
+        return False
+
+
+def refuse_foreign(path) -> None:
+    """DataError when ``path`` exists and is not one of our labels stores: a folder (or file) that
+    napari-dfa did not write is never emptied or replaced, whatever the flags."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not is_labels_store(path)):
+        what = "a file" if path.is_file() else "a folder that is not a napari-dfa labels store"
+        raise DataError(f"{path}: exists and is {what}; napari-dfa never replaces it. "
+                        "Choose another name, or move it away yourself")
+
+
+class StoreLocked(DataError):
+    """Another process is writing the same store."""
+
+
+def lock_path(path) -> Path:
+    """``<store>.lock``, beside the store (a lock inside would go with a replaced store)."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+class store_lock:  # noqa: N801 - used as a context manager, like open()
+    """Keeps two writers off one store: ``with store_lock(path): ...``.
+
+    An advisory ``flock`` on ``<store>.lock`` (released by the OS when the process dies, so a
+    killed run leaves no stale lock); the file names the holder (pid, host, start) for the
+    message the second writer gets. Without ``fcntl`` (Windows) the file is created exclusively
+    and a stale one must be removed by hand (the message says so)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.file = lock_path(self.path)
+        self._fd = None
+
+    def __enter__(self):
+        import datetime as _dt
+        import os
+        import socket
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since " \
+                 f"{_dt.datetime.now().isoformat(timespec='seconds')}"
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            try:
+                self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise StoreLocked(f"{self.path}: another napari-dfa process is writing this store "
+                                  f"({self._holder()}); wait for it, or delete {self.file} if none runs") from None
+        else:
+            while True:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise StoreLocked(f"{self.path}: another napari-dfa process is writing this store "
+                                      f"({self._holder()}); wait for it to finish or choose another --out") from None
+                try:  # the previous holder may have removed the file between our open and lock
+                    same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    self._fd = fd
+                    break
+                os.close(fd)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, holder.encode())
+        return self
+
+    def _holder(self) -> str:
+        try:
+            return self.file.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        if self._fd is not None:
+            try:
+                os.unlink(self.file)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
