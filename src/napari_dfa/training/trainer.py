@@ -230,6 +230,20 @@ class _Run:
             "bad_epochs": self.bad_epochs, "recipe": self.config.to_dict(),
         }
 
+    def _stamp_domain(self, *paths):
+        """Store what the training images looked like (colour, stain, the model's features) in the
+        checkpoints, so that predict and Segment can warn on a slide far outside it."""
+        from ..model.domain import stamp_checkpoints
+
+        n, m = len(self.train_base), min(len(self.train_base), 64)
+        trained_on = ("synthetic tissue only" if self.config.data.kind == "synthetic"
+                      else f"{self.class_set.name} data ({self.data_root})")
+        images = (self.train_base[i][0] for i in sorted({round(j * (n - 1) / max(1, m - 1)) for j in range(m)}))
+        try:
+            stamp_checkpoints(paths, images, trained_on=trained_on)
+        except DataError as exc:  # too little tissue: the model works, it only cannot warn
+            logger.warning("no domain statistics stored in %s: %s", self.out_dir, exc)
+
     def try_resume(self):
         best, last, state = self.paths
         if not (last.is_file() and state.is_file()):
@@ -361,6 +375,8 @@ class _Run:
                 stopped_early = True
                 logger.info("early stop after epoch %d (best %d)", epoch + 1, self.best_epoch)
                 break
+        if ctx.is_main:
+            self._stamp_domain(best_p, last_p)
         ddp.barrier(ctx)
         best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
         best_mdice = best_row.get("val_mdice")
