@@ -156,6 +156,11 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                     y0, x0 = int(region[0] // ds), int(region[1] // ds)
                     region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
                               max(1, round((region[1] + region[3]) / ds) - x0))
+            from ..inference.domain import check_slide
+
+            beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
+            if beyond.far:
+                logger.warning("%s: %s", slide_path, beyond.message)
             res = segment(slide, model, level=level, region=region,
                           tile=options.get("tile", 512), overlap=options.get("overlap", 64),
                           device=options.get("device", "auto"), out=store, progress=progress,
