@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from napari_dfa.model import load_model
+from napari_dfa.model.card import DEMO_CARD
 from napari_dfa.training import TrainConfig, open_split
 from napari_dfa.training.evaluation import evaluate, format_report
 from napari_dfa.training.trainer import train
@@ -67,9 +68,18 @@ def main(argv=None) -> int:
     print("test:")
     print(format_report(test))
 
+    def per_class(report, key):
+        return {n: r[key] for n, r in report.items() if not n.startswith("_")}
+
+    # The model card inside the checkpoint: licence, intended use, training data, held-out metrics.
+    metrics = {"test_mdice": test["_mean"]["dice"], "validation_mdice": val["_mean"]["dice"]}
+    metrics.update({f"test_dice_{n}": v for n, v in per_class(test, "dice").items()})
+    metrics.update({f"test_iou_{n}": v for n, v in per_class(test, "iou").items()})
+    model_card = {**DEMO_CARD, "metrics": {k: round(float(v), 4) for k, v in metrics.items()}}
+
     dest = Path(args.dest) if args.dest else Path(args.out) / "demo.safetensors"
     dtype = None if args.fp32 else torch.float16
-    seg.save(dest, provenance={
+    seg.save(dest, model_card=model_card, provenance={
         "parent": None,
         "data": "napari_dfa.synth defaults (training/synthetic.toml)",
         "recipe": config.to_dict(),
@@ -80,9 +90,6 @@ def main(argv=None) -> int:
     check = load_model(dest)  # the shipped file loads and predicts like the trained one
     tile = open_split(config.data, "test")[0][0][:128, :128]
     agree = float((check.predict(tile) == seg.predict(tile)).mean())
-
-    def per_class(report, key):
-        return {n: r[key] for n, r in report.items() if not n.startswith("_")}
 
     card = {
         "name": "demo",
@@ -110,6 +117,7 @@ def main(argv=None) -> int:
         "command": "python examples/train_demo_model.py" + (f" --epochs {args.epochs}" if args.epochs else ""),
         "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}, device {args.device}",
+        "model_card": check.metadata["model_card"],
     }
     dest.with_suffix(".json").write_text(json.dumps(card, indent=1), encoding="utf-8")
     print(f"wrote {dest} ({card['size_bytes'] / 1e6:.1f} MB) and {dest.with_suffix('.json').name}; "

@@ -14,7 +14,7 @@ from importlib import import_module
 from . import __version__
 from .errors import DFAError
 
-COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export")
+COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export", "export-model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = import_module(f"napari_dfa.commands.{name}")
+        module = import_module(f"napari_dfa.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -8,7 +8,9 @@ are atomic: a temp file in the same folder, then ``os.replace``, so a crash neve
 Metadata keys (all str → str): ``format`` (= ``napari-dfa``), ``format_version``, ``config`` (ModelConfig
 JSON), ``class_names``, ``class_colors``, ``frequencies`` (f_c), ``bias_mode``, ``mpp``, ``provenance``
 (parent model, data, corrections, created time, napari-dfa version), ``bias_history`` (b_c over
-training, optional) and ``extra`` (any other JSON the caller keeps).
+training, optional), ``model_card`` (licence, intended use, training data, metrics: see
+:mod:`napari_dfa.model.card`; always written, built from the provenance when the caller gives none)
+and ``extra`` (any other JSON the caller keeps).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class CheckpointContents:
     provenance: dict = field(default_factory=dict)
     bias_history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    model_card: dict | None = None  # None: a file written before model cards
 
 
 def _json_default(obj: Any):
@@ -78,7 +81,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
                      class_names: list[str], class_colors: list[tuple[int, int, int]],
                      frequencies, mpp: float | None, provenance: dict | None = None,
                      bias_history: list | None = None, extra: dict | None = None,
-                     dtype: torch.dtype | None = None) -> Path:
+                     dtype: torch.dtype | None = None, model_card: dict | None = None) -> Path:
     """Write a checkpoint atomically. ``dtype`` (e.g. ``torch.float16``) casts floating tensors to
     shrink the file; the default keeps them bit-exact. Returns the path written."""
     from safetensors.torch import save_file
@@ -110,6 +113,11 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
         metadata["bias_history"] = _dumps(bias_history, "bias_history")
     if extra:
         metadata["extra"] = _dumps(extra, "extra")
+    if model_card is None:
+        from .card import build_card
+
+        model_card = build_card(class_names=class_names, mpp=mpp, provenance=provenance, extra=extra)
+    metadata["model_card"] = _dumps(model_card, "model_card")
     # What is written must read back: the same checks as read_checkpoint, before any byte is written.
     from .validate import check_config_bounds, check_metadata
 
@@ -234,7 +242,10 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
         state = load_file(str(path))
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read the tensors ({exc}); the file is truncated or damaged") from None
-    return CheckpointContents(path=path, config=config, state_dict=state, **parsed)
+    card = parse_json(path, "model_card", meta["model_card"]) if "model_card" in meta else None
+    if card is not None and not isinstance(card, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata 'model_card' must be a JSON object")
+    return CheckpointContents(path=path, config=config, state_dict=state, model_card=card, **parsed)
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
