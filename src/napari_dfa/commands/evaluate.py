@@ -6,13 +6,17 @@ HELP = "evaluate a model on a dataset split: per-class Dice and IoU (table, opti
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="a .safetensors checkpoint, or 'demo'")
+    from ._args import non_negative_int, positive_int
+
+    parser.add_argument("--model", required=True,
+                        help="a .safetensors checkpoint, a training run folder (its best.safetensors), or 'demo'")
     parser.add_argument("--data", required=True, help="dataset folder (SAM-Path layout: img/, mask/, CSV img_id,fold)")
     parser.add_argument("--split", default="test", choices=("test", "val", "train"))
     parser.add_argument("--json", default=None, help="write the per-class report here (keyed by class name)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--config", default=None, help="recipe TOML whose [data] csv/label_shift apply")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=0, help="centre crop of this size (0: whole images)")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--crop", type=non_negative_int, default=0, help="centre crop of this size (0: whole images)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
 
@@ -29,7 +33,25 @@ def run(args) -> int:
     from ..training.datasets import SamPathDataset
     from ..training.evaluation import evaluate, format_report
 
-    seg = load_model(args.model, device=args.device)
+    from ..errors import DataError
+    from ..labels.outputs import check_destination
+    from ..slide import SUFFIXES
+    from ._args import resolve_model
+
+    data = Path(args.data)
+    wanted = "evaluate scores a model on a SAM-Path dataset folder (img/, mask/, a CSV img_id,fold)"
+    slide_like = data.suffix.lower() in SUFFIXES
+    if data.is_file() or (data.is_dir() and slide_like and not (data / "img").is_dir()):
+        kind = "a slide" if slide_like else "a file"
+        raise DataError(f"--data {args.data}: {kind}, not a dataset folder; {wanted}; to segment a slide use "
+                        "napari-dfa predict")
+    if not data.exists():
+        raise DataError(f"--data {args.data}: dataset folder not found"
+                        + (f" (the name is a slide's; {wanted})" if slide_like else ""))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        check_destination(args.json, overwrite=args.overwrite)
+    seg = load_model(resolve_model(args.model), device=args.device)
     csv, shift = "", 0
     if args.config:
         from ..training import TrainConfig
@@ -53,7 +75,9 @@ def run(args) -> int:
     print(f"{args.model} on {args.data} ({args.split}, {len(dataset)} images)")
     print(format_report(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        from ..labels.outputs import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0

@@ -12,27 +12,55 @@ HELP = "generate synthetic H&E data: a SAM-Path-layout dataset or a pyramidal sl
 
 
 def add_arguments(parser) -> None:
+    from ._args import non_negative_int, positive_float, positive_int
+
     sub = parser.add_subparsers(dest="what", metavar="{dataset,slide}", required=True)
     ds = sub.add_parser("dataset", help="tiles in the SAM-Path layout: img/, mask/, cv.csv (img_id,fold)")
     ds.add_argument("out", help="output folder")
-    ds.add_argument("--train", type=int, default=48, help="training tiles (folds 1..4)")
-    ds.add_argument("--val", type=int, default=12, help="validation tiles (fold 0)")
-    ds.add_argument("--test", type=int, default=12, help="test tiles (fold -1)")
-    ds.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    ds.add_argument("--train", type=non_negative_int, default=48, help="training tiles (folds 1..4)")
+    ds.add_argument("--val", type=non_negative_int, default=12, help="validation tiles (fold 0)")
+    ds.add_argument("--test", type=non_negative_int, default=12, help="test tiles (fold -1)")
+    ds.add_argument("--tile", type=positive_int, default=256, help="tile side in pixels")
     _common(ds)
     sl = sub.add_parser("slide", help="an Aperio-style pyramidal TIFF slide plus <stem>_truth.tif labels")
     sl.add_argument("out", help="output slide file (.tif or .svs)")
     sl.add_argument("--size", default="8192", help="level-0 size: N (square) or HxW, e.g. 4096x6144")
-    sl.add_argument("--mpp", type=float, default=None,
+    sl.add_argument("--mpp", type=positive_float, default=None,
                     help="microns per pixel recorded in the file (default 0.5, the scale the textures are drawn at)")
     sl.add_argument("--compression", choices=("jpeg", "deflate"), default="jpeg")
     _common(sl)
 
 
 def _common(p) -> None:
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    from ._args import non_negative_int
+
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (same seed, same data)")
     p.add_argument("--config", default=None, help="TOML with a [synth] table (class frequency, difficulty, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_output(args) -> None:
+    """Refuse an output that exists (without --overwrite) or whose folder is missing, before any work."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    out = Path(args.out)
+    if args.what == "slide":
+        from ..labels.outputs import check_destination
+
+        check_destination(out, overwrite=args.overwrite)
+        from ..synth.writers import truth_path_for
+
+        truth = truth_path_for(out)
+        if truth.exists() and not args.overwrite:
+            raise ConfigError(f"{truth}: exists; pass --overwrite to replace it")
+    elif out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: a file, not a dataset folder")
+        if any(out.iterdir()) and not args.overwrite:
+            raise ConfigError(f"{out}: the folder is not empty; pass --overwrite to write the dataset into it")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -55,6 +83,8 @@ def run(args) -> int:
 
     from .. import synth
 
+    check_output(args)
+    size = parse_size(args.size) if args.what == "slide" else None
     config = synth.SynthConfig.from_toml(args.config) if args.config else synth.SynthConfig()
     bar = tqdm(total=0, unit="tile" if args.what == "dataset" else "row", disable=args.no_progress,
                desc=f"synth {args.what}", file=sys.stderr)
@@ -72,7 +102,6 @@ def run(args) -> int:
             print(f"wrote {args.train + args.val + args.test} tiles to {root} "
                   f"(img/, mask/, {synth.DATASET_CSV}, {synth.DATASET_JSON})")
         else:
-            size = parse_size(args.size)
             slide, truth = synth.write_slide(args.out, config, size=size, seed=args.seed, mpp=args.mpp,
                                              compression=args.compression, progress=progress)
             bar.close()
