@@ -165,12 +165,18 @@ def lazy_level(guarded: GuardedArray, chunks: tuple) -> da.Array:
 # --- layout and dtype -------------------------------------------------------------------------
 
 
-def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
+def to_channels_last(arr: da.Array, axes: str, *, path: Path, alpha: bool | None = None,
+                     notes: list | None = None) -> da.Array:
     """Reduce an array with ``axes`` (tifffile letters: Y X S C Z T ...) to ``Y×X×C``.
 
-    Single-sample time points / focal planes are squeezed; a real stack (several Z or T) shows its
-    first plane (a slide viewer shows one plane; logged). Any other non-trivial axis (an image
-    stack, several series) is not a slide and raises :class:`SlideError`.
+    Single-sample time points / focal planes are squeezed; a real stack (several Z or T) is read
+    at its first plane, and that is said: a warning naming the file, the axis and the plane
+    (and a line appended to ``notes``, which backends keep in the slide's metadata). Any other
+    non-trivial axis (an image stack, several series) is not a slide and raises :class:`SlideError`.
+
+    ``alpha``: whether the file marks its last channel as alpha (TIFF ExtraSamples, a PNG's LA
+    mode). Two channels without that mark are not grey + alpha but two stains or fluorescence
+    channels, which a brightfield model cannot read: refused with :class:`SlideLayoutError`.
     """
     axes = axes.upper()
     if len(axes) != arr.ndim:
@@ -189,7 +195,11 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
         elif n == 1:
             index.append(0)
         elif ax in "ZT":
-            logger.info("%s: %d planes along %s; showing the first", path, n, ax)
+            what = "focal planes (a Z-stack)" if ax == "Z" else "time points (a T-series)"
+            note = f"{n} {what}; reading {ax}=0 only, the first"
+            logger.warning("%s: %s", path, note)
+            if notes is not None:
+                notes.append(note)
             index.append(0)
         else:
             raise SlideLayoutError(
@@ -211,6 +221,12 @@ def to_channels_last(arr: da.Array, axes: str, *, path: Path) -> da.Array:
         arr = arr.transpose(order)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if arr.shape[2] == 2 and not alpha:
+        raise SlideLayoutError(
+            f"{path}: 2 channels that the file does not mark as grey + alpha (axes {axes!r}): two stains "
+            "or fluorescence channels, not a brightfield slide. Export it as RGB (or one channel as grey) "
+            "to segment it."
+        )
     if arr.shape[2] > 4:
         raise SlideLayoutError(
             f"{path}: {arr.shape[2]} channels; only grey, grey+alpha, RGB and RGBA slides are "

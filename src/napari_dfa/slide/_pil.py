@@ -69,7 +69,8 @@ def open_pil(path: Path) -> Opened:
         dtype, samples = np.uint8, len(convert)
     guarded = GuardedArray(path=path, shape=(height, width, samples), dtype=dtype,
                            open_level=_PilImage(path, convert), what="the image")
-    level = to_channels_last(lazy_level(guarded, (height, width, samples)), "YXS", path=path)
+    # Pillow's 2- and 4-sample modes (LA, La, RGBA, ...) always end with alpha.
+    level = to_channels_last(lazy_level(guarded, (height, width, samples)), "YXS", path=path, alpha=True)
     levels, downsamples = rgb_pyramid([level], path=path)
     # A dpi tag gives µm/px only when plausible for a microscope (72/96 dpi screenshots are not).
     mpp = None

@@ -125,7 +125,7 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
     _check_not_truncated(tif, series, path)
     # One store for the whole pyramid: a zarr Group "0", "1", ... (a plain Array for one level).
     root = zarr.open(series.aszarr(multiscales=True), mode="r")
-    stored = []
+    stored, notes = [], []
     for li, level in enumerate(series.levels):
         zarr_level = root[str(li)] if isinstance(root, zarr.Group) else root
         page = level.keyframe
@@ -147,10 +147,14 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
         arr, axes = lazy_level(guarded, chunks), level.axes
         if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
             arr, axes = _apply_palette(arr, axes, page.colormap)
-        stored.append(to_channels_last(arr, axes, path=path))
+        # ExtraSamples 1/2: associated/unassociated alpha; 0 (unspecified) is just another channel.
+        alpha = any(int(e) in (1, 2) for e in (page.extrasamples or ()))
+        stored.append(to_channels_last(arr, axes, path=path, alpha=alpha, notes=notes if li == 0 else None))
     levels, downsamples = rgb_pyramid(stored, path=path)
     mpp, metadata = _metadata(tif, series, path)
     metadata["stored_levels"] = len(series.levels)
+    if notes:  # what was read of a Z-stack / T-series (see to_channels_last)
+        metadata["planes"] = notes
     metadata["associated_images"] = [s.name.lower() for s in tif.series if _is_associated(s.name)]
     return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=metadata, close=tif.close)
 
