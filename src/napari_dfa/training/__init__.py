@@ -4,7 +4,7 @@
   best/last, resume, early stop, CSV/JSON logs and PNG plots, DDP under torchrun.
 - :func:`evaluate` — dataset-level and per-image Dice/IoU per class, keyed by class name.
 - :func:`finetune` — a pathologist's corrections into a new, provenance-carrying Segmenter.
-- :func:`run_bench` — the bias-mode comparison on synthetic data (``napari-dfa bench``).
+- :mod:`.comparison` — the paired method comparison (``napari-dfa bench``): does the learned bias help?
 """
 
 from __future__ import annotations
