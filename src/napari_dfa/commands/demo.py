@@ -33,12 +33,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", default="auto",
                         help="pyramid level for --headless: 'auto' = nearest the model's µm/px, or an index")
     parser.add_argument("--slide", default=None, help="segment this slide instead of the sample")
+    parser.add_argument("--palette", default="auto", choices=("auto", "model", "cb"),
+                        help="overlay colours of --headless: auto (the model's, any that looks like "
+                             "unlabelled H&E swapped), model, or cb (colour-blind safe)")
 
 
 def run(args) -> int:
     if args.headless:
         outputs = run_headless(out=args.out, model=args.model, device=args.device, level=args.level,
-                               slide=args.slide)
+                               slide=args.slide, palette=args.palette)
         for what, path in outputs.items():
             print(f"{what}: {path}")
         return 0
@@ -107,11 +110,13 @@ def _zoom_on_centre(viewer, image, size: int) -> None:
     viewer.camera.zoom = min(ch, cw) / (size * max(sy, sx))
 
 
-def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) -> dict[str, Path]:
+def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
+                 palette: str = "auto") -> dict[str, Path]:
     """Segment the sample slide (or ``slide``) and write labels, an overlay PNG and class areas.
 
     Returns the written files by kind: ``labels`` (OME-Zarr), ``labels_tiff`` (pyramidal TIFF),
-    ``overlay`` (PNG: slide with class colours and a legend), ``areas`` (CSV: pixels, mm², % per
+    ``overlay`` (PNG: title, slide with class colours and a scale bar, legend with areas; see
+    :func:`write_overlay`), ``areas`` (CSV: pixels, mm², % per
     class) — the files are written by :mod:`napari_dfa.export`.
     """
     from tqdm import tqdm
@@ -143,42 +148,133 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None) 
         outputs = {"labels": Path(res.path)}
         outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.class_names,
                                                    seg.class_colors, offset=res.translate, **place)
-        outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg)
+        outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg,
+                                           palette=palette)
         outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.class_names, **place)
     logger.info("demo outputs in %s", out)
     return outputs
 
 
-def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha: float = 0.45) -> Path:
-    """The slide under its labels in class colours (glass left as is), with a class legend."""
+def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha: float = 0.5,
+                  palette: str = "auto", date: str | None = None) -> Path:
+    """The slide under its labels, as a figure a pathologist can read on its own.
+
+    From top to bottom: a title (slide, model, date, level and pixel size), the slide at ``level``
+    with the labels in class colours (glass and unsegmented tissue left as they are) and a scale
+    bar in µm, and a legend with each class's area (mm² when the pixel size is known) and share of
+    the labelled tissue. ``palette``: ``"auto"`` (the model's colours, with any that would pass for
+    unlabelled H&E swapped: see :mod:`napari_dfa.labels.palette`), ``"model"`` or ``"cb"``
+    (colour-blind safe). The title and legend are also kept as PNG text (``Title``,
+    ``Description``)."""
+    import datetime as dt
+
     from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    from .. import __version__
+    from ..labels.palette import overlay_palette
+    from ..paths import slide_stem
 
     step = max(1, int(np.ceil(max(labels.shape) / OVERLAY_MAX)))
-    lab = labels[::step, ::step]
+    lab = np.asarray(labels[::step, ::step])
     rgb = np.asarray(slide.levels[level][::step, ::step].compute()).astype(np.float32)
-    palette = np.zeros((256, 3), np.float32)
-    palette[1:len(seg.class_colors) + 1] = np.asarray(seg.class_colors, np.float32)
-    colored = palette[lab]
+    colors = overlay_palette(seg.class_colors, palette)
+    table = np.zeros((256, 3), np.float32)
+    table[1:len(colors) + 1] = np.asarray(colors, np.float32)
     a = np.where(lab > 0, alpha, 0.0)[..., None]
-    blend = (rgb * (1 - a) + colored * a).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(blend)
-    row = max(18, img.width // 50)  # legend readable at the overlay's size
-    try:
-        font = ImageFont.load_default(size=int(row * 0.75))
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        font = ImageFont.load_default()
-    legend = Image.new("RGB", (img.width, row * len(seg.class_names) + row // 2), "white")
-    draw = ImageDraw.Draw(legend)
-    counts = np.bincount(labels.ravel(), minlength=len(seg.class_names) + 1)
+    img = Image.fromarray((rgb * (1 - a) + table[lab] * a).clip(0, 255).astype(np.uint8))
+    W = img.width
+    row = max(18, W // 50)  # text readable at the overlay's size
+    font = _font(int(row * 0.75))
+    um_per_px = slide.level_mpp(level) * step if getattr(slide, "mpp", None) else None
+    if um_per_px:
+        _scale_bar(img, um_per_px, row, font)
+
+    card = seg.metadata.get("model_card") or {}
+    source = seg.metadata.get("source")
+    model_name = card.get("name") or (Path(source).stem if source else "model")
+    date = date or dt.date.today().isoformat()
+    pixel = f"{slide.level_mpp(level):g} µm/px" if um_per_px else "pixel size unknown"
+    lines = [f"{slide_stem(slide.path)}  —  {model_name}",
+             f"segmented {date}, level {level} ({pixel}), napari-dfa {__version__}"]
+    header = Image.new("RGB", (W, row * 2 + row // 2), "white")
+    draw = ImageDraw.Draw(header)
+    for i, text in enumerate(lines):
+        draw.text((row // 3, row // 4 + i * row), _fit(draw, text, font, W - row // 2), fill="black", font=font)
+
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=len(colors) + 1)[: len(colors) + 1]
     tissue = max(1, int(counts[1:].sum()))
-    for k, (name, col) in enumerate(zip(seg.class_names, seg.class_colors)):
+    area_px = (slide.level_mpp(level) ** 2 / 1e6) if um_per_px else None  # mm² per labels pixel
+    entries = []
+    for k, name in enumerate(seg.class_names):
+        share = f"{100 * counts[k + 1] / tissue:.1f} % of labelled tissue"
+        entries.append(f"{name}  {counts[k + 1] * area_px:.3f} mm², {share}" if area_px else f"{name}  {share}")
+    entries.append("no colour: glass or not segmented")
+    legend = Image.new("RGB", (W, row * len(entries) + row // 2), "white")
+    draw = ImageDraw.Draw(legend)
+    for k, text in enumerate(entries):
         y = row // 4 + k * row
-        draw.rectangle([row // 3, y, row // 3 + int(row * 0.7), y + int(row * 0.7)],
-                       fill=tuple(int(v) for v in col), outline="black")
-        draw.text((row * 1.3, y), f"{name}  {100 * counts[k + 1] / tissue:.1f} % of tissue", fill="black",
-                  font=font)
-    canvas = Image.new("RGB", (img.width, img.height + legend.height), "white")
-    canvas.paste(img, (0, 0))
-    canvas.paste(legend, (0, img.height))
-    canvas.save(path)
+        box = [row // 3, y, row // 3 + int(row * 0.7), y + int(row * 0.7)]
+        draw.rectangle(box, fill=tuple(colors[k]) if k < len(colors) else "white", outline="black")
+        draw.text((row * 1.3, y), _fit(draw, text, font, W - row * 1.5), fill="black", font=font)
+
+    canvas = Image.new("RGB", (W, header.height + img.height + legend.height), "white")
+    canvas.paste(header, (0, 0))
+    canvas.paste(img, (0, header.height))
+    canvas.paste(legend, (0, header.height + img.height))
+    info = PngInfo()
+    info.add_text("Title", " | ".join(lines))
+    info.add_text("Description", "\n".join(entries))
+    info.add_text("Software", f"napari-dfa {__version__}")
+    canvas.save(path, pnginfo=info)
     return path
+
+
+def nice_scale_bar(um_per_px: float, width_px: int, fraction: float = 0.2) -> tuple[float, int]:
+    """A round bar length (1, 2 or 5 × 10^n µm) near ``fraction`` of the width: (µm, pixels)."""
+    target = max(um_per_px, width_px * fraction * um_per_px)
+    exp = np.floor(np.log10(target))
+    um = max(m * 10**exp for m in (1, 2, 5) if m * 10**exp <= target)
+    return float(um), max(1, int(round(um / um_per_px)))
+
+
+def _scale_bar(img, um_per_px: float, row: int, font) -> None:
+    """A black bar with its length, on a white box in the bottom-left corner of ``img``."""
+    from PIL import ImageDraw
+
+    um, px = nice_scale_bar(um_per_px, img.width)
+    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+    draw = ImageDraw.Draw(img)
+    pad = row // 3
+    text_w = draw.textlength(label, font=font)
+    x0, y1 = pad, img.height - pad
+    box = [x0, y1 - int(row * 1.6), x0 + max(px, int(text_w)) + 2 * pad, y1]
+    draw.rectangle(box, fill="white")
+    bar_y = y1 - pad - max(2, row // 6)
+    draw.rectangle([x0 + pad, bar_y, x0 + pad + px - 1, y1 - pad], fill="black")
+    draw.text((x0 + pad, box[1] + pad // 2), label, fill="black", font=font)
+
+
+def _font(size: int):
+    """DejaVu Sans from matplotlib (a dependency): Pillow's own font has no µ, ² or dashes."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        pass
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: float) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
