@@ -305,7 +305,9 @@ def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = 
             )
     else:
         path = Path(path_or_name).expanduser()
-    contents = read_checkpoint(path)
+    from .shapes import expected_tensors
+
+    contents = read_checkpoint(path, tensor_spec=expected_tensors)  # tensors checked before any is read
     model = build_model(contents.config, load_encoder_weights=False)
     load_state_checked(model, contents.state_dict, path)
     card = contents.model_card or build_card(class_names=contents.class_names, mpp=contents.mpp,

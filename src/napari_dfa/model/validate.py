@@ -11,7 +11,8 @@ one class. So, in this order and before any tensor is read or any module is buil
 3. the model config: every field against :data:`BOUNDS` (a size of 100 000 decoder layers or a
    million channels is refused before a single layer exists); fields this table does not know
    (added later) pass when their type is sane;
-4. the tensors in the file header against a shape-only (``meta`` device) model of that config:
+4. the tensors in the file header against a shape-only (``meta`` device) model of that config
+   (:mod:`napari_dfa.model.shapes`, handed in by the loader):
    names, shapes and dtypes. Floating weights must be float32 or float16 (what napari-dfa writes),
    all of one dtype; bf16 or integer bytes where floats belong would load as garbage.
 
@@ -75,9 +76,6 @@ BOUNDS: dict[str, Any] = {
 }
 
 FLOAT_DTYPES = ("F32", "F16")  # what write_checkpoint writes (float32 or its dtype=float16 copy)
-_TORCH_TO_ST = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
-                "torch.float64": "F64", "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16",
-                "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL"}
 
 
 def _short(value: Any, n: int = 60) -> str:
@@ -260,32 +258,21 @@ def check_config_bounds(config, *, source: str) -> None:
 
 
 # --- 4. tensors against a shape-only model ----------------------------------------------------
-def expected_tensors(config) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{name: (shape, safetensors dtype)}`` of the state dict a model of ``config`` has,
-    from a model built on the ``meta`` device (no memory, no initialisation)."""
-    import torch
-
-    from .dfa_model import build_model
-
-    try:
-        with torch.device("meta"):
-            model = build_model(config, load_encoder_weights=False)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - sizes within bounds that still do not fit together
-        raise CheckpointError(f"model config cannot be built ({type(exc).__name__}: {exc})") from None
-    return {k: (tuple(v.shape), _TORCH_TO_ST.get(str(v.dtype), str(v.dtype))) for k, v in model.state_dict().items()}
+# The shapes come from napari_dfa.model.shapes.expected_tensors (a meta-device model), passed in
+# by the loader: this module imports no network code, so checkpoint -> validate stays acyclic.
 
 
-def check_tensors(path: Path, header: dict[str, tuple[tuple[int, ...], str]], config) -> None:
-    """The file's tensors (``{name: (shape, dtype)}`` from its header) against ``config``.
+def check_tensors(path: Path, header: dict[str, tuple[tuple[int, ...], str]], config, tensor_spec) -> None:
+    """The file's tensors (``{name: (shape, dtype)}`` from its header) against ``config``, whose
+    tensors ``tensor_spec(config)`` lists the same way (see napari_dfa.model.shapes).
 
     Raises CheckpointError for missing, unexpected or wrongly shaped tensors, and for dtypes that
     are not what napari-dfa writes."""
     try:
-        expected = expected_tensors(config)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}; the file is damaged or was not written by napari-dfa") from None
+        expected = tensor_spec(config)
+    except Exception as exc:  # noqa: BLE001 - sizes within bounds that still do not fit together
+        raise CheckpointError(f"{path}: the model config cannot be built ({type(exc).__name__}: {exc}); "
+                              "the file is damaged or was not written by napari-dfa") from None
     n_params = sum(int(np.prod(s, dtype=np.float64)) for s, _ in expected.values())
     if n_params > MAX_PARAMETERS:
         raise CheckpointError(f"{path}: the model config describes {n_params:.3g} parameters "
