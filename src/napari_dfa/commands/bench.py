@@ -62,7 +62,8 @@ def add_arguments(parser) -> None:
 def _resolve(args):
     """(recipe, seeds, methods, jobs, probe_images) from defaults < --config < --quick < flags."""
     from ..errors import ConfigError
-    from ..training.comparison import comparison_config, folder_config, load_comparison_toml
+    from ..training.comparison import comparison_config, load_comparison_toml
+    from ..training.datasets import folder_config
 
     config, bench = comparison_config(), {}
     if args.config:

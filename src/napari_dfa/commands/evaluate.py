@@ -10,7 +10,11 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--model", required=True,
                         help="a .safetensors checkpoint, a training run folder (its best.safetensors), or 'demo'")
-    parser.add_argument("--data", required=True, help="dataset folder (SAM-Path layout: img/, mask/, CSV img_id,fold)")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (SAM-Path layout: img/, mask/, CSV img_id,fold); its classes.json or "
+                             "synth.json, if any, must name the model's classes")
+    parser.add_argument("--classes", default=None, metavar="A,B,...",
+                        help="class names of labels 1..K of the --data folder (instead of its classes.json)")
     parser.add_argument("--split", default="test", choices=("test", "val", "train"))
     parser.add_argument("--json", default=None, help="write the per-class report here (keyed by class name)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -30,7 +34,7 @@ def run(args) -> int:
     from ..classes import ClassSet
     from ..errors import ConfigError
     from ..model import load_model
-    from ..training.datasets import SamPathDataset
+    from ..training.datasets import SamPathDataset, resolve_folder_classes
     from ..training.evaluation import evaluate, format_report
 
     from ..errors import DataError
@@ -58,7 +62,14 @@ def run(args) -> int:
 
         data = TrainConfig.from_toml(args.config).data
         csv, shift = data.csv, data.label_shift
-    classes = ClassSet(name="model", names=tuple(seg.class_names), colors=tuple(seg.class_colors))
+    model_classes = ClassSet(name="model", names=tuple(seg.class_names), colors=tuple(seg.class_colors))
+    # The folder's own names (classes.json / --classes) must be the model's: a report never scores
+    # one dataset's classes under another's names.
+    classes = resolve_folder_classes(
+        args.data, model_classes, named_by=f"the model {args.model}", classes=args.classes, csv=csv,
+        label_shift=shift, fix="evaluate a model trained on this dataset's classes (napari-dfa train --data "
+                               f"{args.data}), or correct the folder's list",
+    )
     dataset = SamPathDataset(args.data, split=args.split, class_set=classes, csv=csv, label_shift=shift,
                              cache=False)
     if len(dataset) == 0:

@@ -18,7 +18,11 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--config", default=None,
                         help="recipe TOML, e.g. training/synthetic.toml (not needed with --resume --out RUN)")
-    parser.add_argument("--data", default=None, help="dataset folder (SAM-Path layout: img/, mask/, CSV img_id,fold)")
+    parser.add_argument("--data", default=None,
+                        help="dataset folder (SAM-Path layout: img/, mask/ PNG labels 0 = ignore, a CSV img_id,fold; "
+                             "class names from its classes.json or synth.json, or --classes)")
+    parser.add_argument("--classes", default=None, metavar="A,B,...",
+                        help="class names of labels 1..K of the --data folder (instead of its classes.json)")
     parser.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint, with the recipe it recorded")
@@ -204,8 +208,10 @@ def resume_recipe(args, out_dir, toml_config):
                           f"{listed}{why}. Leave them out to resume, or start a new run (another --out, "
                           f"or --init {Path(out_dir) / 'last.safetensors'})")
     if toml_config is not None:
+        # The data folder's keys were set from the folder when the run started (with_folder_classes).
+        folder_keys = {"data.kind", "data.root", "data.classes", "data.class_names", "data.class_colors"}
         differ = sorted(k for k, v in _flatten(toml_config.to_dict()).items()
-                        if k in recorded and not _same(v, recorded[k]) and k not in changes)
+                        if k in recorded and not _same(v, recorded[k]) and k not in changes and k not in folder_keys)
         if differ:
             logger.warning("%s differs from %s in %s; resuming with the run's recorded recipe", args.config, path,
                            ", ".join(differ))
@@ -214,6 +220,24 @@ def resume_recipe(args, out_dir, toml_config):
                        out_dir, conflicts["epochs"], saved.epochs, saved.schedule)
         return saved.replace(epochs=conflicts["epochs"])
     return saved
+
+
+def with_folder_classes(config, args):
+    """The recipe on its dataset folder (``--data``, else a ``sampath`` recipe's ``[data] root``) with
+    the folder's class names, checked against those the recipe names before any training: another
+    dataset's names never reach a checkpoint. A synthetic recipe without ``--data`` is unchanged."""
+    from ..errors import ConfigError
+    from ..training.datasets import folder_config
+
+    folder = args.data or (config.data.root if config.data.kind == "sampath" else None)
+    if folder:
+        return folder_config(config, folder, classes=args.classes)
+    if config.data.kind == "sampath":
+        raise ConfigError(f"{config.source or 'the recipe'}: no dataset folder; pass --data <folder with img/, "
+                          "mask/ and a CSV img_id,fold> or set [data] root")
+    if args.classes:
+        raise ConfigError("--classes names the classes of a --data folder; the synthetic data has its own")
+    return config
 
 
 def run(args) -> int:
@@ -240,6 +264,7 @@ def run(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         what = "a file" if Path(args.data).is_file() else "not found"
         raise ConfigError(f"--data {args.data}: dataset folder {what} (SAM-Path layout: img/, mask/, CSV img_id,fold)")
+    config = with_folder_classes(config, args)
     main = int(os.environ.get("RANK", "0")) == 0
     bar = tqdm(total=0, unit="batch", desc=f"train {config.name}", disable=not main, file=sys.stderr)
 
@@ -250,7 +275,7 @@ def run(args) -> int:
         bar.refresh()
 
     try:
-        result = train(config, data_root=args.data, out_dir=out_dir, resume=args.resume, device=args.device,
+        result = train(config, out_dir=out_dir, resume=args.resume, device=args.device,
                        progress=progress, plots=not args.no_plots)
     finally:
         bar.close()

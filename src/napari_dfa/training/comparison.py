@@ -41,6 +41,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .config import TrainConfig
+from .datasets import folder_config, read_class_list  # noqa: F401 - a folder's classes: one reader for all commands
 
 logger = logging.getLogger(__name__)
 
@@ -131,63 +132,6 @@ def load_comparison_toml(path, base: TrainConfig | None = None) -> tuple[TrainCo
         SynthConfig.from_dict(synth_table, source=f"{path} [synth]")  # validate now, name the file
         data["synth"] = synth_table
     return TrainConfig.from_dict(merged, source=str(path)), dict(bench)
-
-
-def read_class_list(folder, classes: str | None = None):
-    """The class list of a SAM-Path folder: ``classes`` ("A,B,C") if given, else ``classes.json``
-    in the folder (a list of names or ``{"names": [...], "colors": [...]}``), else the folder's
-    ``synth.json`` (written by :func:`napari_dfa.synth.write_dataset`). Returns a ClassSet."""
-    from ..classes import ClassSet, default_colors
-
-    folder = Path(folder)
-    if classes:
-        names = [n.strip() for n in classes.split(",") if n.strip()]
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"--classes {classes!r}: give the K class names of labels 1..K, unique, comma-separated")
-        return ClassSet(name="custom", names=tuple(names), colors=tuple(default_colors(len(names))))
-    for name in ("classes.json", "synth.json"):
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the class list ({exc})") from None
-        if name == "synth.json":
-            entries = data.get("classes") if isinstance(data, dict) else None
-            if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
-                raise ConfigError(f"{path}: no 'classes' list of {{'name': ...}} entries")
-            names = [str(e["name"]) for e in entries]
-            colors = [e.get("color") for e in entries]
-        elif isinstance(data, list):
-            names, colors = [str(n) for n in data], None
-        elif isinstance(data, dict) and isinstance(data.get("names"), list):
-            names, colors = [str(n) for n in data["names"]], data.get("colors")
-        else:
-            raise ConfigError(f'{path}: expected a list of class names or {{"names": [...], "colors": [...]}}')
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"{path}: the class names must be a non-empty list of unique names, got {names}")
-        if colors is None or any(c is None for c in colors):
-            colors = default_colors(len(names))
-        try:
-            colors = tuple(tuple(int(v) for v in c) for c in colors)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: colors must be [R, G, B] triples") from None
-        if len(colors) != len(names) or any(len(c) != 3 for c in colors):
-            raise ConfigError(f"{path}: one [R, G, B] colour per class name is needed ({len(names)} names)")
-        return ClassSet(name=folder.name, names=tuple(names), colors=colors)
-    raise ConfigError(f"{folder}: no classes.json (a list of the class names of labels 1..K) and no synth.json; "
-                      "write one beside img/ and mask/, or pass --classes A,B,C")
-
-
-def folder_config(base: TrainConfig, folder, *, classes: str | None = None) -> TrainConfig:
-    """``base`` pointed at a SAM-Path folder (img/, mask/, a CSV img_id,fold) with its class list."""
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise DataError(f"{folder}: --data folder not found (expected img/, mask/ and a CSV img_id,fold)")
-    class_set = read_class_list(folder, classes)
-    return base.replace(data={"kind": "sampath", "root": str(folder), "classes": "custom",
-                              "class_names": class_set.names, "class_colors": class_set.colors})
 
 
 def _synth_config(data):

@@ -38,8 +38,12 @@ class DataConfig:
       root: dataset folder for ``sampath`` (``--data`` overrides it); for ``synthetic`` an optional
         folder to generate into (default: ``$NAPARI_DFA_CACHE/synthetic/<hash>``).
       csv: CSV file name inside ``root``; empty = the only ``*.csv`` there.
-      classes: a class set of :mod:`napari_dfa.classes` (``bcss``, ``crag``, ``bdsa``, ``synthetic``).
-      class_names / class_colors: an explicit class list overriding ``classes`` (labels 1..K).
+      classes: a class set of :mod:`napari_dfa.classes` (``bcss``, ``crag``, ``bdsa``, ``synthetic``), or
+        ``""``: the recipe names none and the dataset folder does (its ``classes.json`` or
+        ``--classes``; see :func:`napari_dfa.training.datasets.folder_config`).
+      class_names / class_colors: an explicit class list overriding ``classes`` (labels 1..K). A
+        ``sampath`` recipe that names classes must agree with a folder's ``classes.json``; a
+        ``synthetic`` recipe pointed at a folder (``--data``) takes the folder's classes.
       label_shift: added to every mask value on read, for copies whose label 0 is a real class
         (e.g. CRAG masks with 0 = background: ``label_shift = 1``); then nothing is ignored.
       crop: training crop size in pixels (a multiple of 32).
