@@ -2,12 +2,18 @@
 as RGB uint8 levels, the part of it in view, a drawn ROI, and where a result goes on it; and the
 part of a result under review that fine-tuning replays, segments again and writes back.
 
+An RGB image that a reader split into three grey channel layers (napari-ome-zarr opens a (c, y, x)
+OME-Zarr so) is stacked back into one RGB pyramid (:func:`layer_pyramid`); one channel alone is
+refused, never segmented as if it were colour.
+
 No Qt, but napari layers: call these on the UI thread (layers are not thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,18 +50,26 @@ class LayerPyramid:
     """Any napari image layer (ours or another reader's, multiscale or not) as RGB uint8 levels.
 
     Arguments:
-      layer: a napari Image layer, 2-D grey or RGB(A), any dtype, one array or a pyramid.
+      layer: a napari Image layer, 2-D grey or RGB(A), any dtype, one array or a pyramid; a grey
+        layer that looks like one channel of a colour image is refused (see :func:`layer_pyramid`).
     """
 
-    def __init__(self, layer):
-        levels = list(layer.data) if layer.multiscale else [layer.data]
-        ndim_yx = levels[0].ndim - (1 if layer.rgb else 0)
+    def __init__(self, layer, *, placement_only: bool = False):
+        # placement_only: where a result goes on the layer (scale, levels), its pixels unread, so a
+        # channel of a split RGB image (segmented with its siblings) is not refused here.
+        why = None if layer.rgb or placement_only else channel_evidence(layer)
+        if why:
+            raise DataError(lone_channel_message(layer, why))
+        self._setup(layer, list(layer.data) if layer.multiscale else [layer.data], layer.rgb)
+
+    def _setup(self, layer, levels, rgb: bool) -> None:
+        ndim_yx = levels[0].ndim - (1 if rgb else 0)
         if ndim_yx != 2:
             raise DataError(f"layer {layer.name!r}: only 2-D images (grey or RGB) can be segmented, "
                             f"this one has shape {tuple(levels[0].shape)}")
         self.layer = layer
         self.raw = levels
-        self.rgb = layer.rgb
+        self.rgb = rgb
         y0 = float(levels[0].shape[0])
         self.downsamples = [y0 / float(a.shape[0]) for a in levels]
         self.shapes = [tuple(int(s) for s in a.shape[:2]) for a in levels]
@@ -135,6 +149,181 @@ class LayerPyramid:
     def world_to_level0(self, world_yx) -> np.ndarray:
         w = np.asarray(world_yx, dtype=float)
         return (w - np.asarray(self.translate)) / np.asarray(self.scale)
+
+
+# --- an RGB image split into channel layers ------------------------------------------------------
+# napari-ome-zarr (channel_axis) and other readers open an RGB (c, y, x) image as three grey layers:
+# the same shape, scale and position, names the reader's name deduplicated by napari ("x", "x [1]",
+# "x [2]") or ending in a channel ("x R", "x_green", "x c2"), colormaps from the file (OMERO
+# colours) or napari's cyan/magenta/yellow. One of them alone is grey, not tissue colour.
+
+_DEDUP = re.compile(r"^(?P<base>.*?) \[(?P<n>\d+)\]$")  # napari's suffix for a repeated name
+_TOKEN = re.compile(r"^(?P<base>.*?)(?:^|[\s_\-:./|(\[]+)(?P<tok>red|green|blue|r|g|b|c\s?\d+|ch\s?\d+|"
+                    r"channel[\s_\-]?\d+)[)\]]?$", re.IGNORECASE)
+_COLOURS = {"red": 0, "r": 0, "green": 1, "g": 1, "blue": 2, "b": 2}
+
+
+@dataclass(frozen=True)
+class _ChannelName:
+    base: str          # the name without channel token and napari's " [n]"
+    colour: int | None  # 0 R, 1 G, 2 B from a colour word in the name
+    index: int | None   # c0 / ch1 / channel_2 in the name
+    copy: int           # napari's " [n]" (0 without)
+    letter: bool        # the token is a lone r / g / b (only trusted beside its siblings)
+
+
+def _parse_name(name: str) -> _ChannelName:
+    name, copy = str(name).strip(), 0
+    m = _DEDUP.match(name)
+    if m:
+        name, copy = m["base"], int(m["n"])
+    m = _TOKEN.match(name)
+    if not m:
+        return _ChannelName(name.casefold(), None, None, copy, False)
+    tok = m["tok"].casefold()
+    digits = re.sub(r"\D", "", tok)
+    colour = _COLOURS.get(tok)
+    return _ChannelName(m["base"].strip().casefold(), colour, int(digits) if digits and colour is None else None,
+                        copy, tok in ("r", "g", "b"))
+
+
+def _colormap_hue(layer) -> tuple[int | None, bool]:
+    """(0/1/2 when the colormap runs from black to pure red/green/blue, else None; whether it is a
+    single-hue non-grey colormap at all, which napari only gives a layer split from channels)."""
+    try:
+        colors = np.asarray(layer.colormap.colors, dtype=float)[:, :3]
+    except (AttributeError, TypeError, ValueError):
+        return None, False
+    if len(colors) < 2 or colors[0].max() > 0.1:
+        return None, False
+    end = colors[-1]
+    if end.max() - end.min() < 0.5:  # grey / white: an ordinary grey image
+        return None, False
+    primary = int(np.argmax(end)) if sorted(end)[1] < 0.25 else None
+    return primary, True
+
+
+def _metadata_channel(layer) -> int | str | None:
+    md = layer.metadata or {}
+    for key in ("channel", "channel_index", "channel_name"):
+        if md.get(key) not in (None, ""):
+            return md[key]
+    return None
+
+
+def channel_evidence(layer) -> str | None:
+    """Why a grey layer looks like one channel of a colour image (its name, colormap or metadata),
+    or None. A lone r/g/b letter or napari's " [n]" alone is no evidence."""
+    parsed = _parse_name(layer.name)
+    if parsed.colour is not None and not parsed.letter:
+        return f"its name ends in the channel {['red', 'green', 'blue'][parsed.colour]!r}"
+    if parsed.index is not None:
+        return f"its name ends in channel {parsed.index}"
+    primary, single_hue = _colormap_hue(layer)
+    if single_hue:
+        return f"its colormap is {['red', 'green', 'blue'][primary] if primary is not None else 'one hue'}"
+    if _metadata_channel(layer) is not None:
+        return f"its metadata names channel {_metadata_channel(layer)!r}"
+    return None
+
+
+def _geometry(layer) -> tuple:
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    return (tuple(tuple(int(v) for v in a.shape) for a in levels), str(levels[0].dtype),
+            tuple(np.round(np.asarray(layer.scale[-2:], float), 9)),
+            tuple(np.round(np.asarray(layer.translate[-2:], float), 9)))
+
+
+def _source(layer) -> str | None:
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+def channel_siblings(layers, layer) -> list:
+    """The grey layers that, with ``layer``, were split from one image: same shape, dtype, scale and
+    position, and the same file or the same name apart from a channel token / napari's " [n]".
+    ``layer`` alone when it has none (order as in ``layers``)."""
+    if layer.rgb:
+        return [layer]
+    geometry, parsed, source = _geometry(layer), _parse_name(layer.name), _source(layer)
+    out = []
+    for other in layers:
+        if other is layer:
+            out.append(other)
+            continue
+        if getattr(other, "rgb", True) or not hasattr(other, "colormap") or _geometry(other) != geometry:
+            continue
+        same_file = source is not None and _source(other) == source
+        if same_file or _parse_name(other.name).base == parsed.base:
+            out.append(other)
+    return out
+
+
+def rgb_order(group) -> list | None:
+    """``group`` (three channel layers) as [R, G, B], from colour words in their names, else their
+    colormaps (a file's OMERO colours), else channel numbers in their names, else napari's " [n]"
+    order (a split keeps the file's channel order: 0 = R); None when none of these orders them."""
+    if len(group) != 3:
+        return None
+    names = [_parse_name(layer.name) for layer in group]
+    for roles in ([n.colour for n in names], [_colormap_hue(layer)[0] for layer in group],
+                  [n.index for n in names], [n.copy for n in names]):
+        if None not in roles and len(set(roles)) == 3:
+            return [layer for _, layer in sorted(zip(roles, group), key=lambda t: t[0])]
+    return None
+
+
+def lone_channel_message(layer, why: str) -> str:
+    return (f"Layer {layer.name!r} is one channel of a colour image ({why}), and its other two channels are "
+            "not open as layers of the same shape, scale and position: one channel is grey, not H&E, so it is "
+            "not segmented. Open the image as one RGB layer (File > Open with the napari-dfa reader) or open "
+            "all three channels.")
+
+
+def layer_pyramid(viewer, layer) -> "LayerPyramid":
+    """The pyramid to segment for ``layer``: the layer itself, or, when it is one channel of an RGB
+    image split into channel layers, the three stacked in R, G, B order. DataError when it is a
+    channel whose RGB siblings cannot be found or ordered."""
+    if layer.rgb:
+        return LayerPyramid(layer)
+    group = channel_siblings(image_layers(viewer), layer)
+    if len(group) > 1 and not any(channel_evidence(g) for g in group):
+        group = [layer]  # e.g. one grey image opened twice ("x", "x [1]"): nothing says channels
+    if len(group) == 1:
+        return LayerPyramid(layer)  # refuses it if it still looks like a channel
+    names = ", ".join(repr(g.name) for g in group)
+    if len(group) != 3:
+        raise DataError(f"Layer {layer.name!r} is one of {len(group)} channel layers of one image ({names}); "
+                        "napari-dfa segments RGB brightfield images, which have three channels (R, G, B). "
+                        "Open the image as one RGB layer, or keep only its R, G and B channels open.")
+    ordered = rgb_order(group)
+    if ordered is None:
+        raise DataError(f"Layers {names} look like the channels of one image, but which is red, green and blue "
+                        "is not known; end their names in R, G and B (or give them the colormaps red, green and "
+                        "blue), or open the image as one RGB layer.")
+    return SplitChannelPyramid(ordered)
+
+
+class SplitChannelPyramid(LayerPyramid):
+    """An RGB image split into three grey channel layers, as one RGB pyramid (stacked lazily per
+    level). ``layer`` is the red channel's layer: results are placed and named on it.
+
+    Arguments:
+      layers: the [R, G, B] layers (same shape, dtype, scale and position).
+    """
+
+    def __init__(self, layers):
+        import dask.array as da
+
+        per_channel = [list(layer.data) if layer.multiscale else [layer.data] for layer in layers]
+        levels = [da.stack([a if isinstance(a, da.Array) else da.from_array(a, chunks=_chunks(a))
+                            for a in arrays], axis=-1) for arrays in zip(*per_channel)]
+        self._setup(layers[0], levels, rgb=True)
+        self.channels = list(layers)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.channels]
 
 
 def visible_region(viewer, pyramid: LayerPyramid) -> tuple[int, int, int, int]:

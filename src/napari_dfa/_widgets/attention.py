@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..errors import DataError
 from ._base import DFAWidget
-from ._layers import LayerPyramid
+from ._layers import layer_pyramid
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class AttentionWidget(DFAWidget):
                 raise DataError(f"the image layer {res.image_layer!r} was closed; open it and segment again")
             if res.whole_slide:
                 raise DataError("Focus maps are made for a region: segment the visible region first")
-            pyramid = LayerPyramid(self.viewer.layers[res.image_layer])
+            pyramid = layer_pyramid(self.viewer, self.viewer.layers[res.image_layer])
         except DataError as exc:
             self._say(str(exc), error=True)
             return None

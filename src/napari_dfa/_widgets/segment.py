@@ -28,7 +28,7 @@ from ..labels import LabelsStore
 from ..paths import region_labels_store_path
 from ._base import DFAWidget
 from ._labels_layer import put_labels_layer
-from ._layers import LayerPyramid, image_layers, pick_image_layer, shapes_roi, visible_region
+from ._layers import LayerPyramid, image_layers, layer_pyramid, pick_image_layer, shapes_roi, visible_region
 from ._session import DEMO, RegionResult, add_recent_model, recent_models
 
 logger = logging.getLogger(__name__)
@@ -158,8 +158,9 @@ class SegmentWidget(DFAWidget):
             return self.worker
         scope = SCOPES[self.scope_combo.currentText()]
         try:
-            layer = pick_image_layer(self.viewer, self.image_combo.currentText() or None)
-            pyramid = LayerPyramid(layer)
+            # an RGB image split into channel layers is segmented as the three together
+            pyramid = layer_pyramid(self.viewer, pick_image_layer(self.viewer, self.image_combo.currentText() or None))
+            layer = pyramid.layer
             region0 = None
             if scope == "visible":
                 region0 = visible_region(self.viewer, pyramid)
@@ -233,7 +234,7 @@ class SegmentWidget(DFAWidget):
         if layer_name not in self.viewer.layers:
             self._say("The image layer was closed while segmenting; result dropped.", error=True)
             return
-        pyramid = LayerPyramid(self.viewer.layers[layer_name])
+        pyramid = LayerPyramid(self.viewer.layers[layer_name], placement_only=True)
         scale, translate = pyramid.placement(level, region)
         whole = res.path is not None
         name = f"{layer_name} DFA labels" + (" (whole slide)" if whole else "")
