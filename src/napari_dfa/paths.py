@@ -51,11 +51,26 @@ def labels_store_name(slide_path: str | os.PathLike) -> str:
     return slide_stem(slide_path) + ".labels.zarr"
 
 
-def corrections_store_path(slide_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Path:
-    """Where the corrections of one slide live: stable for the same slide key."""
+def content_key(tiles: bytes | list[bytes], shape, mpp: float | None) -> str:
+    """16 hex digits naming a slide by what it holds, not where it lies: a hash of decoded level-0
+    pixel bytes (``tiles``), the level-0 shape and the µm per pixel. A copied, moved or renamed
+    slide keeps its key, and the same pixels through another reader get the same key; another
+    slide at the same path does not."""
+    h = hashlib.sha1()
+    for tile in [tiles] if isinstance(tiles, (bytes, bytearray, memoryview)) else tiles:
+        h.update(bytes(tile))
+    mpp_text = "none" if not mpp else f"{float(mpp):.6g}"
+    h.update(f"|{tuple(int(v) for v in shape)}|{mpp_text}".encode())
+    return h.hexdigest()[:16]
+
+
+def corrections_store_path(slide_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                           content: str | None = None) -> Path:
+    """Where the corrections of one slide live: named by its :func:`content_key` when given (the
+    stem only makes the folder readable), else by its path key."""
     key = slide_key(slide_path)
     base = Path(root) if root is not None else cache_dir() / "corrections"
-    return base / f"{slide_stem(key)}-{digest(key)}.zarr"
+    return base / f"{slide_stem(key)}-{content or digest(key)}.zarr"
 
 
 def region_labels_store_path(slide_path: str | os.PathLike, level: int, fingerprint: str) -> Path:

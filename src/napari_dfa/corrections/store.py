@@ -3,13 +3,22 @@
 A correction is a patch of labels over a rectangular region of one slide pyramid level; ``0`` means
 "not corrected" (the ignore label), ``1..K`` the class the pathologist painted. Patches live in one
 zarr group per slide, written block by block as the brush moves, so a process that is killed right
-after a stroke loses nothing: the next session reopens the store by the slide's path.
+after a stroke loses nothing.
 
-Layout of a store (``<root>/<slide stem>-<hash of the slide path>.zarr``)::
+A store belongs to a slide's *content* (:func:`slide_content_key`: a hash of decoded level-0 pixels,
+the shape and the µm per pixel — :func:`napari_dfa.paths.content_key`), not to its path: a moved or
+renamed slide finds its corrections, and the same pixels opened through another reader find the
+same store. Nothing in a store is used without being shown: the Fine-tune widget lists the patches
+(class, area, when) as soon as a slide with saved corrections is opened; hidden patches
+(:meth:`CorrectionStore.set_hidden`) are neither shown nor trained on.
 
-    attrs: {"slide_path": ..., "class_names": [...], "format": "napari-dfa-corrections/1"}
+Layout of a store (``<root>/<slide stem>-<content key>.zarr``)::
+
+    attrs: {"slide_path": ..., "content_key": ..., "class_names": [...],
+            "format": "napari-dfa-corrections/1"}
     patches/<key>          uint8 h×w, chunks 256×256, fill 0
-        attrs: {"level": int, "region": [y0, x0, h, w], "downsample": float, "source": str}
+        attrs: {"level": int, "region": [y0, x0, h, w], "downsample": float, "source": str,
+                "created": iso time, "updated": iso time, "hidden": bool}
 
 QuPath GeoJSON of class-annotated polygons (level-0 pixel coordinates, exactly what QuPath exports)
 is rasterised onto the slide grid at a chosen level by :meth:`CorrectionStore.import_geojson`.
@@ -28,14 +37,88 @@ import numpy as np
 import zarr
 
 from ..errors import DataError
-from ..paths import corrections_store_path
-from .geojson import rasterise_polygons, read_geojson_polygons
+from ..paths import content_key, corrections_store_path
+from .geojson import GeoJSONImport, _class_name, _documents, _object_type, rasterise_polygons, read_geojson
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "napari-dfa-corrections/1"
 CHUNK = 256
+KEY_TILE = 512  # side of the level-0 tiles hashed into a slide's content key
+SAMPLE_CELL = 1024  # a training sample covers at most this many pixels per side (plus context)
+SAMPLE_MARGIN = 64  # context around the strokes: the model sees what surrounds them
 
+
+def slide_content_key(level0, mpp: float | None) -> str:
+    """The content key of a slide from its level-0 pixels (an H×W×3 array, numpy, zarr or dask):
+    the top-left and the central :data:`KEY_TILE` tiles, decoded, with the shape and mpp. The
+    central tile is there because the top-left one is blank glass on most scans."""
+    h, w = int(level0.shape[0]), int(level0.shape[1])
+    t = KEY_TILE
+    cy, cx = max(0, h // 2 - t // 2), max(0, w // 2 - t // 2)
+    tiles = []
+    for y, x in ((0, 0), (cy, cx)):
+        block = level0[y:y + t, x:x + t]
+        block = block.compute(scheduler="synchronous") if hasattr(block, "compute") else block
+        tiles.append(np.ascontiguousarray(np.asarray(block, dtype=np.uint8)).tobytes())
+    return content_key(tiles, (h, w), mpp)
+
+
+def geojson_classes(path: str | os.PathLike) -> dict[str, dict]:
+    """The classes of the annotations in a QuPath GeoJSON, as the reader matches them:
+    ``{name: {"features": n, "color": (r, g, b) | None}}``; QuPath's ``Ignore*`` is left out (it
+    is the ignore label, not a class). For "Add missing classes" on import."""
+    found: dict[str, dict] = {}
+
+    def visit(feat) -> None:
+        if not isinstance(feat, dict):
+            return
+        props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
+        if _object_type(feat, props) == "annotation":
+            name, _ = _class_name(props)
+            if name and not name.lower().startswith("ignore"):
+                entry = found.setdefault(name, {"features": 0, "color": None})
+                entry["features"] += 1
+                cls = props.get("classification")
+                color = cls.get("color") if isinstance(cls, dict) else None
+                if entry["color"] is None and color is not None:
+                    entry["color"] = _qupath_color(color)
+        for holder in (props, feat):
+            children = holder.get("childObjects")
+            if isinstance(children, list):
+                for child in children:
+                    visit(child)
+
+    for _member, doc in _documents(Path(path)):
+        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+            features = doc.get("features") if isinstance(doc.get("features"), list) else []
+        elif isinstance(doc, list):
+            features = doc
+        else:
+            features = [doc]
+        for feat in features:
+            visit(feat)
+    return found
+
+
+def missing_classes(found: dict[str, dict], class_names: Iterable[str]) -> list[str]:
+    """Names of ``found`` (from :func:`geojson_classes`) that match none of ``class_names`` the way
+    the reader matches (case-insensitive; a derived ``"Tumor: Positive"`` also as ``"Tumor"``)."""
+    known = {str(n).lower() for n in class_names}
+    return [n for n in found if n.lower() not in known and n.split(":")[0].strip().lower() not in known]
+
+
+def _qupath_color(color) -> tuple[int, int, int] | None:
+    """QuPath writes a colour as [r, g, b] or as one packed (A)RGB integer."""
+    try:
+        if isinstance(color, (list, tuple)) and len(color) >= 3:
+            return tuple(int(v) & 255 for v in color[:3])  # type: ignore[return-value]
+        if isinstance(color, (int, float)):
+            v = int(color) & 0xFFFFFF
+            return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 
@@ -104,11 +187,18 @@ class CorrectionStore:
         root: str | os.PathLike | None = None,
         class_names: Iterable[str] | None = None,
         create: bool = True,
+        content: str | None = None,
     ) -> CorrectionStore:
-        """Open (or create) the store of ``slide_path`` under ``root`` (default: the cache folder)."""
-        path = corrections_store_path(slide_path, root=root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path, slide_path=slide_path, class_names=class_names, create=create)
+        """Open (or create) the store of a slide under ``root`` (default: the cache folder): the
+        store of its content key ``content`` (:func:`slide_content_key`) when given, else of its
+        path (a layer made in code has no file)."""
+        path = corrections_store_path(slide_path, root=root, content=content)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(path, slide_path=slide_path, class_names=class_names, create=create)
+        if content is not None and store._group.attrs.get("content_key") != content:
+            store._group.attrs["content_key"] = content
+        return store
 
     # --- metadata ---------------------------------------------------------------------------
     @property
@@ -129,6 +219,26 @@ class CorrectionStore:
                                        downsample=float(a.get("downsample", 1.0)),
                                        source=str(a.get("source", "paint"))))
         return out
+
+    def info(self, key: str) -> dict:
+        """What the list of saved corrections shows for patch ``key``: ``{"key", "source",
+        "created", "updated", "hidden", "pixels": {class name: corrected pixels}}``."""
+        arr = self._array(key)
+        names = self.class_names
+        values, n = np.unique(np.asarray(arr[...]), return_counts=True)
+        pixels = {(names[v - 1] if 0 < v <= len(names) else str(v)): int(c)
+                  for v, c in zip(values.tolist(), n.tolist()) if v}
+        a = arr.attrs
+        return {"key": key, "source": str(a.get("source", "paint")), "created": a.get("created"),
+                "updated": a.get("updated") or a.get("created"), "hidden": bool(a.get("hidden", False)),
+                "level": int(a["level"]), "region": [int(v) for v in a["region"]], "pixels": pixels}
+
+    def set_hidden(self, key: str, hidden: bool = True) -> None:
+        """Hide a patch (kept on disk, neither shown nor trained on) or show it again."""
+        self._array(key).attrs["hidden"] = bool(hidden)
+
+    def hidden(self, key: str) -> bool:
+        return bool(self._array(key).attrs.get("hidden", False))
 
     def find(self, level: int, region: tuple[int, int, int, int]) -> CorrectionPatch | None:
         """The patch over exactly this level and region, if one was started before."""
@@ -187,70 +297,166 @@ class CorrectionStore:
     def delete(self, key: str) -> None:
         del self._patches[key]
 
-    def counts(self) -> dict[int, int]:
-        """Corrected pixels per label over all patches."""
+    def counts(self, *, include_hidden: bool = True) -> dict[int, int]:
+        """Corrected pixels per label over all patches (hidden ones too unless told)."""
         total: dict[int, int] = {}
         for p in self.patches():
+            if not include_hidden and self.hidden(p.key):
+                continue
             values, n = np.unique(self.read(p.key), return_counts=True)
             for v, c in zip(values.tolist(), n.tolist()):
                 if v:
                     total[v] = total.get(v, 0) + c
         return total
 
-    def corrected_pixels(self) -> int:
-        return sum(int(np.count_nonzero(self.read(p.key))) for p in self.patches())
+    def counts_by_name(self, *, include_hidden: bool = False) -> dict[str, int]:
+        """Corrected pixels per class name over the patches in use (not hidden)."""
+        names = self.class_names
+        return {(names[v - 1] if 0 < v <= len(names) else str(v)): n
+                for v, n in sorted(self.counts(include_hidden=include_hidden).items())}
+
+    def corrected_pixels(self, *, include_hidden: bool = False) -> int:
+        """Corrected pixels over the patches in use (not hidden)."""
+        return sum(int(np.count_nonzero(self.read(p.key))) for p in self.patches()
+                   if include_hidden or not self.hidden(p.key))
 
     def samples(self, read_rgb: Callable[[int, tuple[int, int, int, int]], np.ndarray],
-                *, keys: Iterable[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Training samples ``(rgb, mask)`` for every patch with corrected pixels.
+                *, keys: Iterable[str] | None = None, class_names: Iterable[str] | None = None,
+                include_hidden: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Training samples ``(rgb, mask)`` for the corrected pixels of the patches in use.
 
-        ``read_rgb(level, region)`` returns the slide's RGB uint8 pixels under a patch; the mask
-        is cropped to the bounding box of its corrected pixels (plus a margin of context).
+        ``read_rgb(level, region)`` returns the slide's RGB uint8 pixels under a region. A mask is
+        cropped to the bounding box of its corrected pixels plus :data:`SAMPLE_MARGIN` of context;
+        corrections spread wider than :data:`SAMPLE_CELL` are cut into cells of that size, so
+        that two strokes far apart never read the whole slide between them. With ``class_names``
+        the labels are renumbered to that list by class name (a class it lacks raises DataError).
         """
         wanted = set(keys) if keys is not None else None
+        lut = self._lut(class_names) if class_names is not None else None
         out = []
         for p in self.patches():
             if wanted is not None and p.key not in wanted:
                 continue
-            mask = self.read(p.key)
-            ys, xs = np.nonzero(mask)
-            if ys.size == 0:
+            if not include_hidden and self.hidden(p.key):
                 continue
-            margin = 64  # context around the strokes: the model sees what surrounds them
-            y0, y1 = max(0, ys.min() - margin), min(mask.shape[0], ys.max() + 1 + margin)
-            x0, x1 = max(0, xs.min() - margin), min(mask.shape[1], xs.max() + 1 + margin)
-            rgb = np.asarray(read_rgb(p.level, (p.region[0] + y0, p.region[1] + x0, y1 - y0, x1 - x0)))
-            out.append((rgb, mask[y0:y1, x0:x1].copy()))
+            mask = self.read(p.key)
+            if lut is not None:
+                mask = lut[mask]
+            for y0, x0, y1, x1 in _cells(mask):
+                rgb = np.asarray(read_rgb(p.level, (p.region[0] + y0, p.region[1] + x0, y1 - y0, x1 - x0)))
+                out.append((rgb, mask[y0:y1, x0:x1].copy()))
         return out
+
+    def _lut(self, class_names: Iterable[str]) -> np.ndarray:
+        """Store label → label in ``class_names`` (by name, case-insensitive)."""
+        target = {str(n).lower(): i + 1 for i, n in enumerate(class_names)}
+        names = self.class_names
+        lut = np.zeros(256, np.uint8)
+        used = set(self.counts())
+        for v in range(1, len(names) + 1):
+            t = target.get(names[v - 1].lower())
+            if t is None and v in used:
+                raise DataError(f"{self.path}: corrections of class {names[v - 1]!r}, which the class list "
+                                f"{list(class_names)} does not have; add the class or delete those corrections")
+            lut[v] = t or 0
+        return lut
+
+    def remap_classes(self, class_names: Iterable[str], renames: dict[str, str] | None = None) -> None:
+        """Make ``class_names`` the store's class list: every patch is renumbered by class name
+        (after ``renames`` {old: new}); corrections of a class that is no longer listed are cleared."""
+        new = [str(n) for n in class_names]
+        renames = {str(k).lower(): str(v).lower() for k, v in (renames or {}).items()}
+        target = {n.lower(): i + 1 for i, n in enumerate(new)}
+        lut = np.zeros(256, np.uint8)
+        for v, n in enumerate(self.class_names, start=1):
+            lut[v] = target.get(renames.get(n.lower(), n.lower()), 0)
+        if not np.array_equal(lut[1:len(self.class_names) + 1], np.arange(1, len(self.class_names) + 1)):
+            for p in self.patches():
+                arr = self._array(p.key)
+                arr[...] = lut[np.asarray(arr[...])]
+        self._group.attrs["class_names"] = new
+
+    def export_geojson(self, path: str | os.PathLike, *, keys: Iterable[str] | None = None,
+                       class_colors=None, include_hidden: bool = False) -> Path:
+        """Write the corrections as QuPath GeoJSON annotations (level-0 pixels), one feature per
+        class and patch; QuPath reads them back as classified annotations."""
+        import json
+
+        from ..labels import labels_to_geojson
+
+        wanted = set(keys) if keys is not None else None
+        features = []
+        for p in self.patches():
+            if (wanted is not None and p.key not in wanted) or (not include_hidden and self.hidden(p.key)):
+                continue
+            mask = self.read(p.key)
+            if not mask.any():
+                continue
+            offset = (p.region[0] * p.downsample, p.region[1] * p.downsample)
+            features += labels_to_geojson(mask, self.class_names, class_colors, p.downsample, offset)["features"]
+        path = Path(path)
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        logger.info("%s: exported %d correction features to %s", self.path, len(features), path)
+        return path
 
     # --- QuPath import ----------------------------------------------------------------------
     def import_geojson(self, path: str | os.PathLike, *, level: int = 0, downsample: float = 1.0,
                        level_shape: tuple[int, int] | None = None,
-                       class_names: Iterable[str] | None = None) -> CorrectionPatch:
+                       class_names: Iterable[str] | None = None, report: bool = False):
         """Rasterise the class-annotated polygons of a QuPath GeoJSON file into a new patch.
 
         Coordinates in the file are level-0 pixels (QuPath's convention); they are divided by
         ``downsample`` onto the grid of ``level`` and clipped to ``level_shape`` (that level's
         (Y, X)) when given. Later features paint over earlier ones; holes are left uncorrected.
+        Returns the new patch, or ``(patch, GeoJSONImport)`` with ``report=True`` (what was
+        imported and each skipped feature with the reason).
         """
         path = Path(path)
         names = list(class_names) if class_names is not None else self.class_names
         if not names:
             raise DataError(f"{path}: the store knows no class names; load a model first")
-        polygons = read_geojson_polygons(path, names)
-        mask, (y0, x0) = rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape,
+        found: GeoJSONImport = read_geojson(path, names)
+        if found.skipped:
+            logger.warning("%s", found.report())
+        if not any(label > 0 for label, _ in found.polygons):
+            why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
+            raise DataError(f"{found.source}: no class-annotated polygons found (set a classification in QuPath "
+                            f"that the model knows: {', '.join(names)}){why}")
+        mask, (y0, x0) = rasterise_polygons(found.polygons, downsample=downsample, level_shape=level_shape,
                                             source=path)
         patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
                                   downsample=downsample, source=f"geojson:{path.name}")
         self.write(patch.key, (0, 0), mask)
-        logger.info("%s: imported %d polygons from %s into patch %s", self.path, len(polygons), path, patch.key)
-        return patch
+        logger.info("%s: imported %d polygons from %s into patch %s", self.path, len(found.polygons), path, patch.key)
+        return (patch, found) if report else patch
 
     def _array(self, key: str):
         try:
             return self._patches[key]
         except KeyError:
             raise DataError(f"{self.path}: no correction patch {key!r}") from None
+
+
+def _cells(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) boxes covering the corrected pixels of ``mask``: their bounding box plus
+    context, cut into cells of at most :data:`SAMPLE_CELL` when it is larger; empty cells dropped."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return []
+    h, w = mask.shape
+    by0, bx0, by1, bx1 = int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+    out = []
+    for cy in range(by0, by1, SAMPLE_CELL):
+        for cx in range(bx0, bx1, SAMPLE_CELL):
+            cell = mask[cy:min(by1, cy + SAMPLE_CELL), cx:min(bx1, cx + SAMPLE_CELL)]
+            cys, cxs = np.nonzero(cell)
+            if cys.size == 0:
+                continue
+            y0, x0 = cy + int(cys.min()), cx + int(cxs.min())
+            y1, x1 = cy + int(cys.max()) + 1, cx + int(cxs.max()) + 1
+            out.append((max(0, y0 - SAMPLE_MARGIN), max(0, x0 - SAMPLE_MARGIN),
+                        min(h, y1 + SAMPLE_MARGIN), min(w, x1 + SAMPLE_MARGIN)))
+    return out
 
 
 def _natural(key: str):

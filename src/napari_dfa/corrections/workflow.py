@@ -1,15 +1,22 @@
 """From a pathologist's corrections to a better model, in one headless call (no Qt).
 
-:func:`finetune_on_corrections` runs the whole loop the Fine-tune widget offers:
+:func:`finetune_on_corrections` runs the whole loop that the Fine-tune widget and
+``napari-dfa finetune`` offer:
 
-1. the corrected patches of a slide become training samples (:meth:`CorrectionStore.samples`);
-2. optionally the current labels of the reviewed region are replayed beside them, so the model
-   does not forget what nobody corrected (:func:`replay_from_prediction`);
-3. a copy of the model is fine-tuned (:func:`napari_dfa.training.finetune`), scored against the
-   old one on held-out corrections, and kept only if it is not worse (the guard);
-4. a kept model records where its corrections came from (provenance);
-5. the reviewed region is segmented again with it and, for a whole-slide result, the new labels
-   are written into every level of the slide's labels store.
+1. the class list: when the pathologist's list differs from the model's (added, renamed,
+   recoloured or removed classes), the model gets it first (:func:`napari_dfa.model.classes_edit.with_classes`:
+   kept names keep their learned token, a new class gets a new token and its bias warm-started
+   from its share of the corrected pixels);
+2. the corrected patches of a slide become training samples (:meth:`CorrectionStore.samples`);
+3. the reviewed regions' current labels are replayed beside them, so the model does not forget
+   what nobody corrected (:func:`replay_from_prediction`);
+4. a copy of the model is fine-tuned (:func:`napari_dfa.training.finetune`) — by default with its
+   encoder frozen and its features of every image computed once, so a click answers in seconds;
+5. the guard (:mod:`.guard`) compares new and old: on held-out corrections per class, and where
+   nothing was corrected (agreement, class shares) on the reviewed and check regions;
+6. the reviewed region is segmented again with the new model, so the user sees what changed
+   before accepting it; a kept model records where its corrections came from (provenance), and
+   for a whole-slide result the new labels are written into every level of the labels store.
 
 The caller gathers the inputs (which region, which labels) and shows the outcome; a widget does
 so on its UI thread and runs this function in a worker, a script simply calls it.
@@ -20,8 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +37,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..labels import LabelsStore
+from .guard import HeldOut, GuardVerdict, RegionComparison, judge, label_map
 from .replay import replay_from_prediction
 from .store import CorrectionStore
 
@@ -42,8 +51,8 @@ CPU_STEPS = 40
 
 
 def default_steps() -> int:
-    """200 steps with a GPU; 40 on a CPU, where a step of the demo model takes ~0.3 s and 40 show
-    a painted correction well within 30 s (benchmarks/bench_gui.py)."""
+    """200 steps with a GPU; 40 on a CPU, where a step of the demo model with its encoder frozen
+    takes a fraction of a second (benchmarks/bench_gui.py measures the whole click)."""
     import torch
 
     gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
@@ -66,25 +75,28 @@ def warm_up() -> None:
 
 @dataclass
 class ReplaySpec:
-    """The reviewed region whose current labels are replayed beside the corrections.
+    """A reviewed region: its current labels are replayed beside the corrections (thinned, away from
+    them), and the guard compares old and new labels there.
 
     Arguments:
       level: pyramid level of ``region`` (as ``read_rgb`` takes it).
       region: (y0, x0, h, w) in ``level`` pixels.
-      labels: the current labels over the region (h×w uint8), or a function returning them, called
-        in the worker (e.g. a read from a zarr labels store).
-      corrected: the corrections over the region (h×w, 0 = not corrected): nothing is replayed there.
+      labels: the current labels over the region (h×w uint8, the old model's class numbers), a
+        function returning them (called in the worker, e.g. a zarr read), or None: the old model
+        labels the region here.
+      corrected: the corrections over the region (h×w, 0 = not corrected), or None: taken from the
+        store's patches at this level.
     """
 
     level: int
     region: tuple[int, int, int, int]
-    labels: np.ndarray | Callable[[], np.ndarray]
-    corrected: np.ndarray
+    labels: np.ndarray | Callable[[], np.ndarray] | None = None
+    corrected: np.ndarray | None = None
 
 
 @dataclass
 class Resegment:
-    """What to segment again with a kept model: ``segment(source, model, level=level, region=region)``.
+    """What to segment again with the new model: ``segment(source, model, level=level, region=region)``.
 
     Arguments:
       source: what :func:`napari_dfa.inference.segment` reads: a Slide or a Y×X×3 array.
@@ -112,23 +124,42 @@ class FinetuneOutcome:
 
     Arguments:
       result: the :class:`~napari_dfa.training.FinetuneResult` (losses, held-out scores, the copy).
-      kept: whether the fine-tuned model is the one to use now (it scored at least as well on the
-        held-out corrections, or the guard was off).
+      verdict: the guard's :class:`~.guard.GuardVerdict` (status, reason in plain words, numbers).
+      kept: whether the fine-tuned model is the one to use now (the guard promoted it, the user
+        confirmed a model the guard could not test, or the guard was off).
       segmenter: the model to use from now on: the fine-tuned copy when kept, else the input model.
-      relabelled: the region segmented again with the kept model (None when not asked or not kept).
+      candidate: the fine-tuned copy, kept or not (a widget offers it for review).
+      class_names / old_names: the new and the old model's classes; ``label_map`` maps old labels
+        onto new ones by class name (0: a class the new model lacks).
+      before: the reviewed region's labels before (old class numbers), when known.
+      relabelled: the region segmented again with the new model (None when not asked).
       written_back: the labels store the relabelled region was written into, or None.
+      seconds: wall time of the whole call.
     """
 
     result: FinetuneResult
+    verdict: GuardVerdict
     kept: bool
     segmenter: Any
+    candidate: Any = None
+    class_names: list[str] = field(default_factory=list)
+    old_names: list[str] = field(default_factory=list)
+    label_map: np.ndarray | None = None
+    before: np.ndarray | None = None
     relabelled: np.ndarray | None = None
     written_back: Path | None = None
+    seconds: float = 0.0
+    guard: bool = True
 
     @property
     def promoted(self) -> bool:
-        """The guard's verdict: the fine-tuned model is not worse on held-out corrections."""
-        return bool(self.result.promoted)
+        """The guard's verdict: the new model passed every check."""
+        return self.verdict.promoted
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Nothing speaks against the new model, but too little could be held out to test it."""
+        return self.verdict.needs_confirmation
 
     @property
     def old_score(self) -> float:
@@ -146,10 +177,64 @@ class FinetuneOutcome:
     @property
     def message(self) -> str:
         """What happened, in plain words."""
-        if not self.kept:
-            return (f"Kept the old model: the fine-tuned one scored worse on held-out corrections "
-                    f"({self.scores}). Paint more, or untick the guard to use it anyway.")
-        return f"Fine-tuned ({self.scores}); the region is segmented again with the new model."
+        if self.verdict.promoted:
+            return f"Fine-tuned ({self.scores}). {self.verdict.reason}"
+        if self.kept and not self.guard:
+            return f"Using the fine-tuned model although the guard said: {self.verdict.reason}"
+        if self.kept:
+            return f"Using the fine-tuned model, as you confirmed. {self.verdict.reason}"
+        if self.verdict.needs_confirmation:
+            return self.verdict.reason
+        return (f"{self.verdict.reason} Correct more of the region (other classes too), or switch the "
+                f"guard off to use it anyway.")
+
+    def changed(self) -> np.ndarray | None:
+        """h×w bool: where the relabelled region differs from the labels before (by class name)."""
+        if self.before is None or self.relabelled is None or self.before.shape != self.relabelled.shape:
+            return None
+        lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
+        return lut[np.asarray(self.before)] != np.asarray(self.relabelled)
+
+    def area_table(self) -> list[tuple[str, int, int]]:
+        """``[(class name, pixels before, pixels after)]`` over the reviewed region, classes of the
+        new model first, then classes the old model had and the new one lacks (after = 0)."""
+        if self.before is None or self.relabelled is None:
+            return []
+        k = len(self.class_names)
+        lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
+        before = np.bincount(lut[np.asarray(self.before)].ravel(), minlength=k + 1)
+        after = np.bincount(np.asarray(self.relabelled).ravel(), minlength=k + 1)
+        rows = [(n, int(before[i + 1]), int(after[i + 1])) for i, n in enumerate(self.class_names)]
+        if self.label_map is not None:
+            old_counts = np.bincount(np.asarray(self.before).ravel(), minlength=len(self.label_map))
+            for v in range(1, len(self.label_map)):
+                if self.label_map[v] == 0 and old_counts[v]:
+                    name = self.old_names[v - 1] if v <= len(self.old_names) else f"class {v}"
+                    rows.append((name, int(old_counts[v]), 0))
+        return rows
+
+    def report(self) -> dict:
+        """JSON-ready: what ``napari-dfa finetune --json`` writes."""
+        r = self.result
+        v = self.verdict.as_dict()
+        return {
+            "promoted": bool(self.verdict.promoted), "kept": bool(self.kept), "status": self.verdict.status,
+            "reason": self.verdict.reason, "class_names": list(self.class_names),
+            "corrected_pixels": dict(r.corrected_per_class), "held_out_pixels": dict(r.held_out_per_class),
+            "held_out_scores": {n: {"old": r.old_class_scores.get(n), "new": r.new_class_scores.get(n)}
+                                for n in r.old_class_scores},
+            "held_out_mean": {"old": _num(r.old_score), "new": _num(r.new_score)},
+            "held_out_too_few": dict(r.too_few),
+            "agreement_outside_corrections": v["agreement_outside_corrections"],
+            "agreement_bound": v["agreement_bound"], "regions": v["regions"],
+            "class_shares": v["class_shares"], "problems": v["problems"],
+            "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder),
+            "train_seconds": round(float(r.seconds), 2), "seconds": round(float(self.seconds), 2),
+        }
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 def format_score(value) -> str:
@@ -161,15 +246,46 @@ def format_score(value) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
+def _corrected_over(store: CorrectionStore, level: int, region, lut: np.ndarray) -> np.ndarray:
+    """h×w: the store's corrections (patches in use at ``level``) over ``region``, in the new
+    model's class numbers (``lut`` maps the store's labels)."""
+    y0, x0, h, w = (int(v) for v in region)
+    out = np.zeros((h, w), np.uint8)
+    for p in store.patches():
+        if p.level != level or store.hidden(p.key):
+            continue
+        py, px, ph, pw = p.region
+        ty0, tx0 = max(y0, py), max(x0, px)
+        ty1, tx1 = min(y0 + h, py + ph), min(x0 + w, px + pw)
+        if ty1 <= ty0 or tx1 <= tx0:
+            continue
+        block = lut[store.read(p.key)[ty0 - py:ty1 - py, tx0 - px:tx1 - px]]
+        view = out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0]
+        view[block > 0] = block[block > 0]
+    return out
+
+
+def _store_lut(store: CorrectionStore, names: Sequence[str]) -> np.ndarray:
+    """Store label → label of ``names`` by class name (0 for a class the list lacks)."""
+    lut = np.zeros(256, np.uint8)
+    m = label_map(store.class_names, names)
+    lut[:len(m)] = m
+    return lut
+
+
 def finetune_on_corrections(segmenter, store: CorrectionStore,
                             read_rgb: Callable[[int, tuple[int, int, int, int]], np.ndarray], *,
-                            steps: int | None = None, guard: bool = True, replay: ReplaySpec | None = None,
+                            steps: int | None = None, guard: bool = True, confirm: bool = False,
+                            replay: ReplaySpec | Sequence[ReplaySpec] | None = None,
+                            check: Sequence[tuple[int, tuple[int, int, int, int]]] | None = None,
                             resegment: Resegment | None = None, writeback: WriteBack | None = None,
-                            parent_source: str | None = None, slide: str | None = None,
+                            class_names: Sequence[str] | None = None, class_colors=None,
+                            renames: dict[str, str] | None = None, frozen_encoder: bool = True,
+                            parent_source: str | None = None, slide: str | None = None, seed: int = 0,
                             progress: Callable | None = None,
                             cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
-    """Fine-tune on every correction saved for a slide, keep the model if it is not worse, and
-    segment the reviewed region again with it.
+    """Fine-tune on every correction saved for a slide (hidden patches aside), let the guard judge
+    the new model, and segment the reviewed region again with it.
 
     Arguments:
       segmenter: the :class:`~napari_dfa.model.Segmenter` the corrections were made against (not
@@ -178,51 +294,138 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
       read_rgb: ``read_rgb(level, region) -> H×W×3 uint8`` pixels of the slide (called here, so
         in the caller's worker thread).
       steps: optimizer steps (default :func:`default_steps`).
-      guard: keep the new model only if it scores at least as well on held-out corrections.
-      replay: the reviewed region's current labels, replayed against forgetting (None: not).
-      resegment: the region to segment again with a kept model (None: not).
-      writeback: the whole-slide labels store that region goes into (only with ``resegment``).
+      guard: keep the new model only when the guard promotes it (False: keep it anyway).
+      confirm: the user's say for a model the guard could not test (``needs_confirmation``).
+      replay: the reviewed region(s), replayed against forgetting and compared by the guard.
+      check: more regions (level, region) the guard compares, never trained on.
+      resegment: the region to segment again with the new model (None: not).
+      writeback: the whole-slide labels store that region goes into (only with ``resegment``,
+        only when the model is kept).
+      class_names / class_colors / renames: the class list of the new model when it differs from
+        the model's (see :func:`~napari_dfa.model.classes_edit.with_classes`); the store's
+        corrections are matched to it by class name.
+      frozen_encoder: train only the layers after the encoder, on its cached features.
       parent_source: the model's source, recorded as the parent when training names none.
       slide: the slide recorded in the provenance (default: the store's slide path).
+      seed: seeds the hold-out split, crops and replay blocks.
       progress: ``progress(step, total, loss=..., val_loss=...)`` after every step.
       cancel: ``cancel() -> bool``; raises :class:`~napari_dfa.errors.Cancelled` when it turns
         true (the input model is unchanged, nothing is written).
 
-    Returns: a :class:`FinetuneOutcome`. Raises DataError when there is nothing to train on or the
-    labels store cannot be written.
+    Returns: a :class:`FinetuneOutcome`. Raises DataError when there is nothing to train on, a
+    corrected class is not in the class list, or the labels store cannot be written.
     """
     # Imported here, not with the module: a widget imports this module when it is docked, and
     # torch with the training and inference modules is best loaded in a worker (see warm_up).
     from ..inference import segment
+    from ..inference.tissue import tissue_from_rgb
     from ..training import finetune
+    from ..training.frozen import FeatureCache, predict_region
 
+    t0 = time.monotonic()
     steps = default_steps() if steps is None else int(steps)
-    samples = store.samples(read_rgb)
-    replay_samples = None
-    if replay is not None:
-        labels = replay.labels() if callable(replay.labels) else replay.labels
-        pseudo = replay_from_prediction(np.asarray(labels), replay.corrected)
+    old_names = list(segmenter.class_names)
+    names = [str(n) for n in class_names] if class_names is not None else old_names
+    lut = label_map(old_names, names, renames)
+    start = segmenter
+    if names != old_names or renames or (class_colors is not None and
+                                         [tuple(c) for c in class_colors] != list(segmenter.class_colors)):
+        from ..model.classes_edit import with_classes
+
+        counts = {n: c for n, c in store.counts_by_name().items() if n in names}
+        start = with_classes(segmenter, names, class_colors, renames=renames, corrected_frequencies=counts or None,
+                             seed=seed)
+    store_lut = _store_lut(store, names)
+    samples = store.samples(read_rgb, class_names=names)
+
+    # The reviewed regions: pixels, labels before (old class numbers), corrections, replay.
+    specs = [replay] if isinstance(replay, ReplaySpec) else list(replay or [])
+    cache = FeatureCache(start.model, multiple=start.input_multiple) if frozen_encoder else None
+    old_cache = cache if frozen_encoder else FeatureCache(segmenter.model, multiple=segmenter.input_multiple)
+    regions, replay_samples = [], []
+    for i, spec in enumerate(specs):
+        rgb = np.asarray(read_rgb(spec.level, spec.region))
+        labels = spec.labels() if callable(spec.labels) else spec.labels
+        tissue = old_pred = None
+        if labels is None:
+            old_pred = predict_region(segmenter, rgb, old_cache)
+            tissue = tissue_from_rgb(rgb)
+            labels = np.where(tissue, old_pred, 0).astype(np.uint8)
+        labels = np.asarray(labels)
+        corrected = (store_lut[np.asarray(spec.corrected)] if spec.corrected is not None
+                     else _corrected_over(store, spec.level, spec.region, store_lut))
+        pseudo = replay_from_prediction(lut[labels], corrected, seed=seed + i)
         if pseudo.any():
-            replay_samples = [(read_rgb(replay.level, replay.region), pseudo)]
+            replay_samples.append((rgb, pseudo))
+        regions.append((f"reviewed region {i + 1}" if len(specs) > 1 else "reviewed region",
+                        rgb, labels, old_pred, corrected, pseudo > 0, labels > 0 if tissue is None else tissue))
+    for j, (level, region) in enumerate(check or []):
+        rgb = np.asarray(read_rgb(level, region))
+        tissue = tissue_from_rgb(rgb)
+        old_pred = predict_region(segmenter, rgb, old_cache)
+        regions.append((f"check region {j + 1}", rgb, np.where(tissue, old_pred, 0).astype(np.uint8), old_pred,
+                        _corrected_over(store, level, region, store_lut), None, tissue))
 
     # finetune() trains a copy, records b_c in its history and writes its provenance.
-    result = finetune(segmenter, samples, steps=steps, replay=replay_samples, progress=progress, cancel=cancel)
-    kept = bool(result.promoted) or not guard
-    outcome = FinetuneOutcome(result=result, kept=kept, segmenter=result.segmenter if kept else segmenter)
-    if not kept:
-        logger.info("kept the old model (%s)", outcome.scores)
-        return outcome
+    result = finetune(start, samples, steps=steps, replay=replay_samples or None, seed=seed,
+                      frozen_encoder=frozen_encoder, cache=cache, progress=progress, cancel=cancel)
     new = result.segmenter
+    new_cache = cache if frozen_encoder else FeatureCache(new.model, multiple=new.input_multiple)
+
+    # The guard: held-out corrections, and old vs new where nothing was corrected. Old and new
+    # labels come from the same predictor on the same pixels, so only the model differs.
+    comparisons = []
+    for name, rgb, _labels, old, corrected, trained, tissue in regions:
+        if old is None:
+            old = predict_region(segmenter, rgb, old_cache)
+        comparisons.append(RegionComparison(name=name, old=old, new=predict_region(new, rgb, new_cache),
+                                            corrected=corrected, trained=trained, tissue=tissue))
+    held = HeldOut(old=result.old_class_scores, new=result.new_class_scores, pixels=result.held_out_per_class,
+                   too_few=result.too_few, confusion=_evidence(regions, result, lut, len(names)))
+    verdict = judge(held, comparisons, old_names=old_names, new_names=names, renames=renames)
+    kept = verdict.promoted or (verdict.needs_confirmation and confirm) or not guard
+
     prov = new.metadata.setdefault("provenance", {})
     prov.setdefault("parent", parent_source)
     prov["correction_store"] = str(store.path)
     prov["slide"] = slide if slide is not None else store.slide_path
+    prov["guard"] = {"status": verdict.status, "reason": verdict.reason, "agreement": verdict.agreement,
+                     "kept": bool(kept), "confirmed": bool(confirm and verdict.needs_confirmation),
+                     "guard_on": bool(guard)}
+    outcome = FinetuneOutcome(result=result, verdict=verdict, kept=kept, segmenter=new if kept else segmenter,
+                              candidate=new, class_names=names, old_names=old_names, label_map=lut, guard=guard,
+                              before=regions[0][2] if regions else None)
     if resegment is not None:
         seg = segment(resegment.source, new, level=resegment.level, region=resegment.region)
         outcome.relabelled = np.asarray(seg.labels)
-        if writeback is not None:
+        if writeback is not None and kept:
             outcome.written_back = write_back(writeback, outcome.relabelled)
+    outcome.seconds = time.monotonic() - t0
+    logger.info("fine-tuning: %s in %.1f s (%s)", verdict.status, outcome.seconds, outcome.scores)
     return outcome
+
+
+def _evidence(regions, result, lut: np.ndarray, k: int) -> np.ndarray:
+    """(K+1)×(K+1) corrected pixels × the old label under them: what the corrections changed.
+
+    Read from the old labels of the reviewed regions (what the user saw, predicted with a whole
+    region's context) where the corrections lie in one; the labels of a look-alike class can
+    depend on that context. Corrections outside every region count with the old model's labels on
+    their training crops (``result.correction_confusion``), in proportion."""
+    conf = np.zeros((k + 1, k + 1), np.int64)
+    covered = 0
+    for _name, _rgb, labels, _old, corrected, _trained, _tissue in regions:
+        c = np.asarray(corrected)
+        m = c > 0
+        if m.any():
+            np.add.at(conf, (c[m].astype(np.int64), lut[np.asarray(labels)[m]].astype(np.int64)), 1)
+            covered += int(m.sum())
+    crop_conf = result.correction_confusion
+    if crop_conf is not None and crop_conf.shape == conf.shape:
+        rest = int(crop_conf.sum()) - covered
+        if rest > 0:
+            conf = conf + np.rint(crop_conf * (rest / max(1, int(crop_conf.sum())))).astype(np.int64)
+    return conf
 
 
 def write_back(target: WriteBack, labels: np.ndarray) -> Path:
@@ -235,3 +438,26 @@ def write_back(target: WriteBack, labels: np.ndarray) -> Path:
         raise DataError(f"{path}: cannot write the corrected labels back ({exc})") from None
     labels_store.write_patch(target.offset, labels)
     return path
+
+
+def regions_around_corrections(store: CorrectionStore, level_shapes: Sequence[tuple[int, int]], *,
+                               margin: int = 256, max_side: int = 2048) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(level, region) around each patch's corrections in use, ``margin`` pixels wider on every
+    side and at most ``max_side`` pixels high and wide (centred on the corrections): the reviewed
+    regions of a headless run, where the guard compares old and new labels."""
+    out = []
+    for p in store.patches():
+        if store.hidden(p.key):
+            continue
+        mask = store.read(p.key)
+        ys, xs = np.nonzero(mask)
+        if ys.size == 0:
+            continue
+        H, W = level_shapes[p.level]
+        cy, cx = p.region[0] + (ys.min() + ys.max()) // 2, p.region[1] + (xs.min() + xs.max()) // 2
+        h = min(max_side, int(ys.max() - ys.min()) + 1 + 2 * margin, H)
+        w = min(max_side, int(xs.max() - xs.min()) + 1 + 2 * margin, W)
+        y0 = int(np.clip(cy - h // 2, 0, H - h))
+        x0 = int(np.clip(cx - w // 2, 0, W - w))
+        out.append((p.level, (y0, x0, h, w)))
+    return out

@@ -60,8 +60,17 @@ class DFASegModel(nn.Module):
         size = x.shape[-2:]
         if size[0] % 32 or size[1] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(size)}")
+        return self.decode(self.encode(x), size, return_attention=return_attention)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's features (strides 4, 8, 16, 32) of a B×3×H×W batch in [0, 1]. Split from
+        :meth:`decode` so that fine-tuning with a frozen encoder computes them once and caches them."""
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
-        features = self.encoder(x)
+        return self.encoder(x)
+
+    def decode(self, features: list[torch.Tensor], size, return_attention: bool = False) -> dict:
+        """Everything after the encoder: pixel decoder, DFA decoder, logits upsampled to ``size``
+        (H, W). Returns what :meth:`forward` returns."""
         mask_features, memory = self.pixel_decoder(features)
         bias = self.bias()
         masks, focus, _ = self.decoder(memory, mask_features, bias)  # F fused with the updated memory

@@ -1,0 +1,284 @@
+"""The guard: does a fine-tuned model replace the one the corrections were made against? (no Qt)
+
+A held-out share of the corrections cannot decide this alone: corrections that are all one class
+are scored perfectly by a model that paints that class everywhere (cellpose #947/#1377 show the
+same failure in another tool). So the guard asks three questions and promotes only on three yeses:
+
+(a) **Better where the pathologist said what is right.** Per-class Dice on held-out corrections
+    (stratified by class, :func:`napari_dfa.training.finetune.split_holdout_stratified`): the mean
+    over the scored classes must improve, and no scored class may drop by more than
+    :data:`CLASS_DROP`. A corrected class with too few pixels to hold any out cannot be scored; the
+    guard then says so and asks the user (``needs_confirmation``) instead of deciding.
+(b) **Still the old model where nothing was corrected.** On every compared region (the reviewed
+    region, replay regions, independent check regions), away from the corrections and from the
+    pixels replayed in training, the new labels must agree with the old ones on at least
+    ``1 − (SLACK_AGREEMENT + GENERALISE × e)`` of the tissue, where e is the share of that tissue the
+    corrections changed (corrected pixels whose old label was another class).
+(c) **No class grows or vanishes beyond what the corrections justify.** Over the same pixels, class
+    c's share may rise by at most ``SLACK_SHARE + GENERALISE × (corrected pixels newly labelled c) /
+    (compared pixels)`` and fall by at most the same with the corrected pixels taken away from c;
+    a class the pathologist painted somewhere may shrink but not vanish (not below
+    :data:`KEEP_PAINTED` of its share).
+
+GENERALISE = 3: a correction is expected to carry over to similar tissue nearby — that is the
+point of fine-tuning — but not to several times its own area. A narrow stroke cannot justify
+repainting half a region; large, true corrections over a model that is wrong in many places can.
+
+When the class list changes, the guard judges on what can be compared: held-out corrections (the
+old model scores 0 on a class it did not have), agreement only where both labels are classes both
+models know, shares by class name (a new class starts at 0 %, a removed one is not compared).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+GENERALISE = 2.0
+SLACK_AGREEMENT = 0.10  # of the compared tissue that may change whatever the corrections say
+SLACK_SHARE = 0.05  # percentage points a class share may move whatever the corrections say
+CLASS_DROP = 0.10  # largest held-out Dice drop of one class
+# A class the pathologist painted exists in this tissue: its share where nothing was corrected may
+# not fall below this fraction of what it was, whatever else the corrections took away from it.
+KEEP_PAINTED = 0.25
+SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
+MIN_COMPARED_PIXELS = 256  # fewer compared pixels in a region: it is not judged
+
+PROMOTED, NEEDS_CONFIRMATION, REJECTED = "promoted", "needs_confirmation", "rejected"
+
+
+@dataclass
+class RegionComparison:
+    """Old and new labels over one region, for checks (b) and (c).
+
+    Arguments:
+      name: how the region is called in messages ("reviewed region", "check region 2", ...).
+      old: h×w labels of the old model (its own label numbers; 0 = no tissue).
+      new: h×w labels of the new model (0 = no tissue).
+      corrected: h×w, non-zero where a correction lies (not compared); None: none.
+      trained: h×w bool, pixels whose old labels were replayed in training (not compared: the new
+        model was taught to keep them); None: none.
+      tissue: h×w bool, the pixels to compare; None: where the old labels are non-zero.
+    """
+
+    name: str
+    old: np.ndarray
+    new: np.ndarray
+    corrected: np.ndarray | None = None
+    trained: np.ndarray | None = None
+    tissue: np.ndarray | None = None
+
+
+@dataclass
+class HeldOut:
+    """What the held-out corrections say (from :class:`~napari_dfa.training.FinetuneResult`).
+
+    Arguments:
+      old / new: Dice per class name on the held-out pixels, for the classes scored.
+      pixels: held-out pixels per class name.
+      too_few: ``{class: held-out pixels}`` of corrected classes that could not be scored.
+      confusion: (K+1)×(K+1) over every corrected pixel, rows the correction, columns the old
+        label there, in the new model's label numbers (what the corrections changed).
+    """
+
+    old: dict[str, float] = field(default_factory=dict)
+    new: dict[str, float] = field(default_factory=dict)
+    pixels: dict[str, int] = field(default_factory=dict)
+    too_few: dict[str, int] = field(default_factory=dict)
+    confusion: np.ndarray | None = None
+
+
+@dataclass
+class GuardVerdict:
+    """The guard's answer.
+
+    Attributes:
+      status: ``promoted``, ``needs_confirmation`` (nothing against it, but too little held out
+        to test it: the user decides) or ``rejected``.
+      reason: the verdict in plain words, one or a few sentences.
+      problems: each failed check in plain words (empty when promoted).
+      held_out_old / held_out_new: mean Dice over the scored classes (None when none).
+      agreement: share of the compared tissue where new and old labels agree (None: nothing compared).
+      agreement_bound: the least agreement the corrections allow.
+      regions: per region ``{"name", "pixels", "agreement", "bound"}``.
+      shares: per class name ``{"before", "after", "low", "high"}`` (shares of the compared tissue).
+      compared_pixels: pixels compared in (b) and (c).
+    """
+
+    status: str
+    reason: str
+    problems: list[str] = field(default_factory=list)
+    held_out: HeldOut = field(default_factory=HeldOut)
+    held_out_old: float | None = None
+    held_out_new: float | None = None
+    agreement: float | None = None
+    agreement_bound: float | None = None
+    regions: list[dict] = field(default_factory=list)
+    shares: dict[str, dict] = field(default_factory=dict)
+    compared_pixels: int = 0
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == PROMOTED
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.status == NEEDS_CONFIRMATION
+
+    def as_dict(self) -> dict:
+        """JSON-ready: status, reason, problems, held-out scores per class, agreement, shares."""
+        ho = self.held_out
+        return {
+            "status": self.status, "promoted": self.promoted, "reason": self.reason, "problems": list(self.problems),
+            "held_out": {"old_mean": self.held_out_old, "new_mean": self.held_out_new,
+                         "per_class": {n: {"old": ho.old.get(n), "new": ho.new.get(n), "pixels": ho.pixels.get(n, 0)}
+                                       for n in sorted(set(ho.old) | set(ho.pixels), key=str)},
+                         "too_few": dict(ho.too_few)},
+            "agreement_outside_corrections": self.agreement, "agreement_bound": self.agreement_bound,
+            "regions": list(self.regions), "class_shares": dict(self.shares),
+            "compared_pixels": self.compared_pixels,
+        }
+
+
+def label_map(old_names: Sequence[str], new_names: Sequence[str], renames: dict[str, str] | None = None) -> np.ndarray:
+    """Look-up table old label → new label (by class name, case-insensitive, after ``renames``;
+    0 for a class the new list does not have)."""
+    renames = {str(k).lower(): str(v).lower() for k, v in (renames or {}).items()}
+    lookup = {str(n).lower(): i + 1 for i, n in enumerate(new_names)}
+    lut = np.zeros(len(old_names) + 1, np.uint8)
+    for i, n in enumerate(old_names):
+        low = str(n).lower()
+        lut[i + 1] = lookup.get(renames.get(low, low), 0)
+    return lut
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f} %" if v >= 0.01 or v == 0 else f"{100 * v:.1f} %"
+
+
+def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: Sequence[str],
+          new_names: Sequence[str], renames: dict[str, str] | None = None) -> GuardVerdict:
+    """Decide whether the fine-tuned model replaces the old one (see the module docstring).
+
+    Arguments:
+      held_out: scores on the held-out corrections (new model's class names).
+      regions: old and new labels where the change is compared.
+      old_names / new_names: the class lists of the two models (labels 1..K).
+      renames: ``{old name: new name}`` of classes that were renamed.
+
+    Returns: a :class:`GuardVerdict`.
+    """
+    new_names = list(new_names)
+    k = len(new_names)
+    lut = label_map(old_names, new_names, renames)
+    known_new = np.zeros(k + 1, bool)  # new labels that an old class maps to
+    known_new[lut[lut > 0]] = True
+    problems: list[str] = []
+
+    # (a) held-out corrections, per class
+    scored = [n for n in held_out.new if n in held_out.old]
+    old_mean = float(np.mean([held_out.old[n] for n in scored])) if scored else None
+    new_mean = float(np.mean([held_out.new[n] for n in scored])) if scored else None
+    if scored:
+        better = new_mean > old_mean or (old_mean >= SATURATED and new_mean >= old_mean - 0.01)
+        if not better:
+            problems.append(f"it is not better on the corrections held back to test it "
+                            f"(mean Dice {old_mean:.2f} → {new_mean:.2f})")
+        for n in scored:
+            if held_out.new[n] < held_out.old[n] - CLASS_DROP:
+                problems.append(f"{n} got worse on the held-back corrections "
+                                f"(Dice {held_out.old[n]:.2f} → {held_out.new[n]:.2f})")
+
+    # what the corrections changed: corrected pixels whose old label was another class
+    conf = held_out.confusion
+    if conf is None or conf.shape != (k + 1, k + 1):
+        conf = np.zeros((k + 1, k + 1), np.int64)
+    off = conf.copy()
+    np.fill_diagonal(off, 0)
+    off[:, 0] = 0
+    off[0, :] = 0
+    grown = off.sum(axis=1)  # corrected into class c from another class
+    shrunk = off.sum(axis=0)  # corrected away from class c
+    changed_px = int(off.sum())
+
+    # (b) and (c) over the compared pixels of every region
+    before = np.zeros(k + 1, np.int64)
+    after = np.zeros(k + 1, np.int64)
+    region_rows, total, agree_total, both_total = [], 0, 0, 0
+    per_region = []
+    for r in regions:
+        old = np.asarray(r.old)
+        new = np.asarray(r.new)
+        mask = np.asarray(r.tissue, bool) if r.tissue is not None else old > 0
+        if r.corrected is not None:
+            mask &= np.asarray(r.corrected) == 0
+        if r.trained is not None:
+            mask &= ~np.asarray(r.trained, bool)
+        mapped = lut[np.clip(old[mask], 0, len(lut) - 1)]
+        newv = new[mask].astype(np.int64)
+        both = (mapped > 0) & (newv > 0) & known_new[np.clip(newv, 0, k)]
+        n = int(mask.sum())
+        if n < MIN_COMPARED_PIXELS:
+            continue
+        before += np.bincount(mapped, minlength=k + 1)[:k + 1]
+        after += np.bincount(np.clip(newv, 0, k), minlength=k + 1)[:k + 1]
+        agree = int((mapped[both] == newv[both]).sum())
+        per_region.append((r.name, n, agree, int(both.sum())))
+        total += n
+        agree_total += agree
+        both_total += int(both.sum())
+
+    agreement = bound = None
+    shares: dict[str, dict] = {}
+    if total:
+        e = changed_px / total
+        bound = max(0.0, 1.0 - (SLACK_AGREEMENT + GENERALISE * e))
+        agreement = agree_total / both_total if both_total else None
+        for name, n, agree, both in per_region:
+            a = agree / both if both else None
+            region_rows.append({"name": name, "pixels": n, "agreement": a, "bound": bound})
+            if a is not None and a < bound:
+                problems.append(f"in the {name}, where you corrected nothing, it changes {_pct(1 - a)} of the "
+                                f"tissue (your corrections justify at most {_pct(1 - bound)})")
+        for c in range(1, k + 1):
+            name = new_names[c - 1]
+            b, a = before[c] / total, after[c] / total
+            high = min(1.0, b + SLACK_SHARE + GENERALISE * grown[c] / total)
+            low = max(0.0, b - SLACK_SHARE - GENERALISE * shrunk[c] / total)
+            if conf[c, 1:].sum() > 0:  # painted somewhere: it may shrink, not vanish
+                low = max(low, KEEP_PAINTED * b)
+            shares[name] = {"before": float(b), "after": float(a), "low": float(low), "high": float(high),
+                            "new_class": not bool(known_new[c])}
+            if a > high:
+                problems.append(f"outside your corrections {name} would grow from {_pct(b)} to {_pct(a)} of the "
+                                f"tissue (your corrections justify at most {_pct(high)})")
+            elif a < low and known_new[c]:
+                problems.append(f"outside your corrections {name} would shrink from {_pct(b)} to {_pct(a)} of the "
+                                f"tissue (your corrections justify at least {_pct(low)})")
+
+    too_few = {n: px for n, px in held_out.too_few.items()}
+    if problems:
+        status = REJECTED
+        reason = "Kept the old model: " + "; ".join(problems) + "."
+    elif too_few or not scored:
+        status = NEEDS_CONFIRMATION
+        what = ", ".join(f"{n} ({px} px held back)" for n, px in too_few.items()) or "any class"
+        reason = (f"Too few corrected pixels to hold some back and test the new model on {what}; at least "
+                  f"100 held-back pixels per class are needed. Look at what changed and accept it only if "
+                  f"it looks right, or paint more.")
+    else:
+        status = PROMOTED
+        parts = [f"better on the corrections held back to test it (mean Dice {old_mean:.2f} → {new_mean:.2f})"]
+        if agreement is not None:
+            parts.append(f"where you corrected nothing it agrees with the old model on {_pct(agreement)} of the tissue")
+        reason = "The fine-tuned model is " + "; ".join(parts) + ", and no class grows or shrinks beyond what your corrections justify."
+    verdict = GuardVerdict(status=status, reason=reason, problems=problems, held_out=held_out,
+                           held_out_old=old_mean, held_out_new=new_mean, agreement=agreement,
+                           agreement_bound=bound, regions=region_rows, shares=shares, compared_pixels=total)
+    logger.info("guard: %s (%s)", status, reason)
+    return verdict
