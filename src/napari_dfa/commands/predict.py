@@ -36,12 +36,13 @@ def add_arguments(parser) -> None:
                              "trained at (level 0 when the slide or the model does not say)")
     parser.add_argument("--region", type=region, default=None, metavar="Y0,X0,H,W",
                         help="only this box: level-0 pixels with --level auto, else pixels of --level")
-    parser.add_argument("--tile", type=positive_int, default=512, help="tile edge in pixels (default 512)")
-    parser.add_argument("--overlap", type=non_negative_int, default=64,
-                        help="overlap of neighbouring tiles (default 64)")
+    parser.add_argument("--tile", type=positive_int, default=None,
+                        help="tile edge in pixels (default: ~1024, fitted to the level)")
+    parser.add_argument("--overlap", type=non_negative_int, default=None,
+                        help="overlap of neighbouring tiles (default: at least 32, fitted with the tile)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="tiles per forward pass (default: 2 CPU, 8 GPU)")
+                        help="tiles per forward pass (default: ~2 Mpx of tiles on CPU, ~8 Mpx on GPU)")
     parser.add_argument("--chunk", type=positive_int, default=512,
                         help="chunk edge of the stores; resume granularity (default 512)")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -162,7 +163,7 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
             if beyond.far:
                 logger.warning("%s: %s", slide_path, beyond.message)
             res = segment(slide, model, level=level, region=region,
-                          tile=options.get("tile", 512), overlap=options.get("overlap", 64),
+                          tile=options.get("tile"), overlap=options.get("overlap"),
                           device=options.get("device", "auto"), out=store, progress=progress,
                           resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
                           outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),

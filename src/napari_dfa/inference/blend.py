@@ -1,16 +1,19 @@
 """Blending of weighted tile logits into final labels, cell by cell, and where the result goes.
 
-:class:`CellBlender` keeps float accumulators only for the cells (see :mod:`napari_dfa._tiling`)
+:class:`CellBlender` keeps float accumulators only for the cells (see :mod:`napari_dfa.inference.tiling`)
 that still wait for a tile; a cell is turned into labels (argmax, uint8) and optional maps the
-moment its last tile arrives. Sinks receive finished cells: :class:`MemorySink` fills in-memory
-arrays, :class:`ZarrSink` buffers full-width rows and hands whole chunk rows to a writer thread,
-recording after each write how many rows are final (what ``resume`` restarts from).
+moment its last tile arrives. A cell only one tile covers takes that tile's labels as they come
+(the argmax was taken beside the model), so float logits reach the host only where tiles
+overlap. Sinks receive finished cells: :class:`MemorySink` fills in-memory arrays,
+:class:`ZarrSink` buffers full-width rows and hands whole chunk rows to a writer thread, recording
+after each write how many rows are final (what ``resume`` restarts from).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -43,6 +46,35 @@ def _labels_of(acc: np.ndarray) -> np.ndarray:
     return labels
 
 
+@dataclass
+class TileOutput:
+    """One tile's model output, as the blender takes it (tile coordinates throughout).
+
+    Arguments:
+      labels: th×tw uint8 labels (argmax + 1) of the whole tile, used for the cells only this tile
+        covers; None: every cell is blended from ``bands``.
+      bands: (y0, y1, x0, x1, logits) boxes holding K×h×w float32 logits (not yet weighted) of at
+        least every cell that needs blending (:meth:`napari_dfa.inference.tiling.TileGrid.shared_bands`,
+        or one box over the whole tile).
+      window: (wy, wx), the tile's separable blending window.
+      focus: K×h×w attention per box of ``bands`` (same boxes), or None.
+    """
+
+    labels: np.ndarray | None
+    bands: list
+    window: tuple[np.ndarray, np.ndarray]
+    focus: list | None = None
+
+    def block(self, sy: slice, sx: slice):
+        """(logits, focus or None) of the box ``sy`` × ``sx``, which lies inside one band."""
+        for k, (y0, y1, x0, x1, logits) in enumerate(self.bands):
+            if y0 <= sy.start and sy.stop <= y1 and x0 <= sx.start and sx.stop <= x1:
+                inner = (slice(sy.start - y0, sy.stop - y0), slice(sx.start - x0, sx.stop - x0))
+                focus = None if self.focus is None else self.focus[k][(slice(None), *inner)]
+                return logits[(slice(None), *inner)], focus
+        raise DataError(f"internal: no logits for tile pixels {sy}, {sx}")
+
+
 class CellBlender:
     """Accumulates weighted logits (and attention) per cell and finalises finished cells.
 
@@ -52,7 +84,7 @@ class CellBlender:
       outputs: requested outputs (subset of labels, probabilities, uncertainty, focus).
       sink: receives finished cells through ``put(y0, x0, labels, extras)``.
       glass: ``glass(y0, x0, h, w) -> h×w bool array | None``, pixels of a cell to label 0
-        (glass beside tissue, :meth:`napari_dfa._tissue.TissueMask.glass_box`); None: no masking.
+        (glass beside tissue, :meth:`napari_dfa.inference.tissue.TissueMask.glass_box`); None: no masking.
     """
 
     def __init__(self, *, grid: TileGrid, num_classes: int, outputs: set[str], sink, glass=None):
@@ -61,7 +93,8 @@ class CellBlender:
         self.k = num_classes
         self.outputs = outputs
         self.sink = sink
-        self.remaining = grid.cell_counts()
+        self.counts = grid.cell_counts()
+        self.remaining = self.counts.copy()
         self.band_left = np.full(self.remaining.shape[0], self.remaining.shape[1], dtype=np.int64)
         self.acc: dict[tuple[int, int], list] = {}
         self._first_open_band = 0
@@ -76,10 +109,8 @@ class CellBlender:
             self._first_open_band += 1
         return int(self.grid.ys.bounds[self._first_open_band])
 
-    def add_tile(self, i: int, j: int, weighted: np.ndarray | None, weights: np.ndarray | None,
-                 focus: np.ndarray | None = None) -> None:
-        """Add tile (i, j): ``weighted`` K×th×tw window-weighted logits, ``weights`` th×tw window,
-        ``focus`` K×th×tw window-weighted attention; all None for a skipped tile."""
+    def add_tile(self, i: int, j: int, out: TileOutput | None) -> None:
+        """Add tile (i, j)'s output; None for a skipped tile (glass) or one already final (resume)."""
         y, x = int(self.grid.ys.starts[i]), int(self.grid.xs.starts[j])
         yb, xb = self.grid.ys.bounds, self.grid.xs.bounds
         for cy in self.grid.ys.cells_of(i):
@@ -89,13 +120,17 @@ class CellBlender:
                 key = (cy, cx)
                 self.remaining[key] -= 1
                 last = self.remaining[key] == 0
-                if weighted is not None:
-                    parts = [weighted[:, sy, sx], weights[sy, sx], None if focus is None else focus[:, sy, sx]]
+                if out is not None:
+                    if out.labels is not None and self.counts[key] == 1:
+                        # Only this tile covers the cell: its argmax is the label, nothing to blend.
+                        self._put(cy, cx, out.labels[sy, sx].copy(), {})
+                        continue
+                    logits, focus = out.block(sy, sx)
+                    w = np.outer(out.window[0][sy], out.window[1][sx])
+                    parts = [logits * w, w, None if focus is None else focus * w]
                     cur = self.acc.get(key)
                     if cur is None:
-                        # A cell finished by its only tile needs no accumulator copy.
-                        cur = parts if last else [p if p is None else p.copy() for p in parts]
-                        self.acc[key] = cur
+                        self.acc[key] = parts  # new arrays: no copy needed
                     else:
                         for a, p in zip(cur, parts):
                             if a is not None:
@@ -109,24 +144,30 @@ class CellBlender:
         cur = self.acc.pop((cy, cx), None)
         extras: dict[str, np.ndarray] = {}
         if cur is None:  # every tile over this cell was skipped as glass
-            labels = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-        else:
-            acc, wsum, focus = cur
-            # Argmax of the weighted sum = argmax of the weighted mean (weights are positive).
-            labels = _labels_of(acc)
-            if self.glass is not None:
-                glass = self.glass(y0, x0, y1 - y0, x1 - x0)
-                if glass is not None:
-                    labels[glass] = 0
-            if {"probabilities", "uncertainty"} & self.outputs:
-                probs = _softmax(acc / wsum)
-                if "probabilities" in self.outputs:
-                    extras["probabilities"] = probs
-                if "uncertainty" in self.outputs:
-                    top2 = np.partition(probs, probs.shape[0] - 2, axis=0)[-2:] if self.k > 1 else None
-                    extras["uncertainty"] = (1.0 - (top2[1] - top2[0])) if top2 is not None else np.zeros_like(wsum)
-            if focus is not None and "focus" in self.outputs:
-                extras["focus"] = focus / wsum
+            self.sink.put(y0, x0, np.zeros((y1 - y0, x1 - x0), dtype=np.uint8), extras)
+            self.band_left[cy] -= 1
+            return
+        acc, wsum, focus = cur
+        # Argmax of the weighted sum = argmax of the weighted mean (weights are positive).
+        labels = _labels_of(acc)
+        if {"probabilities", "uncertainty"} & self.outputs:
+            probs = _softmax(acc / wsum)
+            if "probabilities" in self.outputs:
+                extras["probabilities"] = probs
+            if "uncertainty" in self.outputs:
+                top2 = np.partition(probs, probs.shape[0] - 2, axis=0)[-2:] if self.k > 1 else None
+                extras["uncertainty"] = (1.0 - (top2[1] - top2[0])) if top2 is not None else np.zeros_like(wsum)
+        if focus is not None and "focus" in self.outputs:
+            extras["focus"] = focus / wsum
+        self._put(cy, cx, labels, extras)
+
+    def _put(self, cy: int, cx: int, labels: np.ndarray, extras: dict) -> None:
+        """Hand a final cell to the sink, glass set to 0."""
+        y0, x0 = int(self.grid.ys.bounds[cy]), int(self.grid.xs.bounds[cx])
+        if self.glass is not None:
+            glass = self.glass(y0, x0, *labels.shape)
+            if glass is not None:
+                labels[glass] = 0
         self.sink.put(y0, x0, labels, extras)
         self.band_left[cy] -= 1
 

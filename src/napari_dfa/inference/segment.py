@@ -3,19 +3,28 @@
 :func:`segment` runs a :class:`~napari_dfa.model.Segmenter` over a region (or the whole level) of
 a slide or an image:
 
-1. a tile grid with overlap (:mod:`._tiling`); tiles over glass are skipped using a tissue mask
-   from a coarse level (:mod:`._tissue`) and get label 0, and so does the glass in tiles at
-   the edge of the tissue (at the mask's resolution);
-2. tiles are read by a thread pool a few tiles ahead of the model, batched within a tile row,
-   run under ``torch.inference_mode`` (autocast to float16 on CUDA);
-3. **logits** are blended with a raised-cosine window (:mod:`._blend`). Logits rather than
-   softmax probabilities: a weighted mean of logits is the log-linear pool of the tiles'
-   predictions, costs no softmax per tile, and the argmax needs no normalisation; probabilities,
-   when asked for, are the softmax of the blended logits;
+1. tiles on a lattice fixed by the level (:mod:`.tiling`): by default ~1024-pixel tiles fitted
+   to the level with at least 32 pixels of overlap and at most 10 % more pixels computed than the
+   level has; a region is segmented with the lattice tiles that touch it, so a pixel gets the same
+   label from any region. Tiles over glass are skipped using a tissue mask from a coarse level
+   (:mod:`.tissue`) and get label 0, and so does the glass in tiles at the edge of the tissue (at
+   the mask's resolution);
+2. tiles are read a few ahead of the model (in threads where a core is free: on GPUs and on CPUs
+   that have more cores than torch uses; else between forward passes, which is faster on small
+   CPUs), batched within a tile row and run under ``torch.inference_mode`` — channels-last on CPU
+   and CUDA, bfloat16 autocast on CUDA, tiles staged in pinned memory and uploaded on a side
+   stream, results downloaded without blocking, so that reading and blending overlap the GPU;
+3. beside the model (on its device) each tile's argmax gives the labels of the pixels only that
+   tile covers; **logits** of the pixels tiles share are blended with a raised-cosine window
+   (:mod:`.blend`). Logits rather than softmax probabilities: a weighted mean of logits is the
+   log-linear pool of the tiles' predictions, costs no softmax per tile, and the argmax needs no
+   normalisation; probabilities, when asked for, are the softmax of the blended logits (every
+   pixel is then blended);
 4. finished cells become uint8 labels at once, and whole chunk rows are written to the OME-Zarr
-   store by a writer thread (:mod:`._zarr_out`), which records the rows done after each write.
-   Float accumulators exist only for the cells under tiles in flight (the overlap strip of one
-   tile row), so memory does not grow with the slide's height, and only by the strip with its width.
+   store by a writer thread (:class:`.blend.ZarrSink`), which records the rows done after each
+   write. Float accumulators exist only for the cells under tiles in flight (the overlap strip of
+   one tile row), so memory does not grow with the slide's height, and only by the strip with its
+   width.
 
 Resume restarts at the first tile row that reaches below the rows already written and recomputes
 it with the same batches, so a resumed run equals an uninterrupted one bit for bit.
@@ -35,11 +44,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .blend import CellBlender, MemorySink, ZarrSink
+from .blend import CellBlender, MemorySink, TileOutput, ZarrSink
 from .reader import Source, _is_slide
 from .tiling import TileGrid
 from .tissue import tissue_mask_for
-from ..labels.store import LabelsStore
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,10 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
 # Most neighbouring tiles of a row read as one box (see _Runner._plan_reads).
 READ_RUN = 8
+# Pixels per forward pass when batch_size is not given: on CPU ~2 Mpx (two 1024² tiles, eight of
+# 512²; with one tile per pass torch splits reductions by its thread count, so labels at near-ties
+# would depend on it), on GPUs ~8 Mpx (the device stays busy while the host blends).
+BATCH_PIXELS = {"cpu": 2 << 20, "gpu": 8 << 20}
 
 
 @dataclass
@@ -74,7 +86,10 @@ class SegmentResult:
     tiles_skipped: int = 0
     seconds: float = 0.0
     peak_float_bytes: int = 0  # most bytes the blending accumulators held at once
-    model_seconds: float = 0.0  # wall time inside forward passes (+ transfer back): the rest is overhead
+    model_seconds: float = 0.0  # time in forward passes (+ argmax, transfer back; on CUDA: device time)
+    tile_shape: tuple[int, int] = (0, 0)  # forward-pass tile (y, x) of the lattice
+    overlap: tuple[int, int] = (0, 0)  # least overlap of neighbouring tiles (y, x)
+    computed_pixels: int = 0  # pixels the forward passes saw (tiles × tile area, glass tiles included)
 
 
 def model_fingerprint(model) -> str:
@@ -83,10 +98,10 @@ def model_fingerprint(model) -> str:
     return model.fingerprint()
 
 
-def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, device="auto", out=None,
+def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None, device="auto", out=None,
             progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
-            read_workers: int = 2, channels_last: bool | None = None,
+            read_workers: int | None = None, channels_last: bool | None = None,
             threads: bool | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
@@ -96,8 +111,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
       model: a :class:`~napari_dfa.model.Segmenter`, or a checkpoint path / ``"demo"``.
       level: pyramid level, or ``"auto"`` for the level closest to the model's microns per pixel.
       region: (y0, x0, height, width) in ``level`` pixels; None for the whole level.
-      tile: forward-pass tile edge (a multiple of the model's ``input_multiple``).
-      overlap: pixels shared by neighbouring tiles (blended); at least the model's context helps.
+      tile: forward-pass tile edge (a multiple of the model's ``input_multiple``); None (default):
+        tiles near 1024 pixels fitted to the level (:func:`napari_dfa.inference.tiling.fit_axis`).
+      overlap: pixels shared by neighbouring tiles (blended); with ``tile=None`` the least overlap
+        of the fitted lattice (None: 32).
       device: "auto" | "cuda" | "mps" | "cpu" (the model is moved there).
       out: None for in-memory arrays, or a path for an OME-Zarr labels store.
       progress: ``progress(done, total, eta=seconds, skipped=n)`` after every batch.
@@ -107,12 +124,14 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
       tissue_mask: skip tiles over glass and give glass beside tissue label 0 (at the tissue
         mask's resolution); False: every pixel gets a class.
       outputs: any of "labels", "probabilities", "uncertainty", "focus".
-      batch_size: tiles per forward pass (default 8 on GPUs, 2 on CPU).
+      batch_size: tiles per forward pass (default: ~2 Mpx of tiles on CPU, ~8 Mpx on GPUs).
       chunk: chunk edge of the zarr store.
-      read_workers: threads reading tiles ahead of the model.
-      channels_last: convert the model to channels-last memory format (None: leave it as it is).
-      threads: read and blend in threads beside the model (None: yes on GPUs and on CPUs with more
-        than 4 cores; on a small CPU, threads beside torch's own stall its parallel regions).
+      read_workers: threads reading tiles ahead of the model when ``threads`` (default 2).
+      channels_last: the model's memory format (None: channels-last on CPU and CUDA, where its
+        convolutions run faster; the model keeps it after the call).
+      threads: read and blend in threads beside the model (None: yes on GPUs, and on CPUs with a
+        core that torch does not use or more than 4 cores; on a small CPU whose cores torch
+        all uses, threads beside torch's stall its parallel regions).
 
     Returns:
       a :class:`SegmentResult`.
@@ -140,13 +159,17 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
         region = src.check_region(region)
         dev = resolve_device(device)
         model.to(dev)
+        if channels_last is None:
+            channels_last = True if dev.type in ("cpu", "cuda") else None
         if channels_last is not None:
             model.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         multiple = int(getattr(model, "input_multiple", 32))
-        grid = TileGrid(height=region[2], width=region[3], tile=int(tile), overlap=int(overlap), multiple=multiple)
+        grid = TileGrid(height=region[2], width=region[3], tile=None if tile is None else int(tile),
+                        overlap=None if overlap is None else int(overlap), multiple=multiple,
+                        origin=region[:2], extent=src.shape)
         k = len(model.class_names)
         extras = {n: (0 if n == "uncertainty" else k) for n in outputs if n != "labels"}
-        settings = dict(level=src.level, region=list(region), tile=int(tile), overlap=int(overlap),
+        settings = dict(level=src.level, region=list(region), tile=list(grid.tile_shape), overlap=list(grid.overlaps),
                         tissue_mask=bool(tissue_mask), model=model_fingerprint(model) if out is not None else None)
 
         store, start_row = None, 0
@@ -154,15 +177,16 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
             store, start_row = _open_store(out, resume, src, region, model, extras, settings, chunk)
             if store.completed:
                 logger.info("%s: already complete, nothing to resume", store.path)
-                return _result(src, region, model, store=store, sink=None, done=grid.total, total=grid.total,
-                               skipped=0, completed=True, seconds=time.perf_counter() - t_start)
+                return _result(src, region, model, grid, store=store, sink=None, done=grid.total,
+                               total=grid.total, skipped=0, completed=True, seconds=time.perf_counter() - t_start)
             sink = ZarrSink(store=store, start=start_row, extras=extras)
         else:
             sink = MemorySink(shape=(region[2], region[3]), extras=extras)
         skip = np.zeros((grid.rows, grid.cols), dtype=bool)
         glass = None
         if tissue_mask:
-            tm = tissue_mask_for(src, region)
+            by, bx, bh, bw = grid.box()
+            tm = tissue_mask_for(src, region, box=(region[0] + by, region[1] + bx, bh, bw))
             for i in range(grid.rows):
                 for j in range(grid.cols):
                     y, x, h, w = grid.tile_box(i, j)
@@ -171,19 +195,21 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
                 glass = tm.glass_box
         blender = CellBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
+        threaded = _use_threads(threads, dev, torch)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
-                      batch_size=batch_size or (8 if dev.type != "cpu" else 2),
-                      read_workers=read_workers if _use_threads(threads, dev) else 0,
-                      want_focus="focus" in outputs, progress=progress, cancel=cancel)
+                      batch_size=batch_size or _default_batch(grid, dev),
+                      read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
+                      want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel)
         try:
-            completed = run.run(first_row)
+            with _cudnn_autotune(dev, torch):
+                completed = run.run(first_row)
         finally:
             sink.close()
         if store is not None and completed:
             store.finish()
-        logger.info("segment: %d tiles (%d skipped as glass) in %.1f s", run.done, int(skip.sum()),
-                    time.perf_counter() - t_start)
-        res = _result(src, region, model, store=store, sink=sink, done=run.done, total=grid.total,
+        logger.info("segment: %d tiles of %dx%d (%d skipped as glass) in %.1f s", run.done, *grid.tile_shape,
+                    int(skip.sum()), time.perf_counter() - t_start)
+        res = _result(src, region, model, grid, store=store, sink=sink, done=run.done, total=grid.total,
                       skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
         res.peak_float_bytes = run.peak_bytes
         res.model_seconds = run.model_seconds
@@ -191,6 +217,27 @@ def segment(slide_or_array, model, level=0, region=None, tile=512, overlap=64, d
     finally:
         if opened is not None:
             opened.close()
+
+
+def _default_batch(grid: TileGrid, device) -> int:
+    pixels = BATCH_PIXELS["cpu" if device.type == "cpu" else "gpu"]
+    return max(1, min(16, round(pixels / (grid.tile_shape[0] * grid.tile_shape[1]))))
+
+
+class _cudnn_autotune:
+    """cuDNN picks the fastest convolution for the (fixed) tile shape during the run; restored after."""
+
+    def __init__(self, device, torch):
+        self.on, self.torch, self.before = device.type == "cuda", torch, None
+
+    def __enter__(self):
+        if self.on:
+            self.before = self.torch.backends.cudnn.benchmark
+            self.torch.backends.cudnn.benchmark = True
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.torch.backends.cudnn.benchmark = self.before
 
 
 def _auto_level(data, model) -> int:
@@ -202,6 +249,8 @@ def _auto_level(data, model) -> int:
 
 
 def _open_store(out, resume, src, region, model, extras, settings, chunk):
+    from ..labels.store import LabelsStore  # here: zarr (~0.2-5 s to import) only when writing a store
+
     path = Path(out)
     if resume and path.exists():
         store = LabelsStore.open(path)
@@ -223,12 +272,13 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     return store, 0
 
 
-def _result(src, region, model, *, store, sink, done, total, skipped, completed, seconds) -> SegmentResult:
+def _result(src, region, model, grid, *, store, sink, done, total, skipped, completed, seconds) -> SegmentResult:
     res = SegmentResult(
         labels=None, level=src.level, region=tuple(region), downsample=src.downsample,
         translate=(region[0] * src.downsample, region[1] * src.downsample),
         class_names=list(model.class_names), class_colors=[tuple(c) for c in model.class_colors],
-        completed=completed, tiles_done=done, tiles_total=total, tiles_skipped=skipped, seconds=seconds)
+        completed=completed, tiles_done=done, tiles_total=total, tiles_skipped=skipped, seconds=seconds,
+        tile_shape=grid.tile_shape, overlap=grid.overlaps, computed_pixels=grid.computed_pixels)
     if store is not None:
         res.path = store.path
         res.labels = store.labels
@@ -241,10 +291,11 @@ def _result(src, region, model, *, store, sink, done, total, skipped, completed,
     return res
 
 
-def _use_threads(threads: bool | None, device) -> bool:
+def _use_threads(threads: bool | None, device, torch) -> bool:
     if threads is not None:
         return bool(threads)
-    return device.type != "cpu" or (os.cpu_count() or 1) > 4
+    cores = os.cpu_count() or 1
+    return device.type != "cpu" or cores > 4 or cores > torch.get_num_threads()
 
 
 class _Inline:
@@ -262,19 +313,87 @@ class _Inline:
         pass
 
 
+class _Uploader:
+    """Batches of tiles onto a CUDA device: staged in pinned (page-locked) host memory, copied on a
+    side stream without blocking the host, the compute stream waiting only for its own batch.
+
+    Two staging buffers take turns, so the host fills one while the other is still uploading; a
+    buffer is refilled only after its last upload finished (an event)."""
+
+    def __init__(self, device, batch_size: int, tile_shape: tuple[int, int], torch):
+        self.torch, self.device = torch, device
+        th, tw = tile_shape
+        self.buffers = [torch.empty((batch_size, th, tw, 3), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.uploaded = [None, None]
+        self.turn = 0
+        self.stream = torch.cuda.Stream(device=device)
+
+    def __call__(self, tiles: list[np.ndarray]):
+        torch = self.torch
+        k, self.turn = self.turn, 1 - self.turn
+        if self.uploaded[k] is not None:
+            self.uploaded[k].synchronize()
+        n = len(tiles)
+        np.stack(tiles, out=self.buffers[k].numpy()[:n])
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            x = self.buffers[k][:n].to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        compute.wait_event(done)
+        x.record_stream(compute)  # allocated on the side stream, used on the compute stream
+        self.uploaded[k] = done
+        return x
+
+
+class _Pending:
+    """A batch's outputs on their way to the host: :meth:`resolve` waits for them (a CUDA event;
+    nothing to wait for on CPU) and hands back one :class:`TileOutput` per tile."""
+
+    def __init__(self, *, labels, parts, layout, windows, timing, runner):
+        self.labels, self.parts, self.layout, self.windows = labels, parts, layout, windows
+        self.timing, self.runner = timing, runner
+
+    def resolve(self) -> list[TileOutput]:
+        if self.timing is not None:  # CUDA: wait for the downloads, count the device time
+            start, end = self.timing
+            end.synchronize()
+            self.runner.model_seconds += start.elapsed_time(end) / 1000.0
+        labels = None if self.labels is None else self.labels.numpy()
+        packed = not isinstance(self.parts, list)  # CUDA: one download, cut back into boxes
+        index, offset, outs = 0, 0, []
+        for b, (boxes, shapes) in enumerate(self.layout):
+            arrays = []
+            for shape in shapes:
+                if packed:
+                    size = int(np.prod(shape))
+                    arrays.append(self.parts[offset : offset + size].numpy().reshape(shape))
+                    offset += size
+                else:
+                    arrays.append(self.parts[index])
+                    index += 1
+            nb = len(boxes)
+            outs.append(TileOutput(labels=None if labels is None else labels[b],
+                                   bands=[(*box, arr) for box, arr in zip(boxes, arrays[:nb])],
+                                   window=self.windows[b], focus=arrays[nb:] or None))
+        return outs
+
+
 class _Runner:
     """The tile loop: prefetching reads, batched forward passes, blending, progress and cancel."""
 
     def __init__(self, *, src: Source, region, grid: TileGrid, model, device, blender: CellBlender,
-                 skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool,
+                 skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool, dense: bool,
                  progress, cancel):
         self.src, self.region, self.grid, self.model = src, region, grid, model
         self.device, self.blender, self.skip = device, blender, skip
         self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(0, read_workers), want_focus
+        self.dense = dense or want_focus
         self.progress, self.cancel = progress, cancel
         self.done = 0
         self.peak_bytes = 0
         self.model_seconds = 0.0
+        self._upload = None
 
     def _plan_reads(self, batches) -> None:
         """Group each row's computed tiles into runs of neighbours read as one box (a band).
@@ -283,8 +402,8 @@ class _Runner:
         the stored tiles under their overlap (and those the tile grid does not align with), so
         tile-by-tile reads decode many stored tiles two or three times; one read of a run's box
         decodes each once and costs one dask compute instead of one per tile. Runs stop at skipped
-        tiles (glass is never read) and after :data:`READ_RUN` tiles (a band of 8 tiles of 512²
-        is ~6 MB), and a band is dropped once its last tile has been taken."""
+        tiles (glass is never read) and after :data:`READ_RUN` tiles, and a band is dropped once
+        its last tile has been taken."""
         self._run_of: dict[tuple[int, int], tuple[int, int]] = {}
         self._runs: dict[tuple[int, int], list] = {}  # key -> [lock, band or None, tiles left, js]
         self._runs_lock = threading.Lock()
@@ -315,7 +434,9 @@ class _Runner:
                 js = entry[3]
                 y, x0, h, _ = self.grid.tile_box(i, js[0])
                 _, xl, _, wl = self.grid.tile_box(i, js[-1])
-                entry[1] = (x0, self.src.read(self.region[0] + y, self.region[1] + x0, h, xl + wl - x0))
+                # The stored tiles under a band are decoded by dask's thread pool.
+                entry[1] = (x0, self.src.read(self.region[0] + y, self.region[1] + x0, h, xl + wl - x0,
+                                              threads=True))
             x0, band = entry[1]
             entry[2] -= 1
             if entry[2] == 0:
@@ -334,7 +455,7 @@ class _Runner:
         # Tiles of rows above the resume point count as done; they add nothing (their rows are final).
         for i in range(first_row):
             for j in range(grid.cols):
-                self.blender.add_tile(i, j, None, None)
+                self.blender.add_tile(i, j, None)
         self.done = first_row * grid.cols
         batches: list[tuple[int, list[int]]] = []
         for i in range(first_row, grid.rows):
@@ -345,6 +466,8 @@ class _Runner:
                 batches.append((i, todo[b : b + self.batch_size]))
         last_batch_of_row = {i: pos for pos, (i, _) in enumerate(batches)}
         self._plan_reads(batches)
+        if self.device.type == "cuda" and any(js for _, js in batches):
+            self._upload = _Uploader(self.device, min(self.batch_size, grid.cols), grid.tile_shape, torch)
         t0, computed = time.perf_counter(), 0
         # Reading and blending run in threads beside the model (blending in batch order, at most two
         # batches behind, so the device gets its next batch while the last one is blended; numpy
@@ -366,19 +489,27 @@ class _Runner:
                 self.progress(self.done, grid.total, eta=left / rate if rate > 0 else None,
                               skipped=int(self.skip.sum()), row=row)
 
+        def cancelled(row: int) -> bool:
+            if self.cancel is None or not self.cancel():
+                return False
+            while blending:
+                blending.popleft().result()
+            report(row)
+            logger.info("segment cancelled after %d of %d tiles", self.done, grid.total)
+            return True
+
         try:
             for row_pos, (i, js) in enumerate(batches):
-                if self.cancel is not None and self.cancel():
-                    while blending:
-                        blending.popleft().result()
-                    report(i)
-                    logger.info("segment cancelled after %d of %d tiles", self.done, grid.total)
+                if cancelled(i):
                     return False
                 while pos < len(flat) and len(queue) < ahead + len(js):
                     queue.append(pool.submit(self._read, *flat[pos]))
                     pos += 1
                 tiles = [queue.popleft().result() for _ in js]
                 out = self._forward(i, js, tiles, torch) if tiles else None
+                # Asked during the forward pass: stop now (that batch is dropped, not half written).
+                if out is not None and cancelled(i):
+                    return False
                 computed += len(js)
                 while len(blending) >= 2:
                     blending.popleft().result()
@@ -394,40 +525,82 @@ class _Runner:
             pool.shutdown(wait=True, cancel_futures=True)
             blend_pool.shutdown(wait=True)
 
-    def _blend(self, i: int, js: list[int], out, row_end: bool) -> None:
+    def _blend(self, i: int, js: list[int], out: _Pending | None, row_end: bool) -> None:
         """Add a batch's tiles (and, after the row's last batch, its glass tiles); write what is final."""
         if out is not None:
-            weighted, windows, focus = out
-            for b, j in enumerate(js):
-                self.blender.add_tile(i, j, weighted[b], windows[b], None if focus is None else focus[b])
+            for j, tile in zip(js, out.resolve()):
+                self.blender.add_tile(i, j, tile)
                 self.done += 1
             self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
         if row_end:
             for j in range(self.grid.cols):
                 if self.skip[i, j]:
-                    self.blender.add_tile(i, j, None, None)
+                    self.blender.add_tile(i, j, None)
                     self.done += 1
         self.blender.sink.advance(self.blender.complete_rows())
 
-    def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch):
-        batch = np.stack(tiles)
-        windows = np.stack([self.grid.window(i, j) for j in js])
+    def _forward(self, i: int, js: list[int], tiles: list[np.ndarray], torch) -> _Pending:
+        """One forward pass; the labels of each tile (argmax + 1, uint8) and the logits of the
+        boxes to blend are cut on the model's device. On CUDA the downloads are queued and the call
+        returns before the device finishes (the blending thread waits for them)."""
+        grid = self.grid
+        cuda = self.device.type == "cuda"
         t0 = time.perf_counter()
+        timing = None
         with torch.inference_mode():
+            if cuda:
+                timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                timing[0].record()
+            batch = self._upload(tiles) if self._upload is not None else np.stack(tiles)
             # The Segmenter autocasts on CUDA (bfloat16/float16) and returns float32 logits.
             res = self.model.predict_logits(batch, attention=self.want_focus)
-            w = torch.from_numpy(windows).to(self.device)[:, None]
             logits = res["logits"]
             if logits.shape[1] != len(self.model.class_names):
                 raise DataError(f"the model returned {logits.shape[1]} channels for "
                                 f"{len(self.model.class_names)} classes")
-            weighted = (logits.float() * w).cpu().numpy()
-            focus = None
-            if self.want_focus and res.get("attention") is not None:
-                att = res["attention"].float()
-                if att.shape[-2:] != logits.shape[-2:]:
-                    att = torch.nn.functional.interpolate(att, size=logits.shape[-2:], mode="bilinear",
-                                                          align_corners=False)
-                focus = (att * w).cpu().numpy()
-        self.model_seconds += time.perf_counter() - t0  # .cpu() above waited for the device
-        return weighted, windows, focus
+            focus = res.get("attention") if self.want_focus else None
+            if focus is not None:
+                focus = focus.float()
+                if focus.shape[-2:] != logits.shape[-2:]:
+                    focus = torch.nn.functional.interpolate(focus, size=logits.shape[-2:], mode="bilinear",
+                                                            align_corners=False)
+            labels = None
+            if not self.dense:
+                labels = torch.argmax(logits, dim=1).to(torch.uint8).add_(1)
+            parts, layout, windows = [], [], []
+            for b, j in enumerate(js):
+                if self.dense:  # every kept pixel is blended (probabilities, uncertainty, focus)
+                    ky0, _, _, ky1 = grid.ys.spans(i)
+                    kx0, _, _, kx1 = grid.xs.spans(j)
+                    boxes = [(ky0, ky1, kx0, kx1)]
+                else:
+                    boxes = grid.shared_bands(i, j)
+                tile_parts = [logits[b, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]
+                if focus is not None:
+                    tile_parts += [focus[b, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]
+                parts += tile_parts
+                layout.append((boxes, [tuple(p.shape) for p in tile_parts]))
+                windows.append((grid.ys.window(i), grid.xs.window(j)))
+            if cuda:
+                labels, parts = self._download(labels, parts, torch)
+                timing[1].record()
+            else:
+                labels = None if labels is None else labels.cpu()
+                parts = [p.cpu().numpy() for p in parts]
+        if not cuda:
+            self.model_seconds += time.perf_counter() - t0
+        return _Pending(labels=labels, parts=parts, layout=layout, windows=windows, timing=timing, runner=self)
+
+    @staticmethod
+    def _download(labels, parts, torch):
+        """Queue the copies to pinned host memory (one for the labels, one for every box packed)."""
+        host_labels = None
+        if labels is not None:
+            host_labels = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
+            host_labels.copy_(labels, non_blocking=True)
+        if not parts:
+            return host_labels, []
+        packed = torch.cat([p.reshape(-1) for p in parts])
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        return host_labels, host

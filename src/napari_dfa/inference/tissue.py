@@ -19,7 +19,8 @@ import logging
 import math
 
 import numpy as np
-from scipy import ndimage
+
+from .reader import compute_local
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ def glass_from_tissue(tissue: np.ndarray, *, min_area: float, close: int = 2) ->
     """Glass of a coarse tissue mask: after closing small gaps in the tissue, every background
     patch of at least ``min_area`` mask pixels; smaller ones (lumens, fat cells, tears, also where
     the region's edge cuts them) stay tissue. One mask pixel of margin is kept around the tissue."""
+    if (~tissue).sum() < max(1.0, min_area):  # not enough background for one glass patch
+        return np.zeros(tissue.shape, dtype=bool)
+    from scipy import ndimage  # here: a view inside tissue never needs it (~0.2 s to import)
+
     pad = close + 1
     t = ndimage.binary_closing(np.pad(tissue, pad), iterations=close)[pad:-pad, pad:-pad]
     parts, n = ndimage.label(~t)
@@ -115,26 +120,30 @@ def _summed_area(mask: np.ndarray) -> np.ndarray:
     return np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
 
-def tissue_mask_for(source, region: tuple[int, int, int, int]) -> TissueMask:
-    """Tissue mask of ``region`` (y0, x0, h, w, in the source's working-level pixels).
+def tissue_mask_for(source, region: tuple[int, int, int, int], box: tuple[int, int, int, int] | None = None
+                    ) -> TissueMask:
+    """Tissue mask over ``box`` (default: ``region``), queried in ``region`` pixels (y0, x0, h, w,
+    in the source's working-level pixels). The box is what the tiles read: the lattice tiles that
+    touch a region reach beyond it, and whether they hold tissue is decided over all they read.
 
-    ``source`` is an :class:`napari_dfa.inference._Source`: it offers the coarse pyramid levels
-    of a slide when there are any, else the working level is subsampled with a stride.
+    ``source`` is an :class:`napari_dfa.inference.reader.Source`: it offers the coarse pyramid
+    levels of a slide when there are any, else the working level is subsampled with a stride.
     """
-    y0, x0, h, w = region
+    y0, x0, h, w = box if box is not None else region
     low, factor = source.low_resolution(max(h, w) / MASK_SIZE)
-    # The region in the low-resolution view's pixels (factor = working pixels per low pixel).
+    # The box in the low-resolution view's pixels (factor = working pixels per low pixel).
     ly0, lx0 = int(y0 // factor), int(x0 // factor)
     ly1 = max(ly0 + 1, int(math.ceil((y0 + h) / factor)))
     lx1 = max(lx0 + 1, int(math.ceil((x0 + w) / factor)))
-    view = np.asarray(low[ly0:ly1, lx0:lx1])
+    view = compute_local(low[ly0:ly1, lx0:lx1], threads=True)
     mask = tissue_from_rgb(view)
     logger.debug("tissue mask %s at 1/%.1f: %.1f%% tissue", mask.shape, factor, 100 * mask.mean())
     # Mask pixel k covers working pixels [(ly0 + k) * factor, ...); re-express in region pixels.
     tm = TissueMask(mask=mask, scale=(factor, factor))
-    if ly0 * factor != y0 or lx0 * factor != x0:
-        # Shift the grid: pad so that mask index 0 starts at the region's origin (conservative).
-        tm = _ShiftedMask(tm, offset=(y0 - ly0 * factor, x0 - lx0 * factor))
+    oy, ox = region[0] - ly0 * factor, region[1] - lx0 * factor
+    if oy or ox:
+        # Shift the grid: mask index 0 lies this many region pixels before the region's origin.
+        tm = _ShiftedMask(tm, offset=(oy, ox))
     return tm
 
 

@@ -226,7 +226,8 @@ class Segmenter:
             # Reflect keeps tissue texture at the border; it needs the pad smaller than the image.
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" or _channels_last(self.model):
+            # Input in the weights' layout: else every convolution converts it first.
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.eval()
         with torch.inference_mode(), self._autocast():
@@ -289,6 +290,14 @@ class Segmenter:
         self.metadata["provenance"] = prov
         self.metadata["model_card"] = card
         return out
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are channels-last (e.g. after ``segment``)."""
+    for p in model.parameters():
+        if p.ndim == 4 and p.shape[-1] * p.shape[-2] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
 
 
 def load_model(path_or_name: str | os.PathLike, *, device: str | torch.device = "cpu") -> Segmenter:
