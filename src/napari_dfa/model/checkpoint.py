@@ -255,21 +255,10 @@ def read_checkpoint(path: str | os.PathLike, *, tensor_spec=None) -> CheckpointC
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load ``state`` into ``model``, refusing missing, unexpected or wrongly shaped tensors."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
-        raise CheckpointError(f"{path}: the tensors do not match the model config stored in the file: "
-                              + "; ".join(parts))
+    from .validate import check_tensor_shapes
+
+    check_tensor_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in state.items()})
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         # A diverged training run saves NaN weights; such a model would paint noise on every slide.

@@ -277,20 +277,8 @@ def check_tensors(path: Path, header: dict[str, tuple[tuple[int, ...], str]], co
     if n_params > MAX_PARAMETERS:
         raise CheckpointError(f"{path}: the model config describes {n_params:.3g} parameters "
                               f"(at most {MAX_PARAMETERS:.3g}); the file is damaged or crafted")
-    missing = sorted(set(expected) - set(header))
-    unexpected = sorted(set(header) - set(expected))
-    wrong = [f"{k} {tuple(header[k][0])} != {v[0]}" for k, v in expected.items()
-             if k in header and tuple(header[k][0]) != v[0]]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
-        raise CheckpointError(f"{path}: the tensors do not match the model config stored in the file: "
-                              + "; ".join(parts))
+    check_tensor_shapes(path, {k: v[0] for k, v in expected.items()},
+                        {k: tuple(header[k][0]) for k in header})
     float_dtypes = set()
     for k, (shape, want) in expected.items():
         got = header[k][1]
@@ -306,3 +294,21 @@ def check_tensors(path: Path, header: dict[str, tuple[tuple[int, ...], str]], co
     if len(float_dtypes) > 1:
         raise CheckpointError(f"{path}: the weights mix {' and '.join(sorted(float_dtypes))}; napari-dfa writes "
                               "one dtype for all of them, so the file was altered")
+
+
+def check_tensor_shapes(path, expected: dict[str, tuple], got: dict[str, tuple]) -> None:
+    """Refuse tensors missing, unexpected or of the wrong shape against what the config builds."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{k} {tuple(got[k])} != {tuple(v)}" for k, v in expected.items()
+             if k in got and tuple(got[k]) != tuple(v)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
+        raise CheckpointError(f"{path}: the tensors do not match the model config stored in the file: "
+                              + "; ".join(parts))

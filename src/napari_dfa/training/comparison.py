@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import time
-import tomllib
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .config import TrainConfig
+from .config import TrainConfig, read_toml
 from .datasets import folder_config, read_class_list  # noqa: F401 - a folder's classes: one reader for all commands
 
 logger = logging.getLogger(__name__)
@@ -98,12 +97,7 @@ def load_comparison_toml(path, base: TrainConfig | None = None) -> tuple[TrainCo
     Returns ``(recipe, bench settings)``; unknown keys raise ConfigError naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: comparison config not found; pass e.g. --config training/gpu_bench.toml")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, what="comparison config", example="training/gpu_bench.toml")
     bench = raw.pop("bench", {})
     synth_table = raw.pop("synth", None)
     if not isinstance(bench, dict):

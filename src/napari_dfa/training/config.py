@@ -196,12 +196,7 @@ class TrainConfig:
     def from_toml(cls, path: str | Path) -> "TrainConfig":
         """Load a recipe file."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: recipe file not found; pass e.g. --config training/synthetic.toml")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raw = read_toml(path, what="recipe file", example="training/synthetic.toml")
         # A relative data root is relative to the recipe file, not to the working directory.
         data = raw.get("data", {})
         if data.get("root") and not Path(data["root"]).is_absolute():
@@ -246,3 +241,14 @@ def _sub(kind, raw, where):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return kind(**_tuplify(raw))
+
+
+def read_toml(path: str | Path, *, what: str, example: str) -> dict:
+    """A TOML file as a dict; a missing or malformed file is one ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found; pass e.g. --config {example}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
