@@ -274,10 +274,10 @@ def rgb_order(group) -> list | None:
 
 
 def lone_channel_message(layer, why: str) -> str:
-    return (f"Layer {layer.name!r} is one channel of a colour image ({why}), and its other two channels are "
-            "not open as layers of the same shape, scale and position: one channel is grey, not H&E, so it is "
-            "not segmented. Open the image as one RGB layer (File > Open with the napari-dfa reader) or open "
-            "all three channels.")
+    return (f"Layer {layer.name!r} is one channel of a colour image ({why}): one channel is grey, not H&E, so "
+            "it is not segmented alone. Open the image as one RGB layer (File > Open with the napari-dfa "
+            "reader), or keep its three channels open as layers of the same shape, scale and position: the "
+            "Segment widget uses them together.")
 
 
 def layer_pyramid(viewer, layer) -> "LayerPyramid":
