@@ -167,3 +167,79 @@ def test_replay_keeps_a_thinned_prediction_away_from_corrections():
     assert kept[:32, :32].all() or not kept[:32, :32].any()
     with pytest.raises(DataError, match="differ in shape"):
         replay_from_prediction(labels, corrected[:10])
+
+
+def test_store_is_keyed_by_content_not_path(tmp_path):
+    """The same pixels under another name (or another reader) find the same store; other pixels
+    at the same path do not."""
+    from napari_dfa.corrections.store import slide_content_key
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (1200, 900, 3), dtype=np.uint8)
+    key = slide_content_key(pixels, 0.5)
+    assert key == slide_content_key(pixels.copy(), 0.5)
+    assert key != slide_content_key(pixels, 0.25)  # another scale is another slide
+    other = pixels.copy()
+    other[600, 450] ^= 1  # one pixel of the central tile differs
+    assert key != slide_content_key(other, 0.5)
+    a = CorrectionStore.for_slide(tmp_path / "a.svs", root=tmp_path / "c", class_names=NAMES, content=key)
+    a.create_patch(level=0, region=(0, 0, 10, 10))
+    b = CorrectionStore.for_slide(tmp_path / "moved" / "a copy.svs", root=tmp_path / "c", content=key)
+    assert len(b.patches()) == 1 and b.class_names == NAMES
+    with pytest.raises(DataError, match="no correction store"):
+        CorrectionStore.for_slide(tmp_path / "a.svs", root=tmp_path / "c", create=False,
+                                  content=slide_content_key(other, 0.5))
+
+
+def test_list_hide_delete_remap_and_export(tmp_path, slide_file):
+    """What the list of saved corrections does: info per patch, hidden patches neither counted nor
+    trained on, classes renamed/removed/added by name, export as QuPath GeoJSON that reads back."""
+    from napari_dfa.corrections.store import geojson_classes, missing_classes
+
+    store = CorrectionStore.for_slide(slide_file, root=tmp_path, class_names=NAMES)
+    a = store.create_patch(level=0, region=(100, 200, 64, 64))
+    b = store.create_patch(level=1, region=(0, 0, 32, 32), downsample=2.0)
+    store.write(a.key, (0, 0), np.full((64, 64), 3, np.uint8))
+    store.write(b.key, (0, 0), np.full((32, 32), 5, np.uint8))
+    info = store.info(a.key)
+    assert info["pixels"] == {"stroma": 4096} and not info["hidden"] and info["created"]
+    store.set_hidden(b.key)
+    assert store.counts_by_name() == {"stroma": 4096} and store.corrected_pixels() == 4096
+    assert len(store.samples(lambda level, region: np.zeros((*region[2:], 3), np.uint8))) == 1
+    assert store.counts(include_hidden=True) == {3: 4096, 5: 1024}
+
+    # rename "stroma" to "Stroma 2", remove "necrosis", add "fat": labels follow their names
+    store.remap_classes(["inflammatory", "tumour", "Stroma 2", "other", "fat"], renames={"stroma": "Stroma 2"})
+    assert store.read(a.key).max() == 3 and store.read(b.key).max() == 0
+    assert store.class_names[-1] == "fat"
+
+    out = store.export_geojson(tmp_path / "corrections.geojson")
+    doc = json.loads(out.read_text())
+    assert [f["properties"]["classification"]["name"] for f in doc["features"]] == ["Stroma 2"]
+    found = geojson_classes(out)
+    assert list(found) == ["Stroma 2"] and found["Stroma 2"]["features"] == 1
+    assert missing_classes(found, NAMES) == ["Stroma 2"] and missing_classes(found, ["stroma 2"]) == []
+    # read back at level 0: the same 64×64 square at (y=100, x=200)
+    again = CorrectionStore(tmp_path / "again.zarr", class_names=store.class_names)
+    patch = again.import_geojson(out)
+    assert patch.region == (100, 200, 64, 64) and (again.read(patch.key) == 3).all()
+    store.delete(a.key)
+    assert [p.key for p in store.patches()] == [b.key]
+
+
+def test_qupath_classes_the_model_lacks_and_ignore(tmp_path):
+    from napari_dfa.corrections.store import geojson_classes, missing_classes
+
+    def feature(name, x, color=None):
+        cls = {"name": name} if color is None else {"name": name, "color": color}
+        return {"type": "Feature", "id": str(uuid.uuid4()),
+                "geometry": {"type": "Polygon", "coordinates": [[[x, 0], [x + 10, 0], [x + 10, 10], [x, 10], [x, 0]]]},
+                "properties": {"objectType": "annotation", "classification": cls}}
+
+    gj = tmp_path / "qupath.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        feature("Tumor", 0), feature("Fat", 20, -3355444), feature("Ignore*", 40), feature("Tumor: Positive", 60)]}))
+    found = geojson_classes(gj)
+    assert set(found) == {"Tumor", "Fat", "Tumor: Positive"}  # Ignore* is the ignore label, not a class
+    assert found["Fat"]["color"] == (204, 204, 204)
+    assert missing_classes(found, ["tumor", "stroma"]) == ["Fat"]  # the derived class matches its base

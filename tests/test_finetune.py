@@ -104,3 +104,41 @@ def test_holdout_split_is_blockwise_disjoint_and_deterministic():
             held = a_val[by:by + 32, bx:bx + 32] > 0
             corrected = mask[by:by + 32, bx:bx + 32] > 0
             assert not held.any() or np.array_equal(held, corrected)
+
+
+def test_holdout_is_stratified_by_class():
+    """Every class with enough blocks gets some held out (at least 100 px when it can), never all of
+    it; a class inside a single block is not held out at all."""
+    from napari_dfa.training.finetune import MIN_HELD_OUT_PIXELS, split_holdout_stratified
+
+    big = np.zeros((256, 256), np.uint8)
+    big[:, :192] = 2  # 6×8 blocks of class 2
+    big[:, 192:] = 3  # 2×8 blocks of class 3
+    small = np.zeros((64, 64), np.uint8)
+    small[5:15, 5:15] = 4  # one block of class 4 (100 px)
+    (tr_a, va_a), (tr_b, va_b) = split_holdout_stratified([big, small], 5, 0.2, np.random.default_rng(0))
+    for c in (2, 3):
+        held = int((va_a == c).sum())
+        assert MIN_HELD_OUT_PIXELS <= held <= int((big == c).sum()) / 2
+        assert (tr_a == c).any()
+    assert not (va_b > 0).any() and (tr_b == 4).sum() == 100
+    assert not ((tr_a > 0) & (va_a > 0)).any()
+
+
+def test_frozen_encoder_trains_only_after_the_encoder(tiny):
+    rgb, _ = synth.generate_tile(seed=11, size=128)
+    before = tiny.predict(rgb)
+    target = int(np.bincount(before[24:104, 24:104].ravel(), minlength=6)[1:].argmin()) + 1
+    mask = np.zeros((128, 128), np.uint8)
+    mask[24:104, 24:104] = target
+    result = finetune(tiny, [(rgb, mask)], steps=25, batch_size=2, crop=96, seed=1, frozen_encoder=True)
+    new = result.segmenter
+    for (name, a), b in zip(tiny.model.encoder.state_dict().items(), new.model.encoder.state_dict().values()):
+        assert torch.equal(a, b), name  # the encoder did not move
+    assert not torch.equal(tiny.model.decoder.class_tokens.weight, new.model.decoder.class_tokens.weight)
+    assert all(p.requires_grad for p in new.model.encoder.parameters())  # frozen for that run only
+    assert (new.predict(rgb)[mask > 0] == target).mean() > 0.8
+    assert result.frozen_encoder and new.metadata["provenance"]["finetune"]["frozen_encoder"] is True
+    name = tiny.class_names[target - 1]
+    assert result.new_class_scores[name] > result.old_class_scores[name]
+    assert result.correction_confusion.sum() == int((mask > 0).sum())

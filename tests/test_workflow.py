@@ -1,5 +1,6 @@
 """The fine-tune workflow without a viewer: corrections on a real slide file, real training steps,
-the guard, provenance, the region segmented again and written back into a whole-slide store."""
+the guard's verdict, provenance, the region segmented again and written back into a whole-slide
+store, a class list of the user's own. (Which models the guard promotes: tests/test_guard.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from widget_fixtures import small_slide, tiny_model_path  # noqa: F401  (fixtures)
 
 from napari_dfa.corrections import CorrectionStore
+from napari_dfa.corrections.guard import GuardVerdict
 from napari_dfa.corrections.workflow import (
     FinetuneOutcome,
     ReplaySpec,
@@ -39,7 +41,7 @@ def _paint_square(store, level, region, labels):
     return box, target, painted
 
 
-def test_region_result_is_finetuned_guarded_and_segmented_again(small_slide, tiny_model_path, tmp_path):
+def test_region_result_is_finetuned_judged_and_segmented_again(small_slide, tiny_model_path, tmp_path):
     slide = open_slide(small_slide)
     seg = load_model(tiny_model_path)
     fingerprint = seg.fingerprint()
@@ -48,33 +50,74 @@ def test_region_result_is_finetuned_guarded_and_segmented_again(small_slide, tin
     box, target, painted = _paint_square(store, 0, REGION, before)
     steps = []
 
+    # An untrained model: the guard may well refuse what it learns, so keep it anyway (guard off)
+    # to see the mechanics; tests/test_guard.py shows what the guard promotes.
     outcome = finetune_on_corrections(
-        seg, store, slide.read_region, steps=40, guard=True,
+        seg, store, slide.read_region, steps=40, guard=False,
         replay=ReplaySpec(level=0, region=REGION, labels=before, corrected=painted),
         resegment=Resegment(source=slide, level=0, region=REGION),
         parent_source=str(tiny_model_path), slide=str(slide.path),
         progress=lambda step, total, **info: steps.append((step, total, info["loss"])))
 
-    assert isinstance(outcome, FinetuneOutcome)
-    assert outcome.promoted and outcome.kept
-    assert outcome.segmenter is outcome.result.segmenter and outcome.segmenter is not seg
+    assert isinstance(outcome, FinetuneOutcome) and isinstance(outcome.verdict, GuardVerdict)
+    assert outcome.kept and outcome.segmenter is outcome.candidate is outcome.result.segmenter
+    assert outcome.segmenter is not seg
     assert [s for s, _, _ in steps] == list(range(1, 41)) and all(t == 40 for _, t, _ in steps)
     # The model was trained on the painted class: the relabelled square moved towards it.
     assert outcome.relabelled.shape == (256, 256) and outcome.written_back is None
     frac_before = float((before[box] == target).mean())
     frac_after = float((outcome.relabelled[box] == target).mean())
     assert frac_after > frac_before + 0.2, (frac_before, frac_after)
-    # Provenance says where the corrections came from, and from which model.
+    # What the review shows: changed pixels and areas per class, before -> after.
+    changed = outcome.changed()
+    assert changed.shape == (256, 256) and changed[box].mean() > 0.2
+    table = outcome.area_table()
+    assert [name for name, _, _ in table] == seg.class_names
+    assert sum(b for _, b, _ in table) == int((before > 0).sum())
+    assert dict((n, a) for n, _, a in table)[seg.class_names[target - 1]] > dict((n, b) for n, b, _ in table)[seg.class_names[target - 1]]
+    # Provenance says where the corrections came from, from which model, and what the guard said.
     prov = outcome.segmenter.metadata["provenance"]
     assert prov["correction_store"] == str(store.path)
     assert prov["slide"] == str(slide.path)
     assert str(prov["parent"]).endswith("tiny.safetensors")
     assert prov["corrections"]["corrected_pixels"] == int((painted > 0).sum())
     assert prov["corrections"]["replay_samples"] == 1
-    assert prov["finetune"]["promoted"] is True
+    assert prov["finetune"]["frozen_encoder"] is True
+    assert prov["guard"]["status"] == outcome.verdict.status and prov["guard"]["guard_on"] is False
     assert outcome.segmenter.bias_history()[-1][0].startswith("finetune")
-    assert outcome.message.startswith("Fine-tuned (held-out score ")
+    if not outcome.promoted:
+        assert outcome.message.startswith("Using the fine-tuned model although the guard said: ")
     assert seg.fingerprint() == fingerprint  # the input model is untouched
+
+
+def test_a_class_of_their_own(small_slide, tiny_model_path, tmp_path):
+    """A class the model does not know: the store's corrections are matched to the new class list
+    by name, the model gets the class (a new token) and learns it."""
+    slide = open_slide(small_slide)
+    seg = load_model(tiny_model_path)
+    names = [*seg.class_names, "fat"]
+    store = CorrectionStore.for_slide(slide.path, root=tmp_path / "corrections", class_names=names)
+    patch = store.create_patch(level=0, region=REGION)
+    painted = np.zeros(REGION[2:], np.uint8)
+    painted[64:192, 64:192] = 6  # "fat"
+    painted[:32, :] = 2
+    store.write(patch.key, (0, 0), painted)
+    with pytest.raises(DataError, match="class 'fat'"):
+        finetune_on_corrections(seg, store, slide.read_region, steps=1)  # the model's own list lacks it
+
+    outcome = finetune_on_corrections(seg, store, slide.read_region, steps=40, guard=False,
+                                      class_names=names, class_colors=[*seg.class_colors, (250, 230, 150)],
+                                      replay=ReplaySpec(level=0, region=REGION),  # labels and corrections: found here
+                                      resegment=Resegment(source=slide, level=0, region=REGION))
+    new = outcome.candidate
+    assert new.class_names == names and new.class_colors[-1] == (250, 230, 150)
+    assert new.metadata["provenance"]["classes_edit"]["added"] == ["fat"]
+    assert outcome.class_names == names and outcome.result.corrected_per_class["fat"] == 128 * 128
+    assert (outcome.relabelled[64:192, 64:192] == 6).mean() > 0.5
+    # the guard compared on what both models know: "fat" is a new class, its share started at 0
+    assert outcome.verdict.shares["fat"]["before"] == 0.0 and outcome.verdict.shares["fat"]["new_class"]
+    assert outcome.verdict.compared_pixels > 0
+    assert [n for n, _, _ in outcome.area_table()] == names
 
 
 def test_whole_slide_patch_is_written_into_every_level(small_slide, tiny_model_path, tmp_path):
@@ -123,9 +166,10 @@ def test_nothing_to_train_cancel_and_the_guard_message(small_slide, tiny_model_p
     with pytest.raises(Cancelled):
         finetune_on_corrections(seg, store, slide.read_region, steps=2, cancel=lambda: True)
 
-    # A fine-tuned model that scored worse is not kept: the input model stays, nothing is segmented.
+    # A fine-tuned model the guard rejected is not kept: the input model stays, and it says why.
     worse = FinetuneResult(segmenter=object(), promoted=False, old_score=0.61, new_score=float("nan"))
-    outcome = FinetuneOutcome(result=worse, kept=False, segmenter=seg)
-    assert not outcome.promoted and outcome.relabelled is None
+    verdict = GuardVerdict(status="rejected", reason="Kept the old model: it is not better.")
+    outcome = FinetuneOutcome(result=worse, verdict=verdict, kept=False, segmenter=seg)
+    assert not outcome.promoted and outcome.relabelled is None and outcome.changed() is None
     assert outcome.scores == "held-out score 0.610 → n/a"
-    assert outcome.message.startswith("Kept the old model: the fine-tuned one scored worse")
+    assert outcome.message.startswith("Kept the old model: it is not better. Correct more")

@@ -66,10 +66,15 @@ def content_key(tiles: bytes | list[bytes], shape, mpp: float | None) -> str:
 
 def corrections_store_path(slide_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                            content: str | None = None) -> Path:
-    """Where the corrections of one slide live: named by its :func:`content_key` when given (the
-    stem only makes the folder readable), else by its path key."""
+    """Where the corrections of one slide live: named by its :func:`content_key` when given, else
+    by its path key. The slide's stem only makes the folder readable: a store of the same content
+    made under another name is found by its key and reused."""
     key = slide_key(slide_path)
     base = Path(root) if root is not None else cache_dir() / "corrections"
+    if content:
+        existing = sorted(base.glob(f"*-{content}.zarr")) if base.is_dir() else []
+        if existing:
+            return existing[0]
     return base / f"{slide_stem(key)}-{content or digest(key)}.zarr"
 
 

@@ -221,8 +221,10 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
             mask &= ~np.asarray(r.trained, bool)
         mapped = lut[np.clip(old[mask], 0, len(lut) - 1)]
         newv = new[mask].astype(np.int64)
+        # Only pixels whose old class the new model still has can be compared (by name).
+        mapped, newv = mapped[mapped > 0], newv[mapped > 0]
         both = (mapped > 0) & (newv > 0) & known_new[np.clip(newv, 0, k)]
-        n = int(mask.sum())
+        n = int(mapped.size)
         if n < MIN_COMPARED_PIXELS:
             continue
         before += np.bincount(mapped, minlength=k + 1)[:k + 1]

@@ -386,7 +386,10 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     kept = verdict.promoted or (verdict.needs_confirmation and confirm) or not guard
 
     prov = new.metadata.setdefault("provenance", {})
-    prov.setdefault("parent", parent_source)
+    if prov.get("parent") is None:
+        prov["parent"] = parent_source
+    if start is not segmenter:  # the class list changed before training: say so at the top
+        prov["classes_edit"] = (start.metadata.get("provenance") or {}).get("classes_edit")
     prov["correction_store"] = str(store.path)
     prov["slide"] = slide if slide is not None else store.slide_path
     prov["guard"] = {"status": verdict.status, "reason": verdict.reason, "agreement": verdict.agreement,

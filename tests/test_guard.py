@@ -1,0 +1,204 @@
+"""The guard with real fine-tuning of the demo model on a synthetic slide with truth: corrections
+painted from the truth where the model is wrong are promoted and raise Dice where nothing was
+corrected; one class painted over mixed tissue is not; a single corrected pixel is not promoted
+without the user's say. Plus the rules themselves on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_dfa import synth
+from napari_dfa._sample_data import open_truth
+from napari_dfa.corrections import CorrectionStore
+from napari_dfa.corrections.guard import (
+    NEEDS_CONFIRMATION,
+    PROMOTED,
+    REJECTED,
+    HeldOut,
+    RegionComparison,
+    judge,
+    label_map,
+)
+from napari_dfa.corrections.workflow import ReplaySpec, Resegment, finetune_on_corrections
+from napari_dfa.inference import segment
+from napari_dfa.model import load_model
+from napari_dfa.slide import open_slide
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REGION = (0, 0, 1024, 1024)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 1024² synthetic slide (0.5 µm/px), its truth, the demo model and its labels: the demo
+    model calls part of the tumour necrosis and part of 'other' stroma here."""
+    folder = tmp_path_factory.mktemp("guard")
+    path, truth_path = synth.write_slide(folder / "case.tif", size=(1024, 1024), seed=5, mpp=0.5)
+    slide = open_slide(path)
+    truth = np.asarray(open_truth(truth_path)[0])
+    seg = load_model("demo")
+    before = np.asarray(segment(slide, seg, level=0, region=REGION).labels)
+    return slide, truth, seg, before
+
+
+def _mdice(truth, pred, where):
+    """Mean Dice over the classes of the truth, on the pixels ``where``."""
+    out = []
+    for c in range(1, 6):
+        g, p = (truth == c) & where, (pred == c) & where
+        if g.sum():
+            out.append(2 * (g & p).sum() / (g.sum() + p.sum()))
+    return float(np.mean(out))
+
+
+def _run(case, tmp_path, painted, **kwargs):
+    slide, truth, seg, before = case
+    store = CorrectionStore.for_slide(slide.path, root=tmp_path / "corrections", class_names=seg.class_names)
+    patch = store.create_patch(level=0, region=REGION)
+    store.write(patch.key, (0, 0), painted)
+    return finetune_on_corrections(seg, store, slide.read_region, steps=40,
+                                   replay=ReplaySpec(0, REGION, before, painted),
+                                   resegment=Resegment(slide, 0, REGION), **kwargs)
+
+
+def _paint_largest_errors(truth, before, share=0.02):
+    """What a pathologist does: for every class, paint the largest regions the model got wrong
+    with the true class (inside them, a few pixels from their borders), up to ``share`` of the
+    region per class."""
+    painted = np.zeros(truth.shape, np.uint8)
+    wrong = ndi.binary_opening((truth != before) & (truth > 0), iterations=3)
+    lab, n = ndi.label(wrong)
+    areas = ndi.sum(wrong, lab, range(1, n + 1))
+    majority = [np.bincount(truth[lab == i + 1], minlength=6).argmax() for i in range(n)]
+    for c in range(1, 6):
+        used = 0
+        for i in np.argsort(areas)[::-1]:
+            if majority[i] != c:
+                continue
+            comp = ndi.binary_erosion(lab == i + 1, iterations=4)
+            if used + comp.sum() > share * truth.size:
+                continue
+            painted[comp] = truth[comp]
+            used += int(comp.sum())
+    return painted
+
+
+def test_realistic_corrections_are_promoted_and_help_where_nothing_was_corrected(case, tmp_path):
+    slide, truth, seg, before = case
+    painted = _paint_largest_errors(truth, before)
+    assert len(np.unique(painted)) >= 5  # every class has an error worth correcting here
+    outcome = _run(case, tmp_path, painted)
+
+    assert outcome.verdict.status == PROMOTED, outcome.verdict.reason
+    assert outcome.kept and outcome.segmenter is outcome.candidate
+    assert outcome.message.startswith("Fine-tuned (held-out score ")
+    # Better on the pixels nobody corrected: the corrections taught something general.
+    elsewhere = (painted == 0) & (truth > 0)
+    dice_before, dice_after = _mdice(truth, before, elsewhere), _mdice(truth, outcome.relabelled, elsewhere)
+    assert dice_after > dice_before + 0.01, (dice_before, dice_after)
+    # Every corrected class was held out and scored, and the report carries the numbers.
+    report = outcome.report()
+    assert report["promoted"] is True and set(report["held_out_scores"]) == set(seg.class_names)
+    assert report["agreement_outside_corrections"] >= report["agreement_bound"]
+    assert set(report["class_shares"]) == set(seg.class_names)
+
+
+def test_one_class_painted_over_mixed_tissue_is_not_promoted(case, tmp_path):
+    slide, truth, seg, before = case
+    # Three thick strokes of "necrosis" across the region, over stroma, other, tumour ...
+    painted = np.zeros(truth.shape, np.uint8)
+    yy, xx = np.mgrid[:1024, :1024]
+    for k in range(3):
+        painted[(np.abs(yy - 200 - 300 * k - 0.5 * (xx - 100)) < 15) & (xx > 100) & (xx < 900)] = 5
+    assert len(np.unique(truth[painted > 0])) >= 4  # mixed tissue under one class
+    outcome = _run(case, tmp_path, painted)
+
+    # The held-out strokes alone would call it much better ...
+    held = outcome.result
+    assert held.promoted and held.new_class_scores["necrosis"] > held.old_class_scores["necrosis"] + 0.3
+    # ... but outside the strokes it repaints the tissue: kept the old model, and said why.
+    assert outcome.verdict.status == REJECTED
+    assert not outcome.kept and outcome.segmenter is seg
+    assert outcome.message.startswith("Kept the old model: ")
+    assert "would grow" in outcome.message or "would shrink" in outcome.message or "changes" in outcome.message
+    elsewhere = (painted == 0) & (truth > 0)
+    assert _mdice(truth, outcome.relabelled, elsewhere) < _mdice(truth, before, elsewhere)  # it was right to
+
+
+def test_a_single_corrected_pixel_needs_the_users_say(case, tmp_path):
+    slide, truth, seg, before = case
+    painted = np.zeros(truth.shape, np.uint8)
+    painted[500, 500] = truth[500, 500] or 2
+    outcome = _run(case, tmp_path, painted)
+
+    assert outcome.verdict.status == NEEDS_CONFIRMATION, outcome.verdict.reason
+    assert not outcome.promoted and not outcome.kept and outcome.segmenter is seg
+    assert "Too few corrected pixels" in outcome.message and "accept it only if" in outcome.message
+    assert outcome.result.too_few == {seg.class_names[painted[500, 500] - 1]: 0}
+
+    confirmed = _run(case, tmp_path / "again", painted, confirm=True)
+    assert confirmed.verdict.status == NEEDS_CONFIRMATION and confirmed.kept
+    assert confirmed.segmenter is confirmed.candidate
+    assert confirmed.candidate.metadata["provenance"]["guard"]["confirmed"] is True
+
+
+# --- the rules on small arrays -------------------------------------------------------------------
+NAMES = ["a", "b", "c"]
+
+
+def _region(old, new, corrected=None):
+    return RegionComparison("reviewed region", np.asarray(old, np.uint8), np.asarray(new, np.uint8),
+                            corrected=None if corrected is None else np.asarray(corrected, np.uint8))
+
+
+def test_rules_on_arrays():
+    old = np.ones((100, 100), np.uint8)
+    old[:, 50:] = 2
+    corrected = np.zeros_like(old)
+    corrected[:10, :10] = 3  # 100 px of "c" where "a" was
+    conf = np.zeros((4, 4), np.int64)
+    conf[3, 1] = 100
+    scores = HeldOut(old={"c": 0.0}, new={"c": 0.9}, pixels={"c": 150}, confusion=conf)
+
+    # Nothing changes outside: promoted.
+    v = judge(scores, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == PROMOTED and v.agreement == 1.0
+    # "c" takes over half the tissue: far beyond 100 corrected pixels.
+    new = old.copy()
+    new[:, :50] = 3
+    v = judge(scores, [_region(old, new, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == REJECTED and "c would grow" in v.reason and "a would shrink" in v.reason
+    assert "where you corrected nothing, it changes 49 % of the tissue" in v.reason
+    # A held-out class that was not scorable: the user decides.
+    few = HeldOut(old={}, new={}, too_few={"c": 3}, confusion=conf)
+    v = judge(few, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == NEEDS_CONFIRMATION and "c (3 px held back)" in v.reason
+    # Worse on held-out corrections.
+    worse = HeldOut(old={"c": 0.8, "a": 0.9}, new={"c": 0.85, "a": 0.5}, confusion=conf)
+    v = judge(worse, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == REJECTED and "a got worse" in v.reason and "not better" in v.reason
+
+
+def test_changed_class_list_is_judged_on_what_can_be_compared():
+    # Old classes a, b, c; new: "b" renamed "B2", "c" removed, "d" added.
+    new_names = ["a", "B2", "d"]
+    lut = label_map(NAMES, new_names, {"b": "B2"})
+    assert lut.tolist() == [0, 1, 2, 0]
+    old = np.ones((100, 100), np.uint8)
+    old[:, 40:80] = 2
+    old[:, 80:] = 3  # old "c": gone in the new list, not compared
+    corrected = np.zeros_like(old)
+    corrected[:40, :20] = 3  # 800 px of the new class d where a was
+    conf = np.zeros((4, 4), np.int64)
+    conf[3, 1] = 800
+    held = HeldOut(old={"d": 0.0}, new={"d": 0.8}, pixels={"d": 200}, confusion=conf)
+    new = lut[old]
+    new[40:60, :40] = 3  # "d" grows on 800 px of "a" outside the corrections: justified
+    new[:, 80:] = 1  # what was "c" is now "a": not compared
+    v = judge(held, [_region(old, new, corrected)], old_names=NAMES, new_names=new_names, renames={"b": "B2"})
+    assert v.status == PROMOTED, v.reason
+    assert v.shares["d"]["before"] == 0.0 and v.shares["d"]["new_class"]
+    assert v.agreement == 1.0  # pixels now "d" and pixels that were "c" are not in the agreement
