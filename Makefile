@@ -62,3 +62,18 @@ bench-dfa-quick: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+# napari-dfa beside MONAI and TIAToolbox on the same model, slide and region (benchmarks/bench_anchor.py).
+# TIAToolbox pins torch and pulls torchvision (no CPU-only wheels on PyPI), so it gets its own venv
+# (~6.5 GB, created once). Run it on a quiet machine; `BENCH_ANCHOR_ARGS=--check` checks agreement only.
+TIA_VENV ?= .venv-tia
+$(TIA_VENV)/.installed:
+	test -x $(TIA_VENV)/bin/python || python3 -m venv $(TIA_VENV)
+	$(TIA_VENV)/bin/pip install -q --upgrade pip
+	$(TIA_VENV)/bin/pip install -q torch==2.12.1 torchvision==0.27.1 tiatoolbox safetensors psutil
+	touch $@
+
+.PHONY: bench-anchor
+# MONAI comes with `setup` (the test extra includes the bench extra).
+bench-anchor: setup $(TIA_VENV)/.installed
+	BENCH_TIA_VENV=$(TIA_VENV) $(PY) benchmarks/bench_anchor.py $(BENCH_ANCHOR_ARGS)
