@@ -14,7 +14,7 @@ from importlib import import_module
 from . import __version__
 from .errors import DFAError
 
-COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export", "export-model")
+COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export", "export-model", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -280,7 +280,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                             check: Sequence[tuple[int, tuple[int, int, int, int]]] | None = None,
                             resegment: Resegment | None = None, writeback: WriteBack | None = None,
                             class_names: Sequence[str] | None = None, class_colors=None,
-                            renames: dict[str, str] | None = None, frozen_encoder: bool = True,
+                            renames: dict[str, str] | None = None, frozen_encoder: bool = True, crop: int = 256,
                             parent_source: str | None = None, slide: str | None = None, seed: int = 0,
                             progress: Callable | None = None,
                             cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
@@ -305,6 +305,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         the model's (see :func:`~napari_dfa.model.classes_edit.with_classes`); the store's
         corrections are matched to it by class name.
       frozen_encoder: train only the layers after the encoder, on its cached features.
+      crop: training crop side in pixels (around corrections).
       parent_source: the model's source, recorded as the parent when training names none.
       slide: the slide recorded in the provenance (default: the store's slide path).
       seed: seeds the hold-out split, crops and replay blocks.
@@ -367,7 +368,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                         _corrected_over(store, level, region, store_lut), None, tissue))
 
     # finetune() trains a copy, records b_c in its history and writes its provenance.
-    result = finetune(start, samples, steps=steps, replay=replay_samples or None, seed=seed,
+    result = finetune(start, samples, steps=steps, replay=replay_samples or None, seed=seed, crop=crop,
                       frozen_encoder=frozen_encoder, cache=cache, progress=progress, cancel=cancel)
     new = result.segmenter
     new_cache = cache if frozen_encoder else FeatureCache(new.model, multiple=new.input_multiple)
@@ -464,3 +465,40 @@ def regions_around_corrections(store: CorrectionStore, level_shapes: Sequence[tu
         x0 = int(np.clip(cx - w // 2, 0, W - w))
         out.append((p.level, (y0, x0, h, w)))
     return out
+
+
+def check_regions(slide, level: int, avoid: Sequence[tuple[int, int, int, int]], *, n: int = 2,
+                  size: int = 512, seed: int = 0) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """Up to ``n`` regions (level, (y0, x0, size, size)) of tissue at ``level`` of a Slide that
+    overlap none of the ``avoid`` regions (in that level's pixels): independent places where the
+    guard checks that a fine-tuned model did not repaint tissue nobody looked at."""
+    from ..inference.tissue import tissue_from_rgb
+
+    H, W = (int(v) for v in slide.levels[level].shape[:2])
+    size = min(size, H, W)
+    low = max((lv for lv in range(level, len(slide.levels))
+               if max(slide.levels[lv].shape[:2]) >= 256), default=level)
+    f = slide.downsamples[low] / slide.downsamples[level]
+    view = np.asarray(slide.read_region(low, (0, 0, *slide.levels[low].shape[:2])))
+    step = max(1, int(math.ceil(max(view.shape[:2]) / 1024)))
+    mask = tissue_from_rgb(view[::step, ::step])
+    scale = f * step
+    ys, xs = np.nonzero(mask)
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, tuple[int, int, int, int]]] = []
+    for i in rng.permutation(len(ys))[:200]:
+        y0 = int(np.clip(ys[i] * scale - size // 2, 0, H - size))
+        x0 = int(np.clip(xs[i] * scale - size // 2, 0, W - size))
+        box = (y0, x0, size, size)
+        if any(_overlap(box, a) for a in [*avoid, *(r for _, r in out)]):
+            continue
+        sub = mask[int(y0 / scale):int((y0 + size) / scale) + 1, int(x0 / scale):int((x0 + size) / scale) + 1]
+        if sub.size and sub.mean() >= 0.5:
+            out.append((level, box))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
