@@ -304,3 +304,100 @@ def test_bad_inputs_raise_package_errors_naming_the_file(tiny, he_image, tmp_pat
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         segment(he_image, junk, device="cpu")
+
+
+CHILD = r"""
+import json, sys
+import numpy as np
+from napari_dfa.inference import segment
+from napari_dfa.model import load_model
+from napari_dfa.slide import open_slide
+model = load_model(sys.argv[1])
+image = np.asarray(np.random.default_rng(0).integers(60, 200, (300, 400, 3)), dtype=np.uint8)
+segment(image, model, device="cpu")
+before = {name: name in sys.modules for name in ("zarr", "distributed")}
+with open_slide(sys.argv[2]) as slide:  # a dask-backed level: tiles and the tissue mask are computed
+    segment(slide, model, device="cpu", tile=128, overlap=32)
+import torch
+print(json.dumps({"array": before, "distributed": "distributed" in sys.modules,
+                  "cuda_initialised": torch.cuda.is_initialized()}))
+"""
+
+
+def test_a_local_run_never_imports_distributed_nor_touches_cuda(tiny, he_image, tmp_path):
+    """dask consults ``distributed`` for a client on every compute whose scheduler is not handed
+    over as a function (even ``scheduler="sync"``): importing it took ~10 s on a loaded machine at
+    the first read of a process. An in-memory image needs no zarr either, and a CPU run never
+    initialises CUDA (pinned memory, streams and events are CUDA-only)."""
+    import json
+    import subprocess
+    import sys
+
+    model_path = tmp_path / "tiny.safetensors"
+    tiny.save(model_path)
+    path = _write_pyramid(tmp_path / "slide.tif", he_image[:384, :512])
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(model_path), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"array": {"zarr": False, "distributed": False}, "distributed": False, "cuda_initialised": False}
+
+
+def test_autocast_stays_off_on_cpu_and_logits_are_float32(tiny, he_image):
+    """Autocast (bfloat16) is for CUDA only; on CPU the forward pass runs in float32 even inside a
+    caller's autocast region, and the logits are float32 either way."""
+    assert not torch.is_autocast_enabled("cpu")
+    rgb = np.ascontiguousarray(he_image[:128, :160])
+    plain = tiny.predict_logits(rgb)["logits"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = tiny.predict_logits(rgb)["logits"]
+    assert plain.dtype == inside.dtype == torch.float32
+    assert type(tiny._autocast()).__name__ == "nullcontext"
+
+
+def test_half_precision_logits_are_blended_in_float32(tiny, he_image):
+    """What autocast hands back on a GPU (bfloat16 mask logits) goes through the same pipeline:
+    predict_logits returns float32, the labels follow the rounded logits."""
+    img = he_image[:384, :384]
+    full = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
+    forward = tiny.model.forward
+
+    def bf16_forward(x, return_attention=False):
+        out = forward(x, return_attention=return_attention)
+        return {**out, "logits": out["logits"].to(torch.bfloat16)}
+
+    tiny.model.forward = bf16_forward
+    try:
+        half = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
+    finally:
+        del tiny.model.forward
+    assert half.dtype == np.uint8 and set(np.unique(half)) <= set(range(1, 6))
+    assert (half == full).mean() > 0.9  # an untrained model: many near-ties that bfloat16 rounds
+
+
+def test_packed_downloads_are_cut_back_into_tile_boxes():
+    """On CUDA a batch's boxes come back as one packed pinned buffer; cutting it back must give
+    each tile its boxes (checked here with CPU tensors: the packing is device-independent)."""
+    from napari_dfa.inference.segment import _Pending
+
+    rng = np.random.default_rng(0)
+    boxes = [[(0, 8, 0, 32), (24, 32, 0, 32)], [(0, 32, 0, 4)]]
+    arrays = [[rng.random((5, y1 - y0, x1 - x0), dtype=np.float32) for y0, y1, x0, x1 in bs] for bs in boxes]
+    flat = torch.cat([torch.from_numpy(a).reshape(-1) for tile in arrays for a in tile])
+    labels = torch.from_numpy(rng.integers(1, 6, (2, 32, 32), dtype=np.uint8))
+    layout = [(bs, [a.shape for a in tile]) for bs, tile in zip(boxes, arrays)]
+    windows = [(np.ones(32, np.float32), np.ones(32, np.float32))] * 2
+    outs = _Pending(labels=labels, parts=flat, layout=layout, windows=windows, timing=None, runner=None).resolve()
+    for out, bs, tile, lab in zip(outs, boxes, arrays, labels.numpy()):
+        assert [b[:4] for b in out.bands] == bs
+        for band, a in zip(out.bands, tile):
+            np.testing.assert_array_equal(band[4], a)
+        np.testing.assert_array_equal(out.labels, lab)
+
+
+def test_default_lattice_and_result_geometry(tiny, he_image):
+    res = segment(he_image, tiny, tissue_mask=False, device="cpu")  # 768²: one 768² tile
+    assert res.tile_shape == (768, 768) and res.tiles_total == 1 and res.computed_pixels == 768 * 768
+    big = np.tile(he_image, (2, 3, 1))  # 1536 × 2304
+    res = segment(big, tiny, tissue_mask=False, device="cpu")
+    assert res.tile_shape[0] % 32 == 0 and min(res.overlap) >= 32
+    assert res.computed_pixels <= 1.1 * big.shape[0] * big.shape[1]

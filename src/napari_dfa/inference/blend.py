@@ -123,7 +123,7 @@ class CellBlender:
                 if out is not None:
                     if out.labels is not None and self.counts[key] == 1:
                         # Only this tile covers the cell: its argmax is the label, nothing to blend.
-                        self._put(cy, cx, out.labels[sy, sx].copy(), {})
+                        self._put(cy, cx, out.labels[sy, sx], {})
                         continue
                     logits, focus = out.block(sy, sx)
                     w = np.outer(out.window[0][sy], out.window[1][sx])
@@ -162,12 +162,12 @@ class CellBlender:
         self._put(cy, cx, labels, extras)
 
     def _put(self, cy: int, cx: int, labels: np.ndarray, extras: dict) -> None:
-        """Hand a final cell to the sink, glass set to 0."""
+        """Hand a final cell to the sink (which copies it), glass set to 0."""
         y0, x0 = int(self.grid.ys.bounds[cy]), int(self.grid.xs.bounds[cx])
         if self.glass is not None:
             glass = self.glass(y0, x0, *labels.shape)
             if glass is not None:
-                labels[glass] = 0
+                labels = np.where(glass, np.uint8(0), labels)  # a new array: ``labels`` may be a tile's view
         self.sink.put(y0, x0, labels, extras)
         self.band_left[cy] -= 1
 

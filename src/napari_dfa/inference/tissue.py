@@ -36,9 +36,11 @@ GLASS_MIN_AREA = 256 * 256
 def tissue_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """Boolean tissue mask (Y×X) of an RGB uint8 image (Y×X×3)."""
     rgb = np.asarray(rgb)
-    hi = rgb.max(axis=-1).astype(np.int16)
-    lo = rgb.min(axis=-1).astype(np.int16)
-    return ((hi - lo) >= MIN_CHROMA) | (hi < MAX_BRIGHTNESS)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # Element-wise over the three planes: a reduction along a last axis of 3 is ~10x slower.
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    return ((hi - lo) >= MIN_CHROMA) | (hi < MAX_BRIGHTNESS)  # hi >= lo: no uint8 wrap-around
 
 
 class TissueMask:
@@ -63,12 +65,14 @@ class TissueMask:
         if self._glass is None:
             sy, sx = self.scale
             self._glass = glass_from_tissue(self.mask, min_area=GLASS_MIN_AREA / (sy * sx))
-            self._glass_sat = _summed_area(self._glass)
+            self._glass_sat = _summed_area(self._glass) if self._glass.any() else None
         return self._glass
 
     def glass_box(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
         """Glass pixels of a box (region pixels) as an h×w boolean array, or None if it has none."""
         glass = self.glass
+        if self._glass_sat is None:  # no glass at all
+            return None
         sy, sx = self.scale
         oy, ox = self.offset
         my, mx = glass.shape
@@ -117,7 +121,12 @@ def glass_from_tissue(tissue: np.ndarray, *, min_area: float, close: int = 2) ->
 
 
 def _summed_area(mask: np.ndarray) -> np.ndarray:
-    return np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    # int32 holds the count of any mask up to 2**31 pixels (the mask is at most ~MASK_SIZE²).
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dtype)
+    np.cumsum(mask, axis=0, dtype=dtype, out=sat[1:, 1:])
+    np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
+    return sat
 
 
 def tissue_mask_for(source, region: tuple[int, int, int, int], box: tuple[int, int, int, int] | None = None

@@ -1,0 +1,131 @@
+"""Same pixel, same label: the tile lattice belongs to the level, and the fitted lattice's numbers.
+
+The DFA decoder's class tokens attend over the whole forward pass, so a pixel's label depends on
+the tile it is computed in. ``segment`` therefore places tiles on a lattice fixed by the level
+(not by the region asked for): any region gets the same tiles over a pixel, hence the same label.
+What the model does when the tiles really move (the image cropped by half a tile) is measured too,
+with a bound, so that a change that makes the model more tile-dependent shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_dfa import synth
+from napari_dfa.inference import segment
+from napari_dfa.inference.tiling import MIN_OVERLAP, OVERLAP_BUDGET, TileGrid, fit_axis
+from napari_dfa.model import load_model
+from napari_dfa.slide import open_slide
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.fixture(scope="module")
+def slide_rgb(tmp_path_factory):
+    """Level 0 of a 2048² synthetic SVS-style slide (tissue and glass), read back from the file."""
+    path, _ = synth.write_slide(tmp_path_factory.mktemp("slide") / "consistency.svs", size=(2048, 2048), seed=3)
+    with open_slide(path) as slide:
+        return np.asarray(slide.levels[0])
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels with the same label, over the pixels either calls tissue (glass that both
+    call glass is no evidence)."""
+    either = (a > 0) | (b > 0)
+    return float((a == b)[either].mean())
+
+
+def test_views_offset_by_half_a_tile_get_the_same_labels(demo, slide_rgb):
+    whole = segment(slide_rgb, demo, device="cpu")  # defaults: the fitted lattice of the level
+    assert whole.tile_shape == (1056, 1056) and whole.overlap == (64, 64) and whole.tiles_total == 4
+    h = whole.tile_shape[0] // 2
+    a = segment(slide_rgb, demo, region=(64, 64, 1344, 1344), device="cpu").labels
+    b = segment(slide_rgb, demo, region=(64 + h, 64 + h, 1344, 1344), device="cpu").labels
+    # Measured 1.0000 for both (the issue asked >= 0.98); float noise of another batch composition
+    # may flip a near-tie, hence not exactly 1.
+    assert agreement(a[h:, h:], b[:-h, :-h]) >= 0.999
+    assert agreement(a, whole.labels[64:1408, 64:1408]) >= 0.999
+
+
+def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(demo, slide_rgb):
+    """The model's own dependence on tile context: the image cropped by half a tile, so that the
+    lattice moves. Measured on this slide: 0.959 with the default's 1056² tiles (overlap 64),
+    0.802 with the former default 512/64 (0.863 and 0.804 on the sample slide; 256/64: 0.68-0.71).
+    Larger tiles give the class tokens more context: more consistent, and more accurate."""
+
+    def tilings(tile: int, overlap: int) -> float:
+        h = tile // 2
+        a = segment(slide_rgb[:-h, :-h], demo, tile=tile, overlap=overlap, device="cpu").labels
+        b = segment(slide_rgb[h:, h:], demo, tile=tile, overlap=overlap, device="cpu").labels
+        return agreement(a[h:, h:], b[:-h, :-h])
+
+    default = tilings(1056, 64)
+    former = tilings(512, 64)
+    assert default >= 0.93, default
+    assert default >= former + 0.1, (default, former)
+
+
+@pytest.mark.parametrize("length", [33, 700, 1024, 1025, 1100, 1500, 1536, 2048, 2500, 3000, 4096, 5000, 8192,
+                                    10000, 33333, 100_000])
+def test_fitted_lattice_covers_the_level_with_little_overlap(length):
+    tile, starts = fit_axis(length)
+    assert tile % 32 == 0 and starts[0] == 0 and np.all(np.diff(starts) > 0)
+    if len(starts) == 1:
+        assert tile >= length and tile - length < 32  # one tile, padded to the input multiple
+        return
+    assert starts[-1] + tile == length  # the last tile ends on the level's border
+    assert np.all(starts[:-1] + tile - starts[1:] >= MIN_OVERLAP)  # neighbours share enough to blend
+    # Computed pixels (by area) within the budget: 512/64 computed 25 tiles' worth for 16 on 2048².
+    assert (len(starts) * tile / length) ** 2 <= 1 + OVERLAP_BUDGET + 1e-9
+    assert 0.5 * 1024 <= tile <= 1.5 * 1024
+
+
+def test_a_region_gets_the_lattice_tiles_that_touch_it():
+    level = TileGrid(height=4096, width=4096)
+    region = TileGrid(height=700, width=300, origin=(1000, 2500), extent=(4096, 4096))
+    assert region.tile_shape == level.tile_shape == (1056, 1056)
+    lat = level.ys.starts
+    ys = [int(s) for s in lat if s < 1000 + 700 and s + 1056 > 1000]
+    xs = [int(s) for s in lat if s < 2500 + 300 and s + 1056 > 2500]
+    assert [int(s) + 1000 for s in region.ys.starts] == ys
+    assert [int(s) + 2500 for s in region.xs.starts] == xs
+    # Reads stay inside the level; cells only cover the region.
+    y, x, h, w = region.box()
+    assert 1000 + y >= 0 and 2500 + x >= 0 and 1000 + y + h <= 4096 and 2500 + x + w <= 4096
+    assert region.ys.bounds[0] == 0 and region.ys.bounds[-1] == 700
+    # The same windows as the whole level's tiles (weights depend on the lattice, not the region).
+    i = int(np.searchsorted(lat, ys[0]))
+    np.testing.assert_array_equal(region.ys.window(0), level.ys.window(i))
+
+
+def test_shared_bands_hold_exactly_the_cells_more_than_one_tile_covers():
+    grid = TileGrid(height=900, width=1300, tile=256, overlap=64, origin=(40, 70), extent=(1200, 1500))
+    counts = grid.cell_counts()
+    for i in range(grid.rows):
+        for j in range(grid.cols):
+            y, x = int(grid.ys.starts[i]), int(grid.xs.starts[j])
+            covered = np.zeros((256, 256), dtype=np.int8)  # 1: a cell only this tile covers, 2: shared
+            for cy in grid.ys.cells_of(i):
+                for cx in grid.xs.cells_of(j):
+                    sy = slice(int(grid.ys.bounds[cy]) - y, int(grid.ys.bounds[cy + 1]) - y)
+                    sx = slice(int(grid.xs.bounds[cx]) - x, int(grid.xs.bounds[cx + 1]) - x)
+                    covered[sy, sx] = 1 if counts[cy, cx] == 1 else 2
+            in_bands = np.zeros_like(covered, dtype=bool)
+            for y0, y1, x0, x1 in grid.shared_bands(i, j):
+                assert not in_bands[y0:y1, x0:x1].any()  # boxes do not overlap
+                in_bands[y0:y1, x0:x1] = True
+            np.testing.assert_array_equal(in_bands, covered == 2)
+
+
+def test_explicit_tiles_keep_their_size_and_overlap():
+    grid = TileGrid(height=768, width=768, tile=256, overlap=64)
+    assert grid.tile_shape == (256, 256) and grid.overlaps == (64, 64)
+    assert list(grid.ys.starts) == [0, 192, 384, 512]  # the last pulled back to the border
+    assert grid.computed_pixels == 16 * 256 * 256
+    assert math.isclose(grid.computed_pixels / 768**2, 16 / 9)
