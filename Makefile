@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Keep BLAS/torch from oversubscribing 2 cores when pytest and Qt share them.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: test demo demo-headless bench bench-dfa-gpu bench-dfa-quick setup system-deps clean
+.PHONY: test demo demo-headless bench bench-gpu bench-dfa-gpu bench-dfa-quick setup system-deps clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,14 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# Inference on one GPU (benchmarks/bench_gpu.py, < 5 min): model alone vs pipeline, peak GPU memory,
+# JPEG decoding on the host's cores, fine-tune steps/s; Markdown table + JSON in BENCH_GPU_DIR ($OUT
+# when set). Needs no venv: `make bench-gpu PY=python3` runs it with any Python that has torch. All
+# cores (the 2-thread cap above is for the shared CPU of the test machine).
+BENCH_GPU_DIR ?= $(or $(OUT),runs/bench-gpu)
+bench-gpu:
+	OMP_NUM_THREADS=$$(nproc) PYTHONPATH=src $(PY) benchmarks/bench_gpu.py --out $(BENCH_GPU_DIR)
 
 # Does the learned class bias help? 10 paired seeds x none/dfa/dfa-out/difficulty/logit_adjust,
 # sized for one GPU (~10 min on an H200; training/gpu_bench.toml says how). Stops at once without CUDA.

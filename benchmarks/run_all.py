@@ -2,6 +2,7 @@
 
 Each `bench_*.py` prints its own table (Markdown) and says which machine it ran on; results go into
 BENCHMARKS.md by hand, with the command, so the numbers there are always traceable to a run.
+``bench_gpu.py`` needs a CUDA GPU and has its own target (`make bench-gpu`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 here = Path(__file__).parent
 failed = []
-for script in sorted(here.glob("bench_*.py")):
+GPU_ONLY = {"bench_gpu.py"}
+for script in sorted(p for p in here.glob("bench_*.py") if p.name not in GPU_ONLY):
     print(f"\n===== {script.name} =====", flush=True)
     if subprocess.call([sys.executable, str(script)]) != 0:
         failed.append(script.name)
