@@ -115,10 +115,10 @@ class Source:
         if self.slide is not None:
             rels = {k: float(self.slide.downsamples[k]) / self.downsample
                     for k in range(self.level, len(self.slide.levels))}
-            # The finest level that is coarse enough, else the coarsest there is (then strided):
-            # a coarser mask is cheap, reading a fine level whole is not.
-            coarse = [k for k in rels if rels[k] >= factor / 2]
-            k = min(coarse, key=lambda k: rels[k]) if coarse else max(rels, key=lambda k: rels[k])
+            # The stored level nearest the factor (in ratio; a tie goes to the coarser one), then
+            # strided: never the working level subsampled when a level at the factor exists (a
+            # fine level is read whole for the mask, every JPEG tile of it decoded).
+            k = min(rels, key=lambda k: (abs(math.log(rels[k] / factor)), -rels[k]))
             array, base = self.slide.levels[k], rels[k]
         step = max(1, int(math.floor(factor / base)))
         if step == 1:

@@ -26,8 +26,12 @@ logger = logging.getLogger(__name__)
 
 MIN_CHROMA = 18
 MAX_BRIGHTNESS = 200
-# The low-resolution view is at most about this many pixels on its longer side.
+# The low-resolution view is at most about this many pixels on its longer side...
 MASK_SIZE = 2048
+# ...and at least this many working pixels per mask pixel: a view's mask at full resolution cost
+# ~4x the time (glass components, summed-area tables) for borders no one sees, and at the same
+# factor a view and the whole level (up to 4096² here) share the mask's pixel grid.
+MIN_MASK_FACTOR = 2
 # Background patches at least this large (working-level pixels, 256²) are glass; smaller ones are
 # holes in the tissue (lumens, fat) and keep the class the model gives them.
 GLASS_MIN_AREA = 256 * 256
@@ -139,7 +143,7 @@ def tissue_mask_for(source, region: tuple[int, int, int, int], box: tuple[int, i
     levels of a slide when there are any, else the working level is subsampled with a stride.
     """
     y0, x0, h, w = box if box is not None else region
-    low, factor = source.low_resolution(max(h, w) / MASK_SIZE)
+    low, factor = source.low_resolution(max(MIN_MASK_FACTOR, max(h, w) / MASK_SIZE))
     # The box in the low-resolution view's pixels (factor = working pixels per low pixel).
     ly0, lx0 = int(y0 // factor), int(x0 // factor)
     ly1 = max(ly0 + 1, int(math.ceil((y0 + h) / factor)))
