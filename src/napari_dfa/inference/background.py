@@ -44,5 +44,8 @@ def warm_up() -> None:
     import dask.array as da
     import torch  # noqa: F401  (napari_dfa.inference itself is imported with this module)
 
+    from .reader import compute_local
+
     leave_a_core_for_the_ui()
-    da.from_array(np.zeros((8, 8)), chunks=4).sum().compute()
+    # As segment computes (a local scheduler function): a plain .compute() would import distributed.
+    compute_local(da.from_array(np.zeros((8, 8)), chunks=4).sum(), threads=True)
