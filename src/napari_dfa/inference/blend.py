@@ -197,7 +197,7 @@ class ZarrSink:
     """Buffers full-width rows from ``start`` on and writes whole chunk rows in a writer thread.
 
     Arguments:
-      store: the :class:`napari_dfa._zarr_out.LabelsStore` being written.
+      store: the :class:`napari_dfa.labels.store.LabelsStore` being written.
       start: first row to keep (rows above it are already in the store; cells over them are dropped).
       extras: optional output names → channels (0 for a 2-D map).
       max_pending: writes queued before the producer waits (bounds memory).
