@@ -1,6 +1,7 @@
 """Fine-tune widget with a real viewer (Xvfb): paint corrections, they are on disk at once (also
-after SIGKILL), fine-tune, the region's labels move towards the correction; QuPath import, save,
-roll back, bad states."""
+after SIGKILL), fine-tune, review what changed and accept, the region's labels move towards the
+correction; roll back (Segment follows), a class of the user's own end to end, saved corrections
+listed / hidden / deleted / exported, QuPath import with missing classes, save, bad states."""
 
 from __future__ import annotations
 
@@ -76,32 +77,51 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     ys, xs = np.mgrid[box]
     layer.data_setitem((ys.ravel(), xs.ravel()), target)
     assert (layer.data[box] == target).all()
-    # On disk already, before any button is pressed.
-    store = CorrectionStore.for_slide(image.metadata["path"], root=ft_w.store_root)
+    # On disk already, before any button is pressed (in the store of the slide's content).
+    from napari_dfa.corrections import slide_content_key
+    from napari_dfa.slide import open_slide
+
+    slide = open_slide(image.metadata["path"])
+    store = CorrectionStore.for_slide(image.metadata["path"], root=ft_w.store_root,
+                                      content=slide_content_key(slide.levels[0], slide.mpp))
     n_painted = int((layer.data == target).sum())
     assert store.counts() == {target: n_painted}
     qtbot.waitUntil(lambda: f"{n_painted} px" in ft_w.saved_label.text(), timeout=600_000)
 
     old_model = ft_w.session.segmenter
     ft_w.steps.setValue(40)
+    # An untrained model: whatever the guard says of what it learns, let the user decide.
+    ft_w.guard.setChecked(False)
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
-    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
-    assert ft_w.last_finetune.promoted
-    assert ft_w.session.segmenter is not old_model
+    assert ft_w.pending is not None and ft_w.accept_button.isEnabled(), ft_w.status.text()
     assert len(ft_w._losses) == 40  # the live loss curve got every step
+    # Review before accept: nothing changed yet; a layer of the changed pixels and the areas show.
+    assert ft_w.session.segmenter is old_model
+    np.testing.assert_array_equal(viewer.layers[res.labels_layer].data, before)
+    review = viewer.layers["DFA changes (review)"]
+    np.testing.assert_allclose(review.translate, labels.translate)
+    assert review.data.shape == before.shape and review.data[box].mean() > 0.2
+    assert ft_w.area_table.rowCount() == 5
+    assert [ft_w.area_table.item(i, 0).text() for i in range(5)] == list(old_model.class_names)
+    assert ft_w.review_label.text() == ft_w.pending.verdict.reason
+    ft_w.accept_button.click()
+    assert "Accepted" in ft_w.status.text(), ft_w.status.text()
+    assert "DFA changes (review)" not in viewer.layers and not ft_w.accept_button.isEnabled()
+    assert ft_w.session.segmenter is not old_model
     after = viewer.layers[res.labels_layer].data
     frac_before = float((before[box] == target).mean())
     frac_after = float((after[box] == target).mean())
     assert frac_after > frac_before + 0.2, (frac_before, frac_after)
-    # ... and elsewhere the current labels were replayed, so the model did not forget them: without
-    # replay this untrained model calls 99.7 % of the rest the painted class too, with it about
-    # 30-50 % of the (noisy, untrained) labels there stay as they were (0.30 with the memory-fused
-    # mask features of checkpoint format 2).
+    # ... and elsewhere the current labels were replayed, so the model did not forget all of them:
+    # without replay this untrained model calls 99.7 % of the rest the painted class too. Its labels
+    # are noise, which a frozen random encoder's features can hardly reproduce, so only some stay
+    # (0.14 with the frozen encoder); the guard (off here) would not offer this model at all
+    # (tests/test_guard.py: trained models keep > 90 % where nothing was corrected).
     outside = np.ones(before.shape, bool)
     outside[box] = False
     outside[layer.data > 0] = False
-    assert float((after[outside] == before[outside]).mean()) > 0.2
+    assert float((after[outside] == before[outside]).mean()) > 0.08
     # The attention widget follows the new model: b_c history now includes the fine-tuning run.
     assert any(tag.startswith("finetune") for tag, _ in ft_w.session.segmenter.bias_history())
     np.testing.assert_allclose(att_w.current_bias(), ft_w.session.segmenter.class_bias())
@@ -119,15 +139,169 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     assert ft_w.session.segmenter is new_model
 
 
+def test_roll_back_then_segment_works(segmented, qtbot):
+    """After a roll back the Segment widget uses the version in memory (a fine-tuned version has
+    no file: it used to fail with 'model file not found')."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(40, 120).repeat(80), np.tile(np.arange(40, 120), 80)), 3)
+    original = ft_w.session.segmenter
+    ft_w.steps.setValue(3)
+    ft_w.guard.setChecked(False)
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w)
+    assert ft_w.accept()
+    tuned = ft_w.session.segmenter
+    assert seg_w.model_combo.currentData() == ft_w.session.model_source  # Segment follows the model in use
+    seg_w.segment()
+    wait_worker(qtbot, seg_w)
+    assert seg_w.status.text().startswith("Done"), seg_w.status.text()
+    assert ft_w.session.segmenter is tuned
+    for _ in range(3):  # back and forth: Segment works with every version, none is loaded from a file
+        ft_w.version_combo.setCurrentIndex(0)
+        ft_w.rollback_button.click()
+        assert ft_w.session.segmenter is original
+        assert seg_w.model_combo.currentData() == ft_w.session.model_source
+        seg_w.segment()
+        wait_worker(qtbot, seg_w)
+        assert seg_w.status.text().startswith("Done"), seg_w.status.text()
+        assert ft_w.session.segmenter is original
+        idx = seg_w.model_combo.findData(ft_w.session.versions[1]["source"])
+        assert idx >= 0  # the fine-tuned version is listed in the Segment widget too
+        seg_w.model_combo.setCurrentIndex(idx)
+        seg_w.segment()
+        wait_worker(qtbot, seg_w)
+        assert seg_w.status.text().startswith("Done"), seg_w.status.text()
+        assert ft_w.session.segmenter is tuned
+
+
+def test_a_class_of_their_own_end_to_end(segmented, qtbot):
+    """Add a class, paint it, fine-tune, accept: the labels layer shows the new class by name."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+    res = ft_w.session.result
+    assert ft_w.add_class("fat", (250, 230, 150))
+    assert ft_w.class_names()[-1] == "fat" and ft_w.classes_changed()
+    assert "next fine-tuning" in ft_w.classes_note.text()
+    layer = ft_w.start_corrections()
+    ft_w.set_class("fat")
+    assert layer.selected_label == 6
+    assert list(layer.features["class"])[-1] == "fat"
+    h, w = layer.data.shape
+    ys, xs = np.mgrid[h // 4:3 * h // 4, w // 4:3 * w // 4]
+    layer.data_setitem((ys.ravel(), xs.ravel()), 6)
+    ft_w.steps.setValue(40)
+    ft_w.guard.setChecked(False)
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w)
+    assert ft_w.pending is not None, ft_w.status.text()
+    assert [ft_w.area_table.item(i, 0).text() for i in range(ft_w.area_table.rowCount())][-1] == "fat"
+    assert ft_w.accept()
+    seg = ft_w.session.segmenter
+    assert seg.class_names[-1] == "fat" and tuple(seg.class_colors[-1]) == (250, 230, 150)
+    labels = viewer.layers[res.labels_layer]
+    assert list(labels.features["class"])[-1] == "fat"
+    assert (labels.data[h // 4:3 * h // 4, w // 4:3 * w // 4] == 6).mean() > 0.5
+    k = 6
+    yy, xx = np.argwhere(labels.data == k)[0]
+    world = np.asarray(labels.translate) + np.array([yy, xx]) * labels.scale
+    assert "fat" in str(labels.get_status(world, world=True))
+    assert "fat" in seg_w.legend.text()  # the Segment widget's legend names it too
+    assert not ft_w.classes_changed()
+
+
+def test_rename_recolour_remove_classes(segmented, qtbot, tmp_path):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(0, 20).repeat(20), np.tile(np.arange(0, 20), 20)), 3)  # stroma
+    layer.data_setitem((np.arange(30, 40).repeat(10), np.tile(np.arange(30, 40), 10)), 5)  # necrosis
+    assert ft_w.rename_class("stroma", "Stroma (collagen)")
+    assert ft_w.recolor_class("tumour", (10, 20, 30))
+    assert ft_w.remove_class("inflammatory")
+    assert ft_w.class_names() == ["tumour", "Stroma (collagen)", "other", "necrosis"]
+    # the corrections follow by name: stroma was 3 and is now 2, necrosis 5 -> 4
+    store = ft_w.store()
+    assert store.counts() == {2: 400, 4: 100}
+    assert (layer.data == 2).sum() == 400 and list(layer.features["class"])[1:] == ft_w.class_names()
+    assert ft_w._renames == {"stroma": "Stroma (collagen)"}
+    assert not ft_w.add_class("tumour") and "already" in ft_w.status.text()
+
+
+def test_saved_corrections_are_listed_hidden_deleted_and_exported(make_napari_viewer, qtbot, small_slide,
+                                                                    tiny_model_path, tmp_path):
+    """Corrections saved in an earlier session are shown (and announced) as soon as the slide is
+    open: nothing is reused unseen. Untick = hidden and not trained on; Delete; Export GeoJSON."""
+    from napari_dfa._widgets._session import session_for
+    from napari_dfa._widgets.finetune import FinetuneWidget
+    from napari_dfa.corrections import slide_content_key
+    from napari_dfa.slide import open_slide
+
+    root = tmp_path / "corrections"
+    slide = open_slide(small_slide)
+    key = slide_content_key(slide.levels[0], slide.mpp)
+    # "another session", and another path to the same pixels
+    earlier = CorrectionStore.for_slide(tmp_path / "elsewhere" / "renamed.ome.tif", root=root, content=key,
+                                        class_names=load_model(tiny_model_path).class_names)
+    a = earlier.create_patch(level=0, region=(1000, 1000, 100, 100))
+    earlier.write(a.key, (0, 0), np.full((100, 100), 2, np.uint8))
+    b = earlier.create_patch(level=1, region=(10, 10, 50, 50), downsample=2.0)
+    earlier.write(b.key, (0, 0), np.full((50, 50), 4, np.uint8))
+
+    viewer = make_napari_viewer(show=True)
+    session_for(viewer).set_model(load_model(tiny_model_path), str(tiny_model_path))
+    ft_w = FinetuneWidget(viewer, store_root=root)
+    assert ft_w.saved_list.topLevelItemCount() == 0
+    open_slide_layer(viewer, small_slide)
+    assert ft_w.saved_list.topLevelItemCount() == 2
+    assert "2 saved correction patch(es) from before" in ft_w.status.text()
+    assert "12500 px in use" in ft_w.saved_label.text()
+    rows = [ft_w.saved_list.topLevelItem(i).text(1) for i in range(2)]
+    assert rows == ["tumour 10000", "other 2500"]
+    ft_w.set_saved_used(b.key, False)
+    store = ft_w.store()
+    assert store.hidden(b.key) and store.corrected_pixels() == 10000
+    assert "hidden" in ft_w.saved_label.text()
+    out = ft_w.export_saved(tmp_path / "mine.geojson")
+    doc = json.loads(out.read_text())
+    assert [f["properties"]["classification"]["name"] for f in doc["features"]] == ["tumour"]
+    (shown,) = ft_w.load_saved()  # the hidden one is not shown
+    assert shown.metadata["napari_dfa"]["patch"] == a.key
+    assert ft_w.delete_saved([a.key]) == 1
+    assert [p.key for p in store.patches()] == [b.key] and shown not in viewer.layers
+    assert ft_w.saved_list.topLevelItemCount() == 1
+
+
+def test_qupath_classes_the_model_lacks_can_be_added(segmented, qtbot, tmp_path):
+    viewer, image, seg_w, att_w, ft_w = segmented
+
+    def feature(name, x0, color):
+        ring = [[x0, 1050], [x0 + 60, 1050], [x0 + 60, 1110], [x0, 1110], [x0, 1050]]
+        return {"type": "Feature", "id": f"0b3c0a5e-4c43-4d47-9d55-8c5b1e0f6a{x0 % 100:02d}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": name, "color": color}}}
+
+    gj = tmp_path / "qupath.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        feature("Stroma", 1050, [255, 170, 200]), feature("Fat", 1150, [250, 230, 150]),
+        feature("Ignore*", 1160, [0, 0, 0])]}))
+    layer = ft_w.import_geojson(gj, add_missing=False)
+    assert "Skipped the classes the model lacks: Fat" in ft_w.status.text()
+    assert set(np.unique(layer.data)) == {0, 3}
+    layer = ft_w.import_geojson(gj, add_missing=True)
+    assert ft_w.class_names()[-1] == "Fat" and ft_w.class_colors()[-1] == (250, 230, 150)
+    assert "Added the classes Fat" in ft_w.status.text()
+    # Fat painted, the Ignore* square cleared what was under it
+    assert (layer.data == 6).sum() == 60 * 60 - 50 * 60 and (layer.data == 3).sum() == 60 * 60
+
+
 def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     viewer, image, seg_w, att_w, ft_w = segmented
     layer = ft_w.start_corrections()
     layer.data_setitem((np.arange(40, 90).repeat(50), np.tile(np.arange(40, 90), 50)), 2)
     ft_w.steps.setValue(3)
-    ft_w.guard.setChecked(False)  # keep it whatever the held-out score says
+    ft_w.guard.setChecked(False)  # keep it whatever the guard says
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
-    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
+    assert ft_w.accept(), ft_w.status.text()
     out = ft_w.save_model(tmp_path / "tuned.safetensors")
     assert out is not None and out.exists()
     again = load_model(out)
@@ -136,6 +310,7 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     assert prov["corrections"]["corrected_pixels"] == 2500
     assert str(prov["parent"]).endswith("tiny.safetensors")
     assert again.metadata["bias_history"][-1]["phase"] == "finetune"
+    assert prov["guard"]["kept"] is True and prov["guard"]["guard_on"] is False
 
 
 def test_bad_states_give_messages(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):
@@ -154,6 +329,16 @@ def test_bad_states_give_messages(make_napari_viewer, qtbot, small_slide, tiny_m
     assert "Nothing segmented yet" in ft_w.status.text()
     assert ft_w.finetune() is None
     assert "No corrections yet" in ft_w.status.text()
+    # ... and the red message goes once the problem is gone
+    from napari_dfa._widgets._session import RegionResult
+
+    session_for(viewer).set_result(RegionResult(image_layer=viewer.layers[0].name, level=0, region=(0, 0, 64, 64),
+                                                downsample=1.0, scale=(1.0, 1.0), translate=(0.0, 0.0),
+                                                labels_layer="none"))
+    layer = ft_w.start_corrections()
+    assert ft_w.finetune() is None and "No corrections yet" in ft_w.status.text()
+    layer.data_setitem((np.array([1, 2]), np.array([1, 2])), 2)
+    assert "No corrections yet" not in ft_w.status.text() and not ft_w.status.styleSheet()
     gj = tmp_path / "bad.geojson"
     gj.write_text("{nope")
     assert ft_w.import_geojson(gj) is None
@@ -259,7 +444,8 @@ def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, q
     ft_w.guard.setChecked(False)
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
-    assert "Fine-tuned" in ft_w.status.text(), ft_w.status.text()
+    np.testing.assert_array_equal(np.asarray(level0[y0:y0 + h, x0:x0 + w]), before)  # not before Accept
+    assert ft_w.accept(), ft_w.status.text()
     after = np.asarray(level0[y0:y0 + h, x0:x0 + w])  # read back from the zarr store on disk
     box = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
     assert (after[box] == target).mean() > (before[box] == target).mean() + 0.2

@@ -1,6 +1,10 @@
 """What every napari-dfa dock widget does the same way: find the viewer's session, run one job at a
 time in a thread worker, carry its progress to the UI thread, cancel it, and say what happened in a
-status line (errors in red, and as a notification).
+status line (errors in red, and as a notification) that clears itself once the problem is gone.
+
+Layout: the status line sits at the top, always in view; everything else goes into ``self.body``
+inside a scroll area, so the three widgets docked together fit a 1280 × 800 screen (each one is as
+small as its status line and a scroll bar needs) and no message is pushed below a plot.
 
 Nothing here computes anything about tissue: that is :mod:`napari_dfa.inference` and
 :mod:`napari_dfa.corrections.workflow`.
@@ -13,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from qtpy.QtCore import QObject
+from qtpy.QtCore import QObject, Qt
 from qtpy.QtCore import Signal as QtSignal
-from qtpy.QtWidgets import QLabel, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import Cancelled, DFAError
 from ._session import session_for
@@ -140,6 +144,27 @@ class DFAWidget(QWidget):
         self._eta = Eta()
         self.status = QLabel(self.hint)
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setContentsMargins(4, 2, 4, 2)
+        # Subclasses lay out their controls in `body`; the scroll area lets the dock shrink.
+        self.body = QWidget()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.body)
+        self.scroll.setMinimumHeight(60)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        outer.addWidget(self.status)
+        outer.addWidget(self.scroll, 1)
+        # A red message stays only while its problem does: re-checked when layers or the model change.
+        self._problem = None
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._recheck)
+        self.session.model_changed.connect(self._recheck)
+        self.session.result_changed.connect(self._recheck)
 
     # --- jobs ------------------------------------------------------------------------------------
     def run_job(self, work, on_done):
@@ -183,10 +208,33 @@ class DFAWidget(QWidget):
         self._set_busy(False)
 
     # --- status line -----------------------------------------------------------------------------
-    def _say(self, text: str, *, error: bool = False) -> None:
+    def _say(self, text: str, *, error: bool = False, until=None) -> None:
         """Show ``text`` in the status line; an error is red and also a notification. Any message
-        replaces the one before, so an old error goes as soon as the next action succeeds."""
+        replaces the one before, so an old error goes as soon as the next action succeeds.
+
+        ``until``: for an error, a function that raises :class:`DFAError` (or returns False) while
+        the problem lasts; the error is cleared as soon as it stops doing so (checked whenever
+        layers are added or removed and when the model or the segmented region changes)."""
         self.status.setText(text)
         self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self._problem = until if error else None
         if error:
             notify(text, severity="warning")
+
+    def _recheck(self, event=None) -> None:
+        check = self._problem
+        if check is None:
+            return
+        try:
+            solved = check() is not False
+        except DFAError:
+            solved = False
+        except Exception:  # a check must never break the widget
+            logger.debug("problem check failed", exc_info=True)
+            solved = False
+        if solved and self._problem is check:
+            self._say(self.ready_text())
+
+    def ready_text(self) -> str:
+        """What the status line says once an error is gone."""
+        return self.hint

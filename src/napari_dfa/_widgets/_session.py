@@ -52,12 +52,27 @@ class Session:
         self.versions: list[dict] = []
 
     def set_model(self, segmenter, source: str, *, label: str | None = None) -> None:
+        """Use ``segmenter`` from now on. ``source`` names it: a file or ``demo`` for a loaded model,
+        ``"<parent> + fine-tune n"`` for one that only lives in memory; every version is kept, so the
+        Segment widget and roll back find a version by its source without loading a file."""
         self.segmenter = segmenter
         self.model_source = str(source)
         if not any(v["segmenter"] is segmenter for v in self.versions):
             self.versions.append({"label": label or Path(str(source)).name, "source": str(source),
                                   "segmenter": segmenter})
         self.model_changed.emit()
+
+    def segmenter_for(self, source: str | None):
+        """The model this session already holds under ``source`` (the newest such version), or None:
+        a fine-tuned version has no file, and one loaded from a file need not be loaded again."""
+        if source is None:
+            return None
+        if self.segmenter is not None and self.model_source == str(source):
+            return self.segmenter
+        for v in reversed(self.versions):
+            if v["source"] == str(source):
+                return v["segmenter"]
+        return None
 
     def set_result(self, result: RegionResult) -> None:
         self.result = result

@@ -24,6 +24,10 @@ from ._layers import layer_pyramid
 
 logger = logging.getLogger(__name__)
 
+BIAS_TIP = ("Class bias (b_c): a number per class that the model adds when it decides which class a pixel "
+            "belongs to. Above zero: the model looks harder for that class; below: less. It is learnt in "
+            "training; the diamonds show what the class's rarity alone would give (the frequency prior).")
+
 
 class AttentionWidget(DFAWidget):
     """Dock widget: b_c vs. the frequency prior, its trajectory, focus and uncertainty layers.
@@ -40,20 +44,26 @@ class AttentionWidget(DFAWidget):
 
         self.figure = Figure(figsize=(4, 4.8), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(320)
+        self.canvas.setMinimumHeight(260)
+        self.canvas.setToolTip(BIAS_TIP)
         self.values = QLabel()
         self.values.setWordWrap(True)
+        self.values.setToolTip(BIAS_TIP)
         self.focus_button = QPushButton("Add focus maps")
+        self.focus_button.setToolTip("Per class, where its class token looks (the last decoder layer's attention): "
+                                     "one image layer per class over the segmented region")
         self.uncertainty_button = QPushButton("Add uncertainty map")
+        self.uncertainty_button.setToolTip("1 − (margin between the two most likely classes): bright where the model "
+                                           "hesitates, a good place to check and correct")
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.focus_button)
         buttons.addWidget(self.uncertainty_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.canvas)
+        # Text and buttons above the plot, never below it: a short dock hides what is below.
+        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
         layout.addWidget(self.values)
         layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        layout.addWidget(self.canvas, 1)
 
         self.focus_button.clicked.connect(lambda: self.add_maps(("focus",)))
         self.uncertainty_button.clicked.connect(lambda: self.add_maps(("uncertainty",)))
@@ -85,12 +95,12 @@ class AttentionWidget(DFAWidget):
         x = np.arange(len(names))
 
         ax = self.figure.add_subplot(211)
-        ax.bar(x, bias, color=colors, edgecolor="black", linewidth=0.5, label="b_c (model)")
+        ax.bar(x, bias, color=colors, edgecolor="black", linewidth=0.5, label="class bias b_c (learnt)")
         ax.scatter(x, prior, marker="D", color="black", zorder=3, label="frequency prior")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("bias")
-        ax.set_title(f"attention bias per class ({mode})", fontsize=9)
+        ax.set_title(f"class bias per class ({mode})", fontsize=9)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
 
         snaps = seg.bias_history()
@@ -107,9 +117,10 @@ class AttentionWidget(DFAWidget):
         else:
             ax2.text(0.5, 0.5, "no bias history in this checkpoint yet", ha="center", va="center",
                      transform=ax2.transAxes, fontsize=8)
-        ax2.set_ylabel("b_c")
+        ax2.set_ylabel("class bias b_c")
         ax2.tick_params(labelsize=7)
-        self.values.setText("b_c: " + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias)))
+        self.values.setText("Class bias b_c (hover for what it means): "
+                            + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias)))
         self.canvas.draw_idle()
 
     # --- focus / uncertainty layers ----------------------------------------------------------
@@ -125,7 +136,7 @@ class AttentionWidget(DFAWidget):
                 raise DataError("Focus maps are made for a region: segment the visible region first")
             pyramid = layer_pyramid(self.viewer, self.viewer.layers[res.image_layer])
         except DataError as exc:
-            self._say(str(exc), error=True)
+            self._say(str(exc), error=True, until=self._ready)
             return None
         if self.worker is not None:
             return self.worker
@@ -172,6 +183,12 @@ class AttentionWidget(DFAWidget):
                                   translate=res.translate, units=units)
             added.append("uncertainty")
         self._say(f"Added {len(added)} layer(s): {', '.join(added)}. Bright = where to look/correct.")
+
+    def _ready(self) -> None:
+        """Raises DataError while there is no region result to add maps for."""
+        res = self.session.result
+        if res is None or self.session.segmenter is None or res.image_layer not in self.viewer.layers:
+            raise DataError("nothing segmented")
 
     def _set_busy(self, busy: bool) -> None:
         self.focus_button.setEnabled(not busy)

@@ -1,13 +1,21 @@
-"""Fine-tune widget: paint corrections by class name, train on them, see the region change.
+"""Fine-tune widget: paint corrections by class name, train on them, review what changed, accept.
 
 napari cannot paint multiscale labels (napari #1587), so corrections live in their own
 single-scale Labels layer over the region under review, and every stroke is written to the slide's
-:class:`~napari_dfa.corrections.CorrectionStore` as it is made. Fine-tuning
-(:func:`napari_dfa.corrections.workflow.finetune_on_corrections`) runs in a thread worker with a
-live loss curve; the new model is kept only when it does not score worse on held-out corrections
-(unless that guard is switched off), then the region is segmented again so the change shows. This
-widget only gathers the inputs from the layers (on the UI thread) and shows the outcome. Every
-version can be rolled back.
+:class:`~napari_dfa.corrections.CorrectionStore` as it is made. The store belongs to the slide's
+content, not its path, and nothing in it is used unseen: the widget lists every saved patch (class,
+area, when) as soon as the slide is open, and says so; untick a patch to hide it (it then does not
+train), delete it, or export the corrections as QuPath GeoJSON.
+
+The class list is the pathologist's: add, rename, recolour and remove classes; the model learns the
+new list at the next fine-tuning (:func:`napari_dfa.model.classes_edit.with_classes`). QuPath
+classes the model lacks can be added on import.
+
+Fine-tuning (:func:`napari_dfa.corrections.workflow.finetune_on_corrections`) runs in a thread
+worker with a live loss curve. Then the widget shows what changed — a layer of the changed pixels
+and the area of every class before → after — with the guard's verdict in plain words, and waits for
+Accept or Reject. Every accepted version can be rolled back, in every widget. This widget only
+gathers the inputs from the layers (on the UI thread) and shows the outcome.
 """
 
 from __future__ import annotations
@@ -15,25 +23,38 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qtpy.QtCore import QTimer
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
+    QColorDialog,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
 )
 
-from ..corrections import CorrectionStore
-from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections
+from ..classes import default_colors
+from ..corrections import CorrectionStore, geojson_classes, missing_classes, slide_content_key
+from ..corrections.workflow import Resegment, WriteBack, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
 from ._base import DFAWidget, error_text
 from ._labels_layer import class_colormap, class_features
-from ._layers import LayerPyramid, pick_image_layer, replay_spec, review_target, visible_region, writeback_spec
+from ._layers import layer_pyramid, pick_image_layer, replay_spec, review_target, visible_region
 from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
 from ._session import add_recent_model
@@ -41,11 +62,30 @@ from ._session import add_recent_model
 logger = logging.getLogger(__name__)
 
 LAYER = "DFA corrections"
+REVIEW_LAYER = "DFA changes (review)"
+CHANGED_COLOR = (1.0, 0.0, 1.0, 1.0)  # magenta: no class colour uses it
+REPLAY_TIP = ("Replay: also train on a thin sample of the current labels around your corrections, so the model "
+              "keeps what it got right where you corrected nothing (it forgets otherwise).")
+GUARD_TIP = ("Guard: offer the new model only if it is better on corrections held back to test it, still agrees "
+             "with the old model where you corrected nothing, and no class grows or vanishes beyond what your "
+             "corrections justify. Untick to be able to accept a model the guard rejected.")
+
+
+def _section(text: str) -> QLabel:
+    label = QLabel(f"<b>{text}</b>")
+    label.setContentsMargins(0, 6, 0, 0)
+    return label
+
+
+def _swatch(color) -> QIcon:
+    pix = QPixmap(12, 12)
+    pix.fill(QColor(*[int(v) for v in color[:3]]))
+    return QIcon(pix)
 
 
 class FinetuneWidget(DFAWidget):
-    """Dock widget: class picker, correction layer, QuPath import, Fine-tune / Cancel, loss curve,
-    Save model, roll back.
+    """Dock widget: class list, correction layer, QuPath import, saved corrections, Fine-tune /
+    Cancel, loss curve, review with Accept / Reject, Save model, roll back.
 
     Arguments:
       napari_viewer: the viewer (napari passes it when the widget is docked).
@@ -62,91 +102,342 @@ class FinetuneWidget(DFAWidget):
         self.store_root = store_root
         self.recorder: CorrectionRecorder | None = None
         self.last_finetune = None  # FinetuneResult of the last run
+        self.pending = None  # FinetuneOutcome under review
         self._losses: list[tuple[int, float, float | None]] = []
+        self._keys: dict[tuple, str] = {}  # content keys of image layers
+        self._announced: set[str] = set()  # stores whose saved corrections were announced
+        # The pathologist's class list: [name, colour] in label order, and {model name: new name}.
+        self._classes: list[list] = []
+        self._renames: dict[str, str] = {}
+        self._classes_of = None  # the model the class list was taken from
 
-        self.class_combo = QComboBox()
+        # --- corrections and classes
         self.start_button = QPushButton("Correct the segmented region")
+        self.class_combo = QComboBox()
+        self.class_list = QListWidget()
+        self.class_list.setMaximumHeight(110)
+        self.add_class_button = QPushButton("Add…")
+        self.rename_class_button = QPushButton("Rename…")
+        self.color_class_button = QPushButton("Colour…")
+        self.remove_class_button = QPushButton("Remove")
+        self.classes_note = QLabel()
+        self.classes_note.setWordWrap(True)
         self.import_button = QPushButton("Import QuPath GeoJSON…")
-        self.load_button = QPushButton("Show saved corrections")
+        self.add_missing = QCheckBox("Add missing classes")
+        self.add_missing.setToolTip("On import, add the QuPath classes the model does not have to the class list "
+                                    "(QuPath's Ignore* class always means 'not corrected')")
+        # --- saved corrections
         self.saved_label = QLabel()
         self.saved_label.setWordWrap(True)
+        self.saved_list = QTreeWidget()
+        self.saved_list.setHeaderLabels(["Use", "Classes (px)", "When", "From"])
+        self.saved_list.setRootIsDecorated(False)
+        self.saved_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.saved_list.setMaximumHeight(110)
+        self.saved_list.setToolTip("Every correction saved for this slide. Untick to hide one (a hidden correction "
+                                   "does not train); select and Delete to drop it for good.")
+        self.saved_list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.load_button = QPushButton("Show")
+        self.delete_button = QPushButton("Delete")
+        self.export_button = QPushButton("Export GeoJSON…")
+        # --- training
         self.steps = QSpinBox()
         self.steps.setRange(1, 5000)
         self.steps.setValue(default_steps())
-        self.steps.setToolTip("Optimizer steps (batch 4, crop 256). Default: 200 with a GPU; 40 on a CPU, "
-                              "which shows a painted correction in well under 30 s (benchmarks/bench_gui.py)")
-        self.guard = QCheckBox("Keep the new model only if it is not worse on held-out corrections")
-        self.guard.setChecked(True)
-        self.replay = QCheckBox("Replay the current labels elsewhere (against forgetting)")
+        self.steps.setToolTip("Optimizer steps (4 crops of 256² each). Default: 200 with a GPU; 40 on a CPU, where the "
+                              "encoder stays fixed and only the layers after it train")
+        self.replay = QCheckBox("Replay the current labels elsewhere")
         self.replay.setChecked(True)
+        self.replay.setToolTip(REPLAY_TIP)
+        self.guard = QCheckBox("Guard: offer only a model that passes the checks")
+        self.guard.setChecked(True)
+        self.guard.setToolTip(GUARD_TIP)
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.loss_plot = LossPlot()
-        # Refresh the "saved on disk" count shortly after the last stroke, not on every one.
-        self._saved_timer = QTimer(self)
-        self._saved_timer.setSingleShot(True)
-        self._saved_timer.setInterval(300)
-        self._saved_timer.timeout.connect(self._show_saved)
-        self._total_steps = 1
+        self.loss_plot.setToolTip("Loss per step: train (line) and on the held-back corrections (dots)")
+        # --- review
+        self.review_label = QLabel("After fine-tuning, what changed shows here before you accept it.")
+        self.review_label.setWordWrap(True)
+        self.area_table = QTableWidget(0, 3)
+        self.area_table.setHorizontalHeaderLabels(["Class", "Before", "After"])
+        self.area_table.verticalHeader().setVisible(False)
+        self.area_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.area_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.area_table.setMaximumHeight(150)
+        self.accept_button = QPushButton("Accept")
+        self.reject_button = QPushButton("Reject")
+        self.accept_button.setEnabled(False)
+        self.reject_button.setEnabled(False)
+        # --- versions
         self.save_button = QPushButton("Save model…")
         self.version_combo = QComboBox()
         self.rollback_button = QPushButton("Roll back")
+        self.rollback_button.setToolTip("Use the version picked in the list again, in every widget")
+        # Refresh the "saved on disk" list shortly after the last stroke, not on every one.
+        self._saved_timer = QTimer(self)
+        self._saved_timer.setSingleShot(True)
+        self._saved_timer.setInterval(300)
+        self._saved_timer.timeout.connect(self.refresh_saved)
+        self._total_steps = 1
 
+        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
+        layout.addWidget(self.start_button)
         form = QFormLayout()
         form.addRow("Paint class", self.class_combo)
-        form.addRow("Steps", self.steps)
+        layout.addLayout(form)
+        layout.addWidget(_section("Classes"))
+        layout.addWidget(self.class_list)
+        edits = QHBoxLayout()
+        for b in (self.add_class_button, self.rename_class_button, self.color_class_button, self.remove_class_button):
+            edits.addWidget(b)
+        layout.addLayout(edits)
+        layout.addWidget(self.classes_note)
+        imports = QHBoxLayout()
+        imports.addWidget(self.import_button)
+        imports.addWidget(self.add_missing)
+        layout.addLayout(imports)
+        layout.addWidget(_section("Saved corrections"))
+        layout.addWidget(self.saved_label)
+        layout.addWidget(self.saved_list)
+        saved = QHBoxLayout()
+        for b in (self.load_button, self.delete_button, self.export_button):
+            saved.addWidget(b)
+        layout.addLayout(saved)
+        layout.addWidget(_section("Fine-tune"))
+        form2 = QFormLayout()
+        form2.addRow("Steps", self.steps)
+        layout.addLayout(form2)
+        layout.addWidget(self.replay)
+        layout.addWidget(self.guard)
         run = QHBoxLayout()
         run.addWidget(self.finetune_button)
         run.addWidget(self.cancel_button)
+        layout.addLayout(run)
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(_section("Review"))
+        layout.addWidget(self.review_label)
+        layout.addWidget(self.area_table)
+        review = QHBoxLayout()
+        review.addWidget(self.accept_button)
+        review.addWidget(self.reject_button)
+        layout.addLayout(review)
+        layout.addWidget(_section("Model versions"))
         versions = QHBoxLayout()
         versions.addWidget(self.version_combo, 1)
         versions.addWidget(self.rollback_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.start_button)
-        layout.addLayout(form)
-        imports = QHBoxLayout()
-        imports.addWidget(self.import_button)
-        imports.addWidget(self.load_button)
-        layout.addLayout(imports)
-        layout.addWidget(self.saved_label)
-        layout.addWidget(self.replay)
-        layout.addWidget(self.guard)
-        layout.addLayout(run)
-        layout.addWidget(self.loss_plot)
-        layout.addWidget(self.status)
-        layout.addWidget(self.save_button)
-        layout.addWidget(QLabel("Model versions"))
         layout.addLayout(versions)
+        layout.addWidget(self.save_button)
         layout.addStretch(1)
 
         self.class_combo.currentIndexChanged.connect(self._on_class)
         self.start_button.clicked.connect(self.start_corrections)
+        self.add_class_button.clicked.connect(self._ask_add_class)
+        self.rename_class_button.clicked.connect(self._ask_rename_class)
+        self.color_class_button.clicked.connect(self._ask_color_class)
+        self.remove_class_button.clicked.connect(lambda: self._selected_class() and self.remove_class(self._selected_class()))
         self.import_button.clicked.connect(self._ask_geojson)
         self.load_button.clicked.connect(self.load_saved)
+        self.delete_button.clicked.connect(lambda: self.delete_saved())
+        self.export_button.clicked.connect(self._ask_export)
+        self.saved_list.itemChanged.connect(self._on_saved_item)
         self.finetune_button.clicked.connect(self.finetune)
         self.cancel_button.clicked.connect(self.cancel)
+        self.accept_button.clicked.connect(self.accept)
+        self.reject_button.clicked.connect(self.reject)
         self.save_button.clicked.connect(self._ask_save)
         # (a lambda: `clicked` would pass its `checked` flag as the version index)
         self.rollback_button.clicked.connect(lambda: self.rollback())
         self.session.model_changed.connect(self._on_model_changed)
-        self.session.result_changed.connect(self._show_saved)
-        napari_viewer.layers.events.inserted.connect(self._show_saved)
+        self.session.result_changed.connect(self.refresh_saved)
+        napari_viewer.layers.events.inserted.connect(self.refresh_saved)
         self._on_model_changed()
         self._draw_losses()
-        self._show_saved()
+        self.refresh_saved()
+
+    # --- the class list ----------------------------------------------------------------------
+    def class_names(self) -> list[str]:
+        """The pathologist's class list (labels 1..K of the corrections)."""
+        return [n for n, _ in self._classes]
+
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for _, c in self._classes]
+
+    def _model_classes(self):
+        seg = self.session.segmenter
+        return (list(seg.class_names), [tuple(c) for c in seg.class_colors]) if seg is not None else ([], [])
+
+    def classes_changed(self) -> bool:
+        """Whether the class list differs from the model's (the next fine-tuning teaches it)."""
+        names, colors = self._model_classes()
+        return self.class_names() != names or self.class_colors() != colors
+
+    def add_class(self, name: str, color=None) -> bool:
+        """Add a class at the end of the list (a new label); False with a message when it cannot be."""
+        name = str(name).strip()
+        if not name:
+            self._say("A class needs a name.", error=True)
+            return False
+        if name.lower() in [n.lower() for n in self.class_names()]:
+            self._say(f"There is a class {name!r} already.", error=True)
+            return False
+        if color is None:
+            used = np.array(self.class_colors() or [(0, 0, 0)], float)
+            candidates = default_colors(max(12, 2 * (len(self._classes) + 1)))
+            color = max(candidates, key=lambda c: np.min(np.linalg.norm(used - np.array(c, float), axis=1)))
+        self._classes.append([name, tuple(int(v) for v in color[:3])])
+        self._apply_class_edit({})
+        self._say(f"Added the class {name!r}: paint it, then fine-tune to teach it to the model.")
+        return True
+
+    def rename_class(self, old: str, new: str) -> bool:
+        new = str(new).strip()
+        names = self.class_names()
+        if old not in names:
+            self._say(f"There is no class {old!r}.", error=True)
+            return False
+        if not new or (new.lower() in [n.lower() for n in names] and new.lower() != old.lower()):
+            self._say(f"Cannot rename {old!r} to {new!r}: the name is empty or taken.", error=True)
+            return False
+        self._classes[names.index(old)][0] = new
+        # the model's own name of this class, if it has one, keeps its learned token under the new name
+        original = next((k for k, v in self._renames.items() if v == old), old)
+        if original in self._model_classes()[0]:
+            self._renames[original] = new
+            if original == new:
+                del self._renames[original]
+        self._apply_class_edit({old: new})
+        self._say(f"Renamed {old!r} to {new!r}; the model keeps what it learned about it.")
+        return True
+
+    def recolor_class(self, name: str, color) -> bool:
+        names = self.class_names()
+        if name not in names:
+            self._say(f"There is no class {name!r}.", error=True)
+            return False
+        self._classes[names.index(name)][1] = tuple(int(v) for v in color[:3])
+        self._apply_class_edit({})
+        return True
+
+    def remove_class(self, name: str) -> bool:
+        names = self.class_names()
+        if name not in names:
+            self._say(f"There is no class {name!r}.", error=True)
+            return False
+        if len(names) == 1:
+            self._say("The last class cannot be removed.", error=True)
+            return False
+        cleared = 0
+        store = self._current_store(create=False)
+        if store is not None:
+            cleared = store.counts_by_name(include_hidden=True).get(name, 0)
+        del self._classes[names.index(name)]
+        self._renames = {k: v for k, v in self._renames.items() if v != name}
+        self._apply_class_edit({})
+        self._say(f"Removed the class {name!r}" + (f"; its {cleared} corrected px were cleared." if cleared else "."))
+        return True
+
+    def _apply_class_edit(self, renames: dict[str, str]) -> None:
+        """Follow a class edit everywhere: the store's labels (by name), the paint class picker,
+        the correction layer's colours and names."""
+        store = self._current_store(create=False, reconcile=False)
+        if store is not None:
+            store.remap_classes(self.class_names(), renames=renames)
+        self._show_classes()
+        if self.recorder is not None and self.recorder.layer.name in self.viewer.layers:
+            layer = self.recorder.layer
+            layer.colormap = class_colormap(self.class_colors())
+            layer.features = class_features(self.class_names())
+            if store is not None:
+                layer.events.data.disconnect(self.recorder._on_data)
+                layer.data = store.read(self.recorder.patch.key)
+                layer.events.data.connect(self.recorder._on_data)
+        self.refresh_saved()
+
+    def _show_classes(self) -> None:
+        current = self.class_combo.currentText()
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        self.class_list.clear()
+        for name, color in self._classes:
+            self.class_combo.addItem(_swatch(color), name)
+            item = QListWidgetItem(_swatch(color), name)
+            self.class_list.addItem(item)
+        if current in self.class_names():
+            self.class_combo.setCurrentText(current)
+        self.class_combo.blockSignals(False)
+        self._on_class(self.class_combo.currentIndex())
+        changed = self.classes_changed() and self.session.segmenter is not None
+        self.classes_note.setText("The class list differs from the model's: the next fine-tuning teaches it "
+                                  "(new classes get a new token; renamed ones keep theirs)." if changed else "")
+
+    def _selected_class(self) -> str | None:
+        item = self.class_list.currentItem()
+        if item is None:
+            self._say("Pick a class in the list first.", error=True)
+            return None
+        return item.text()
+
+    def _ask_add_class(self) -> None:
+        name, ok = QInputDialog.getText(self, "Add a class", "Name of the new class:")
+        if ok and name:
+            color = QColorDialog.getColor(parent=self, title=f"Colour of {name}")
+            self.add_class(name, color.getRgb()[:3] if color.isValid() else None)
+
+    def _ask_rename_class(self) -> None:
+        old = self._selected_class()
+        if old:
+            new, ok = QInputDialog.getText(self, "Rename a class", f"New name of {old!r}:", text=old)
+            if ok and new:
+                self.rename_class(old, new)
+
+    def _ask_color_class(self) -> None:
+        name = self._selected_class()
+        if name:
+            color = QColorDialog.getColor(QColor(*self._classes[self.class_names().index(name)][1]), self,
+                                          f"Colour of {name}")
+            if color.isValid():
+                self.recolor_class(name, color.getRgb()[:3])
 
     # --- where corrections go ----------------------------------------------------------------
-    def _image_pyramid(self) -> LayerPyramid:
+    def _image_pyramid(self):
         res = self.session.result
         name = res.image_layer if res is not None and res.image_layer in self.viewer.layers else None
-        return LayerPyramid(pick_image_layer(self.viewer, name))
+        return layer_pyramid(self.viewer, pick_image_layer(self.viewer, name))
 
-    def store(self, pyramid: LayerPyramid | None = None) -> CorrectionStore:
-        """The correction store of the current slide (created on first use)."""
+    def _content_key(self, pyramid) -> str:
+        """The slide's content key (two decoded level-0 tiles, shape, mpp), once per layer."""
+        cache_key = (pyramid.path, pyramid.shapes[0], id(pyramid.raw[0]), pyramid.mpp)
+        if cache_key not in self._keys:
+            self._keys[cache_key] = slide_content_key(pyramid.level(0), pyramid.mpp)
+        return self._keys[cache_key]
+
+    def store(self, pyramid=None, *, create: bool = True, reconcile: bool = True) -> CorrectionStore:
+        """The correction store of the current slide's content (created on first use). Its labels
+        follow the class list by name; saved corrections of a class the list lacks add that class
+        (and say so) rather than being reinterpreted."""
         pyramid = pyramid or self._image_pyramid()
-        names = self.session.segmenter.class_names if self.session.segmenter is not None else None
-        return CorrectionStore.for_slide(pyramid.path, root=self.store_root, class_names=names)
+        store = CorrectionStore.for_slide(pyramid.path, root=self.store_root, create=create,
+                                          content=self._content_key(pyramid))
+        names = self.class_names()
+        if reconcile and store.class_names != names and names:
+            used = {n for n, px in store.counts_by_name(include_hidden=True).items() if px}
+            extra = [n for n in store.class_names if n in used and n.lower() not in {m.lower() for m in names}]
+            for n in extra:
+                self._classes.append([n, default_colors(len(self._classes) + 1)[-1]])
+            store.remap_classes(self.class_names())
+            if extra:
+                self._show_classes()
+                self._say(f"Saved corrections of this slide use classes the model lacks: {', '.join(extra)}; they "
+                          "were added to the class list (remove them or delete those corrections if unwanted).")
+        return store
+
+    def _current_store(self, *, create: bool = False, reconcile: bool = True) -> CorrectionStore | None:
+        try:
+            return self.store(create=create, reconcile=reconcile)
+        except DataError:
+            return None
 
     def _review_region(self, pyramid) -> tuple[int, tuple[int, int, int, int]]:
         """(level, region) the correction layer covers: the last segmented region, or for a
@@ -158,6 +449,19 @@ class FinetuneWidget(DFAWidget):
             return res.level, res.region
         return res.level, pyramid.to_level(res.level, visible_region(self.viewer, pyramid))
 
+    def _ready_to_correct(self) -> None:
+        self._need_model()
+        self._review_region(self._image_pyramid())
+
+    def _ready_to_finetune(self) -> None:
+        """Raises DataError while fine-tuning cannot start (no model, slide or corrections)."""
+        self._need_model()
+        pyramid = self._image_pyramid()
+        store = CorrectionStore.for_slide(pyramid.path, root=self.store_root, create=False,
+                                          content=self._content_key(pyramid))
+        if not store.corrected_pixels():
+            raise DataError("no corrections")
+
     def start_corrections(self):
         """Add (or reopen) the correction layer over the region under review; returns it."""
         try:
@@ -166,30 +470,31 @@ class FinetuneWidget(DFAWidget):
             level, region = self._review_region(pyramid)
             store = self.store(pyramid)
         except DataError as exc:
-            self._say(str(exc), error=True)
+            self._say(str(exc), error=True, until=self._ready_to_correct)
             return None
         patch = store.create_patch(level=level, region=region, downsample=pyramid.downsamples[level])
+        store.set_hidden(patch.key, False)
         layer = self._show_patch(store, patch, pyramid)
         self._say("Paint over the wrong labels with the right class; every stroke is saved as you paint.")
         return layer
 
     def load_saved(self):
-        """Show every correction patch saved for the current slide (e.g. after a crash)."""
+        """Show every correction patch in use for the current slide (e.g. after a crash)."""
         try:
             self._need_model()
             pyramid = self._image_pyramid()
             store = self.store(pyramid)
         except DataError as exc:
-            self._say(str(exc), error=True)
+            self._say(str(exc), error=True, until=lambda: (self._need_model(), self._image_pyramid()))
             return []
+        shown = [p for p in store.patches() if not store.hidden(p.key)]
         layers = [self._show_patch(store, p, pyramid, name=f"{LAYER} {p.key}" if i else LAYER)
-                  for i, p in enumerate(store.patches())]
+                  for i, p in enumerate(shown)]
         self._say(f"Showing {len(layers)} saved correction patch(es)." if layers
-                  else "No corrections saved for this slide yet.")
+                  else "No corrections in use for this slide.")
         return layers
 
     def _show_patch(self, store, patch, pyramid, name: str = LAYER):
-        seg = self.session.segmenter
         scale, translate = pyramid.placement(patch.level, patch.region)
         data = store.read(patch.key)
         if self.recorder is not None and self.recorder.layer.name == name:
@@ -198,19 +503,23 @@ class FinetuneWidget(DFAWidget):
             self.viewer.layers.remove(name)
         layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate, opacity=0.8,
                                        units=pyramid.units,
-                                       colormap=class_colormap(seg.class_colors),
-                                       features=class_features(seg.class_names),
+                                       colormap=class_colormap(self.class_colors()),
+                                       features=class_features(self.class_names()),
                                        metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
-        self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._saved_timer.start)
+        self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._on_write)
         layer.brush_size = max(10, min(data.shape) // 20)
         layer.mode = "paint"
         layer.selected_label = self.class_combo.currentIndex() + 1
         self.viewer.layers.selection.active = layer
-        self._show_saved()
+        self.refresh_saved()
         return layer
 
+    def _on_write(self) -> None:
+        self._saved_timer.start()
+        self._recheck()  # e.g. "No corrections yet" goes with the first stroke
+
     def _on_class(self, index: int) -> None:
-        if self.recorder is not None and index >= 0:
+        if self.recorder is not None and index >= 0 and self.recorder.layer.name in self.viewer.layers:
             self.recorder.layer.selected_label = index + 1
             self.recorder.layer.mode = "paint"
 
@@ -219,45 +528,154 @@ class FinetuneWidget(DFAWidget):
         names = [self.class_combo.itemText(i).lower() for i in range(self.class_combo.count())]
         self.class_combo.setCurrentIndex(names.index(name.lower()))
 
-    def import_geojson(self, path):
-        """Rasterise a QuPath GeoJSON file of class-annotated polygons into the store and show it."""
+    def import_geojson(self, path, *, add_missing: bool | None = None):
+        """Rasterise a QuPath GeoJSON file of class-annotated polygons into the store and show it.
+        Classes the model lacks are added to the class list with ``add_missing`` (default: the
+        "Add missing classes" box), else their annotations are skipped and named."""
+        add_missing = self.add_missing.isChecked() if add_missing is None else bool(add_missing)
         try:
             self._need_model()
             pyramid = self._image_pyramid()
             res = self.session.result
             level = res.level if res is not None else pyramid.level_for(self.session.segmenter.mpp)
+            found = geojson_classes(path)
+            missing = missing_classes(found, self.class_names())
+            if missing and add_missing:
+                for name in missing:
+                    self.add_class(name, found[name]["color"])
             store = self.store(pyramid)
-            patch = store.import_geojson(path, level=level, downsample=pyramid.downsamples[level],
-                                         level_shape=pyramid.shapes[level])
+            patch, report = store.import_geojson(path, level=level, downsample=pyramid.downsamples[level],
+                                                 level_shape=pyramid.shapes[level], class_names=self.class_names(),
+                                                 report=True)
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
         layer = self._show_patch(store, patch, pyramid)
-        self._say(f"Imported {Path(path).name}: {int((layer.data > 0).sum())} corrected pixels.")
+        text = f"Imported {Path(path).name}: {int((layer.data > 0).sum())} corrected pixels."
+        if missing and add_missing:
+            text += f" Added the classes {', '.join(missing)}."
+        elif missing:
+            text += (f" Skipped the classes the model lacks: {', '.join(missing)} (tick 'Add missing classes' to "
+                     "add them).")
+        others = [why for _, why in report.skipped if "does not know" not in why]
+        if others:
+            text += f" Skipped {len(others)} other features (e.g. {others[0]})."
+        self._say(text)
         return layer
 
     def _ask_geojson(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import QuPath annotations", str(Path.home()),
-                                              "GeoJSON (*.geojson *.json);;All files (*)")
+                                              "GeoJSON (*.geojson *.json *.gz *.zip);;All files (*)")
         if path:
             self.import_geojson(path)
 
-    def _show_saved(self, event=None) -> None:
+    # --- saved corrections ----------------------------------------------------------------------
+    def refresh_saved(self, event=None) -> None:
+        """List the saved corrections of the slide in view (and announce them once per slide)."""
         try:
             pyramid = self._image_pyramid()
-            store = CorrectionStore.for_slide(pyramid.path, root=self.store_root, create=False)
+            store = CorrectionStore.for_slide(pyramid.path, root=self.store_root, create=False,
+                                              content=self._content_key(pyramid))
         except DataError:
+            self.saved_list.clear()
             self.saved_label.setText("No corrections saved for this slide yet.")
             return
-        counts = store.counts()
-        names = self.session.segmenter.class_names if self.session.segmenter is not None else store.class_names
-        parts = [f"{names[k - 1] if k - 1 < len(names) else k}: {n}" for k, n in sorted(counts.items())]
-        self.saved_label.setText(f"Saved on disk ({store.path.name}): {sum(counts.values())} px"
-                                 + (f" — {', '.join(parts)}" if parts else ""))
+        except Exception:  # noqa: BLE001 - an unreadable layer must not break the widget
+            logger.debug("cannot list saved corrections", exc_info=True)
+            return
+        infos = [store.info(p.key) for p in store.patches()]
+        self.saved_list.blockSignals(True)
+        self.saved_list.clear()
+        for info in infos:
+            item = QTreeWidgetItem(["", ", ".join(f"{n} {px}" for n, px in info["pixels"].items()) or "(empty)",
+                                    str(info["updated"] or "")[:16].replace("T", " "), info["source"]])
+            item.setData(0, Qt.ItemDataRole.UserRole, info["key"])
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(0, Qt.CheckState.Unchecked if info["hidden"] else Qt.CheckState.Checked)
+            self.saved_list.addTopLevelItem(item)
+        self.saved_list.blockSignals(False)
+        used = {}
+        for info in infos:
+            if not info["hidden"]:
+                for n, px in info["pixels"].items():
+                    used[n] = used.get(n, 0) + px
+        total = sum(used.values())
+        self.saved_label.setText(f"Saved on disk ({store.path.name}): {total} px in use"
+                                 + (f" — {', '.join(f'{n}: {px}' for n, px in used.items())}" if used else "")
+                                 + (f"; {sum(i['hidden'] for i in infos)} hidden" if any(i["hidden"] for i in infos) else ""))
+        key = str(store.path)
+        if infos and key not in self._announced:
+            self._announced.add(key)
+            if self.recorder is None:  # saved before this session: say so, nothing is used unseen
+                self._say(f"This slide has {len(infos)} saved correction patch(es) from before ({total} px in use, "
+                          "listed under Saved corrections). They train the next fine-tuning unless you untick "
+                          "or delete them.")
+
+    def _on_saved_item(self, item, column=0) -> None:
+        key = item.data(0, Qt.ItemDataRole.UserRole)
+        store = self._current_store()
+        if store is None or key is None:
+            return
+        hidden = item.checkState(0) != Qt.CheckState.Checked
+        store.set_hidden(key, hidden)
+        for layer in self.viewer.layers:
+            if (layer.metadata or {}).get("napari_dfa", {}).get("patch") == key:
+                layer.visible = not hidden
+        self.refresh_saved()
+        self._say("Hidden: that correction is kept on disk but does not train." if hidden
+                  else "That correction is in use again.")
+
+    def set_saved_used(self, key: str, used: bool) -> None:
+        """Tick or untick a saved correction in the list (as a click on its box does)."""
+        for i in range(self.saved_list.topLevelItemCount()):
+            item = self.saved_list.topLevelItem(i)
+            if item.data(0, Qt.ItemDataRole.UserRole) == key:
+                item.setCheckState(0, Qt.CheckState.Checked if used else Qt.CheckState.Unchecked)
+
+    def delete_saved(self, keys=None) -> int:
+        """Delete saved corrections (default: those selected in the list) from disk and view."""
+        if keys is None:
+            keys = [it.data(0, Qt.ItemDataRole.UserRole) for it in self.saved_list.selectedItems()]
+        store = self._current_store()
+        if store is None or not keys:
+            self._say("Select saved corrections in the list to delete them.", error=True)
+            return 0
+        for key in keys:
+            for layer in list(self.viewer.layers):
+                if (layer.metadata or {}).get("napari_dfa", {}).get("patch") == key:
+                    if self.recorder is not None and self.recorder.layer is layer:
+                        self.recorder.disconnect()
+                        self.recorder = None
+                    self.viewer.layers.remove(layer)
+            store.delete(key)
+        self.refresh_saved()
+        self._say(f"Deleted {len(keys)} saved correction(s).")
+        return len(keys)
+
+    def export_saved(self, path) -> Path | None:
+        """Write the corrections in use as QuPath GeoJSON annotations (level-0 pixels)."""
+        store = self._current_store()
+        if store is None or not store.corrected_pixels():
+            self._say("No corrections in use to export.", error=True)
+            return None
+        try:
+            out = store.export_geojson(path, class_colors=self.class_colors())
+        except (OSError, DataError) as exc:
+            self._say(f"Could not export to {path}: {error_text(exc)}", error=True)
+            return None
+        self._say(f"Exported the corrections to {out} (QuPath: File > Import objects).")
+        return out
+
+    def _ask_export(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export corrections as QuPath GeoJSON",
+                                              str(Path.home() / "corrections.geojson"), "GeoJSON (*.geojson)")
+        if path:
+            self.export_saved(path)
 
     # --- fine-tuning ----------------------------------------------------------------------------
     def finetune(self):
-        """Train on every saved correction of this slide, then re-segment; returns the worker."""
+        """Train on every saved correction in use for this slide, then show what changed; returns
+        the worker."""
         if self.worker is not None:
             return self.worker
         try:
@@ -270,29 +688,36 @@ class FinetuneWidget(DFAWidget):
             if not n_px:
                 raise DataError("No corrections yet: pick a class and paint over the wrong labels first")
         except DataError as exc:
-            self._say(str(exc), error=True)
+            self._say(str(exc), error=True, until=self._ready_to_finetune)
             return None
+        self._clear_review()
         # Everything read from napari layers is read here, on the UI thread (layers are not
         # thread-safe); the workflow reads slide pixels and trains in the worker.
         res = self.session.result
         target = review_target(self.viewer, res, self.recorder)
-        replay = replay_spec(self.viewer, res, target, self.recorder) if self.replay.isChecked() else None
-        writeback = writeback_spec(self.viewer, res, target)
+        # The reviewed region: replayed in training (when ticked), and where the guard compares.
+        replay = replay_spec(self.viewer, res, target, self.recorder)
         resegment = None
         if target is not None:
             data, lv = pyramid.source(target[0])
             resegment = Resegment(source=data, level=lv, region=target[1])
         steps, guard, parent = self.steps.value(), self.guard.isChecked(), self.session.model_source
+        classes = {}
+        if self.classes_changed():
+            classes = dict(class_names=self.class_names(), class_colors=self.class_colors(),
+                           renames=dict(self._renames) or None)
         self._losses = []
         self._total_steps = steps
         self._draw_losses()
         self._say(f"Fine-tuning on {n_px} corrected pixels…")
+        self._review_target = (target, pyramid)
+        use_replay = self.replay.isChecked()
 
         def work():
             return finetune_on_corrections(
                 seg, store, pyramid.read, steps=steps, guard=guard, replay=replay, resegment=resegment,
-                writeback=writeback, parent_source=parent,
-                slide=pyramid.path, cancel=self.cancelled,
+                parent_source=parent, slide=pyramid.path, cancel=self.cancelled,
+                replay_training=use_replay, **classes,
                 progress=lambda step, total, **info: self.report_progress(
                     int(step), int(total), info.get("loss"), info.get("val_loss")))
 
@@ -314,26 +739,102 @@ class FinetuneWidget(DFAWidget):
 
     def _on_finetuned(self, outcome) -> None:
         self.last_finetune = outcome.result
+        self.pending = outcome
         self._draw_losses()
-        if not outcome.kept:
-            self._say(outcome.message, error=True)
+        self._show_review(outcome)
+        can_accept = outcome.promoted or outcome.needs_confirmation or not outcome.guard
+        self.accept_button.setEnabled(can_accept)
+        self.reject_button.setEnabled(True)
+        if outcome.promoted:
+            self._say(f"Fine-tuned ({outcome.scores}). Look at the changes (magenta) and the areas under Review, "
+                      "then Accept or Reject.")
+        elif outcome.needs_confirmation:
+            self._say(outcome.verdict.reason)
+        elif not outcome.guard:
+            self._say(f"The guard would keep the old model, but it is off: look at the changes, then Accept or "
+                      f"Reject. ({outcome.verdict.reason})")
+        else:
+            self._say(f"{outcome.verdict.reason} Reject and correct more (other classes too), or untick the guard "
+                      "to be able to accept it anyway.", error=True)
+
+    def _show_review(self, outcome) -> None:
+        """The changed-pixels layer and the per-class areas before → after."""
+        self.review_label.setText(outcome.verdict.reason)
+        rows = outcome.area_table()
+        total_b = max(1, sum(b for _, b, _ in rows))
+        total_a = max(1, sum(a for _, _, a in rows))
+        self.area_table.setRowCount(len(rows))
+        for i, (name, b, a) in enumerate(rows):
+            for j, text in enumerate((name, f"{b} px ({100 * b / total_b:.1f} %)", f"{a} px ({100 * a / total_a:.1f} %)")):
+                self.area_table.setItem(i, j, QTableWidgetItem(text))
+        changed = outcome.changed()
+        target, pyramid = getattr(self, "_review_target", (None, None))
+        if changed is None or target is None:
             return
+        scale, translate = pyramid.placement(*target)
+        if REVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(REVIEW_LAYER)
+        from napari.utils.colormaps import DirectLabelColormap
+
+        self.viewer.add_labels(changed.astype(np.uint8), name=REVIEW_LAYER, scale=scale, translate=translate,
+                               units=pyramid.units, opacity=0.7,
+                               colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
+                                                                        1: CHANGED_COLOR}),
+                               features={"index": [0, 1], "change": ["unchanged", "changed by fine-tuning"]})
+
+    def _clear_review(self) -> None:
+        self.pending = None
+        self.accept_button.setEnabled(False)
+        self.reject_button.setEnabled(False)
+        if REVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(REVIEW_LAYER)
+
+    def accept(self) -> bool:
+        """Use the model under review from now on, in every widget, and show its labels."""
+        outcome = self.pending
+        if outcome is None:
+            self._say("Nothing to accept: fine-tune first.", error=True)
+            return False
+        if not (outcome.promoted or outcome.needs_confirmation or not outcome.guard):
+            self._say("The guard rejected this model; untick the guard and fine-tune again to accept such a model.",
+                      error=True)
+            return False
+        seg = outcome.candidate
         n = sum(1 for v in self.session.versions if "fine-tune" in v["label"]) + 1
-        self.session.set_model(outcome.segmenter, f"{self.session.model_source} + fine-tune {n}",
-                               label=f"fine-tune {n}")
+        base = self.session.model_source
+        prov = seg.metadata.setdefault("provenance", {})
+        prov.setdefault("guard", {})["kept"] = True
+        prov["guard"]["confirmed"] = bool(outcome.needs_confirmation)
+        self.session.set_model(seg, f"{base} + fine-tune {n}", label=f"fine-tune {n}")
         self.session.bias_changed.emit()
         if outcome.relabelled is not None:
-            self._show_relabelled(outcome.relabelled)
-        self._say(outcome.message)
+            try:
+                self._show_relabelled(outcome.relabelled, seg)
+            except DataError as exc:
+                self._say(str(exc), error=True)
+                return False
+        self._clear_review()
+        self._say(f"Accepted: the model is now 'fine-tune {n}' in every widget, and the region shows its labels.")
+        return True
 
-    def _show_relabelled(self, labels) -> None:
+    def reject(self) -> None:
+        """Drop the model under review; the current model stays."""
+        self._clear_review()
+        self._say("Rejected: the current model stays. Correct more and fine-tune again.")
+
+    def _show_relabelled(self, labels, seg) -> None:
         res = self.session.result
         if res is None or res.labels_layer not in self.viewer.layers:
             return
         layer = self.viewer.layers[res.labels_layer]
-        if res.whole_slide:
-            layer.refresh()  # the worker wrote the patch into the store's levels
-        else:
+        layer.colormap = class_colormap(seg.class_colors)
+        layer.features = class_features(seg.class_names)
+        target, _ = getattr(self, "_review_target", (None, None))
+        if res.whole_slide and target is not None:
+            offset = (target[1][0] - res.region[0], target[1][1] - res.region[1])
+            write_back(WriteBack(store=str(res.store_path), offset=offset), labels)
+            layer.refresh()  # the patch went into the store's levels
+        elif not res.whole_slide:
             layer.data = labels
 
     def _set_busy(self, busy: bool) -> None:
@@ -365,26 +866,28 @@ class FinetuneWidget(DFAWidget):
             self.save_model(path if path.endswith(".safetensors") else path + ".safetensors")
 
     def rollback(self, index: int | None = None) -> None:
-        """Go back to a previous model version (default: the one picked in the list)."""
+        """Go back to a previous model version (default: the one picked in the list), in every widget."""
         index = self.version_combo.currentIndex() if index is None else index
         if not 0 <= index < len(self.session.versions):
             self._say("No previous model version to roll back to.", error=True)
             return
         v = self.session.versions[index]
+        self._clear_review()
         self.session.set_model(v["segmenter"], v["source"])
         self.session.bias_changed.emit()
         self._say(f"Rolled back to {v['label']}; segment again to see its labels.")
 
     def _on_model_changed(self) -> None:
         seg = self.session.segmenter
-        current = self.class_combo.currentText()
-        self.class_combo.blockSignals(True)
-        self.class_combo.clear()
-        if seg is not None:
-            self.class_combo.addItems(list(seg.class_names))
-            if current in seg.class_names:
-                self.class_combo.setCurrentText(current)
-        self.class_combo.blockSignals(False)
+        if seg is not None and seg is not self._classes_of:
+            # a new model in use: its classes are the list now (a pending edit goes with the old one)
+            self._classes_of = seg
+            self._classes = [[n, tuple(c)] for n, c in zip(seg.class_names, seg.class_colors)]
+            self._renames = {}
+            store = self._current_store(create=False)
+            if store is not None and store.class_names != self.class_names():
+                self.store()  # renumber its labels by name (and keep classes only it has)
+        self._show_classes()
         self.version_combo.clear()
         for v in self.session.versions:
             self.version_combo.addItem(v["label"])

@@ -76,11 +76,10 @@ class SegmentWidget(DFAWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.status)
         layout.addWidget(QLabel("<b>Classes</b>"))
         layout.addWidget(self.legend)
         layout.addStretch(1)
@@ -100,7 +99,8 @@ class SegmentWidget(DFAWidget):
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItem("Demo model (bundled)", DEMO)
-        sources = [s for s in [self.session.model_source, *recent_models()] if s and s != DEMO]
+        versions = [v["source"] for v in self.session.versions]  # fine-tuned ones too (in memory)
+        sources = [s for s in [*versions, self.session.model_source, *recent_models()] if s and s != DEMO]
         for src in dict.fromkeys(sources):
             self.model_combo.addItem(Path(src).name, src)
         self.model_combo.addItem(OPEN_ITEM, None)
@@ -148,8 +148,11 @@ class SegmentWidget(DFAWidget):
                 f"</span>&nbsp;{k + 1}&nbsp;{name}" for k, (name, col)
                 in enumerate(zip(seg.class_names, seg.class_colors))]
         self.legend.setText("<br>".join(rows))
+        # The combo follows the model in use (after a fine-tune, an accept or a roll back).
         if self.session.model_source and self.model_combo.findData(self.session.model_source) < 0:
             self._fill_models(self.session.model_source)
+        elif self.session.model_source:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(self.session.model_source))
 
     # --- run -------------------------------------------------------------------------------
     def segment(self):
@@ -167,10 +170,11 @@ class SegmentWidget(DFAWidget):
             elif scope == "roi":
                 region0 = shapes_roi(self.viewer, pyramid)
         except DataError as exc:
-            self._say(str(exc), error=True)
+            # cleared once an image layer is there (a wrong scope/ROI message stays until the next try)
+            self._say(str(exc), error=True, until=lambda: pick_image_layer(self.viewer))
             return None
         source, device = self.model_source(), self.device_combo.currentText()
-        session_model = self.session.segmenter if self.session.model_source == source else None
+        session_model = self.session.segmenter_for(source)  # fine-tuned versions live only in memory
         self._say("Loading the model…" if session_model is None else "Segmenting…")
 
         def work():

@@ -1,4 +1,5 @@
-"""A pathologist's corrections (no Qt): the on-disk store, QuPath GeoJSON import, and replay.
+"""A pathologist's corrections (no Qt): the on-disk store (keyed by slide content), QuPath GeoJSON
+import and export, replay, the guard and the correct → fine-tune → judge workflow.
 
 Labels convention: 0 = not corrected (the ignore label), 1..K the class painted.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from .geojson import rasterise_polygons, read_geojson_polygons
 from .replay import replay_from_prediction
-from .store import CorrectionPatch, CorrectionStore
+from .store import CorrectionPatch, CorrectionStore, geojson_classes, missing_classes, slide_content_key
 
-__all__ = ["CorrectionPatch", "CorrectionStore", "rasterise_polygons", "read_geojson_polygons",
-           "replay_from_prediction"]
+__all__ = ["CorrectionPatch", "CorrectionStore", "geojson_classes", "missing_classes", "rasterise_polygons",
+           "read_geojson_polygons", "replay_from_prediction", "slide_content_key"]

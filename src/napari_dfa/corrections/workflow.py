@@ -280,7 +280,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                             check: Sequence[tuple[int, tuple[int, int, int, int]]] | None = None,
                             resegment: Resegment | None = None, writeback: WriteBack | None = None,
                             class_names: Sequence[str] | None = None, class_colors=None,
-                            renames: dict[str, str] | None = None, frozen_encoder: bool = True, crop: int = 256,
+                            renames: dict[str, str] | None = None, replay_training: bool = True,
+                            frozen_encoder: bool = True, crop: int = 256,
                             parent_source: str | None = None, slide: str | None = None, seed: int = 0,
                             progress: Callable | None = None,
                             cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
@@ -301,6 +302,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
       resegment: the region to segment again with the new model (None: not).
       writeback: the whole-slide labels store that region goes into (only with ``resegment``,
         only when the model is kept).
+      replay_training: replay the reviewed regions' labels in training (False: the guard still
+        compares old and new labels there).
       class_names / class_colors / renames: the class list of the new model when it differs from
         the model's (see :func:`~napari_dfa.model.classes_edit.with_classes`); the store's
         corrections are matched to it by class name.
@@ -355,7 +358,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         labels = np.asarray(labels)
         corrected = (store_lut[np.asarray(spec.corrected)] if spec.corrected is not None
                      else _corrected_over(store, spec.level, spec.region, store_lut))
-        pseudo = replay_from_prediction(lut[labels], corrected, seed=seed + i)
+        pseudo = replay_from_prediction(lut[labels], corrected, seed=seed + i) if replay_training \
+            else np.zeros(labels.shape, np.uint8)
         if pseudo.any():
             replay_samples.append((rgb, pseudo))
         regions.append((f"reviewed region {i + 1}" if len(specs) > 1 else "reviewed region",
