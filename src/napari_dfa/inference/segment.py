@@ -113,8 +113,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       region: (y0, x0, height, width) in ``level`` pixels; None for the whole level.
       tile: forward-pass tile edge (a multiple of the model's ``input_multiple``); None (default):
         tiles near 1024 pixels fitted to the level (:func:`napari_dfa.inference.tiling.fit_axis`).
-      overlap: pixels shared by neighbouring tiles (blended); with ``tile=None`` the least overlap
-        of the fitted lattice (None: 32).
+      overlap: pixels shared by neighbouring tiles (blended; None: 32); with ``tile=None`` the
+        least overlap of the fitted lattice.
       device: "auto" | "cuda" | "mps" | "cpu" (the model is moved there).
       out: None for in-memory arrays, or a path for an OME-Zarr labels store.
       progress: ``progress(done, total, eta=seconds, skipped=n)`` after every batch.

@@ -131,7 +131,8 @@ class Axis:
             # One tile, rounded up to the model's input multiple; the read is padded.
             tile, lattice = max(multiple, _ceil_to(extent, multiple)), np.zeros(1, dtype=np.int64)
         else:
-            lattice = tile_starts(extent, tile, tile - int(overlap or 0))
+            shared = min(MIN_OVERLAP, tile // 2) if overlap is None else int(overlap)
+            lattice = tile_starts(extent, tile, tile - shared)
         ends = lattice + tile
         ramp = int(np.min(ends[:-1] - lattice[1:])) if len(lattice) > 1 else 0
         keep = np.nonzero((lattice < origin + length) & (ends > origin))[0]
@@ -187,8 +188,8 @@ class TileGrid:
       height, width: size of the region in pixels.
       tile: tile edge in pixels (a multiple of ``multiple``; a (y, x) pair is taken too), or None
         for the fitted lattice (the default of :func:`napari_dfa.inference.segment`).
-      overlap: pixels shared by neighbouring tiles (0 <= overlap <= tile / 2); with ``tile=None``,
-        the least overlap of the fitted lattice (None: :data:`MIN_OVERLAP`).
+      overlap: pixels shared by neighbouring tiles (0 <= overlap <= tile / 2; None:
+        :data:`MIN_OVERLAP`); with ``tile=None``, the least overlap of the fitted lattice.
       multiple: the model's input multiple (tiles smaller than ``tile`` are rounded up to it).
       origin: (y0, x0) of the region in the level.
       extent: (H, W) of the level the lattice spans; None: the region is the whole level.
