@@ -1,21 +1,27 @@
-"""Whole-slide inference speed and memory (issue 4).
+"""Whole-slide inference: speed against the model alone, the first click, consistency, memory.
 
-1. Pipeline efficiency, on one synthetic pyramidal slide (SVS-style JPEG TIFF written by
-   ``napari_dfa.synth``) and one model (untrained weights: speed does not depend on them):
-   (a) the model alone — ``Segmenter.predict_logits`` on the very tiles the pipeline runs,
-       pre-loaded in memory, in the same batches — with the weights contiguous (NCHW) and
-       channels-last; the faster one is the reference;
-   (b) the whole ``segment`` pipeline (read from the file, tissue mask, blend, argmax, write an
-       OME-Zarr store with its pyramid), same tiles.
-   (b) is run with reads and blending in threads beside the model and inline between forward
-   passes (``segment(threads=...)``). Efficiency = time(a) / time(b), best of ``--repeats``
-   interleaved rounds, plus the per-round ratios; megapixels/s of slide area. Measured on a small
-   slide (1536², 16 tiles: per-call fixed costs weigh) and a larger one (4096², 81 tiles: fixed
-   costs amortised, as on a real slide); ``--slide`` picks the edges.
-2. Peak memory of ``segment`` (each run a fresh process, peak RSS from ``getrusage``) on flat
-   synthetic slides of growing size: tissue in a full-width band and a full-height band (so the
-   accumulators see the slide's whole width and height) and glass elsewhere (skipped as glass,
-   like most of a real slide), written tile by tile with tifffile as JPEG pyramids.
+All on the bundled sample slide (``napari_dfa._sample_data.sample_slide_path()``, 4096² at 0.5
+µm/px, an SVS-style JPEG pyramid, with its truth) and the bundled demo model:
+
+1. **Efficiency** at ``--levels`` (default 1: the whole 2048² level; 0 is 4096²). The model alone:
+   ``Segmenter.predict_logits`` on the level's pixels pre-loaded in memory, cut into tiles that
+   cover it exactly once (512² in batches of 4 and 1024² in batches of 2; the faster counts), with
+   channels-last and with contiguous (NCHW) weights. The pipeline: ``segment(slide, model,
+   level=...)`` at its defaults — tissue mask, fitted lattice and its overlap, reading the JPEG
+   tiles, blending, argmax — timed call to result, fixed costs included; once into memory and once
+   into an OME-Zarr store (with its pyramid). Ratio = model alone ÷ pipeline, both in slide
+   megapixels per second (the pipeline's overlap counts against it). Best of ``--repeats``
+   interleaved rounds, per-round ratios beside.
+2. **First click**: a fresh Python process imports napari_dfa, loads the demo model, opens the
+   slide and segments a 1024² view at level 0 (the cold call), then two more views (warm); each
+   phase timed. ``--cold-runs`` processes.
+3. **Consistency** (deterministic, no timing): labels of two views offset by half a tile (the
+   lattice is fixed by the level, so this should be ~1), of two *tilings* offset by half a tile
+   (the image cropped by half a tile, so the lattice moves: the model's own dependence on tile
+   context) at the default tile and at the former default 512/64, and Dice of the whole slide
+   against its truth (beside the demo model's tile-level test mDice from its card).
+4. **Memory**: peak RSS of ``segment`` (fresh process each) on flat synthetic slides of growing
+   size with tissue in two bands and glass elsewhere.
 
     python benchmarks/bench_inference.py                 # the numbers in BENCHMARKS.md
     python benchmarks/bench_inference.py --quick         # smaller, for a smoke run
@@ -50,98 +56,176 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
-def build_model(preset: str):
-    import torch
+def exact_batches(rgb: np.ndarray, tile: int, batch: int) -> list[np.ndarray]:
+    """``rgb`` cut into tile × tile pieces that cover it exactly once (edges padded to the tile)."""
+    h, w = rgb.shape[:2]
+    pieces = []
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            piece = rgb[y : y + tile, x : x + tile]
+            if piece.shape[:2] != (tile, tile):
+                piece = np.pad(piece, ((0, tile - piece.shape[0]), (0, tile - piece.shape[1]), (0, 0)), mode="reflect")
+            pieces.append(piece)
+    return [np.stack(pieces[b : b + batch]) for b in range(0, len(pieces), batch)]
 
-    from napari_dfa.model import ModelConfig, Segmenter
 
-    torch.manual_seed(0)
-    return Segmenter.from_config(ModelConfig.from_preset(preset, num_classes=5), mpp=0.5)
-
-
-def time_model(model, batches: list[np.ndarray], channels_last: bool) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of the forward passes over pre-loaded ``batches``."""
+def time_model(model, batches: list[np.ndarray], channels_last: bool) -> float:
+    """Wall seconds of the forward passes over pre-loaded ``batches`` (after one warm-up pass)."""
     import torch
 
     model.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.inference_mode():
-        model.predict_logits(batches[0])  # warm-up (allocator, kernels)
-        t0, c0 = time.perf_counter(), time.process_time()
+        model.predict_logits(batches[0])  # warm-up (allocator, kernels for this shape)
+        t0 = time.perf_counter()
         for batch in batches:
-            out = model.predict_logits(batch)["logits"]
-            out.sum().item()  # wait for the device
-    return time.perf_counter() - t0, time.process_time() - c0
+            model.predict_logits(batch)["logits"].sum().item()  # .item(): wait for the device
+    return time.perf_counter() - t0
 
 
-def efficiency(args, tmp: Path) -> list[str]:
-    sizes = [1024] if args.quick else [int(s) for s in str(args.slide).split(",")]
+def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
+    from napari_dfa.inference import segment
+    from napari_dfa.model import load_model
+    from napari_dfa.slide import open_slide
+
+    model = load_model("demo")
     rows: list[str] = []
-    for size in sizes:
-        rows += efficiency_one(args, tmp, size) + [""]
+    with open_slide(slide_path) as slide:
+        for level in args.levels:
+            rgb = np.asarray(slide.levels[level])
+            mpx = rgb.shape[0] * rgb.shape[1] / 1e6
+            cuts = {"512² ×4": exact_batches(rgb, 512, 4), "1024² ×2": exact_batches(rgb, 1024, 2)}
+            segment(slide, model, level=level, device="cpu")  # warm-up: first-call costs are part 2
+            times: dict[str, list[float]] = {}
+            info = {}
+            for r in range(args.repeats):
+                for fmt, cl in (("channels-last", True), ("NCHW", False)):
+                    for cut, batches in cuts.items():
+                        times.setdefault(f"{fmt} {cut}", []).append(time_model(model, batches, cl))
+                for name, out in (("memory", None), ("store", tmp / f"lvl{level}_{r}.labels.zarr")):
+                    t0 = time.perf_counter()
+                    res = segment(slide, model, level=level, device="cpu", out=out)
+                    times.setdefault(name, []).append(time.perf_counter() - t0)
+                    info[name] = res
+            best = {k: min(v) for k, v in times.items()}
+            ref = {fmt: min((k for k in best if k.startswith(fmt)), key=best.get) for fmt in ("channels-last", "NCHW")}
+            res = info["memory"]
+            rows += [
+                f"Level {level} of the sample slide: {rgb.shape[1]}×{rgb.shape[0]} ({mpx:.1f} Mpx), demo model; "
+                f"`segment` defaults: tiles {res.tile_shape[0]}×{res.tile_shape[1]}, overlap {res.overlap[0]}, "
+                f"{res.tiles_total} tiles ({res.tiles_skipped} glass), {res.computed_pixels / 1e6 / mpx:.3f}× the "
+                f"level's pixels computed; best of {args.repeats} interleaved rounds.",
+                "",
+                "| measurement | wall s | slide Mpx/s | ratio to model alone, channels-last | ratio to model alone, NCHW |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for key in sorted(k for k in best if k not in ("memory", "store")):
+                mark = " (faster cut)" if key in ref.values() else ""
+                rows.append(f"| model alone, {key}{mark} | {best[key]:.2f} | {mpx / best[key]:.2f} | | |")
+            for name, what in (("memory", "into memory"), ("store", "into an OME-Zarr store + pyramid")):
+                t = best[name]
+
+                def per_round(fmt):
+                    return ", ".join(f"{m / p:.2f}" for m, p in zip(times[ref[fmt]], times[name]))
+
+                rows.append(f"| `segment` defaults, {what} | {t:.2f} | {mpx / t:.2f} | "
+                            f"**{best[ref['channels-last']] / t:.2f}** ({per_round('channels-last')}) | "
+                            f"**{best[ref['NCHW']] / t:.2f}** ({per_round('NCHW')}) |")
+            rows += ["", f"Forward passes inside the best in-memory run: {res.model_seconds:.2f} s of "
+                     f"{best['memory']:.2f} s.", ""]
     return rows[:-1]
 
 
-def efficiency_one(args, tmp: Path, size: int) -> list[str]:
-    from napari_dfa import synth
-    from napari_dfa.inference.tiling import TileGrid
+FIRST_CLICK = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import napari_dfa
+from napari_dfa import load_model, open_slide, segment
+t1 = time.perf_counter()
+model = load_model("demo")
+t2 = time.perf_counter()
+slide = open_slide(sys.argv[1])
+t3 = time.perf_counter()
+views = [tuple(int(v) for v in r.split(",")) for r in sys.argv[2:]]
+times, tiles = [], []
+for view in views:
+    t = time.perf_counter()
+    res = segment(slide, model, level=0, region=view, device="cpu")
+    times.append(time.perf_counter() - t)
+    tiles.append(res.tiles_total)
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "open": t3 - t2, "views": times, "tiles": tiles,
+                  "distributed": "distributed" in sys.modules}))
+"""
+
+
+def first_click(args, slide_path: Path) -> list[str]:
+    # The first view is the cold call; then a view 4 lattice tiles cover, and one that 9 cover
+    # (a 1024² view crosses two tile overlaps of the 4096² level's lattice per axis).
+    views = ["1536,1536,1024,1024", "1600,1600,1024,1024", "1024,1024,1024,1024"]
+    rows = ["| run | import s | load demo s | open slide s | first view s (cold) | warm views s (tiles) | "
+            "total to first labels s | distributed imported |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in range(args.cold_runs):
+        proc = subprocess.run([sys.executable, "-c", FIRST_CLICK, str(slide_path), *views], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr)
+        d = json.loads(proc.stdout.strip().splitlines()[-1])
+        total = d["import"] + d["load"] + d["open"] + d["views"][0]
+        warm = ", ".join(f"{t:.2f} ({n})" for t, n in zip(d["views"][1:], d["tiles"][1:]))
+        rows.append(f"| {r + 1} | {d['import']:.2f} | {d['load']:.2f} | {d['open']:.2f} | {d['views'][0]:.2f} "
+                    f"({d['tiles'][0]} tiles) | {warm} | **{total:.2f}** | {d['distributed']} |")
+    return rows
+
+
+def consistency(args, slide_path: Path) -> list[str]:
+    """Deterministic label comparisons (no timing)."""
+    from napari_dfa._sample_data import open_truth, sample_truth_path
     from napari_dfa.inference import segment
+    from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
-    slide_path, _ = synth.write_slide(tmp / f"bench_{size}.svs", size=(size, size), seed=0)
-    model = build_model(args.preset)
+    model = load_model("demo")
+    card = json.loads(Path(model.metadata["source"]).with_suffix(".json").read_text())
     with open_slide(slide_path) as slide:
-        grid = TileGrid(height=size, width=size, tile=args.tile, overlap=args.overlap, multiple=model.input_multiple)
-        # The batches the pipeline makes: within a tile row, `batch` tiles at a time.
-        batches = []
-        for y in grid.ys.starts:
-            row = [slide.read_region(0, (int(y), int(x), args.tile, args.tile)) for x in grid.xs.starts]
-            batches += [np.stack(row[b : b + args.batch]) for b in range(0, len(row), args.batch)]
-        # Interleaved rounds: the model alone in both weight formats, then the pipeline (NCHW weights,
-        # as built) with reading/blending in threads beside the model and inline; best of each,
-        # so that load from other processes on a shared machine hurts all of them alike.
-        times: dict[str, list] = {}
-        for r in range(args.repeats):
-            for name, cl in (("channels-last", True), ("NCHW", False)):
-                times.setdefault(name, []).append(time_model(model, batches, cl))
-            for mode, threads in (("threads", True), ("inline", False)):
-                out = tmp / f"bench_{size}_{r}_{mode}.labels.zarr"
-                # No tissue mask: (b) runs exactly the tiles (a) runs.
-                t0, c0 = time.perf_counter(), time.process_time()
-                res = segment(slide, model, tile=args.tile, overlap=args.overlap, device="cpu", out=out,
-                              batch_size=args.batch, tissue_mask=False, threads=threads)
-                times.setdefault(mode, []).append((time.perf_counter() - t0, time.process_time() - c0,
-                                                   res.model_seconds))
-                assert res.completed and res.tiles_done == grid.total and res.tiles_skipped == 0
+        rgb = np.asarray(slide.levels[0])
+        truth = np.asarray(open_truth(sample_truth_path())[0])
+        if args.quick:
+            rgb, truth = rgb[:2048, :2048], truth[:2048, :2048]
+        scored = truth > 0
 
-    def best(key, i=0):
-        return min(t[i] for t in times[key])
+        def dice(labels):
+            pred = np.where(scored, labels, 0)
+            return float(np.mean([2 * ((pred == c) & (truth == c)).sum() / max(1, (pred == c).sum() + (truth == c).sum())
+                                  for c in range(1, len(model.class_names) + 1)]))
 
-    faster = min(("NCHW", "channels-last"), key=best)
-    mpx = size * size / 1e6
-    rows = [
-        f"Slide: synthetic {size}×{size} SVS-style JPEG pyramid; model `{args.preset}` (5 classes); tile {args.tile}, "
-        f"overlap {args.overlap}, batch {args.batch}, {grid.total} tiles; best of {args.repeats} interleaved rounds.",
-        "",
-        "| measurement | wall s | CPU s | forward passes inside s | tiles/s (wall) | slide Mpx/s (wall) | "
-        "efficiency vs (a) NCHW |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    a = best("NCHW")
-    for name in ("NCHW", "channels-last"):
-        t, c = best(name), best(name, 1)
-        rows.append(f"| (a) model alone, {name} weights{' (faster)' if name == faster else ''} | {t:.2f} | {c:.2f} | | "
-                    f"{grid.total / t:.2f} | {mpx / t:.3f} | |")
-    for mode, what in (("threads", "reads and blending in threads beside the model"),
-                       ("inline", "reads and blending inline, between forward passes")):
-        t, c = best(mode), best(mode, 1)
-        fwd = min(times[mode], key=lambda v: v[0])[2]  # forward time inside the best run
-        pairs = sorted(m[0] / p[0] for m, p in zip(times["NCHW"], times[mode]))
-        rows.append(f"| (b) `segment`, {what} (tissue mask off; blend, argmax, store + pyramid) | {t:.2f} | {c:.2f} | {fwd:.2f} | "
-                    f"{grid.total / t:.2f} | {mpx / t:.3f} | **{a / t:.2f}** (per round: "
-                    f"{', '.join(f'{r:.2f}' for r in pairs)}) |")
-    rows += ["", "Efficiency = (a) ÷ (b) by wall time, best of each; per-round ratios compare runs made one "
-             "right after the other. CPU time counts every thread of the process; \"forward passes inside\" is "
-             "`SegmentResult.model_seconds` of the best run (wall minus it = what the pipeline adds)."]
+        def agree(a, b):
+            either = (a > 0) | (b > 0)  # glass both call glass is no evidence
+            return float((a == b)[either].mean())
+
+        whole = segment(rgb, model, device="cpu")
+        (ty, _), (oy, _) = whole.tile_shape, whole.overlap
+        H, W = rgb.shape[:2]
+        rows = ["| comparison | pixels agreeing |", "| --- | ---: |"]
+        # Views offset by half a tile: the same lattice tiles, so the same labels.
+        h = ty // 2
+        size = min(H, W) - 2 * h - 256
+        a = segment(rgb, model, region=(128, 128, size, size), device="cpu").labels
+        b = segment(rgb, model, region=(128 + h, 128 + h, size, size), device="cpu").labels
+        rows.append(f"| two views offset by half a tile ({h} px), default lattice | **{agree(a[h:, h:], b[:-h, :-h]):.4f}** |")
+        rows.append(f"| a view against the whole-image run | **{agree(a, whole.labels[128:128 + size, 128:128 + size]):.4f}** |")
+        dices = {"defaults": dice(whole.labels)}
+        # Tilings offset by half a tile: crop the image, so the lattice moves with it.
+        for label, tile, overlap in ((f"tile {ty}, overlap {oy} (the default's tile)", ty, oy),
+                                     ("tile 512, overlap 64 (the former default)", 512, 64),
+                                     ("tile 256, overlap 64", 256, 64)):
+            h = tile // 2
+            a = segment(rgb[: H - h, : W - h], model, tile=tile, overlap=overlap, device="cpu").labels
+            b = segment(rgb[h:, h:], model, tile=tile, overlap=overlap, device="cpu").labels
+            rows.append(f"| two tilings offset by half a tile, {label} | {agree(a[h:, h:], b[:-h, :-h]):.4f} |")
+            if tile == 512:
+                dices["tile 512, overlap 64"] = dice(segment(rgb, model, tile=512, overlap=64, device="cpu").labels)
+    rows += ["", "| labels of the whole slide (level 0) | mDice against the slide's truth |", "| --- | ---: |"]
+    rows += [f"| {k} | {v:.3f} |" for k, v in dices.items()]
+    rows.append(f"| (the demo model's card: test tiles, {card.get('name', 'demo')}) | {card['test_mdice']:.3f} |")
     return rows
 
 
@@ -186,7 +270,7 @@ import psutil, torch
 from napari_dfa.inference import segment
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
-slide_path, model_path, out, tile, overlap, batch = sys.argv[1:7]
+slide_path, model_path, out = sys.argv[1:4]
 model = load_model(model_path)
 proc = psutil.Process()
 base = proc.memory_info().rss
@@ -197,7 +281,7 @@ def sample():  # resident memory every 20 ms while segment runs
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 with open_slide(slide_path) as slide:
-    res = segment(slide, model, tile=int(tile), overlap=int(overlap), device="cpu", out=out, batch_size=int(batch))
+    res = segment(slide, model, device="cpu", out=out)
 stop.set(); sampler.join()
 print(json.dumps({"base": base, "peak": max(peak[0], proc.memory_info().rss), "tiles": res.tiles_total,
                   "skipped": res.tiles_skipped, "seconds": res.seconds, "float_bytes": res.peak_float_bytes,
@@ -206,7 +290,9 @@ print(json.dumps({"base": base, "peak": max(peak[0], proc.memory_info().rss), "t
 
 
 def memory(args, tmp: Path) -> list[str]:
-    model_path = build_model(args.memory_preset).save(tmp / "bench_model.safetensors")
+    from napari_dfa.model import load_model
+
+    model_path = load_model("demo").metadata["source"]
     sizes = [2048, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
     rows = ["| slide | tiles (computed) | seconds | RSS before `segment` | peak RSS during `segment` | growth | "
             "blend accumulators (peak) | process max RSS |",
@@ -214,8 +300,8 @@ def memory(args, tmp: Path) -> list[str]:
     for size in sizes:
         path = write_band_slide(tmp / f"band_{size}.tif", size)
         out = tmp / f"band_{size}.labels.zarr"
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(model_path), str(out), str(args.tile),
-                               str(args.overlap), str(args.batch)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(model_path), str(out)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -230,29 +316,35 @@ def memory(args, tmp: Path) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--preset", default="small", help="model preset for the efficiency part (demo model: small)")
-    p.add_argument("--memory-preset", default="tiny", help="model preset for the memory part (cost only)")
-    p.add_argument("--slide", default="1536,4096",
-                   help="edges of the efficiency slides, comma-separated (small: per-call fixed costs weigh; "
-                        "4096: 81 tiles, fixed costs amortised as on a real slide)")
-    p.add_argument("--sizes", default="8192,16384,32768", help="edges of the memory slides")
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="level 1 only, 1 round, 1 cold run, a 2048² consistency crop")
+    p.add_argument("--levels", default="1", help="sample-slide levels for the efficiency part, comma-separated")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--skip-efficiency", action="store_true")
+    p.add_argument("--cold-runs", type=int, default=3)
+    p.add_argument("--sizes", default="8192,16384,32768", help="edges of the memory slides")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: efficiency,first-click,consistency,memory")
     args = p.parse_args()
-    print("## Whole-slide inference speed and memory\n")
+    args.levels = [int(v) for v in str(args.levels).split(",")]
+    if args.quick:
+        args.repeats, args.cold_runs = 1, 1
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    from napari_dfa._sample_data import sample_slide_path
+
+    slide_path = sample_slide_path()
+    print("## Whole-slide inference: speed, first click, consistency, memory\n")
     print(f"Machine: {machine()}\n")
     print(f"Command: `python benchmarks/bench_inference.py {' '.join(sys.argv[1:])}`\n")
     with tempfile.TemporaryDirectory(prefix="napari-dfa-bench-") as tmp:
-        if not args.skip_efficiency:
-            print("\n".join(efficiency(args, Path(tmp))))
-        if not args.skip_memory:
-            print(f"\n### Peak memory of `segment` on growing slides (fresh process each, model "
-                  f"`{args.memory_preset}`, tile {args.tile}, overlap {args.overlap}, batch {args.batch})\n")
+        if "efficiency" not in skip:
+            print("### Pipeline at defaults against the model alone\n")
+            print("\n".join(efficiency(args, Path(tmp), slide_path)), flush=True)
+        if "first-click" not in skip:
+            print("\n### First click: a fresh process segments a 1024² view of the sample slide (level 0)\n")
+            print("\n".join(first_click(args, slide_path)), flush=True)
+        if "consistency" not in skip:
+            print("\n### Same pixel, same label (sample slide, level 0, demo model; deterministic)\n")
+            print("\n".join(consistency(args, slide_path)), flush=True)
+        if "memory" not in skip:
+            print("\n### Peak memory of `segment` on growing slides (fresh process each, demo model, defaults)\n")
             print("\n".join(memory(args, Path(tmp))))
 
 
