@@ -57,12 +57,13 @@ def test_sample_layers_are_aligned_and_described():
 
 
 @pytest.mark.gui
-def test_open_sample_in_napari(make_napari_viewer):
+def test_open_sample_in_napari(make_napari_viewer, qtbot):
     from napari.layers import Image, Labels
 
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-dfa", "synthetic_slide")
-    assert [type(layer) for layer in viewer.layers] == [Image, Labels]
+    # (generated in the background when not cached yet: wait for it)
+    qtbot.waitUntil(lambda: [type(layer) for layer in viewer.layers] == [Image, Labels], timeout=600_000)
     image, truth = viewer.layers
     assert image.rgb and image.multiscale and truth.multiscale
     assert tuple(truth.scale) == pytest.approx((0.5, 0.5))
@@ -79,3 +80,33 @@ def test_open_sample_in_napari(make_napari_viewer):
     truth.opacity = 1.0
     shot2 = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     assert np.abs(shot2 - shot).mean() > 10
+
+
+@pytest.mark.gui
+def test_first_generation_runs_in_a_worker_with_progress(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Not in the cache yet: the menu returns at once with a placeholder over the slide's extent,
+    a progress bar advances while a worker writes the slide, then the slide and its truth replace
+    the placeholder."""
+    from napari.layers import Image, Labels
+
+    monkeypatch.setenv("NAPARI_DFA_CACHE", str(tmp_path))
+    monkeypatch.setattr(_sample_data, "SAMPLE_SIZE", 1024)
+    seen = []
+    real = _sample_data.sample_slide_path
+
+    def recording(**kwargs):
+        report = kwargs.pop("progress")
+        return real(progress=lambda done, total: (seen.append((done, total)), report(done, total)), **kwargs)
+
+    monkeypatch.setattr(_sample_data, "sample_slide_path", recording)
+    viewer = make_napari_viewer(show=True)
+    assert not _sample_data.sample_ready()
+    viewer.open_sample("napari-dfa", "synthetic_slide")
+    (holder,) = viewer.layers  # at once: the window is not blocked while the slide is written
+    assert holder.name == _sample_data.PLACEHOLDER
+    np.testing.assert_allclose(np.asarray(holder.extent.world)[1] - np.asarray(holder.extent.world)[0],
+                               [512.0, 512.0], rtol=0.1)
+    qtbot.waitUntil(lambda: [type(layer) for layer in viewer.layers] == [Image, Labels], timeout=600_000)
+    assert [layer.name for layer in viewer.layers] == ["synthetic H&E", "synthetic H&E truth"]
+    assert seen and seen[0][1] > 1  # the bar advanced row by row of tiles
+    assert viewer.layers[0].data[0].shape[:2] == (1024, 1024) and _sample_data.sample_ready()
