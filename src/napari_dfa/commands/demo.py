@@ -168,16 +168,17 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     ``Description``)."""
     import datetime as dt
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
     from PIL.PngImagePlugin import PngInfo
 
     from .. import __version__
+    from ..arrays import compute_local
     from ..labels.palette import overlay_palette
     from ..paths import slide_stem
 
     step = max(1, int(np.ceil(max(labels.shape) / OVERLAY_MAX)))
     lab = np.asarray(labels[::step, ::step])
-    rgb = np.asarray(slide.levels[level][::step, ::step].compute()).astype(np.float32)
+    rgb = compute_local(slide.levels[level][::step, ::step]).astype(np.float32)
     colors = overlay_palette(seg.class_colors, palette)
     table = np.zeros((256, 3), np.float32)
     table[1:len(colors) + 1] = np.asarray(colors, np.float32)

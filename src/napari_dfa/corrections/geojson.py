@@ -27,7 +27,6 @@ features paint over earlier ones. Our own GeoJSON export read back gives the lab
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import math

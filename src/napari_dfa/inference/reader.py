@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..arrays import compute_local  # noqa: F401  (inference reads through it)
 from ..errors import ConfigError, DataError, DFAError, SlideError
 
 logger = logging.getLogger(__name__)
@@ -18,22 +19,6 @@ logger = logging.getLogger(__name__)
 
 def _is_slide(obj) -> bool:
     return hasattr(obj, "levels") and hasattr(obj, "downsamples")
-
-
-def compute_local(array, *, threads: bool = False) -> np.ndarray:
-    """``array`` as a numpy array; a dask array is computed in this process, never on a cluster.
-
-    The scheduler is handed over as a function: given by name (even ``"sync"``) or not at all,
-    dask looks for a ``distributed`` client first, and importing ``distributed`` costs ~0.15 s on
-    an idle machine and up to ~10 s under load, on the first read of every process. ``threads``:
-    dask's local thread pool (a read of many stored tiles at once); else the calling thread."""
-    if not hasattr(array, "compute"):
-        return np.asarray(array)
-    if threads:
-        from dask.threaded import get
-    else:
-        from dask.local import get_sync as get
-    return np.asarray(array.compute(scheduler=get))
 
 
 class Source:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 
+from ..arrays import compute_local
 from ..classes import default_colors
 
 ROWS = 1024  # rows read at a time from zarr/dask sources
@@ -13,7 +13,7 @@ def row_blocks(labels, step: int = ROWS):
     """(y0, block) over full-width row blocks of a numpy/zarr/dask array."""
     for y0 in range(0, labels.shape[0], step):
         block = labels[y0 : y0 + step]
-        yield y0, np.asarray(block.compute() if hasattr(block, "compute") else block)
+        yield y0, compute_local(block)
 
 
 def check_classes(class_names, class_colors):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays import compute_local
 from ..errors import DataError
 from ._common import check_classes
 
@@ -26,7 +27,7 @@ def labels_to_geojson(labels, class_names, class_colors=None, downsample: float 
     from .polygons import mask_to_geometry
 
     names, colors = check_classes(class_names, class_colors)
-    arr = np.asarray(labels.compute() if hasattr(labels, "compute") else labels[...])
+    arr = compute_local(labels if hasattr(labels, "compute") else labels[...])
     features = []
     for value in np.unique(arr):
         if value == 0:

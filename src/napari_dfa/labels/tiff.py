@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays import compute_local
 from ..errors import DataError
 from ._common import check_classes
 from .store import ATTR, pyramid_shapes
@@ -35,7 +36,7 @@ def write_labels_tiff(path, labels, class_names, class_colors=None, *, downsampl
         lh, lw = shapes[level]
         for ty in range(0, lh, tile):
             band = labels[ty * f : min(lh, ty + tile) * f : f]
-            band = np.asarray(band.compute() if hasattr(band, "compute") else band)[:, ::f]
+            band = compute_local(band)[:, ::f]
             for tx in range(0, lw, tile):
                 yield np.ascontiguousarray(band[:, tx : tx + tile], dtype=np.uint8)
 

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
+from ..arrays import compute_local
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ def rgb_pyramid(stored: list[da.Array], *, path: Path) -> tuple[list[da.Array], 
     smallest = kept[-1]
     sample = None
     if smallest.dtype != np.uint8 and smallest.shape[0] * smallest.shape[1] <= PERCENTILE_MAX_PIXELS:
-        sample = smallest.compute()
+        sample = compute_local(smallest)
     hi = intensity_max(smallest.dtype, sample)
     levels = [to_rgb_uint8(arr, hi) for arr in kept]
     level0 = levels[0].shape
