@@ -50,10 +50,10 @@ def main() -> None:
         res = segment(slide, model, level=level, tile=args.tile, overlap=args.overlap, out=store,
                       progress=progress, resume=store.exists())
         stem = store.name[: -len(".labels.zarr")]
-        export.write_geojson(out / f"{stem}.geojson", res.labels, res.class_names, res.class_colors,
+        export.write_geojson(out / f"{stem}.geojson", res.labels, res.classes,
                              downsample=res.downsample, offset=res.translate)
-        rows = export.class_areas(res.labels, res.class_names, downsample=res.downsample, mpp=slide.mpp)
-        export.write_area_csv(out / f"{stem}.areas.csv", res.labels, res.class_names,
+        rows = export.class_areas(res.labels, res.classes, downsample=res.downsample, mpp=slide.mpp)
+        export.write_area_csv(out / f"{stem}.areas.csv", res.labels, res.classes,
                               downsample=res.downsample, mpp=slide.mpp)
 
     print(f"\nlevel {res.level} (downsample {res.downsample:g}), {res.tiles_total} tiles "

@@ -13,11 +13,12 @@ import logging
 import numpy as np
 
 from . import labels
+from .classes import ClassSet
 
 logger = logging.getLogger(__name__)
 
 
-def _classes(data, meta: dict) -> tuple[list[str], list[tuple[int, int, int]]]:
+def _classes(data, meta: dict) -> ClassSet:
     md = (meta.get("metadata") or {}).get("napari_dfa", {}) or {}
     k = 0
     names: dict[int, str] = {}
@@ -42,7 +43,7 @@ def _classes(data, meta: dict) -> tuple[list[str], list[tuple[int, int, int]]]:
         colors.setdefault(i, tuple(int(v) for v in c[:3]))
     out_names = [names.get(i, f"class {i}") for i in range(1, k + 1)]
     out_colors = [colors.get(i, (128, 128, 128)) for i in range(1, k + 1)]
-    return out_names, out_colors
+    return ClassSet.of(out_names, out_colors, name="layer")
 
 
 def _placement(meta: dict) -> tuple[float, tuple[float, float]]:
@@ -60,20 +61,20 @@ def _finest(data):
 
 def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
-    names, colors = _classes(arr, meta)
+    classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_ome_zarr_labels(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_ome_zarr_labels(path, arr, classes, downsample=ds, offset=off))]
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
-    names, colors = _classes(arr, meta)
+    classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_labels_tiff(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_labels_tiff(path, arr, classes, downsample=ds, offset=off))]
 
 
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
-    names, colors = _classes(arr, meta)
+    classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_geojson(path, arr, names, colors, downsample=ds, offset=off))]
+    return [str(labels.write_geojson(path, arr, classes, downsample=ds, offset=off))]

@@ -32,6 +32,18 @@ class ClassSet:
     def num_classes(self) -> int:
         return len(self.names)
 
+    @classmethod
+    def of(cls, classes, colors=None, *, name: str = "") -> "ClassSet":
+        """A ClassSet from a ClassSet (returned as is) or from names with optional colours (missing
+        colours get :func:`default_colors`): the one place parallel name/colour lists become a set."""
+        if isinstance(classes, ClassSet):
+            return classes
+        names = tuple(str(n) for n in classes)
+        cols = [tuple(int(v) for v in c)[:3] for c in (colors or [])][: len(names)]
+        if len(cols) < len(names):
+            cols += default_colors(len(names))[len(cols):]
+        return cls(name=name, names=names, colors=tuple(cols))
+
     def label_of(self, name: str) -> int:
         """Label id (1..K) of a class name, case-insensitive."""
         lowered = [n.lower() for n in self.names]

@@ -146,11 +146,11 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
         labels = np.asarray(res.labels[...])
         place = dict(downsample=res.downsample, mpp=sl.mpp)
         outputs = {"labels": Path(res.path)}
-        outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.class_names,
-                                                   seg.class_colors, offset=res.translate, **place)
+        outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.classes,
+                                                   offset=res.translate, **place)
         outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg,
                                            palette=palette)
-        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.class_names, **place)
+        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.classes, **place)
     logger.info("demo outputs in %s", out)
     return outputs
 

@@ -171,11 +171,11 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
             report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
             if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
                 with atomic_output(paths["geojson"]) as tmp:
-                    label_files.write_geojson(tmp, res.labels, res.class_names, res.class_colors,
+                    label_files.write_geojson(tmp, res.labels, res.classes,
                                               downsample=res.downsample, offset=res.translate)
             if res.completed and paths["areas"] is not None:
                 with atomic_output(paths["areas"]) as tmp:
-                    label_files.write_area_csv(tmp, res.labels, res.class_names, downsample=res.downsample,
+                    label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample,
                                                mpp=slide.mpp)
         report["ok"] = res.completed
     except DFAError as exc:

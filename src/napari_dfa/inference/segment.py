@@ -48,6 +48,7 @@ from .blend import CellBlender, MemorySink, TileOutput, ZarrSink
 from .reader import Source, _is_slide
 from .tiling import TileGrid
 from .tissue import tissue_mask_for
+from ..classes import ClassSet
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class SegmentResult:
     tile_shape: tuple[int, int] = (0, 0)  # forward-pass tile (y, x) of the lattice
     overlap: tuple[int, int] = (0, 0)  # least overlap of neighbouring tiles (y, x)
     computed_pixels: int = 0  # pixels the forward passes saw (tiles × tile area, glass tiles included)
+
+    @property
+    def classes(self) -> ClassSet:
+        """Names and colours of labels 1..K, for the label writers and layers."""
+        return ClassSet.of(self.class_names, self.class_colors, name="model")
 
 
 def model_fingerprint(model) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from ..arrays import compute_local
-from ..classes import default_colors
+from ..classes import ClassSet
 
 ROWS = 1024  # rows read at a time from zarr/dask sources
 
@@ -16,9 +16,7 @@ def row_blocks(labels, step: int = ROWS):
         yield y0, compute_local(block)
 
 
-def check_classes(class_names, class_colors):
-    names = [str(n) for n in class_names]
-    colors = [tuple(int(v) for v in c)[:3] for c in (class_colors or [])]
-    if len(colors) < len(names):
-        colors += default_colors(len(names))[len(colors):]
-    return names, colors
+def check_classes(classes, class_colors=None):
+    """(names, colours) of a ClassSet, or of names with optional colours (writers accept both)."""
+    cs = ClassSet.of(classes, class_colors)
+    return list(cs.names), list(cs.colors)

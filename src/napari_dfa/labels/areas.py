@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classes import ClassSet
 from ._common import row_blocks
 
 # --- areas ----------------------------------------------------------------------------------------
-def class_areas(labels, class_names, *, downsample: float = 1.0, mpp: float | None = None) -> list[dict]:
+def class_areas(labels, classes, *, downsample: float = 1.0, mpp: float | None = None) -> list[dict]:
     """Per-class area and share of the labelled (non-zero) area.
 
     Returns one dict per class: ``class``, ``label``, ``pixels`` (at the labels' level),
@@ -18,7 +19,7 @@ def class_areas(labels, class_names, *, downsample: float = 1.0, mpp: float | No
     counts = np.zeros(256, dtype=np.int64)
     for _, block in row_blocks(labels):
         counts += np.bincount(block.ravel(), minlength=256)[:256]
-    names = [str(n) for n in class_names]
+    names = list(ClassSet.of(classes).names)
     labelled = int(counts[1 : len(names) + 1].sum())
     rows = []
     for i, name in enumerate(names, start=1):
@@ -32,10 +33,10 @@ def class_areas(labels, class_names, *, downsample: float = 1.0, mpp: float | No
     return rows
 
 
-def write_area_csv(path, labels, class_names, *, downsample: float = 1.0, mpp: float | None = None) -> Path:
+def write_area_csv(path, labels, classes, *, downsample: float = 1.0, mpp: float | None = None) -> Path:
     """Write :func:`class_areas` as CSV (e.g. a tumour–stroma ratio is two rows of it)."""
     path = Path(path)
-    rows = class_areas(labels, class_names, downsample=downsample, mpp=mpp)
+    rows = class_areas(labels, classes, downsample=downsample, mpp=mpp)
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["class", "label", "pixels", "area_px0", "area_mm2", "percent"])
         writer.writeheader()

@@ -13,7 +13,7 @@ from ..errors import DataError
 from ._common import check_classes
 
 # --- GeoJSON --------------------------------------------------------------------------------------
-def labels_to_geojson(labels, class_names, class_colors=None, downsample: float = 1.0, offset=(0, 0), *,
+def labels_to_geojson(labels, classes, class_colors=None, downsample: float = 1.0, offset=(0, 0), *,
                       split: bool = False) -> dict:
     """QuPath-style GeoJSON FeatureCollection of the label regions, in level-0 pixels.
 
@@ -26,7 +26,7 @@ def labels_to_geojson(labels, class_names, class_colors=None, downsample: float 
 
     from .polygons import mask_to_geometry
 
-    names, colors = check_classes(class_names, class_colors)
+    names, colors = check_classes(classes, class_colors)
     arr = compute_local(labels if hasattr(labels, "compute") else labels[...])
     features = []
     for value in np.unique(arr):
@@ -59,11 +59,11 @@ def _listify(coords):
     return [_listify(c) for c in coords]
 
 
-def write_geojson(path, labels, class_names, class_colors=None, *, downsample: float = 1.0, offset=(0, 0),
+def write_geojson(path, labels, classes, class_colors=None, *, downsample: float = 1.0, offset=(0, 0),
                   split: bool = False) -> Path:
     """Write :func:`labels_to_geojson` to ``path`` (QuPath: File ▸ Import objects)."""
     path = Path(path)
-    fc = labels_to_geojson(labels, class_names, class_colors, downsample, offset, split=split)
+    fc = labels_to_geojson(labels, classes, class_colors, downsample, offset, split=split)
     path.write_text(json.dumps(fc))
     return path
 

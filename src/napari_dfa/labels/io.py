@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classes import ClassSet
 from ._common import ROWS, check_classes, row_blocks
 from .areas import write_area_csv
 from .geojson import labels_to_geojson, write_geojson
@@ -25,13 +26,13 @@ from ..errors import DataError
 logger = logging.getLogger(__name__)
 
 # --- OME-Zarr -------------------------------------------------------------------------------------
-def write_ome_zarr_labels(path, labels, class_names, class_colors=None, *, downsample: float = 1.0,
+def write_ome_zarr_labels(path, labels, classes, class_colors=None, *, downsample: float = 1.0,
                           offset=(0.0, 0.0), chunk: int = 512, mpp: float | None = None) -> Path:
     """Write labels as an OME-Zarr (NGFF 0.5) label image with a display pyramid.
 
     ``image-label`` carries the class colours and names (``properties[].class``); see
     :mod:`napari_dfa.labels.store` for the layout. Returns the store path."""
-    names, colors = check_classes(class_names, class_colors)
+    names, colors = check_classes(classes, class_colors)
     store = LabelsStore.create(path, shape=labels.shape[:2], class_names=names, class_colors=colors,
                                chunk=chunk, downsample=downsample, translate=offset, info={"mpp": mpp})
     for y0, block in row_blocks(labels, max(chunk, ROWS // chunk * chunk)):
@@ -45,7 +46,7 @@ def read_labels(path, *, level: int = 0):
     """Open labels written by napari-dfa (OME-Zarr store or TIFF) or any NGFF label image.
 
     Returns ``(labels, info)``: a lazy zarr array (or numpy for TIFF) of the requested pyramid
-    level, and ``info`` with ``class_names``, ``class_colors``, ``downsample``, ``offset``, ``mpp``
+    level, and ``info`` with ``classes`` (a ClassSet; also as ``class_names``, ``class_colors``), ``downsample``, ``offset``, ``mpp``
     (downsample already multiplied by 2**level), and the completeness marker: ``completed``,
     ``rows_done``, ``rows_total``, ``fraction``, ``partial`` (an incomplete store is logged)."""
     path = Path(path)
@@ -57,6 +58,7 @@ def read_labels(path, *, level: int = 0):
         labels, info = read_tiff_labels(path, level)
     else:
         raise DataError(f"{path}: unsupported labels file; give an OME-Zarr labels store (.zarr) or a TIFF")
+    info["classes"] = ClassSet.of(info["class_names"], info["class_colors"], name=path.name)
     info.update(_completeness_marker(path))
     if not info["completed"]:
         logger.warning("%s: %s", path, describe_incomplete(info))
@@ -164,21 +166,21 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
     with atomic_output(dst) as tmp:
         if suffix in (".geojson", ".json"):
             if mark is None:
-                write_geojson(tmp, labels, info["class_names"], info["class_colors"], split=split, **kw)
+                write_geojson(tmp, labels, info["classes"], split=split, **kw)
             else:
                 _write_partial_geojson(tmp, labels, info, mark, split=split)
         elif suffix in (".tif", ".tiff"):
-            write_labels_tiff(tmp, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
+            write_labels_tiff(tmp, labels, info["classes"], mpp=info["mpp"], **kw)
             if mark is not None:
                 _mark_tiff(tmp, mark)
         elif suffix == ".zarr":
-            write_ome_zarr_labels(tmp, labels, info["class_names"], info["class_colors"], mpp=info["mpp"], **kw)
+            write_ome_zarr_labels(tmp, labels, info["classes"], mpp=info["mpp"], **kw)
             store = LabelsStore.open(tmp)
             _rename_multiscale(store.group, dst.name)  # it was written under the temporary name
             if mark is not None:
                 store.update_info(**mark)
         else:
-            write_area_csv(tmp, labels, info["class_names"], downsample=info["downsample"], mpp=info["mpp"])
+            write_area_csv(tmp, labels, info["classes"], downsample=info["downsample"], mpp=info["mpp"])
             if mark is not None:
                 _mark_csv(tmp, mark)
     if mark is not None:
@@ -203,7 +205,7 @@ def _partial_words(mark: dict) -> str:
 def _write_partial_geojson(path: Path, labels, info: dict, mark: dict, *, split: bool) -> None:
     import json
 
-    fc = labels_to_geojson(labels, info["class_names"], info["class_colors"], info["downsample"], info["offset"],
+    fc = labels_to_geojson(labels, info["classes"], None, info["downsample"], info["offset"],
                            split=split)
     fc[ATTR] = mark  # a foreign member (RFC 7946 6.1): QuPath ignores it, our tools read it
     for feat in fc["features"]:  # what QuPath shows in its annotation list

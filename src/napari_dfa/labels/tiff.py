@@ -13,7 +13,7 @@ from ._common import check_classes
 from .store import ATTR, pyramid_shapes
 
 # --- TIFF -----------------------------------------------------------------------------------------
-def write_labels_tiff(path, labels, class_names, class_colors=None, *, downsample: float = 1.0,
+def write_labels_tiff(path, labels, classes, class_colors=None, *, downsample: float = 1.0,
                       offset=(0.0, 0.0), tile: int = 256, mpp: float | None = None) -> Path:
     """Write labels as a tiled, zlib-compressed pyramidal TIFF (BigTIFF, SubIFD pyramid).
 
@@ -22,7 +22,7 @@ def write_labels_tiff(path, labels, class_names, class_colors=None, *, downsampl
     The resolution tags hold pixels per centimetre when ``mpp`` is known."""
     import tifffile
 
-    names, colors = check_classes(class_names, class_colors)
+    names, colors = check_classes(classes, class_colors)
     path = Path(path)
     h, w = (int(v) for v in labels.shape[:2])
     shapes = pyramid_shapes((h, w), min_size=tile)

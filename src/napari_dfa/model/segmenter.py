@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..classes import default_colors
+from ..classes import ClassSet, default_colors
 from ..errors import CheckpointError, DataError
 from .card import build_card
 from .checkpoint import load_state_checked, read_checkpoint, write_checkpoint
@@ -104,6 +104,11 @@ class Segmenter:
     @property
     def context(self) -> int:
         return self.config.context
+
+    @property
+    def classes(self) -> ClassSet:
+        """The model's classes (names and colours of labels 1..K) as one value that travels."""
+        return ClassSet.of(self.class_names, self.class_colors, name="model")
 
     def __repr__(self) -> str:
         return (f"Segmenter(preset={self.config.preset!r}, classes={self.class_names}, "
