@@ -594,15 +594,7 @@ class FinetuneWidget(DFAWidget):
             item.setCheckState(0, Qt.CheckState.Unchecked if info["hidden"] else Qt.CheckState.Checked)
             self.saved_list.addTopLevelItem(item)
         self.saved_list.blockSignals(False)
-        used = {}
-        for info in infos:
-            if not info["hidden"]:
-                for n, px in info["pixels"].items():
-                    used[n] = used.get(n, 0) + px
-        total = sum(used.values())
-        self.saved_label.setText(f"Saved on disk ({store.path.name}): {total} px in use"
-                                 + (f" — {', '.join(f'{n}: {px}' for n, px in used.items())}" if used else "")
-                                 + (f"; {sum(i['hidden'] for i in infos)} hidden" if any(i["hidden"] for i in infos) else ""))
+        total = self._show_saved_total(store, infos)
         key = str(store.path)
         if infos and key not in self._announced:
             self._announced.add(key)
@@ -610,6 +602,21 @@ class FinetuneWidget(DFAWidget):
                 self._say(f"This slide has {len(infos)} saved correction patch(es) from before ({total} px in use, "
                           "listed under Saved corrections). They train the next fine-tuning unless you untick "
                           "or delete them.")
+
+    def _show_saved_total(self, store, infos=None) -> int:
+        """The line above the list: corrected pixels in use per class, and how many are hidden."""
+        infos = infos if infos is not None else [store.info(p.key) for p in store.patches()]
+        used: dict[str, int] = {}
+        for info in infos:
+            if not info["hidden"]:
+                for n, px in info["pixels"].items():
+                    used[n] = used.get(n, 0) + px
+        total = sum(used.values())
+        hidden = sum(i["hidden"] for i in infos)
+        self.saved_label.setText(f"Saved on disk ({store.path.name}): {total} px in use"
+                                 + (f" — {', '.join(f'{n}: {px}' for n, px in used.items())}" if used else "")
+                                 + (f"; {hidden} hidden" if hidden else ""))
+        return total
 
     def _on_saved_item(self, item, column=0) -> None:
         key = item.data(0, Qt.ItemDataRole.UserRole)
@@ -621,7 +628,8 @@ class FinetuneWidget(DFAWidget):
         for layer in self.viewer.layers:
             if (layer.metadata or {}).get("napari_dfa", {}).get("patch") == key:
                 layer.visible = not hidden
-        self.refresh_saved()
+        # (not refresh_saved: rebuilding the list would delete the item whose signal this is)
+        self._show_saved_total(store)
         self._say("Hidden: that correction is kept on disk but does not train." if hidden
                   else "That correction is in use again.")
 
@@ -631,6 +639,7 @@ class FinetuneWidget(DFAWidget):
             item = self.saved_list.topLevelItem(i)
             if item.data(0, Qt.ItemDataRole.UserRole) == key:
                 item.setCheckState(0, Qt.CheckState.Checked if used else Qt.CheckState.Unchecked)
+                return
 
     def delete_saved(self, keys=None) -> int:
         """Delete saved corrections (default: those selected in the list) from disk and view."""
