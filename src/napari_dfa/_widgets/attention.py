@@ -119,8 +119,8 @@ class AttentionWidget(DFAWidget):
                      transform=ax2.transAxes, fontsize=8)
         ax2.set_ylabel("class bias b_c")
         ax2.tick_params(labelsize=7)
-        self.values.setText("Class bias b_c (hover for what it means): "
-                            + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias)))
+        self.values.setText("Class bias b_c: " + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias))
+                            + " (hover for what it means)")
         self.canvas.draw_idle()
 
     # --- focus / uncertainty layers ----------------------------------------------------------
