@@ -224,6 +224,18 @@ def test_rename_recolour_remove_classes(segmented, qtbot, tmp_path):
     assert (layer.data == 2).sum() == 400 and list(layer.features["class"])[1:] == ft_w.class_names()
     assert ft_w._renames == {"stroma": "Stroma (collagen)"}
     assert not ft_w.add_class("tumour") and "already" in ft_w.status.text()
+    # Applied to the model without training: a new version whose kept classes predict as before.
+    labels = viewer.layers[ft_w.session.result.labels_layer]
+    before = labels.data.copy()
+    old = ft_w.session.segmenter
+    assert ft_w.apply_classes_button.isEnabled() and ft_w.apply_classes()
+    new = ft_w.session.segmenter
+    assert new is not old and new.class_names == ft_w.class_names() and not ft_w.classes_changed()
+    assert tuple(new.class_colors[0]) == (10, 20, 30) and ft_w.version_combo.currentText() == "classes 1"
+    lut = np.array([0, 0, 1, 2, 3, 4], np.uint8)  # inflammatory removed, the rest move down by one
+    np.testing.assert_array_equal(labels.data, lut[before])
+    assert list(labels.features["class"])[1:] == ft_w.class_names()
+    assert seg_w.model_combo.currentData() == ft_w.session.model_source
 
 
 def test_saved_corrections_are_listed_hidden_deleted_and_exported(make_napari_viewer, qtbot, small_slide,

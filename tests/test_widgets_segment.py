@@ -187,8 +187,10 @@ def test_bad_states_are_messages_not_tracebacks(make_napari_viewer, qtbot, tmp_p
     widget = SegmentWidget(viewer)
     # No slide open.
     assert widget.segment() is None
-    assert "No slide open" in widget.status.text()
+    assert "No slide open" in widget.status.text() and widget.status.styleSheet()
     open_slide_layer(viewer, small_slide)
+    # The red message goes as soon as its problem does.
+    assert "No slide open" not in widget.status.text() and not widget.status.styleSheet()
     # A corrupt checkpoint: named in the message, napari keeps running.
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x00" * 64)

@@ -120,6 +120,11 @@ class FinetuneWidget(DFAWidget):
         self.rename_class_button = QPushButton("Rename…")
         self.color_class_button = QPushButton("Colour…")
         self.remove_class_button = QPushButton("Remove")
+        self.apply_classes_button = QPushButton("Apply to the model")
+        self.apply_classes_button.setToolTip(
+            "Give the model this class list now, without training: renamed and recoloured classes keep what "
+            "they learned, removed ones are dropped, a new class gets a token of its own (learnt at the next "
+            "fine-tuning). Fine-tuning applies the list too.")
         self.classes_note = QLabel()
         self.classes_note.setWordWrap(True)
         self.import_button = QPushButton("Import QuPath GeoJSON…")
@@ -194,6 +199,7 @@ class FinetuneWidget(DFAWidget):
             edits.addWidget(b)
         layout.addLayout(edits)
         layout.addWidget(self.classes_note)
+        layout.addWidget(self.apply_classes_button)
         imports = QHBoxLayout()
         imports.addWidget(self.import_button)
         imports.addWidget(self.add_missing)
@@ -237,6 +243,7 @@ class FinetuneWidget(DFAWidget):
         self.rename_class_button.clicked.connect(self._ask_rename_class)
         self.color_class_button.clicked.connect(self._ask_color_class)
         self.remove_class_button.clicked.connect(lambda: self._selected_class() and self.remove_class(self._selected_class()))
+        self.apply_classes_button.clicked.connect(lambda: self.apply_classes())
         self.import_button.clicked.connect(self._ask_geojson)
         self.load_button.clicked.connect(self.load_saved)
         self.delete_button.clicked.connect(lambda: self.delete_saved())
@@ -338,6 +345,43 @@ class FinetuneWidget(DFAWidget):
         self._say(f"Removed the class {name!r}" + (f"; its {cleared} corrected px were cleared." if cleared else "."))
         return True
 
+    def apply_classes(self) -> bool:
+        """Make the class list the model's now (a new model version, no training)."""
+        from ..corrections.guard import label_map
+        from ..model.classes_edit import with_classes
+
+        try:
+            seg = self._need_model()
+        except DataError as exc:
+            self._say(str(exc), error=True)
+            return False
+        if not self.classes_changed():
+            self._say("The model has this class list already.")
+            return False
+        names, colors, renames = self.class_names(), self.class_colors(), dict(self._renames)
+        store = self._current_store()
+        counts = store.counts_by_name() if store is not None else {}
+        new = with_classes(seg, names, colors, renames=renames or None,
+                           corrected_frequencies={n: c for n, c in counts.items() if n not in seg.class_names} or None)
+        lut = label_map(seg.class_names, names, renames)
+        n = sum(1 for v in self.session.versions if v["label"].startswith("classes")) + 1
+        self.session.set_model(new, f"{self.session.model_source} + classes {n}", label=f"classes {n}")
+        self.session.bias_changed.emit()
+        res = self.session.result
+        text = f"The model has the class list now (version 'classes {n}')."
+        if res is not None and res.labels_layer in self.viewer.layers:
+            layer = self.viewer.layers[res.labels_layer]
+            layer.colormap = class_colormap(new.class_colors)
+            layer.features = class_features(new.class_names)
+            if res.whole_slide:
+                text += " Segment again to see the whole slide in it."
+            else:
+                layer.data = lut[np.asarray(layer.data)]
+                if (lut[1:] == 0).any():
+                    text += " Pixels of removed classes are unlabelled until you segment again."
+        self._say(text)
+        return True
+
     def _apply_class_edit(self, renames: dict[str, str]) -> None:
         """Follow a class edit everywhere: the store's labels (by name), the paint class picker,
         the correction layer's colours and names."""
@@ -371,6 +415,7 @@ class FinetuneWidget(DFAWidget):
         changed = self.classes_changed() and self.session.segmenter is not None
         self.classes_note.setText("The class list differs from the model's: the next fine-tuning teaches it "
                                   "(new classes get a new token; renamed ones keep theirs)." if changed else "")
+        self.apply_classes_button.setEnabled(changed)
 
     def _selected_class(self) -> str | None:
         item = self.class_list.currentItem()
