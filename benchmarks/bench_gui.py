@@ -254,8 +254,10 @@ def main() -> int:
     pump_until(app, lambda: ft_w.worker is None, 1800)
     seconds = time.perf_counter() - t
     gap_run, gap_show = finish(t)
+    ft_w.accept_button.click()  # the review (changed pixels, areas) is up: accept it to see the labels
     after = float((viewer.layers[labels.name].data[box] == target).mean())
-    rows.append((f"Fine-tune click → region re-segmented ({args.steps} steps, batch 4, crop 256)",
+    rows.append((f"Fine-tune click → region re-segmented, changes shown for review ({args.steps} steps, batch 4, "
+                 "crop 256, encoder frozen)",
                  f"corrected 256² px; painted class share {before:.0%} → {after:.0%}", seconds, gap_run,
                  gap_show))
 
