@@ -237,3 +237,41 @@ def test_grey_16bit_layer_and_recent_models(make_napari_viewer, qtbot, tiny_mode
     other = SegmentWidget(make_napari_viewer(show=False))
     sources = [other.model_combo.itemData(i) for i in range(other.model_combo.count())]
     assert str(tiny_model_path) in sources and sources[0] == "demo" and sources[-1] is None  # Open…
+
+
+def _segment_whole_layer(viewer, qtbot, widget, name):
+    checks = widget.domain_checks_done
+    widget.scope_combo.setCurrentText("Whole slide")
+    widget.image_combo.setCurrentText(name)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    # the domain check runs in its own worker once the result is on screen
+    qtbot.waitUntil(lambda: widget.domain_checks_done > checks, timeout=600_000)
+
+
+def test_demo_model_says_so_and_warns_on_a_slide_beyond_it(make_napari_viewer, qtbot):
+    """The demo model names itself in the layer; a real IHC scan (skimage's, a real photograph of
+    stained tissue) is flagged as beyond its synthetic training tissue, the synthetic sample is not."""
+    from skimage.data import immunohistochemistry
+
+    from napari_dfa._sample_data import sample_slide_path
+    from napari_dfa._widgets.segment import SegmentWidget
+    from napari_dfa.slide import open_slide
+
+    viewer = make_napari_viewer(show=True)
+    set_canvas(viewer, qtbot)
+    widget = SegmentWidget(viewer)
+    widget.set_model_source("demo")
+
+    with open_slide(sample_slide_path()) as slide:
+        synthetic = np.asarray(slide.read_region(0, (1536, 1536, 1024, 1024)))  # 0.5 µm/px, as trained
+    viewer.add_image(synthetic, rgb=True, name="synthetic")
+    _segment_whole_layer(viewer, qtbot, widget, "synthetic")
+    assert "demo model: synthetic tissue only" in viewer.layers[-1].name
+    assert widget.domain_warning is None
+
+    viewer.add_image(immunohistochemistry(), rgb=True, name="ihc")
+    _segment_whole_layer(viewer, qtbot, widget, "ihc")
+    assert widget.domain_warning is not None and "synthetic" in widget.domain_warning
+    assert "Warning" in widget.status.text()

@@ -26,7 +26,7 @@ from ..errors import ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
 from ..labels import LabelsStore
 from ..paths import region_labels_store_path
-from ._base import DFAWidget
+from ._base import DFAWidget, notify, start_worker
 from ._labels_layer import put_labels_layer
 from ._layers import LayerPyramid, image_layers, layer_pyramid, pick_image_layer, shapes_roi, visible_region
 from ._session import DEMO, RegionResult, add_recent_model, recent_models
@@ -52,6 +52,10 @@ class SegmentWidget(DFAWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.cache = RegionCache()
+        self._domain_checked: set = set()  # (image, model fingerprint) pairs already checked
+        self._domain_worker = None
+        self.domain_warning: str | None = None  # the last "slide beyond the model" message
+        self.domain_checks_done = 0
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -241,7 +245,8 @@ class SegmentWidget(DFAWidget):
         pyramid = LayerPyramid(self.viewer.layers[layer_name], placement_only=True)
         scale, translate = pyramid.placement(level, region)
         whole = res.path is not None
-        name = f"{layer_name} DFA labels" + (" (whole slide)" if whole else "")
+        name = (f"{layer_name} DFA labels" + (" (whole slide)" if whole else "")
+                + (" (demo model: synthetic tissue only)" if source == DEMO else ""))
         meta = {"napari_dfa": {"image_layer": layer_name, "level": level, "region": list(region),
                                "model": source, "completed": bool(getattr(res, "completed", True))}}
         if whole:
@@ -263,9 +268,38 @@ class SegmentWidget(DFAWidget):
             h, w = region[2], region[3]
             cached = " (from the cache)" if getattr(res, "cached", False) else ""
             self._say(f"Done{cached}: {h}×{w} px at level {level} → layer '{labels.name}'.")
+            self._check_domain(layer_pyramid(self.viewer, self.viewer.layers[layer_name]), level, region, seg)
         else:
             self._say(f"Cancelled after {res.tiles_done} of {res.tiles_total} tiles; "
                       "the unfinished part is left unlabelled.")
+
+    def _check_domain(self, pyramid, level: int, region, seg) -> None:
+        """Once per (image, model), after the result is on screen: does this slide look like the
+        model's training tissue? A separate worker, so the first result is not delayed by it."""
+        key = (pyramid.path, seg.fingerprint())
+        if key in self._domain_checked or not seg.metadata.get("domain"):
+            return
+        self._domain_checked.add(key)
+
+        data, lv = pyramid.source(level)
+
+        def work():
+            from ..inference.domain import check_slide
+
+            return check_slide(data, seg, level=lv, region=region, n=8)
+
+        def done(report):
+            self.domain_checks_done += 1
+            if report.far:
+                self.domain_warning = report.message
+                notify(report.message, severity="warning")
+                self._say(f"Warning: {report.message}", error=True)
+
+        def failed(exc):  # a check that cannot run must never cost the user their result
+            self.domain_checks_done += 1
+            logger.info("domain check skipped: %s", exc)
+
+        self._domain_worker = start_worker(work, on_done=done, on_error=failed)
 
     def _set_busy(self, busy: bool) -> None:
         self.segment_button.setEnabled(not busy)

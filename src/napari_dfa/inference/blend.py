@@ -1,6 +1,6 @@
 """Blending of weighted tile logits into final labels, cell by cell, and where the result goes.
 
-:class:`CellBlender` keeps float accumulators only for the cells (see :mod:`napari_dfa.inference.tiling`)
+:class:`TileBlender` keeps float accumulators only for the cells (see :mod:`napari_dfa.inference.tiling`)
 that still wait for a tile; a cell is turned into labels (argmax, uint8) and optional maps the
 moment its last tile arrives. A cell only one tile covers takes that tile's labels as they come
 (the argmax was taken beside the model), so float logits reach the host only where tiles
@@ -75,7 +75,7 @@ class TileOutput:
         raise DataError(f"internal: no logits for tile pixels {sy}, {sx}")
 
 
-class CellBlender:
+class TileBlender:
     """Accumulates weighted logits (and attention) per cell and finalises finished cells.
 
     Arguments:

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ..arrays import compute_local
+
 from ..model.domain import TILE, DomainReport, domain_check
 from .tissue import tissue_from_rgb
 
@@ -23,11 +25,11 @@ MASK_SIDE = 1024  # longer side of the low-resolution view the tiles are chosen 
 def sample_tissue_tiles(slide, *, level: int = 0, region=None, n: int = 16, size: int = TILE,
                         seed: int = 0) -> list[np.ndarray]:
     """Up to ``n`` tiles (``size``², RGB uint8) centred on tissue, at ``level`` of a
-    :class:`~napari_dfa.slide.Slide` (or of a Y×X×3 array, ``level`` ignored), within ``region``
+    :class:`~napari_dfa.slide.Slide` (or of a Y×X×3 numpy or dask array, ``level`` ignored), within ``region``
     (y0, x0, h, w in that level's pixels; None = all of it). Deterministic for a seed."""
-    if isinstance(slide, np.ndarray):
+    if not hasattr(slide, "read_region"):  # a numpy or dask image (another reader's layer)
         arr = slide
-        read = lambda lv, box: arr[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]  # noqa: E731
+        read = lambda lv, box: compute_local(arr[box[0]:box[0] + box[2], box[1]:box[1] + box[3]])  # noqa: E731
         level_shape, downsamples, level = arr.shape[:2], [1.0], 0
     else:
         read = slide.read_region

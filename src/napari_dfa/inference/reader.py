@@ -21,7 +21,7 @@ def _is_slide(obj) -> bool:
     return hasattr(obj, "levels") and hasattr(obj, "downsamples")
 
 
-class Source:
+class LevelReader:
     """A readable working level.
 
     Arguments:

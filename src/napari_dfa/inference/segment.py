@@ -44,8 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .blend import CellBlender, MemorySink, TileOutput, ZarrSink
-from .reader import Source, _is_slide
+from .blend import TileBlender, MemorySink, TileOutput, ZarrSink
+from .reader import LevelReader, _is_slide
 from .tiling import TileGrid
 from .tissue import tissue_mask_for
 from ..classes import ClassSet
@@ -161,7 +161,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             raise ConfigError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
         if level == "auto":
             level = _auto_level(slide_or_array, model)
-        src = Source(data=slide_or_array, level=level)
+        src = LevelReader(data=slide_or_array, level=level)
         region = src.check_region(region)
         dev = resolve_device(device)
         model.to(dev)
@@ -199,7 +199,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
                     skip[i, j] = not tm.any_in(y, x, h, w)
             if tm.glass.any():
                 glass = tm.glass_box
-        blender = CellBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
+        blender = TileBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
         threaded = _use_threads(threads, dev, torch)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
@@ -394,7 +394,7 @@ class _Pending:
 class _Runner:
     """The tile loop: prefetching reads, batched forward passes, blending, progress and cancel."""
 
-    def __init__(self, *, src: Source, region, grid: TileGrid, model, device, blender: CellBlender,
+    def __init__(self, *, src: LevelReader, region, grid: TileGrid, model, device, blender: TileBlender,
                  skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool, dense: bool,
                  progress, cancel):
         self.src, self.region, self.grid, self.model = src, region, grid, model

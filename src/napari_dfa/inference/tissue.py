@@ -139,7 +139,7 @@ def tissue_mask_for(source, region: tuple[int, int, int, int], box: tuple[int, i
     in the source's working-level pixels). The box is what the tiles read: the lattice tiles that
     touch a region reach beyond it, and whether they hold tissue is decided over all they read.
 
-    ``source`` is an :class:`napari_dfa.inference.reader.Source`: it offers the coarse pyramid
+    ``source`` is an :class:`napari_dfa.inference.reader.LevelReader`: it offers the coarse pyramid
     levels of a slide when there are any, else the working level is subsampled with a stride.
     """
     y0, x0, h, w = box if box is not None else region

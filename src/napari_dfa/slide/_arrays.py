@@ -365,7 +365,7 @@ def level_downsample(level0_shape: tuple, shape: tuple) -> float:
 
 
 @dataclass
-class Opened:
+class OpenedSlide:
     """What a backend hands to :class:`napari_dfa.slide.Slide`."""
 
     levels: list[da.Array]

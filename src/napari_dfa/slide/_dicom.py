@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ._arrays import Opened
+from ._arrays import OpenedSlide
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def is_dicom_folder(path: Path) -> bool:
         return False
 
 
-def open_dicom(path: Path) -> Opened:
+def open_dicom(path: Path) -> OpenedSlide:
     """Open a DICOM WSI file or folder through OpenSlide; SlideError naming ``path`` otherwise."""
     from ._openslide import open_openslide
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._arrays import GuardedArray, Opened, chunk_edge, lazy_level, rgb_pyramid, to_channels_last
+from ._arrays import GuardedArray, OpenedSlide, chunk_edge, lazy_level, rgb_pyramid, to_channels_last
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class _OpenSlideLevel:
         return {**self.__dict__, "_handle": None}
 
 
-def open_openslide(path: Path) -> Opened:
+def open_openslide(path: Path) -> OpenedSlide:
     """Open any slide OpenSlide reads; SlideError (with the install hint) if OpenSlide is missing."""
     openslide = _import_openslide(path)
     try:
@@ -121,7 +121,7 @@ def open_openslide(path: Path) -> Opened:
             pass
     if vendor == "aperio":
         meta["aperio"] = {k.split(".", 1)[1]: v for k, v in props.items() if k.startswith("aperio.")}
-    return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta, close=handle.close)
+    return OpenedSlide(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta, close=handle.close)
 
 
 def _bounds(props: dict, full: tuple[int, int]) -> dict | None:

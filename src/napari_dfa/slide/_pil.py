@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ._arrays import GuardedArray, Opened, lazy_level, rgb_pyramid, to_channels_last
+from ._arrays import GuardedArray, OpenedSlide, lazy_level, rgb_pyramid, to_channels_last
 from ._tiff import MPP_PLAUSIBLE
 from ..errors import SlideError
 
@@ -51,7 +51,7 @@ class _PilImage:
         return arr if arr.ndim == 3 else arr[:, :, None]
 
 
-def open_pil(path: Path) -> Opened:
+def open_pil(path: Path) -> OpenedSlide:
     """Open a PNG or JPEG from its header; the pixels are decoded when a level is computed."""
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
@@ -80,4 +80,4 @@ def open_pil(path: Path) -> Opened:
         candidate = 25400.0 / float(dpi[0])
         mpp = candidate if lo <= candidate <= hi else None
     meta = {"vendor": fmt.lower() if fmt else "image", "format": fmt, "mode": mode}
-    return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta)
+    return OpenedSlide(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta)

@@ -23,7 +23,7 @@ import zarr
 
 from ._arrays import (
     GuardedArray,
-    Opened,
+    OpenedSlide,
     chunk_edge,
     lazy_level,
     rgb_pyramid,
@@ -61,7 +61,7 @@ class _TiffLevel:
         return {**self.__dict__, "_array": None}
 
 
-def open_tiff(path: Path) -> Opened:
+def open_tiff(path: Path) -> OpenedSlide:
     """Open the main image series of a TIFF-based slide; raises SlideError naming the file."""
     try:
         tif = tifffile.TiffFile(path)
@@ -119,7 +119,7 @@ def _check_not_truncated(tif: tifffile.TiffFile, series, path: Path) -> None:
                 )
 
 
-def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
+def _open(tif: tifffile.TiffFile, path: Path) -> OpenedSlide:
     si = _main_series(tif, path)
     series = tif.series[si]
     _check_not_truncated(tif, series, path)
@@ -156,7 +156,7 @@ def _open(tif: tifffile.TiffFile, path: Path) -> Opened:
     if notes:  # what was read of a Z-stack / T-series (see to_channels_last)
         metadata["planes"] = notes
     metadata["associated_images"] = [s.name.lower() for s in tif.series if _is_associated(s.name)]
-    return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=metadata, close=tif.close)
+    return OpenedSlide(levels=levels, downsamples=downsamples, mpp=mpp, metadata=metadata, close=tif.close)
 
 
 def _apply_palette(arr, axes: str, colormap: np.ndarray):

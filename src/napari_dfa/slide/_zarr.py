@@ -15,7 +15,7 @@ import zarr
 
 from ._arrays import (
     GuardedArray,
-    Opened,
+    OpenedSlide,
     SlideLayoutError,
     chunk_edge,
     lazy_level,
@@ -47,7 +47,7 @@ class _ZarrLevel:
         return {**self.__dict__, "_array": None}
 
 
-def open_zarr(path: Path) -> Opened:
+def open_zarr(path: Path) -> OpenedSlide:
     """Open an OME-Zarr (first multiscale image) or a plain zarr array/group; SlideError on failure."""
     try:
         node = zarr.open(path, mode="r")
@@ -61,7 +61,7 @@ def open_zarr(path: Path) -> Opened:
         raise SlideError(f"{path}: cannot open the zarr store ({type(exc).__name__}: {exc}).") from exc
 
 
-def _open(node, path: Path) -> Opened:
+def _open(node, path: Path) -> OpenedSlide:
     prefix = ""
     if isinstance(node, zarr.Array):
         arrays, axes, mpp, meta = [(None, node)], _guess_axes(node.shape, path), None, {"vendor": "zarr"}
@@ -95,7 +95,7 @@ def _open(node, path: Path) -> Opened:
         stored.append(to_channels_last(lazy_level(guarded, chunks), axes, path=path))
     levels, downsamples = rgb_pyramid(stored, path=path)
     meta["stored_levels"] = len(arrays)
-    return Opened(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta)
+    return OpenedSlide(levels=levels, downsamples=downsamples, mpp=mpp, metadata=meta)
 
 
 def _from_multiscales(node, attrs: dict, ms: dict, path: Path):

@@ -31,7 +31,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ._arrays import Opened, SlideLayoutError
+from ._arrays import OpenedSlide, SlideLayoutError
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def open_slide(path, *, backend: str = "auto") -> Slide:
         kind = "dicom" if is_dicom_folder(path) or (path.is_file() and is_dicom_file(path)) else "openslide"
     else:
         kind = _sniff(path, allow_openslide=backend == "auto")
-    opened: Opened
+    opened: OpenedSlide
     if kind == "dicom":
         if backend == "tifffile":
             raise SlideError(f"{path}: DICOM slides are read through OpenSlide; open with backend='auto'.")
