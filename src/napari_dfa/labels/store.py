@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .. import ngff
+from ..ngff import ome_block
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -98,19 +100,9 @@ def ngff_attrs(*, level_shapes: list[tuple[int, int]], downsample: float, transl
     return {"version": version, "multiscales": [multiscale], "image-label": {"version": version, **image_label}}
 
 
-def ome_block(attrs: dict) -> dict:
-    """The OME metadata of a group's attributes: ``attrs["ome"]`` (NGFF 0.5) or the attributes (0.4)."""
-    return attrs.get("ome", attrs)
-
-
 def multiscale_datasets(group: zarr.Group) -> list[dict]:
-    """The ``datasets`` of the group's first NGFF ``multiscales`` entry (finest first, each with
-    its ``path`` and ``coordinateTransformations``); [] when the group has none."""
-    multiscales = ome_block(group.attrs.asdict()).get("multiscales")
-    try:
-        return list(multiscales[0]["datasets"])
-    except (KeyError, IndexError, TypeError):
-        return []
+    """The ``datasets`` of the group's first NGFF ``multiscales`` entry (see :mod:`napari_dfa.ngff`)."""
+    return ngff.multiscale_datasets(group.attrs.asdict())
 
 
 def multiscale_levels(group: zarr.Group) -> list[zarr.Array]:

@@ -22,6 +22,7 @@ from ._arrays import (
     rgb_pyramid,
     to_channels_last,
 )
+from ..ngff import multiscales
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,14 @@ def _open(node, path: Path) -> OpenedSlide:
         arrays, axes, mpp, meta = [(None, node)], _guess_axes(node.shape, path), None, {"vendor": "zarr"}
     else:
         attrs = node.attrs.asdict()
-        multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-        if not multiscales and "0" in node and isinstance(node["0"], zarr.Group):
+        found = multiscales(attrs)
+        if not found and "0" in node and isinstance(node["0"], zarr.Group):
             # bioformats2raw layout: the first image lives in the group "0"
             prefix, node = "0/", node["0"]
             attrs = node.attrs.asdict()
-            multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-        if multiscales:
-            arrays, axes, mpp, meta = _from_multiscales(node, attrs, multiscales[0], path)
+            found = multiscales(attrs)
+        if found:
+            arrays, axes, mpp, meta = _from_multiscales(node, attrs, found[0], path)
         else:
             keys = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
             if not keys:
