@@ -194,7 +194,7 @@ def test_store_is_keyed_by_content_not_path(tmp_path):
 def test_list_hide_delete_remap_and_export(tmp_path, slide_file):
     """What the list of saved corrections does: info per patch, hidden patches neither counted nor
     trained on, classes renamed/removed/added by name, export as QuPath GeoJSON that reads back."""
-    from napari_dfa.corrections.store import geojson_classes, missing_classes
+    from napari_dfa.corrections.geojson import geojson_classes, missing_classes
 
     store = CorrectionStore.for_slide(slide_file, root=tmp_path, class_names=NAMES)
     a = store.create_patch(level=0, region=(100, 200, 64, 64))
@@ -228,7 +228,7 @@ def test_list_hide_delete_remap_and_export(tmp_path, slide_file):
 
 
 def test_qupath_classes_the_model_lacks_and_ignore(tmp_path):
-    from napari_dfa.corrections.store import geojson_classes, missing_classes
+    from napari_dfa.corrections.geojson import geojson_classes, missing_classes
 
     def feature(name, x, color=None):
         cls = {"name": name} if color is None else {"name": name, "color": color}

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from correction_fixtures import paint_largest_errors
 from scipy import ndimage as ndi
 
 from napari_dfa import synth
@@ -32,18 +33,7 @@ def case(tmp_path_factory):
     path, truth_path = synth.write_slide(folder / "case.tif", size=(1024, 1024), seed=5, mpp=0.5)
     truth = np.asarray(open_truth(truth_path)[0])
     before = np.asarray(segment(open_slide(path), load_model("demo"), level=0).labels)
-    painted = np.zeros(truth.shape, np.uint8)
-    wrong = ndi.binary_opening((truth != before) & (truth > 0), iterations=3)
-    lab, n = ndi.label(wrong)
-    areas = ndi.sum(wrong, lab, range(1, n + 1))
-    majority = [np.bincount(truth[lab == i + 1], minlength=6).argmax() for i in range(n)]
-    for c in range(1, 6):
-        used = 0
-        for i in np.argsort(areas)[::-1]:
-            comp = ndi.binary_erosion(lab == i + 1, iterations=4)
-            if majority[i] == c and used + comp.sum() <= 0.02 * truth.size:
-                painted[comp] = truth[comp]
-                used += int(comp.sum())
+    painted = paint_largest_errors(truth, before)
     gj = write_geojson(folder / "corrections.geojson", painted, NAMES)
     doc = json.loads(gj.read_text())
     square = [[[0, 0], [40, 0], [40, 40], [0, 40], [0, 0]]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
+from correction_fixtures import paint_largest_errors
 
 from napari_dfa import synth
 from napari_dfa._sample_data import open_truth
@@ -64,31 +64,9 @@ def _run(case, tmp_path, painted, **kwargs):
                                    resegment=Resegment(slide, 0, REGION), **kwargs)
 
 
-def _paint_largest_errors(truth, before, share=0.02):
-    """What a pathologist does: for every class, paint the largest regions the model got wrong
-    with the true class (inside them, a few pixels from their borders), up to ``share`` of the
-    region per class."""
-    painted = np.zeros(truth.shape, np.uint8)
-    wrong = ndi.binary_opening((truth != before) & (truth > 0), iterations=3)
-    lab, n = ndi.label(wrong)
-    areas = ndi.sum(wrong, lab, range(1, n + 1))
-    majority = [np.bincount(truth[lab == i + 1], minlength=6).argmax() for i in range(n)]
-    for c in range(1, 6):
-        used = 0
-        for i in np.argsort(areas)[::-1]:
-            if majority[i] != c:
-                continue
-            comp = ndi.binary_erosion(lab == i + 1, iterations=4)
-            if used + comp.sum() > share * truth.size:
-                continue
-            painted[comp] = truth[comp]
-            used += int(comp.sum())
-    return painted
-
-
 def test_realistic_corrections_are_promoted_and_help_where_nothing_was_corrected(case, tmp_path):
     slide, truth, seg, before = case
-    painted = _paint_largest_errors(truth, before)
+    painted = paint_largest_errors(truth, before)
     assert len(np.unique(painted)) >= 5  # every class has an error worth correcting here
     outcome = _run(case, tmp_path, painted)
 

@@ -16,6 +16,23 @@ def default_colors(k: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(k, 1), 0.7, 0.95)) for i in range(k)]
 
 
+def check_class_names(names, *, what: str = "the class list") -> list[str]:
+    """``names`` stripped, refused (DataError naming ``what``) when empty, with an empty name, or
+    with a name twice (case-insensitive): the one check of a class list a user typed or edited."""
+    from .errors import DataError
+
+    names = [str(n).strip() for n in names]
+    if not names:
+        raise DataError(f"{what} is empty: give at least one class name")
+    if any(not n for n in names):
+        raise DataError(f"{what}: an empty class name; give names separated by commas")
+    lowered = [n.lower() for n in names]
+    dup = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    if dup:
+        raise DataError(f"{what}: class names must be unique (case-insensitive); repeated: {', '.join(dup)}")
+    return names
+
+
 @dataclass(frozen=True)
 class ClassSet:
     """Names and display colours of the K classes of a dataset (label ids 1..K)."""

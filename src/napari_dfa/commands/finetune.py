@@ -40,18 +40,11 @@ def add_arguments(parser) -> None:
 
 
 def _class_list(text: str | None, model_names: list[str]) -> list[str]:
-    from ..errors import DataError
+    from ..classes import check_class_names
 
     if text is None:
         return list(model_names)
-    names = [n.strip() for n in str(text).split(",")]
-    if not all(names):
-        raise DataError(f"--classes {text!r}: an empty class name; give names separated by commas")
-    lowered = [n.lower() for n in names]
-    dup = sorted({n for n in names if lowered.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"--classes {text!r}: {', '.join(dup)} given twice")
-    return names
+    return check_class_names(str(text).split(","), what=f"--classes {text!r}")
 
 
 def run(args) -> int:
@@ -63,7 +56,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..corrections import CorrectionStore
-    from ..corrections.store import geojson_classes, missing_classes
+    from ..corrections.geojson import geojson_classes, missing_classes
     from ..corrections.workflow import (
         ReplaySpec,
         check_regions,

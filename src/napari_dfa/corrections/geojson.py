@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,13 @@ class GeoJSONImport:
 
 
 def read_geojson_polygons(path: str | os.PathLike, class_names: list[str]) -> list[tuple[int, list]]:
-    """``[(label, rings)]`` from a QuPath GeoJSON file (see :func:`read_geojson`); skipped
-    features are logged one per line. Raises DataError when no class polygon is left."""
+    """``[(label, rings)]`` from a QuPath GeoJSON file (see :func:`read_class_polygons`)."""
+    return read_class_polygons(path, class_names).polygons
+
+
+def read_class_polygons(path: str | os.PathLike, class_names: list[str]) -> "GeoJSONImport":
+    """:func:`read_geojson` for an import: skipped features are logged one per line, and a file
+    with no class polygon left raises DataError naming the first reasons."""
     found = read_geojson(path, class_names)
     if found.skipped:
         logger.warning("%s", found.report())
@@ -88,7 +94,7 @@ def read_geojson_polygons(path: str | os.PathLike, class_names: list[str]) -> li
         why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
         raise DataError(f"{found.source}: no class-annotated polygons found (set a classification in QuPath "
                         f"that the model knows: {', '.join(class_names)}){why}")
-    return found.polygons
+    return found
 
 
 def read_geojson(path: str | os.PathLike, class_names: list[str], *,
@@ -317,6 +323,63 @@ def _short(value, n: int = 40) -> str:
 
 
 # --- rasterising ----------------------------------------------------------------------------------
+def geojson_classes(path: str | os.PathLike) -> dict[str, dict]:
+    """The classes of the annotations in a QuPath GeoJSON, as the reader matches them:
+    ``{name: {"features": n, "color": (r, g, b) | None}}``; QuPath's ``Ignore*`` is left out (it
+    is the ignore label, not a class). For "Add missing classes" on import."""
+    found: dict[str, dict] = {}
+
+    def visit(feat) -> None:
+        if not isinstance(feat, dict):
+            return
+        props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
+        if _object_type(feat, props) == "annotation":
+            name, _ = _class_name(props)
+            if name and not name.lower().startswith("ignore"):
+                entry = found.setdefault(name, {"features": 0, "color": None})
+                entry["features"] += 1
+                cls = props.get("classification")
+                color = cls.get("color") if isinstance(cls, dict) else None
+                if entry["color"] is None and color is not None:
+                    entry["color"] = _qupath_color(color)
+        for holder in (props, feat):
+            children = holder.get("childObjects")
+            if isinstance(children, list):
+                for child in children:
+                    visit(child)
+
+    for _member, doc in _documents(Path(path)):
+        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+            features = doc.get("features") if isinstance(doc.get("features"), list) else []
+        elif isinstance(doc, list):
+            features = doc
+        else:
+            features = [doc]
+        for feat in features:
+            visit(feat)
+    return found
+
+
+def missing_classes(found: dict[str, dict], class_names: Iterable[str]) -> list[str]:
+    """Names of ``found`` (from :func:`geojson_classes`) that match none of ``class_names`` the way
+    the reader matches (case-insensitive; a derived ``"Tumor: Positive"`` also as ``"Tumor"``)."""
+    known = {str(n).lower() for n in class_names}
+    return [n for n in found if n.lower() not in known and n.split(":")[0].strip().lower() not in known]
+
+
+def _qupath_color(color) -> tuple[int, int, int] | None:
+    """QuPath writes a colour as [r, g, b] or as one packed (A)RGB integer."""
+    try:
+        if isinstance(color, (list, tuple)) and len(color) >= 3:
+            return tuple(int(v) & 255 for v in color[:3])  # type: ignore[return-value]
+        if isinstance(color, (int, float)):
+            v = int(color) & 0xFFFFFF
+            return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
 def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 1.0,
                        level_shape: tuple[int, int] | None = None, source: object = "polygons"
                        ) -> tuple[np.ndarray, tuple[int, int]]:

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..arrays import compute_local
 from ..errors import DataError
 from ..paths import content_key, corrections_store_path
-from .geojson import GeoJSONImport, _class_name, _documents, _object_type, rasterise_polygons, read_geojson
+from .geojson import GeoJSONImport, rasterise_polygons, read_class_polygons
 
 logger = logging.getLogger(__name__)
 
@@ -58,68 +59,9 @@ def slide_content_key(level0, mpp: float | None) -> str:
     cy, cx = max(0, h // 2 - t // 2), max(0, w // 2 - t // 2)
     tiles = []
     for y, x in ((0, 0), (cy, cx)):
-        block = level0[y:y + t, x:x + t]
-        block = block.compute(scheduler="synchronous") if hasattr(block, "compute") else block
-        tiles.append(np.ascontiguousarray(np.asarray(block, dtype=np.uint8)).tobytes())
+        block = compute_local(level0[y:y + t, x:x + t])
+        tiles.append(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
     return content_key(tiles, (h, w), mpp)
-
-
-def geojson_classes(path: str | os.PathLike) -> dict[str, dict]:
-    """The classes of the annotations in a QuPath GeoJSON, as the reader matches them:
-    ``{name: {"features": n, "color": (r, g, b) | None}}``; QuPath's ``Ignore*`` is left out (it
-    is the ignore label, not a class). For "Add missing classes" on import."""
-    found: dict[str, dict] = {}
-
-    def visit(feat) -> None:
-        if not isinstance(feat, dict):
-            return
-        props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
-        if _object_type(feat, props) == "annotation":
-            name, _ = _class_name(props)
-            if name and not name.lower().startswith("ignore"):
-                entry = found.setdefault(name, {"features": 0, "color": None})
-                entry["features"] += 1
-                cls = props.get("classification")
-                color = cls.get("color") if isinstance(cls, dict) else None
-                if entry["color"] is None and color is not None:
-                    entry["color"] = _qupath_color(color)
-        for holder in (props, feat):
-            children = holder.get("childObjects")
-            if isinstance(children, list):
-                for child in children:
-                    visit(child)
-
-    for _member, doc in _documents(Path(path)):
-        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-            features = doc.get("features") if isinstance(doc.get("features"), list) else []
-        elif isinstance(doc, list):
-            features = doc
-        else:
-            features = [doc]
-        for feat in features:
-            visit(feat)
-    return found
-
-
-def missing_classes(found: dict[str, dict], class_names: Iterable[str]) -> list[str]:
-    """Names of ``found`` (from :func:`geojson_classes`) that match none of ``class_names`` the way
-    the reader matches (case-insensitive; a derived ``"Tumor: Positive"`` also as ``"Tumor"``)."""
-    known = {str(n).lower() for n in class_names}
-    return [n for n in found if n.lower() not in known and n.split(":")[0].strip().lower() not in known]
-
-
-def _qupath_color(color) -> tuple[int, int, int] | None:
-    """QuPath writes a colour as [r, g, b] or as one packed (A)RGB integer."""
-    try:
-        if isinstance(color, (list, tuple)) and len(color) >= 3:
-            return tuple(int(v) & 255 for v in color[:3])  # type: ignore[return-value]
-        if isinstance(color, (int, float)):
-            v = int(color) & 0xFFFFFF
-            return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
-    except (TypeError, ValueError):
-        pass
-    return None
-
 
 
 @dataclass(frozen=True)
@@ -415,13 +357,7 @@ class CorrectionStore:
         names = list(class_names) if class_names is not None else self.class_names
         if not names:
             raise DataError(f"{path}: the store knows no class names; load a model first")
-        found: GeoJSONImport = read_geojson(path, names)
-        if found.skipped:
-            logger.warning("%s", found.report())
-        if not any(label > 0 for label, _ in found.polygons):
-            why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
-            raise DataError(f"{found.source}: no class-annotated polygons found (set a classification in QuPath "
-                            f"that the model knows: {', '.join(names)}){why}")
+        found: GeoJSONImport = read_class_polygons(path, names)
         mask, (y0, x0) = rasterise_polygons(found.polygons, downsample=downsample, level_shape=level_shape,
                                             source=path)
         patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..classes import default_colors
+from ..classes import check_class_names, default_colors
 from ..errors import DataError
 from .dfa_model import build_model
 
@@ -65,19 +65,6 @@ def per_class_axes(config) -> dict[str, int]:
         if diff:
             axes[key] = diff[0]
     return axes
-
-
-def _check_names(names: Sequence[str]) -> list[str]:
-    names = [str(n).strip() for n in names]
-    if not names:
-        raise DataError("the class list is empty: give at least one class name")
-    if any(not n for n in names):
-        raise DataError(f"class names must not be empty: {names}")
-    lowered = [n.lower() for n in names]
-    dup = sorted({n for n in names if lowered.count(n.lower()) > 1})
-    if dup:
-        raise DataError(f"class names must be unique (case-insensitive); repeated: {', '.join(dup)}")
-    return names
 
 
 def _resolve_colors(names, colors, old_colors: dict[str, tuple]) -> list[tuple[int, int, int]]:
@@ -164,7 +151,7 @@ def with_classes(segmenter, names: Sequence[str], colors=None, *,
     """
     from .segmenter import Segmenter
 
-    names = _check_names(names)
+    names = check_class_names(names)
     old_names = list(segmenter.class_names)
     lookup = {n.lower(): i for i, n in enumerate(old_names)}
     renames = dict(renames or {})
