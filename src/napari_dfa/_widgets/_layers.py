@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import compute_local
 from ..corrections.workflow import ReplaySpec, WriteBack
 from ..errors import DataError
 from ..slide import nearest_level
@@ -110,7 +111,7 @@ class LayerPyramid:
         thread: a training region is small, and dask's pool would only add threads that compete
         with the UI thread for the GIL."""
         y0, x0, h, w = (int(v) for v in region)
-        return np.asarray(self.level(index)[y0:y0 + h, x0:x0 + w].compute(scheduler="synchronous"))
+        return compute_local(self.level(index)[y0:y0 + h, x0:x0 + w])
 
     def level_mpp(self, index: int) -> float | None:
         return None if self.mpp is None else self.mpp * self.downsamples[index]

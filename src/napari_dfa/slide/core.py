@@ -31,6 +31,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from ..arrays import compute_local
 from ._arrays import OpenedSlide, SlideLayoutError
 from ..errors import SlideError
 
@@ -121,7 +122,7 @@ class Slide:
             part = arr[ya:yb, xa:xb]
             # A tile-sized read is faster without the thread pool's hand-offs (~2x for 512² JPEG);
             # a large region decodes its chunks in parallel.
-            part = part.compute(scheduler="sync" if part.npartitions <= 4 else "threads")
+            part = compute_local(part, threads=part.npartitions > 4)
             out[ya - y0 : yb - y0, xa - x0 : xb - x0] = part
         return out
 
