@@ -228,7 +228,7 @@ def main() -> int:
         res = seg_w.session.result
         what = ["first (loads the model)", "again", "again", "same view again (region cache)"][i]
         rows.append((f"Segment click → labels, {what}",
-                     f"{res.region[2]}×{res.region[3]} px (view {args.view}² + context)", seconds, gap_run,
+                     f"{res.region[2]}×{res.region[3]} px (view {args.view}²)", seconds, gap_run,
                      gap_show))
 
     # Paint a correction: a square of the class the model predicts least in the region's centre.

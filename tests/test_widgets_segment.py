@@ -46,13 +46,13 @@ def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
     labels = viewer.layers[f"{image.name} DFA labels"]
     res = widget.session.result
     # The model is trained at 0.5 µm/px = the slide's level 0; the view (512² and what the canvas's
-    # aspect adds) plus the model's context is what was segmented.
+    # aspect adds) is what was segmented, with no margin: the level's lattice tiles that touch it
+    # are read whole, which gives its border its context.
     assert res.level == 0
     y0, x0, h, w = res.region
-    ctx = load_model(tiny_model_path).context
-    assert y0 <= 600 - ctx + 1 and x0 <= 700 - ctx + 1
-    assert y0 + h >= 600 + 512 + ctx - 1 and x0 + w >= 700 + 512 + ctx - 1
-    assert h < 512 + 2 * ctx + 64 and w < 512 + 2 * ctx + 64
+    assert y0 <= 600 + 1 and x0 <= 700 + 1
+    assert y0 + h >= 600 + 512 - 1 and x0 + w >= 700 + 512 - 1
+    assert h < 512 + 64 and w < 512 + 64
     # Aligned with the image: same world units, the region's top-left where the image has it.
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, np.asarray(image.translate) + np.array([y0, x0]) * image.scale)
@@ -129,8 +129,7 @@ def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot,
     assert widget.status.text().startswith("Done"), widget.status.text()
     labels = viewer.layers["other reader DFA labels"]
     y0, x0, h, w = widget.session.result.region
-    ctx = load_model(tiny_model_path).context
-    assert (y0, x0) == (200 - ctx, 300 - ctx) and (h, w) == (256 + 2 * ctx, 256 + 2 * ctx)
+    assert (y0, x0, h, w) == (200, 300, 256, 256)  # the ROI, no margin (the lattice gives context)
     np.testing.assert_allclose(labels.scale, (2.0, 2.0))
     np.testing.assert_allclose(labels.translate, (100 + 2 * y0, -40 + 2 * x0))
     expected = segment(rgb, load_model(tiny_model_path), region=(y0, x0, h, w)).labels

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
+from ..inference.tile_cache import TileCache
 from ..labels import LabelsStore
 from ..paths import region_labels_store_path
 from ._base import DFAWidget, notify, start_worker
@@ -52,6 +53,8 @@ class SegmentWidget(DFAWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.cache = RegionCache()
+        # Lattice tiles computed for earlier views: a panned view runs only the tiles it adds.
+        self.tile_cache = TileCache()
         self._domain_checked: set = set()  # (image, model fingerprint) pairs already checked
         self._domain_worker = None
         self.domain_warning: str | None = None  # the last "slide beyond the model" message
@@ -212,13 +215,15 @@ class SegmentWidget(DFAWidget):
                 res = segment(data, seg, resume=False, **kwargs)
             return res, level, (0, 0, *pyramid.shapes[level])
         level = pyramid.level_for(seg.mpp, region0)
-        region = pyramid.to_level(level, region0, pad=int(getattr(seg, "context", 0)))
+        # No margin around the view: the tiles of the level's lattice that touch it are read whole,
+        # which gives its border pixels their context (and the labels a whole-slide run gives).
+        region = pyramid.to_level(level, region0)
         hit = self.cache.get(pyramid.path, level, seg, region)
         if hit is not None:
             return CachedRegion(labels=hit), level, region
         data, lv = pyramid.source(level)
         res = segment(data, seg, level=lv, region=region, device=device,
-                      progress=progress, cancel=self.cancelled)
+                      progress=progress, cancel=self.cancelled, tile_cache=self.tile_cache)
         if res.completed:
             self.cache.put(pyramid.path, level, seg, region, np.asarray(res.labels))
         return res, level, region

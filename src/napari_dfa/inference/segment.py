@@ -46,6 +46,7 @@ import numpy as np
 
 from .blend import TileBlender, MemorySink, TileOutput, ZarrSink
 from .reader import LevelReader, _is_slide
+from .tile_cache import TileCache, image_key
 from .tiling import TileGrid
 from .tissue import tissue_mask_for
 from ..classes import ClassSet
@@ -88,6 +89,7 @@ class SegmentResult:
     seconds: float = 0.0
     peak_float_bytes: int = 0  # most bytes the blending accumulators held at once
     model_seconds: float = 0.0  # time in forward passes (+ argmax, transfer back; on CUDA: device time)
+    tiles_cached: int = 0  # tiles taken from the tile cache instead of the model
     tile_shape: tuple[int, int] = (0, 0)  # forward-pass tile (y, x) of the lattice
     overlap: tuple[int, int] = (0, 0)  # least overlap of neighbouring tiles (y, x)
     computed_pixels: int = 0  # pixels the forward passes saw (tiles × tile area, glass tiles included)
@@ -108,7 +110,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
             read_workers: int | None = None, channels_last: bool | None = None,
-            threads: bool | None = None) -> SegmentResult:
+            threads: bool | None = None, tile_cache: TileCache | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
     Arguments:
@@ -138,6 +140,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       threads: read and blend in threads beside the model (None: yes on GPUs, and on CPUs with a
         core that torch does not use or more than 4 cores; on a small CPU whose cores torch
         all uses, threads beside torch's stall its parallel regions).
+      tile_cache: a :class:`~napari_dfa.inference.tile_cache.TileCache`: lattice tiles it holds for
+        this image, level and model are not computed again, and computed ones are added (labels
+        only; ignored for the other outputs). Panning a view then runs only the tiles it did not
+        cover before.
 
     Returns:
       a :class:`SegmentResult`.
@@ -202,10 +208,14 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         blender = TileBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
         threaded = _use_threads(threads, dev, torch)
+        cache = None
+        if tile_cache is not None and not extras:
+            cache = _CacheSlot(tile_cache, src, model, dev, channels_last)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
                       batch_size=batch_size or _default_batch(grid, dev),
                       read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
-                      want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel)
+                      want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel,
+                      cache=cache)
         try:
             with _cudnn_autotune(dev, torch):
                 completed = run.run(first_row)
@@ -219,6 +229,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
                       skipped=int(skip.sum()), completed=completed, seconds=time.perf_counter() - t_start)
         res.peak_float_bytes = run.peak_bytes
         res.model_seconds = run.model_seconds
+        res.tiles_cached = len(run.hits)
         return res
     finally:
         if opened is not None:
@@ -310,6 +321,28 @@ def _use_threads(threads: bool | None, device, torch) -> bool:
     return device.type != "cpu" or cores > 4 or cores > torch.get_num_threads()
 
 
+class _CacheSlot:
+    """A :class:`TileCache` bound to one run's image, level, model and device: keys of tiles."""
+
+    def __init__(self, cache: TileCache, src: LevelReader, model, device, channels_last):
+        self.cache = cache
+        self.owner = src.slide if src.slide is not None else src.array
+        self.base = (image_key(self.owner), src.level, model.fingerprint(), str(device), bool(channels_last))
+
+    def key(self, grid: TileGrid, region, i: int, j: int) -> tuple:
+        return (*self.base, grid.tile_shape, int(region[0] + grid.ys.starts[i]),
+                int(region[1] + grid.xs.starts[j]), tuple(grid.lattice_strips(i, j)))
+
+    def get(self, key):
+        return self.cache.get(key)
+
+    def put(self, key, out: TileOutput) -> None:
+        # Copies: the arrays are views of the whole batch's outputs, which must not stay alive.
+        kept = TileOutput(labels=None if out.labels is None else np.array(out.labels),
+                          bands=[(*box, np.array(arr)) for *box, arr in out.bands], window=out.window)
+        self.cache.put(key, kept, owner=self.owner)
+
+
 class _Inline:
     """An executor that runs each job at once in the calling thread."""
 
@@ -396,12 +429,14 @@ class _Runner:
 
     def __init__(self, *, src: LevelReader, region, grid: TileGrid, model, device, blender: TileBlender,
                  skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool, dense: bool,
-                 progress, cancel):
+                 progress, cancel, cache: _CacheSlot | None = None):
         self.src, self.region, self.grid, self.model = src, region, grid, model
         self.device, self.blender, self.skip = device, blender, skip
         self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(0, read_workers), want_focus
         self.dense = dense or want_focus
         self.progress, self.cancel = progress, cancel
+        self.cache = cache
+        self.hits: dict[tuple[int, int], TileOutput] = {}
         self.done = 0
         self.peak_bytes = 0
         self.model_seconds = 0.0
@@ -469,9 +504,16 @@ class _Runner:
             for j in range(grid.cols):
                 self.blender.add_tile(i, j, None)
         self.done = first_row * grid.cols
+        if self.cache is not None:
+            for i in range(first_row, grid.rows):
+                for j in range(grid.cols):
+                    if not self.skip[i, j]:
+                        hit = self.cache.get(self.cache.key(grid, self.region, i, j))
+                        if hit is not None:
+                            self.hits[(i, j)] = hit
         batches: list[tuple[int, list[int]]] = []
         for i in range(first_row, grid.rows):
-            todo = [j for j in range(grid.cols) if not self.skip[i, j]]
+            todo = [j for j in range(grid.cols) if not self.skip[i, j] and (i, j) not in self.hits]
             if not todo:
                 batches.append((i, []))
             for b in range(0, len(todo), self.batch_size):
@@ -543,11 +585,13 @@ class _Runner:
             for j, tile in zip(js, out.resolve()):
                 self.blender.add_tile(i, j, tile)
                 self.done += 1
+                if self.cache is not None:
+                    self.cache.put(self.cache.key(self.grid, self.region, i, j), tile)
             self.peak_bytes = max(self.peak_bytes, self.blender.in_flight_bytes)
         if row_end:
             for j in range(self.grid.cols):
-                if self.skip[i, j]:
-                    self.blender.add_tile(i, j, None)
+                if self.skip[i, j] or (i, j) in self.hits:
+                    self.blender.add_tile(i, j, self.hits.get((i, j)))
                     self.done += 1
         self.blender.sink.advance(self.blender.complete_rows())
 
@@ -585,6 +629,8 @@ class _Runner:
                     ky0, _, _, ky1 = grid.ys.spans(i)
                     kx0, _, _, kx1 = grid.xs.spans(j)
                     boxes = [(ky0, ky1, kx0, kx1)]
+                elif self.cache is not None:  # what any region needs of the tile, for the cache
+                    boxes = grid.lattice_strips(i, j)
                 else:
                     boxes = grid.shared_bands(i, j)
                 tile_parts = [logits[b, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]

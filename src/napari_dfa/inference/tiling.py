@@ -117,6 +117,8 @@ class Axis:
     bounds: np.ndarray  # sorted cell boundaries, 0 ... length
     cover_first: np.ndarray  # per cell: first tile index covering it
     cover_last: np.ndarray  # per cell: last tile index covering it (inclusive)
+    lead: np.ndarray  # per kept tile: pixels it shares with its lattice predecessor (0: none)
+    trail: np.ndarray  # per kept tile: pixels it shares with its lattice successor (0: none)
 
     @classmethod
     def build(cls, length: int, tile: int | None, overlap: int | None, multiple: int, *, origin: int = 0,
@@ -146,7 +148,11 @@ class Axis:
         # both increasing, so the covering tiles form a contiguous run.
         first = np.searchsorted(starts + tile, hi, side="left")
         last = np.searchsorted(starts, lo, side="right") - 1
-        return cls(length, int(tile), ramp, starts, keep > 0, keep < len(lattice) - 1, valid, bounds, first, last)
+        n = len(lattice)
+        lead = np.where(keep > 0, ends[np.maximum(keep - 1, 0)] - lattice[keep], 0).clip(0, tile)
+        trail = np.where(keep < n - 1, ends[keep] - lattice[np.minimum(keep + 1, n - 1)], 0).clip(0, tile)
+        return cls(length, int(tile), ramp, starts, keep > 0, keep < n - 1, valid, bounds, first, last,
+                   lead, trail)
 
     def window(self, index: int) -> np.ndarray:
         return taper(self.tile, self.overlap, bool(self.ramp_start[index]), bool(self.ramp_end[index]))
@@ -284,6 +290,17 @@ class TileGrid:
             return [(ky0, ky1, kx0, kx1)]
         bands = [(ky0, ay0, kx0, kx1), (ay1, ky1, kx0, kx1), (ay0, ay1, kx0, ax0), (ay0, ay1, ax1, kx1)]
         return [b for b in bands if b[0] < b[1] and b[2] < b[3]]
+
+    def lattice_strips(self, i: int, j: int) -> list[tuple[int, int, int, int]]:
+        """Boxes (y0, y1, x0, x1, tile coordinates) of tile (i, j) that its *lattice* neighbours
+        share, whatever the region: top, bottom, left and right strips across the whole tile. Every
+        box of :meth:`shared_bands`, of any region, lies inside one of them, so a tile's labels and
+        these strips are all a later region needs of it (:mod:`napari_dfa.inference.tile_cache`)."""
+        th, tw = self.tile_shape
+        top, bottom = int(self.ys.lead[i]), int(self.ys.trail[i])
+        left, right = int(self.xs.lead[j]), int(self.xs.trail[j])
+        strips = [(0, top, 0, tw), (th - bottom, th, 0, tw), (0, th, 0, left), (0, th, tw - right, tw)]
+        return [b for b in strips if b[0] < b[1] and b[2] < b[3]]
 
     def first_row_touching(self, y: int) -> int:
         """Index of the first tile row that reaches below row ``y`` (resume point)."""

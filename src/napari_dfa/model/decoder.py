@@ -26,6 +26,16 @@ from torch import nn
 from .pixel_decoder import MemoryUpsampler, sine_position_encoding
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding(num, dim)`` initialised as torch does (N(0, 1), same random draws), except on
+    the ``meta`` device, where ``normal_`` would import ``torch._dynamo`` (~1.4 s of a first click)
+    only to check a checkpoint's tensor shapes (:mod:`napari_dfa.model.shapes`)."""
+    weight = torch.empty(num, dim)
+    if not weight.is_meta:
+        nn.init.normal_(weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
 class Attention(nn.Module):
     """Multi-head attention that can add a logit bias and return its probabilities.
 
@@ -124,8 +134,8 @@ class DFADecoder(nn.Module):
 
     def __init__(self, *, num_classes: int, dim: int, depth: int, heads: int, mlp_dim: int, mask_dim: int):
         super().__init__()
-        self.class_tokens = nn.Embedding(num_classes, dim)
-        self.token_pe = nn.Embedding(num_classes, dim)
+        self.class_tokens = _embedding(num_classes, dim)
+        self.token_pe = _embedding(num_classes, dim)
         self.layers = nn.ModuleList(TwoWayDFALayer(dim=dim, heads=heads, mlp_dim=mlp_dim) for _ in range(depth))
         self.final_attn = Attention(dim=dim, heads=heads)
         self.final_norm = nn.LayerNorm(dim)
