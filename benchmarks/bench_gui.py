@@ -221,12 +221,20 @@ def main() -> int:
         pump_until(app, lambda: time.monotonic() > settle, 5)
         idle.append(meter.stop())
     rows.append(("baseline: no work, one status-text change (window repaint)", "-", 0.0, max(idle), max(idle)))
-    for i in range(4):
-        if i < 3:
+    whats = ["first (loads the model)", "again", "again", "view panned by half its width (tile cache)",
+             "same view again (region cache)"]
+    for i, what in enumerate(whats):
+        if i < 4:
             seg_w.cache.items.clear()  # time the segmentation itself, not the region cache
+        if i < 3:
+            seg_w.tile_cache.clear()  # ...nor the lattice tiles of the click before
+        if i == 3:  # pan: half the view's width to the right (the widget keeps the tiles it ran)
+            cy, cx = viewer.camera.center[-2:]
+            viewer.camera.center = (cy, cx + args.view / 2 * image.scale[-1])
+            settle = time.monotonic() + 0.5
+            pump_until(app, lambda: time.monotonic() > settle, 5)
         seconds, gap_run, gap_show = click_segment()
         res = seg_w.session.result
-        what = ["first (loads the model)", "again", "again", "same view again (region cache)"][i]
         rows.append((f"Segment click → labels, {what}",
                      f"{res.region[2]}×{res.region[3]} px (view {args.view}²)", seconds, gap_run,
                      gap_show))
