@@ -29,8 +29,9 @@ MAX_BRIGHTNESS = 200
 # The low-resolution view is at most about this many pixels on its longer side...
 MASK_SIZE = 2048
 # ...and at least this many working pixels per mask pixel: a view's mask at full resolution cost
-# ~4x the time (glass components, summed-area tables) for borders no one sees, and at the same
-# factor a view and the whole level (up to 4096² here) share the mask's pixel grid.
+# ~4x the time (glass components) for borders no one sees, and at the same factor a view and the
+# whole level (up to 4096² here) share the mask's pixel grid. (Factor 4 would cost a quarter
+# again but moves the glass edge and which white patches count as glass.)
 MIN_MASK_FACTOR = 2
 # Background patches at least this large (working-level pixels, 256²) are glass; smaller ones are
 # holes in the tissue (lumens, fat) and keep the class the model gives them.
@@ -59,9 +60,8 @@ class TissueMask:
         self.mask = np.asarray(mask, dtype=bool)
         self.scale = scale
         self.offset = (0.0, 0.0)  # region pixels of the mask origin before the region origin
-        # Summed-area table: any-tissue-in-a-box in O(1).
-        self._sat = _summed_area(self.mask)
         self._glass = None
+        self._glass_any = False
 
     @property
     def glass(self) -> np.ndarray:
@@ -69,24 +69,24 @@ class TissueMask:
         if self._glass is None:
             sy, sx = self.scale
             self._glass = glass_from_tissue(self.mask, min_area=GLASS_MIN_AREA / (sy * sx))
-            self._glass_sat = _summed_area(self._glass) if self._glass.any() else None
+            self._glass_any = bool(self._glass.any())
         return self._glass
 
     def glass_box(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
         """Glass pixels of a box (region pixels) as an h×w boolean array, or None if it has none."""
         glass = self.glass
-        if self._glass_sat is None:  # no glass at all
+        if not self._glass_any:
             return None
         sy, sx = self.scale
         oy, ox = self.offset
         my, mx = glass.shape
         rows = np.clip(((np.arange(y, y + h) + oy) // sy).astype(np.int64), 0, my - 1)
         cols = np.clip(((np.arange(x, x + w) + ox) // sx).astype(np.int64), 0, mx - 1)
-        s = self._glass_sat
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        if s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0] == 0:  # O(1): most cells hold no glass
+        if not glass[r0:r1, c0:c1].any():  # most cells hold no glass
             return None
-        return glass[rows[:, None], cols[None, :]]
+        # rows first, then columns: two 1-D gathers, ~3x faster than one 2-D fancy index
+        return glass[r0:r1, c0:c1][rows - r0][:, cols - c0]
 
     @property
     def fraction(self) -> float:
@@ -102,8 +102,10 @@ class TissueMask:
         x1 = min(mx, int(math.ceil((x + w) / sx)) + 1)
         if y1 <= y0 or x1 <= x0:
             return False
-        s = self._sat
-        return bool(s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] > 0)
+        # A scan of the tile's footprint: the tiles' footprints add up to about the mask's area, so
+        # all tiles together cost ~one pass over a mask of at most MASK_SIZE², less than building
+        # a summed-area table.
+        return bool(self.mask[y0:y1, x0:x1].any())
 
 
 def glass_from_tissue(tissue: np.ndarray, *, min_area: float, close: int = 2) -> np.ndarray:
@@ -122,15 +124,6 @@ def glass_from_tissue(tissue: np.ndarray, *, min_area: float, close: int = 2) ->
     big = np.bincount(parts.ravel(), minlength=n + 1) >= max(1.0, min_area)
     big[0] = False
     return ndimage.binary_erosion(big[parts], border_value=1)
-
-
-def _summed_area(mask: np.ndarray) -> np.ndarray:
-    # int32 holds the count of any mask up to 2**31 pixels (the mask is at most ~MASK_SIZE²).
-    dtype = np.int32 if mask.size < 2**31 else np.int64
-    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dtype)
-    np.cumsum(mask, axis=0, dtype=dtype, out=sat[1:, 1:])
-    np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
-    return sat
 
 
 def tissue_mask_for(source, region: tuple[int, int, int, int], box: tuple[int, int, int, int] | None = None
