@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overlap", type=non_negative_int, default=None,
                         help="overlap of neighbouring tiles (default: at least 32, fitted with the tile)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="forward-pass arithmetic: auto (bfloat16 on GPUs, float32 on CPUs), fp32, or bf16 "
+                             "(also on CPUs with AVX512-BF16/AMX: ~1.4x faster, ~99.8%% of pixels as in fp32)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="tiles per forward pass (default: ~2 Mpx of tiles on CPU, ~8 Mpx on GPU)")
     parser.add_argument("--chunk", type=positive_int, default=512,
@@ -74,7 +77,8 @@ OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
 
 def options_from_args(args) -> dict:
     return dict(level=args.level, region=args.region, tile=args.tile,
-                overlap=args.overlap, device=args.device, batch_size=args.batch_size, chunk=args.chunk,
+                overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                chunk=args.chunk,
                 outputs=tuple(args.outputs), tissue_mask=not args.no_tissue_mask, resume=args.resume,
                 overwrite=args.overwrite, geojson=args.geojson, areas=args.areas,
                 into_image=args.label_name if args.into_image else None)
@@ -164,7 +168,8 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                 logger.warning("%s: %s", slide_path, beyond.message)
             res = segment(slide, model, level=level, region=region,
                           tile=options.get("tile"), overlap=options.get("overlap"),
-                          device=options.get("device", "auto"), out=store, progress=progress,
+                          device=options.get("device", "auto"), precision=options.get("precision"),
+                          out=store, progress=progress,
                           resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
                           outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
                           chunk=options.get("chunk", 512))

@@ -12,8 +12,9 @@ a slide or an image:
 2. tiles are read a few ahead of the model (in threads where a core is free: on GPUs and on CPUs
    that have more cores than torch uses; else between forward passes, which is faster on small
    CPUs), batched within a tile row and run under ``torch.inference_mode`` — channels-last on CPU
-   and CUDA, bfloat16 autocast on CUDA, tiles staged in pinned memory and uploaded on a side
-   stream, results downloaded without blocking, so that reading and blending overlap the GPU;
+   and CUDA, bfloat16 autocast on CUDA (and on CPUs with ``precision="bf16"``), tiles staged in
+   pinned memory and uploaded on a side stream, results downloaded without blocking, so that
+   reading and blending overlap the GPU;
 3. beside the model (on its device) each tile's argmax gives the labels of the pixels only that
    tile covers; **logits** of the pixels tiles share are blended with a raised-cosine window
    (:mod:`.blend`). Logits rather than softmax probabilities: a weighted mean of logits is the
@@ -110,7 +111,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
             read_workers: int | None = None, channels_last: bool | None = None,
-            threads: bool | None = None, tile_cache: TileCache | None = None) -> SegmentResult:
+            threads: bool | None = None, tile_cache: TileCache | None = None,
+            precision: str | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
     Arguments:
@@ -140,6 +142,9 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       threads: read and blend in threads beside the model (None: yes on GPUs, and on CPUs with a
         core that torch does not use or more than 4 cores; on a small CPU whose cores torch
         all uses, threads beside torch's stall its parallel regions).
+      precision: the forward pass's arithmetic for this call (see
+        :attr:`napari_dfa.model.Segmenter.precision`: ``"auto"``, ``"fp32"``, ``"bf16"``); None:
+        the model's own (``"auto"``: bfloat16 on CUDA, float32 on CPUs).
       tile_cache: a :class:`~napari_dfa.inference.tile_cache.TileCache`: lattice tiles it holds for
         this image, level and model are not computed again, and computed ones are added (labels
         only; ignored for the other outputs). Panning a view then runs only the tiles it did not
@@ -161,6 +166,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         slide_or_array = opened = open_slide(slide_or_array)
     if isinstance(model, (str, Path)):
         model = load_model(model)
+    before_precision = model.precision
     try:
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
@@ -171,6 +177,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         region = src.check_region(region)
         dev = resolve_device(device)
         model.to(dev)
+        if precision is not None:
+            model.precision = precision
+        amp = model.autocast_dtype()
+        arithmetic = "fp32" if amp is None else str(amp).removeprefix("torch.")
         if channels_last is None:
             channels_last = True if dev.type in ("cpu", "cuda") else None
         if channels_last is not None:
@@ -183,6 +193,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         extras = {n: (0 if n == "uncertainty" else k) for n in outputs if n != "labels"}
         settings = dict(level=src.level, region=list(region), tile=list(grid.tile_shape), overlap=list(grid.overlaps),
                         tissue_mask=bool(tissue_mask), model=model_fingerprint(model) if out is not None else None)
+        if arithmetic != "fp32":  # stores written in float32 keep the settings they always had
+            settings["precision"] = arithmetic
 
         store, start_row = None, 0
         if out is not None:
@@ -210,7 +222,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         threaded = _use_threads(threads, dev, torch)
         cache = None
         if tile_cache is not None and not extras:
-            cache = _CacheSlot(tile_cache, src, model, dev, channels_last)
+            cache = _CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
                       batch_size=batch_size or _default_batch(grid, dev),
                       read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
@@ -232,6 +244,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         res.tiles_cached = len(run.hits)
         return res
     finally:
+        model.precision = before_precision
         if opened is not None:
             opened.close()
 
@@ -278,8 +291,9 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     if resume and path.exists():
         store = LabelsStore.open(path)
         info = store.info
-        stored = {key: info.get(key) for key in settings}
-        if stored != settings or sorted(info.get("extras", [])) != sorted(extras):
+        keys = set(settings) | {"precision"}  # absent: float32
+        stored = {key: info.get(key) for key in keys}
+        if stored != {key: settings.get(key) for key in keys} or sorted(info.get("extras", [])) != sorted(extras):
             raise ConfigError(f"{path}: cannot resume, the store was written with other settings "
                               f"({stored}, outputs {info.get('extras')}); rerun without --resume to start over")
         logger.info("%s: resuming after %d of %d rows", path, store.rows_done, region[2])
@@ -324,10 +338,11 @@ def _use_threads(threads: bool | None, device, torch) -> bool:
 class _CacheSlot:
     """A :class:`TileCache` bound to one run's image, level, model and device: keys of tiles."""
 
-    def __init__(self, cache: TileCache, src: LevelReader, model, device, channels_last):
+    def __init__(self, cache: TileCache, src: LevelReader, model, device, channels_last, arithmetic: str):
         self.cache = cache
         self.owner = src.slide if src.slide is not None else src.array
-        self.base = (image_key(self.owner), src.level, model.fingerprint(), str(device), bool(channels_last))
+        self.base = (image_key(self.owner), src.level, model.fingerprint(), str(device), bool(channels_last),
+                     arithmetic)
 
     def key(self, grid: TileGrid, region, i: int, j: int) -> tuple:
         return (*self.base, grid.tile_shape, int(region[0] + grid.ys.starts[i]),
@@ -608,7 +623,8 @@ class _Runner:
                 timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                 timing[0].record()
             batch = self._upload(tiles) if self._upload is not None else np.stack(tiles)
-            # The Segmenter autocasts on CUDA (bfloat16/float16) and returns float32 logits.
+            # The Segmenter autocasts as its precision says (bfloat16 on CUDA by default) and returns
+            # float32 logits.
             res = self.model.predict_logits(batch, attention=self.want_focus)
             logits = res["logits"]
             if logits.shape[1] != len(self.model.class_names):
