@@ -106,8 +106,18 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                     res = segment(slide, model, level=level, device="cpu", out=out)
                     times.setdefault(name, []).append(time.perf_counter() - t0)
                     info[name] = res
+                if args.bf16:  # the opt-in bfloat16 arithmetic, against the model alone in bfloat16
+                    model.precision = "bf16"
+                    for cut, batches in cuts.items():
+                        times.setdefault(f"bf16 {cut}", []).append(time_model(model, batches, True))
+                    model.precision = "auto"
+                    t0 = time.perf_counter()
+                    segment(slide, model, level=level, device="cpu", precision="bf16")
+                    times.setdefault("memory bf16", []).append(time.perf_counter() - t0)
             best = {k: min(v) for k, v in times.items()}
-            ref = {fmt: min((k for k in best if k.startswith(fmt)), key=best.get) for fmt in ("channels-last", "NCHW")}
+            fmts = ("channels-last", "NCHW", "bf16") if args.bf16 else ("channels-last", "NCHW")
+            ref = {fmt: min((k for k in best if k.startswith(fmt)), key=best.get) for fmt in fmts}
+            pipelines = ("memory", "store", "memory bf16")
             res = info["memory"]
             rows += [
                 f"Level {level} of the sample slide: {rgb.shape[1]}×{rgb.shape[0]} ({mpx:.1f} Mpx), demo model; "
@@ -118,7 +128,7 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                 "| measurement | wall s | slide Mpx/s | ratio to model alone, channels-last | ratio to model alone, NCHW |",
                 "| --- | ---: | ---: | ---: | ---: |",
             ]
-            for key in sorted(k for k in best if k not in ("memory", "store")):
+            for key in sorted(k for k in best if k not in pipelines):
                 mark = " (faster cut)" if key in ref.values() else ""
                 rows.append(f"| model alone, {key}{mark} | {best[key]:.2f} | {mpx / best[key]:.2f} | | |")
             for name, what in (("memory", "into memory"), ("store", "into an OME-Zarr store + pyramid")):
@@ -130,6 +140,12 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                 rows.append(f"| `segment` defaults, {what} | {t:.2f} | {mpx / t:.2f} | "
                             f"**{best[ref['channels-last']] / t:.2f}** ({per_round('channels-last')}) | "
                             f"**{best[ref['NCHW']] / t:.2f}** ({per_round('NCHW')}) |")
+            if args.bf16:
+                t = best["memory bf16"]
+                rounds = ", ".join(f"{m / p:.2f}" for m, p in zip(times[ref["bf16"]], times["memory bf16"]))
+                rows.append(f"| `segment` precision=bf16, into memory | {t:.2f} | {mpx / t:.2f} | "
+                            f"**{best[ref['bf16']] / t:.2f}** of the bf16 model alone ({rounds}); "
+                            f"{best[ref['channels-last']] / t:.2f} of the fp32 one | |")
             rows += ["", f"Forward passes inside the best in-memory run: {res.model_seconds:.2f} s of "
                      f"{best['memory']:.2f} s.", ""]
     return rows[:-1]
@@ -333,11 +349,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cold-runs", type=int, default=3)
     p.add_argument("--sizes", default="8192,16384,32768", help="edges of the memory slides")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time precision=bf16 (default: when the CPU runs bfloat16 natively)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: efficiency,first-click,consistency,memory")
     args = p.parse_args()
     args.levels = [int(v) for v in str(args.levels).split(",")]
     if args.quick:
         args.repeats, args.cold_runs = 1, 1
+    if args.bf16 is None:
+        from napari_dfa.model.segmenter import _cpu_has_bf16
+
+        args.bf16 = _cpu_has_bf16()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     from napari_dfa._sample_data import sample_slide_path
 
