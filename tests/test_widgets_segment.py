@@ -85,6 +85,18 @@ def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
                                                        sub[1] - x0:sub[1] - x0 + sub[3]])
     np.testing.assert_allclose(labels.translate, np.asarray(image.translate) + np.array(sub[:2]) * image.scale)
 
+    # Panning by half the view: the lattice tiles the first view ran come from the tile cache,
+    # only the new ones run, and the labels are those a fresh run of that region gives.
+    ran_before = widget.tile_cache.hits
+    view_region(viewer, image, 600 + 256, 700 + 256, 512, 512)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    assert widget.tile_cache.hits > ran_before
+    panned = widget.session.result.region
+    fresh = segment(small_slide_of(image), load_model(tiny_model_path), level=0, region=panned).labels
+    np.testing.assert_array_equal(viewer.layers[f"{image.name} DFA labels"].data, fresh)
+
 
 def small_slide_of(image):
     return image.metadata["slide"]
