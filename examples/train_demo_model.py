@@ -1,14 +1,15 @@
 """Train the bundled demo model: a `small` DFA model on the synthetic H&E data, at 0.5 µm/px.
 
-    python examples/train_demo_model.py                 # about half an hour on one CPU thread
-    python examples/train_demo_model.py --epochs 2      # quicker, worse
+    python examples/train_demo_model.py                 # a few minutes on a CPU
+    python examples/train_demo_model.py --epochs 5      # quicker, worse
     python examples/train_demo_model.py --dest src/napari_dfa/weights/demo.safetensors   # replace the shipped one
-    python examples/train_demo_model.py --config training/synthetic.toml   # the old recipe: 160-px generator tiles
+    python examples/train_demo_model.py --config training/demo.toml   # slide-like tiles, ~30 min on one thread
 
-The recipe (training/demo.toml) trains on tiles cut from synthetic slides (glass and a slide's
-large regions as context) and on generator tiles; its ``[demo_data]`` table says which, and this
-script builds them once into a SAM-Path folder in the cache. The test tiles are as large as the
-default inference tile; the card also gives the test mDice on the generator's 160-px test tiles
+The default recipe (training/synthetic.toml) trains on 128-px crops of 160-px generator tiles.
+training/demo.toml trains on tiles cut from synthetic slides (glass and a slide's large regions as
+context) and on generator tiles; its ``[demo_data]`` table says which, and this script builds them
+once into a SAM-Path folder in the cache. Its test tiles are as large as the default inference
+tile; the card then also gives the test mDice on the generator's 160-px test tiles
 (training/synthetic.toml's test split).
 
 Writes the run folder (checkpoints, logs, plots) to --out (default runs/demo) and the demo model
@@ -30,11 +31,11 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import tifffile
+import tomllib
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -145,13 +146,9 @@ def load_recipe(path) -> tuple[TrainConfig, dict | None]:
     return config, spec
 
 
-def training_data_text(config: TrainConfig, spec: dict | None, config_path) -> str:
-    """The card's training_data sentence: what the model saw and what it was tested on."""
-    if spec is None:
-        d = config.data
-        return (f"synthetic H&E tiles from napari_dfa.synth with its default classes and settings "
-                f"({Path(config_path).name}: {d.synth_n_train} training, {d.synth_n_val} validation and "
-                f"{d.synth_n_test} test tiles of {d.synth_tile} px, seed {d.synth_seed}) at 0.5 µm/px; no patient data")
+def training_data_text(config: TrainConfig, spec: dict) -> str:
+    """The card's training_data sentence for a ``[demo_data]`` recipe: what the model saw and what
+    it was tested on (the default recipe keeps DEMO_CARD's)."""
     return (f"synthetic H&E from napari_dfa.synth with its default classes and settings at 0.5 µm/px "
             f"(training/demo.toml): {spec['tile']}-px tiles (random {config.data.crop}-px crops) cut from "
             f"{len(spec['train_slides'])} synthetic slide(s) of {spec['slide_size']} px (JPEG, tissue and glass) "
@@ -164,7 +161,7 @@ def training_data_text(config: TrainConfig, spec: dict | None, config_path) -> s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "training" / "demo.toml"))
+    ap.add_argument("--config", default=str(REPO / "training" / "synthetic.toml"))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"), help="run folder (default runs/demo)")
     ap.add_argument("--dest", default=None,
@@ -212,8 +209,9 @@ def main(argv=None) -> int:
     metrics.update({f"test_iou_{n}": v for n, v in per_class(test, "iou").items()})
     if spec is not None:
         metrics["test_mdice_generator_160"] = generator["_mean"]["dice"]
-    model_card = {**DEMO_CARD, "training_data": training_data_text(config, spec, args.config),
-                  "metrics": {k: round(float(v), 4) for k, v in metrics.items()}}
+    model_card = {**DEMO_CARD, "metrics": {k: round(float(v), 4) for k, v in metrics.items()}}
+    if spec is not None:
+        model_card["training_data"] = training_data_text(config, spec)
 
     dest = Path(args.dest) if args.dest else Path(args.out) / "demo.safetensors"
     dtype = None if args.fp32 else torch.float16
@@ -257,8 +255,8 @@ def main(argv=None) -> int:
         "training_minutes": round(minutes, 1),
         "fp16_vs_fp32_label_agreement": round(agree, 4),
         "command": "python examples/train_demo_model.py" + (f" --epochs {args.epochs}" if args.epochs else "")
-                   + ("" if Path(args.config).resolve() == (REPO / "training" / "demo.toml").resolve()
-                      else f" --config {args.config}"),
+                   + ("" if Path(args.config).resolve() == (REPO / "training" / "synthetic.toml").resolve()
+                      else f" --config {os.path.relpath(Path(args.config).resolve(), REPO)}"),
         "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}, device {args.device}",
         "model_card": check.metadata["model_card"],
