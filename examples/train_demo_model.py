@@ -3,7 +3,7 @@
     python examples/train_demo_model.py                 # a few minutes on a CPU
     python examples/train_demo_model.py --epochs 5      # quicker, worse
     python examples/train_demo_model.py --dest src/napari_dfa/weights/demo.safetensors   # replace the shipped one
-    python examples/train_demo_model.py --config training/demo.toml   # slide-like tiles, ~30 min on one thread
+    python examples/train_demo_model.py --config training/demo.toml   # slide-like tiles, ~31 min on one thread
 
 The default recipe (training/synthetic.toml) trains on 128-px crops of 160-px generator tiles.
 training/demo.toml trains on tiles cut from synthetic slides (glass and a slide's large regions as
@@ -119,6 +119,15 @@ def demo_dataset(spec: dict) -> Path:
                                           proportions=mixes[i])
                 save(f"gen_{split}_{i:04d}", rgb, mask, fold)
             print(f"{split}: {n} generator tiles of {spec['tile']} px", flush=True)
+        n_small = spec.get("small_generator_train", 0)
+        if n_small:  # generator tiles as small as the old recipe's, for the small crops of [data] crops
+            rng = np.random.default_rng([spec["generator_seed"], 2, 0xDA7A])
+            mixes = balance_proportions(tile_proportions(config, rng, n_small), config.frequencies)
+            for i in range(n_small):
+                rgb, mask = generate_tile(config, (spec["generator_seed"], 2, i), size=spec["small_tile"],
+                                          proportions=mixes[i])
+                save(f"gen_small_{i:04d}", rgb, mask, 1)
+            print(f"train: {n_small} generator tiles of {spec['small_tile']} px", flush=True)
         (tmp / "classes.json").write_text(json.dumps({"names": list(config.class_names),
                                                       "colors": [list(c) for c in config.class_colors]}))
         (tmp / "demo_data.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
@@ -149,10 +158,13 @@ def load_recipe(path) -> tuple[TrainConfig, dict | None]:
 def training_data_text(config: TrainConfig, spec: dict) -> str:
     """The card's training_data sentence for a ``[demo_data]`` recipe: what the model saw and what
     it was tested on (the default recipe keeps DEMO_CARD's)."""
+    crops = "/".join(str(c) for c in sorted(set(config.data.crops or (config.data.crop,)), reverse=True))
+    small = (f", plus {spec['small_generator_train']} generator tiles of {spec['small_tile']} px"
+             if spec.get("small_generator_train") else "")
     return (f"synthetic H&E from napari_dfa.synth with its default classes and settings at 0.5 µm/px "
-            f"(training/demo.toml): {spec['tile']}-px tiles (random {config.data.crop}-px crops) cut from "
+            f"(training/demo.toml): {spec['tile']}-px tiles (random {crops}-px crops) cut from "
             f"{len(spec['train_slides'])} synthetic slide(s) of {spec['slide_size']} px (JPEG, tissue and glass) "
-            f"and {spec['generator_train']} generator tiles; validation on {len(spec['val_slides'])} slide(s) and "
+            f"and {spec['generator_train']} generator tiles{small}; validation on {len(spec['val_slides'])} slide(s) and "
             f"{spec['generator_val']} generator tiles; test on {spec['test_tile']}-px tiles (the default inference "
             f"tile) of {len(spec['test_slides'])} held-out slide(s) of {spec.get('test_slide_size', spec['slide_size'])} px "
             f"(test_mdice) and on the generator's 24 test tiles of 160 px (test_mdice_generator_160); "

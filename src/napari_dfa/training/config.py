@@ -47,6 +47,12 @@ class DataConfig:
       label_shift: added to every mask value on read, for copies whose label 0 is a real class
         (e.g. CRAG masks with 0 = background: ``label_shift = 1``); then nothing is ignored.
       crop: training crop size in pixels (a multiple of 32).
+      crops: several training crop sizes (multiples of 32) instead of ``crop`` alone, e.g.
+        ``[512, 128]`` to learn a slide's large regions and small tiles in one run. Every epoch
+        passes once per size over the tiles at least that large; each batch holds one size and the
+        sizes' batches are interleaved evenly. Empty (default) = ``crop`` only, as before.
+      crop_batch_sizes: tiles per batch for each entry of ``crops`` (small crops are cheap: larger
+        batches); empty = ``batch_size`` for every size.
       val_crop: 0 = validate on full images (padded to a multiple of 32); else a centre crop.
       mpp: microns per pixel of the tiles, written into the checkpoint.
       cache: keep decoded tiles in memory (fine for the synthetic set; off for large real sets).
@@ -63,6 +69,8 @@ class DataConfig:
     class_colors: tuple[tuple[int, int, int], ...] = ()
     label_shift: int = 0
     crop: int = 128
+    crops: tuple[int, ...] = ()
+    crop_batch_sizes: tuple[int, ...] = ()
     val_crop: int = 0
     mpp: float = 0.5
     cache: bool = True
@@ -164,6 +172,12 @@ class TrainConfig:
             bad("epochs, batch_size and accumulate must be >= 1")
         if self.data.crop % 32 or self.data.crop <= 0:
             bad(f"[data] crop = {self.data.crop} must be a positive multiple of 32")
+        if any(c % 32 or c <= 0 for c in self.data.crops):
+            bad(f"[data] crops = {list(self.data.crops)}: every size must be a positive multiple of 32")
+        if self.data.crop_batch_sizes and (len(self.data.crop_batch_sizes) != len(self.data.crops)
+                                           or min(self.data.crop_batch_sizes) < 1):
+            bad(f"[data] crop_batch_sizes = {list(self.data.crop_batch_sizes)}: one batch size >= 1 per entry of "
+                f"crops = {list(self.data.crops)} (or leave it out to use batch_size)")
         if self.data.val_crop % 32 or self.data.val_crop < 0:
             bad(f"[data] val_crop = {self.data.val_crop} must be 0 or a multiple of 32")
         if self.lr <= 0:
@@ -230,6 +244,9 @@ def _tuplify(d: dict) -> dict:
         d["class_names"] = tuple(d["class_names"])
     if "class_colors" in d:
         d["class_colors"] = tuple(tuple(int(v) for v in c) for c in d["class_colors"])
+    for key in ("crops", "crop_batch_sizes"):
+        if key in d:
+            d[key] = tuple(int(v) for v in d[key])
     return d
 
 

@@ -33,8 +33,8 @@ from torch.utils.data.distributed import DistributedSampler
 from ..errors import Cancelled, ConfigError, DataError
 from . import ddp
 from .config import TrainConfig
-from .datasets import (EpochSampler, EvalTiles, TrainTiles, class_frequencies, class_set_for, open_split,
-                       pad_collate)
+from .datasets import (EpochSampler, EvalTiles, MultiCropBatchSampler, TrainTiles, class_frequencies, class_set_for,
+                       open_split, pad_collate)
 from .evaluation import validate
 from .losses import SegmentationLoss
 from .metrics import SegmentationMeter
@@ -182,14 +182,25 @@ class _Run:
     def _loaders(self):
         c = self.config
         self.train_tiles = TrainTiles(self.train_base, crop=c.data.crop, augment_config=c.augment, seed=c.seed)
-        self.sampler = EpochSampler(DistributedSampler(
-            self.train_tiles, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=c.seed,
-        ))
         pin = self.ctx.device.type == "cuda"
-        self.train_loader = DataLoader(
-            self.train_tiles, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.num_workers,
-            pin_memory=pin, persistent_workers=c.num_workers > 0, drop_last=False,
-        )
+        if c.data.crops:  # several crop sizes, one per batch (see DataConfig.crops)
+            sides = [min(self.train_base[i][0].shape[:2]) for i in range(len(self.train_base))]
+            self.sampler = MultiCropBatchSampler(
+                sides, crops=c.data.crops, batch_sizes=c.data.crop_batch_sizes or [c.batch_size] * len(c.data.crops),
+                seed=c.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            )
+            self.train_loader = DataLoader(
+                self.train_tiles, batch_sampler=self.sampler, num_workers=c.num_workers,
+                pin_memory=pin, persistent_workers=c.num_workers > 0,
+            )
+        else:
+            self.sampler = EpochSampler(DistributedSampler(
+                self.train_tiles, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=c.seed,
+            ))
+            self.train_loader = DataLoader(
+                self.train_tiles, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.num_workers,
+                pin_memory=pin, persistent_workers=c.num_workers > 0, drop_last=False,
+            )
         # Validation: each rank takes every world-th image; counts are merged afterwards.
         val_idx = list(range(self.ctx.rank, len(self.val_base), self.ctx.world_size))
         self.val_loader = DataLoader(
