@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -70,8 +70,12 @@ def test_our_own_export_reads_back_pixel_for_pixel(tmp_path, downsample):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 60), st.floats(0, 60)), min_size=3, max_size=12),
        st.floats(0.2, 0.8), st.floats(0.5, 3.0))
+@example([(0.0, 0.0), (0.0, 1.0), (2.0, 1.0)], 0.5, 1.5)  # a centre on the hole's edge (found by CI)
 def test_fuzz_pixel_centre_rule_matches_shapely(points, hole_scale, downsample):
-    """Random polygons with a hole: a pixel is painted exactly when shapely says its centre is inside."""
+    """Random polygons with a hole: a pixel is painted exactly when shapely says its centre is inside
+    — except a centre exactly on an edge, where shapely says "not inside" (the boundary is not the
+    interior) and the rasteriser follows the half-open scanline rule (as GDAL does), so that two
+    polygons sharing an edge never both take, nor both leave, the pixel on it."""
     import shapely
     from shapely.geometry import MultiPoint, Polygon
 
@@ -89,8 +93,12 @@ def test_fuzz_pixel_centre_rule_matches_shapely(points, hole_scale, downsample):
     full = np.zeros(shape, np.uint8)
     full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    inside = shapely.contains_xy(poly, (xx + 0.5) * downsample, (yy + 0.5) * downsample)
-    np.testing.assert_array_equal(full == 1, inside)
+    cx, cy = (xx + 0.5) * downsample, (yy + 0.5) * downsample
+    inside = shapely.contains_xy(poly, cx, cy)
+    # e.g. hypothesis found the triangle (0,0),(0,1),(2,1) whose hole's top edge runs through the
+    # centre (0.75, 0.75) of pixel (0, 0) at downsample 1.5
+    on_edge = shapely.distance(poly.boundary, shapely.points(cx, cy)) < 1e-9 * max(1.0, downsample)
+    np.testing.assert_array_equal((full == 1)[~on_edge], inside[~on_edge])
 
 
 def test_qupath_forms(tmp_path, caplog):
