@@ -87,3 +87,19 @@ def test_recipes_without_crops_keep_one_crop():
     cfg = TrainConfig.from_toml(REPO / "training" / "synthetic.toml")
     assert cfg.data.crops == () and cfg.data.crop == 128
     assert TrainConfig.from_dict(cfg.to_dict(), source=cfg.source) == cfg
+
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_shorter_sides_come_from_the_headers_without_decoding_again(two_sizes, cache, monkeypatch):
+    from napari_dfa.classes import ClassSet
+    from napari_dfa.training import datasets
+
+    ds = datasets.SamPathDataset(two_sizes, split="train", class_set=ClassSet.of("synthetic"), cache=cache)
+    if cache:  # pairs already decoded give their own shapes
+        decoded = [min(ds[i][0].shape[:2]) for i in range(len(ds))]
+    monkeypatch.setattr(datasets, "read_rgb", lambda path: pytest.fail(f"decoded {path} again"))
+    sides = ds.shorter_sides()
+    assert sorted(sides) == [48] * 4 + [96] * 3  # the training split (fold >= 1)
+    if cache:
+        assert sides == decoded

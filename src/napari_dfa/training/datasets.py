@@ -58,6 +58,23 @@ def class_set_for(data: DataConfig) -> ClassSet:
         ) from None
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, as :func:`read_rgb` would read it."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.height), int(im.width)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a data problem
+        raise DataError(f"{path}: cannot read the image ({exc})") from None
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An RGB uint8 image (grey and RGBA converted); DataError naming the file otherwise."""
     try:
@@ -215,6 +232,17 @@ class SamPathDataset:
         if self._cache is not None:
             self._cache[i] = (rgb, mask)
         return rgb, mask
+
+    def shorter_sides(self) -> list[int]:
+        """Each image's shorter side in pixels: from pairs already decoded, else from the file's
+        header (nothing decoded: a split read with ``cache=False`` is not decoded twice)."""
+        sides = []
+        for i, (img_path, _) in enumerate(self.items):
+            if self._cache is not None and i in self._cache:
+                sides.append(min(self._cache[i][0].shape[:2]))
+            else:
+                sides.append(min(image_size(img_path)))
+        return sides
 
     def pixel_counts(self) -> np.ndarray:
         """Per-class pixel counts (labels 1..K) over the split, ignore excluded."""

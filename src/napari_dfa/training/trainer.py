@@ -184,7 +184,7 @@ class _Run:
         self.train_tiles = TrainTiles(self.train_base, crop=c.data.crop, augment_config=c.augment, seed=c.seed)
         pin = self.ctx.device.type == "cuda"
         if c.data.crops:  # several crop sizes, one per batch (see DataConfig.crops)
-            sides = [min(self.train_base[i][0].shape[:2]) for i in range(len(self.train_base))]
+            sides = self.train_base.shorter_sides()
             self.sampler = MultiCropBatchSampler(
                 sides, crops=c.data.crops, batch_sizes=c.data.crop_batch_sizes or [c.batch_size] * len(c.data.crops),
                 seed=c.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
