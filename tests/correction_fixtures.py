@@ -26,3 +26,13 @@ def paint_largest_errors(truth, before, share=0.02):
             painted[comp] = truth[comp]
             used += int(comp.sum())
     return painted
+
+
+def one_class_strokes(shape, label=5):
+    """What a careless pathologist does: three thick diagonal strokes of one class (``label``,
+    necrosis for the demo classes) across a 1024² region, over whatever tissue lies there."""
+    strokes = np.zeros(shape, np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for k in range(3):
+        strokes[(np.abs(yy - 200 - 300 * k - 0.5 * (xx - 100)) < 15) & (xx > 100) & (xx < 900)] = label
+    return strokes

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from correction_fixtures import paint_largest_errors
+from correction_fixtures import one_class_strokes, paint_largest_errors
 from scipy import ndimage as ndi
 
 from napari_dfa import synth
@@ -91,10 +91,7 @@ def test_finetune_writes_the_model_only_when_promoted(case, tmp_path):
 def test_not_promoted_is_not_written_unless_forced(case, tmp_path):
     slide, truth, painted, gj = case
     # One class over mixed tissue: three thick strokes of "necrosis" across stroma, other, tumour.
-    strokes = np.zeros(truth.shape, np.uint8)
-    yy, xx = np.mgrid[:1024, :1024]
-    for k in range(3):
-        strokes[(np.abs(yy - 200 - 300 * k - 0.5 * (xx - 100)) < 15) & (xx > 100) & (xx < 900)] = 5
+    strokes = one_class_strokes(truth.shape)
     one = write_geojson(tmp_path / "one.geojson", strokes, NAMES)
     out, report = tmp_path / "new.safetensors", tmp_path / "report.json"
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from correction_fixtures import paint_largest_errors
+from correction_fixtures import one_class_strokes, paint_largest_errors
 
 from napari_dfa import synth
 from napari_dfa._sample_data import open_truth
@@ -87,10 +87,7 @@ def test_realistic_corrections_are_promoted_and_help_where_nothing_was_corrected
 def test_one_class_painted_over_mixed_tissue_is_not_promoted(case, tmp_path):
     slide, truth, seg, before = case
     # Three thick strokes of "necrosis" across the region, over stroma, other, tumour ...
-    painted = np.zeros(truth.shape, np.uint8)
-    yy, xx = np.mgrid[:1024, :1024]
-    for k in range(3):
-        painted[(np.abs(yy - 200 - 300 * k - 0.5 * (xx - 100)) < 15) & (xx > 100) & (xx < 900)] = 5
+    painted = one_class_strokes(truth.shape)
     assert len(np.unique(truth[painted > 0])) >= 4  # mixed tissue under one class
     outcome = _run(case, tmp_path, painted)
 
