@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_dfa.synth import SynthConfig
+
+# The case slide of the correction tests: tissue regions a little finer than the sample slide's
+# (120 px against 320), where the demo model errs in every class, as it would on another lab's
+# slides, so that a pathologist has something to correct in each.
+CASE_CONFIG = SynthConfig(slide_region_size=120.0)
+
 
 def paint_largest_errors(truth, before, share=0.02):
     """What a pathologist does: for every class, paint the largest regions the model got wrong

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from correction_fixtures import one_class_strokes, paint_largest_errors
+from correction_fixtures import CASE_CONFIG, one_class_strokes, paint_largest_errors
 from scipy import ndimage as ndi
 
 from napari_dfa import synth
@@ -30,7 +30,7 @@ def case(tmp_path_factory):
     class, the largest wrong regions) and written as QuPath GeoJSON with two features QuPath users
     also export: a detection (skipped) and an Ignore* annotation."""
     folder = tmp_path_factory.mktemp("cli")
-    path, truth_path = synth.write_slide(folder / "case.tif", size=(1024, 1024), seed=5, mpp=0.5)
+    path, truth_path = synth.write_slide(folder / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=4, mpp=0.5)
     truth = np.asarray(open_truth(truth_path)[0])
     before = np.asarray(segment(open_slide(path), load_model("demo"), level=0).labels)
     painted = paint_largest_errors(truth, before)
@@ -90,8 +90,8 @@ def test_finetune_writes_the_model_only_when_promoted(case, tmp_path):
 
 def test_not_promoted_is_not_written_unless_forced(case, tmp_path):
     slide, truth, painted, gj = case
-    # One class over mixed tissue: three thick strokes of "necrosis" across stroma, other, tumour.
-    strokes = one_class_strokes(truth.shape)
+    # One class over mixed tissue: three thick strokes of "inflammatory" across stroma, other, tumour.
+    strokes = one_class_strokes(truth.shape, label=1)
     one = write_geojson(tmp_path / "one.geojson", strokes, NAMES)
     out, report = tmp_path / "new.safetensors", tmp_path / "report.json"
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),
@@ -100,8 +100,9 @@ def test_not_promoted_is_not_written_unless_forced(case, tmp_path):
     assert r["promoted"] is False and r["reason"].startswith("Kept the old model: ") and r["written"] is None
     assert not out.exists()
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),
-                 "--steps", "2", "--force", "--json", str(report)]) == 0
-    assert out.exists() and json.loads(report.read_text())["forced"] is True
+                 "--steps", "40", "--force", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert out.exists() and r["forced"] is True and r["promoted"] is False
 
 
 def test_unknown_class_is_named_and_their_own_classes_are_learnt(case, tmp_path, capsys):

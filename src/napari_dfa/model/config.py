@@ -53,6 +53,8 @@ class ModelConfig:
         required by ``bias_mode="difficulty"``.
       input_multiple (int): H and W of a forward pass must be multiples of it.
       context (int): suggested tile overlap / padding in pixels for tiled inference.
+      norm_excludes_glass (bool): the GroupNorms take their statistics over tissue only, leaving
+        out 32-px cells of glass (see :mod:`napari_dfa.model.tissue_norm`); off: over the whole tile.
     """
 
     preset: str = "custom"
@@ -84,6 +86,7 @@ class ModelConfig:
     difficulty_dice: tuple[float, ...] | None = None
     input_multiple: int = 32
     context: int = 32
+    norm_excludes_glass: bool = True
 
     def __post_init__(self):
         def bad(msg: str):

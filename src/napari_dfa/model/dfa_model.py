@@ -14,6 +14,7 @@ from .config import ModelConfig
 from .decoder import DFADecoder
 from .encoder import build_encoder
 from .pixel_decoder import FPNPixelDecoder
+from .tissue_norm import glass_cells, glass_context
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +61,34 @@ class DFASegModel(nn.Module):
         size = x.shape[-2:]
         if size[0] % 32 or size[1] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(size)}")
-        return self.decode(self.encode(x), size, return_attention=return_attention)
+        glass = self.find_glass(x)
+        return self.decode(self.encode(x, glass=glass), size, return_attention=return_attention, glass=glass)
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def find_glass(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The glass cells (B×1×H/32×W/32 bool) the GroupNorms leave out of their statistics, of a
+        B×3×H×W batch in [0, 1]; None when there is none or ``config.norm_excludes_glass`` is off
+        (see :mod:`napari_dfa.model.tissue_norm`)."""
+        return glass_cells(x) if self.config.norm_excludes_glass else None
+
+    def encode(self, x: torch.Tensor, *, glass: torch.Tensor | None | str = "find") -> list[torch.Tensor]:
         """The encoder's features (strides 4, 8, 16, 32) of a B×3×H×W batch in [0, 1]. Split from
-        :meth:`decode` so that fine-tuning with a frozen encoder computes them once and caches them."""
+        :meth:`decode` so that fine-tuning with a frozen encoder computes them once and caches them.
+        ``glass``: the batch's glass cells (:meth:`find_glass`, which "find" calls)."""
+        if isinstance(glass, str):
+            glass = self.find_glass(x)
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
-        return self.encoder(x)
+        with glass_context(glass):
+            return self.encoder(x)
 
-    def decode(self, features: list[torch.Tensor], size, return_attention: bool = False) -> dict:
+    def decode(self, features: list[torch.Tensor], size, return_attention: bool = False, *,
+               glass: torch.Tensor | None = None) -> dict:
         """Everything after the encoder: pixel decoder, DFA decoder, logits upsampled to ``size``
-        (H, W). Returns what :meth:`forward` returns."""
-        mask_features, memory = self.pixel_decoder(features)
-        bias = self.bias()
-        masks, focus, _ = self.decoder(memory, mask_features, bias)  # F fused with the updated memory
+        (H, W). ``glass``: the glass cells of the image the features are of (:meth:`find_glass`).
+        Returns what :meth:`forward` returns."""
+        with glass_context(glass):
+            mask_features, memory = self.pixel_decoder(features)
+            bias = self.bias()
+            masks, focus, _ = self.decoder(memory, mask_features, bias)  # F fused with the updated memory
         if self.bias.reaches_output:
             # dfa-out: b_c is also class c's output offset (a constant per class commutes with the
             # bilinear upsampling, so adding it at stride 4 is the same as after it).

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from .tissue_norm import TissueGroupNorm
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 8 groups that divide the channel count."""
+    """GroupNorm with up to 8 groups that divide the channel count; its statistics leave out the
+    glass the model marks around a forward pass (:mod:`.tissue_norm`)."""
     groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
+    return TissueGroupNorm(groups, channels)
 
 
 class ConvNormAct(nn.Sequential):

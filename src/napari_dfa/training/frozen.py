@@ -39,8 +39,17 @@ def _to_input(rgb: np.ndarray, device, multiple: int) -> tuple[torch.Tensor, tup
     return x, (h, w)
 
 
+class Features(list):
+    """The encoder features of an image (strides 4, 8, 16, 32) and its ``glass`` cells (1×1×H/32×W/32
+    bool, or None), which the decoder's GroupNorms leave out of their statistics as in a forward pass."""
+
+    def __init__(self, features, glass: torch.Tensor | None = None):
+        super().__init__(features)
+        self.glass = glass
+
+
 @torch.no_grad()
-def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> list[torch.Tensor]:
+def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> Features:
     """The encoder features (1×C×H/s×W/s for s in 4, 8, 16, 32) of an H×W×3 uint8 image, padded to
     ``multiple``. Large images are encoded in overlapping tiles and stitched (the overlap discarded),
     so memory stays bounded. ``no_grad``, not ``inference_mode``: the features feed a graph that
@@ -49,8 +58,9 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> list[torch.Tensor]:
     model.eval()
     x, _ = _to_input(rgb, device, multiple)
     H, W = x.shape[-2:]
+    glass = model.find_glass(x)
     if max(H, W) <= ENCODE_TILE + 2 * ENCODE_OVERLAP:
-        return [f.detach() for f in model.encode(x)]
+        return Features([f.detach() for f in model.encode(x, glass=glass)], glass)
     out: list[torch.Tensor] | None = None
     step = ENCODE_TILE
     for y0 in range(0, H, step):
@@ -66,12 +76,17 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> list[torch.Tensor]:
                 iy0, ix0 = (y0 - ty0) // s, (x0 - tx0) // s
                 h, w = (min(H, y0 + step) - y0) // s, (min(W, x0 + step) - x0) // s
                 full[..., y0 // s:y0 // s + h, x0 // s:x0 // s + w] = f[..., iy0:iy0 + h, ix0:ix0 + w]
-    return out  # type: ignore[return-value]
+    return Features(out, glass)  # type: ignore[arg-type]
 
 
-def crop_features(features: list[torch.Tensor], y0: int, x0: int, h: int, w: int) -> list[torch.Tensor]:
-    """The features of the pixel box (y0, x0, h, w); all four multiples of 32."""
-    return [f[..., y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s] for f, s in zip(features, STRIDES)]
+def crop_features(features: list[torch.Tensor], y0: int, x0: int, h: int, w: int) -> Features:
+    """The features (and glass cells) of the pixel box (y0, x0, h, w); all four multiples of 32."""
+    glass = getattr(features, "glass", None)
+    if glass is not None:
+        glass = glass[..., y0 // 32:(y0 + h) // 32, x0 // 32:(x0 + w) // 32]
+        glass = glass if bool(glass.any()) else None
+    return Features([f[..., y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s] for f, s in zip(features, STRIDES)],
+                    glass)
 
 
 class FeatureCache:
@@ -102,7 +117,7 @@ class FeatureCache:
 
 def decode_logits(model, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """B×K×H×W logits of the layers after the encoder on features of an H×W box."""
-    return model.decode(features, size)["logits"]
+    return model.decode(features, size, glass=getattr(features, "glass", None))["logits"]
 
 
 @torch.no_grad()
