@@ -121,7 +121,8 @@ def test_frozen_fine_tuning_decodes_with_the_same_glass_left_out(demo, tissue):
     assert feats.glass is not None
     via_cache = frozen.decode_logits(demo.model, feats, rgb.shape[:2])
     direct = demo.predict_logits(rgb[None])["logits"]
-    assert torch.allclose(via_cache, direct, atol=1e-4)
+    # float noise only (channels-last here, NCHW there: other summation orders); 2e-3 of logits ~±10
+    assert torch.allclose(via_cache, direct, atol=2e-3)
     # A crop of the cached features carries its part of the glass.
     crop = frozen.crop_features(feats, 0, 256, 512, 512)
     assert crop.glass is not None and crop.glass[..., :, 8:].all() and not crop.glass[..., :, :7].any()
