@@ -140,13 +140,16 @@ def test_level_auto_picks_the_models_scale_and_reads_the_region_in_level0_pixels
 
 @pytest.mark.slow
 def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
-    args = ["predict", str(files["b"]), "--model", str(files["model"]), "--tile", "128", "--overlap", "32",
+    # A slide large enough that the run is still going when the first rows are seen written (on
+    # slide_b the tiny model could finish between two looks).
+    slide, _ = synth.write_slide(tmp_path / "slide_c.svs", size=(1536, 1536), seed=2)
+    args = ["predict", str(slide), "--model", str(files["model"]), "--tile", "128", "--overlap", "32",
             "--device", "cpu", "--chunk", "64", "--batch-size", "1", "--threads", "1"]  # same float sums everywhere
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    expected = _labels(tmp_path / "whole" / "slide_b.labels.zarr")
+    expected = _labels(tmp_path / "whole" / "slide_c.labels.zarr")
 
     out = tmp_path / "cut"
-    store = out / "slide_b.labels.zarr"
+    store = out / "slide_c.labels.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "napari_dfa.cli", *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rows = 0
@@ -162,7 +165,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
         time.sleep(0.01)
     proc.wait(timeout=600)
     info = zarr.open_group(str(store), mode="r").attrs["napari_dfa"]
-    assert proc.returncode == 130 and 0 < info["rows_done"] < 384 and not info["completed"]
+    assert proc.returncode == 130 and 0 < info["rows_done"] < 1536 and not info["completed"]
 
     assert main([*args, "--out", str(out), "--resume"]) == 0
     np.testing.assert_array_equal(_labels(store), expected)
