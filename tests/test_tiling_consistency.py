@@ -55,9 +55,10 @@ def test_views_offset_by_half_a_tile_get_the_same_labels(demo, slide_rgb):
 
 def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(demo, slide_rgb):
     """The model's own dependence on tile context: the image cropped by half a tile, so that the
-    lattice moves. Measured on this slide: 0.959 with the default's 1056² tiles (overlap 64),
-    0.802 with the former default 512/64 (0.863 and 0.804 on the sample slide; 256/64: 0.68-0.71).
-    Larger tiles give the class tokens more context: more consistent, and more accurate."""
+    lattice moves. Measured on this slide: 0.984 with the default's 1056² tiles (overlap 64), 0.883
+    with the former default 512/64 (0.955 and 0.853 on the sample slide). Before the GroupNorms left
+    glass out of their statistics: 0.959 and 0.802 (0.863 and 0.804 on the sample slide). Larger
+    tiles give the class tokens more context: more consistent, and more accurate."""
 
     def tilings(tile: int, overlap: int) -> float:
         h = tile // 2
@@ -67,8 +68,8 @@ def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(d
 
     default = tilings(1056, 64)
     former = tilings(512, 64)
-    assert default >= 0.93, default
-    assert default >= former + 0.1, (default, former)
+    assert default >= 0.98, default  # the issue's bound
+    assert default >= former + 0.07, (default, former)
 
 
 @pytest.mark.parametrize("length", [33, 700, 1024, 1025, 1100, 1500, 1536, 2048, 2500, 3000, 4096, 5000, 8192,
