@@ -150,7 +150,11 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
 
     out = tmp_path / "cut"
     store = out / "slide_c.labels.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "napari_dfa.cli", *args, "--out", str(out)],
+    # Ctrl-C as in a terminal: a child inherits an ignored SIGINT (ipykernel, which napari's console
+    # starts inside earlier GUI tests, ignores it), and Python then never raises KeyboardInterrupt.
+    launch = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from napari_dfa.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", launch, *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rows = 0
     deadline = time.monotonic() + 600
