@@ -141,3 +141,10 @@ def test_the_sample_slide_scores_as_well_as_its_tissue(demo):
     dice = [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum())
             for c in range(1, len(demo.class_names) + 1)]
     assert np.mean(dice) >= 0.93
+
+
+def test_the_model_and_the_tissue_mask_call_the_same_white_glass():
+    from napari_dfa.inference import tissue
+    from napari_dfa.model import tissue_norm
+
+    assert (tissue_norm.MIN_CHROMA, tissue_norm.MAX_BRIGHTNESS) == (tissue.MIN_CHROMA, tissue.MAX_BRIGHTNESS)

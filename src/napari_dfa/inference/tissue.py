@@ -24,6 +24,8 @@ from .reader import compute_local
 
 logger = logging.getLogger(__name__)
 
+# The model's GroupNorms leave out the same white (model/tissue_norm.py keeps a copy: importing it
+# here would import torch for a mask).
 MIN_CHROMA = 18
 MAX_BRIGHTNESS = 200
 # The low-resolution view is at most about this many pixels on its longer side...

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The tissue mask's criterion (napari_dfa.inference.tissue): a pixel is tissue when its chroma
-# max(RGB) - min(RGB) reaches MIN_CHROMA or it is darker than MAX_BRIGHTNESS (0-255 scale).
+# A pixel is tissue when its chroma max(RGB) - min(RGB) reaches MIN_CHROMA or it is darker than
+# MAX_BRIGHTNESS (0-255 scale); the tissue mask of whole-slide inference uses the same two.
 MIN_CHROMA = 18
 MAX_BRIGHTNESS = 200
 GLASS_CELL = 32  # the coarsest feature stride: one cell is one position of the deepest GroupNorm
