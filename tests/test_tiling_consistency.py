@@ -130,3 +130,25 @@ def test_explicit_tiles_keep_their_size_and_overlap():
     assert list(grid.ys.starts) == [0, 192, 384, 512]  # the last pulled back to the border
     assert grid.computed_pixels == 16 * 256 * 256
     assert math.isclose(grid.computed_pixels / 768**2, 16 / 9)
+
+
+def test_labels_do_not_depend_on_how_many_threads_torch_has(demo):
+    """The GUI leaves a core to the UI, the CLI uses them all, another machine has more: on a CPU
+    each tile runs on one torch thread (several tiles at once), so the labels are the same. With
+    torch's threads inside a pass, 10 pixels of the sample slide flipped between 1 and 2 threads."""
+    import torch
+
+    from napari_dfa._sample_data import sample_slide_path
+
+    with open_slide(sample_slide_path()) as slide:
+        rgb = np.asarray(slide.levels[0])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = segment(rgb, demo, device="cpu").labels
+        torch.set_num_threads(2)
+        two = segment(rgb, demo, device="cpu").labels
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before  # segment restored what it changed
+    np.testing.assert_array_equal(one, two)

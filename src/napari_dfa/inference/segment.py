@@ -58,12 +58,12 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
 # Most neighbouring tiles of a row read as one box (see _Runner._plan_reads).
 READ_RUN = 8
-# Pixels per forward pass when batch_size is not given: on CPU ~2 Mpx (two 1024² tiles, eight of
-# 512²; with one tile per pass torch splits reductions by its thread count, so labels at near-ties
-# would depend on it: 0.025 % of the sample slide's level 1 differ between 1 and 2 threads, and the
-# GUI runs on one thread fewer than the CLI. The price: on 2 cores two 1056² tiles per pass run
-# ~15 % slower per pixel than one), on GPUs ~8 Mpx (the device stays busy while the host blends).
+# Pixels per forward pass on GPUs when batch_size is not given: ~8 Mpx (the device stays busy while
+# the host blends). On CPUs the default is one tile per pass on one torch thread, as many passes at
+# once as torch had threads (see _tile_workers).
 BATCH_PIXELS = {"cpu": 2 << 20, "gpu": 8 << 20}
+# Most forward passes run at once on a CPU (each holds one tile's activations, ~0.3 GB at 1056²).
+MAX_TILE_WORKERS = 8
 
 
 @dataclass
@@ -136,7 +136,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       tissue_mask: skip tiles over glass and give glass beside tissue label 0 (at the tissue
         mask's resolution); False: every pixel gets a class.
       outputs: any of "labels", "probabilities", "uncertainty", "focus".
-      batch_size: tiles per forward pass (default: ~2 Mpx of tiles on CPU, ~8 Mpx on GPUs).
+      batch_size: tiles per forward pass. Default: on GPUs ~8 Mpx of tiles; on CPUs one tile per
+        pass on one torch thread, as many passes at once as torch has threads (labels then do not
+        depend on the thread count; restored after the call). Given on a CPU: that many tiles per
+        pass, one pass at a time on torch's threads.
       chunk: chunk edge of the zarr store.
       read_workers: threads reading tiles ahead of the model when ``threads`` (default 2).
       channels_last: the model's memory format (None: channels-last on CPU and CUDA, where its
@@ -222,16 +225,17 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         blender = TileBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
         threaded = _use_threads(threads, dev, torch)
+        workers = _tile_workers(dev, batch_size, torch)
         cache = None
         if tile_cache is not None and not extras:
             cache = _CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
-                      batch_size=batch_size or _default_batch(grid, dev),
+                      batch_size=1 if workers else (batch_size or _default_batch(grid, dev)),
                       read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
                       want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel,
-                      cache=cache)
+                      cache=cache, forward_workers=workers or 1)
         try:
-            with _cudnn_autotune(dev, torch):
+            with _cudnn_autotune(dev, torch), _torch_threads(torch, 1 if workers else None):
                 completed = run.run(first_row)
         finally:
             sink.close()
@@ -254,6 +258,38 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
 def _default_batch(grid: TileGrid, device) -> int:
     pixels = BATCH_PIXELS["cpu" if device.type == "cpu" else "gpu"]
     return max(1, min(16, round(pixels / (grid.tile_shape[0] * grid.tile_shape[1]))))
+
+
+def _tile_workers(device, batch_size: int | None, torch) -> int:
+    """Forward passes run at once on a CPU (0: not this mode — GPUs, or an explicit batch_size).
+
+    Each pass is one tile on one torch thread, and as many run side by side as torch had threads.
+    One-thread arithmetic does not depend on the machine's core count, so a tile's labels are the
+    same in the GUI (which leaves a core to the UI), the CLI and on any other CPU of the same kind
+    — with torch's threads inside one pass, reductions split by the thread count and near-ties
+    flipped (0.025 % of the sample slide's level 1 between 1 and 2 threads). It is also faster:
+    a 1056² tile per pass on one thread runs ~10-15 % faster per pixel on 2 cores than two tiles
+    on two threads (no synchronisation inside the pass, activations closer to one core's cache)."""
+    if device.type != "cpu" or batch_size is not None:
+        return 0
+    return max(1, min(MAX_TILE_WORKERS, torch.get_num_threads()))
+
+
+class _torch_threads:
+    """torch's intra-op threads set for a run and restored after (None: unchanged)."""
+
+    def __init__(self, torch, n: int | None):
+        self.torch, self.n, self.before = torch, n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            self.before = self.torch.get_num_threads()
+            if self.before != self.n:
+                self.torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None and self.torch.get_num_threads() != self.before:
+            self.torch.set_num_threads(self.before)
 
 
 def _argmax_channels(logits):
@@ -446,8 +482,10 @@ class _Runner:
 
     def __init__(self, *, src: LevelReader, region, grid: TileGrid, model, device, blender: TileBlender,
                  skip: np.ndarray, batch_size: int, read_workers: int, want_focus: bool, dense: bool,
-                 progress, cancel, cache: _CacheSlot | None = None):
+                 progress, cancel, cache: _CacheSlot | None = None, forward_workers: int = 1):
         self.src, self.region, self.grid, self.model = src, region, grid, model
+        self.forward_workers = max(1, forward_workers)
+        self._seconds_lock = threading.Lock()
         self.device, self.blender, self.skip = device, blender, skip
         self.batch_size, self.read_workers, self.want_focus = max(1, batch_size), max(0, read_workers), want_focus
         self.dense = dense or want_focus
@@ -547,10 +585,15 @@ class _Runner:
         pool = (ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="napari-dfa-read")
                 if threaded else _Inline())
         blend_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-dfa-blend") if threaded else _Inline()
+        # CPU: several one-thread forward passes at once (see segment._tile_workers).
+        width = self.forward_workers
+        forward_pool = (ThreadPoolExecutor(max_workers=width, thread_name_prefix="napari-dfa-forward")
+                        if width > 1 else _Inline())
         queue: deque = deque()
         blending: deque = deque()
+        running: deque = deque()  # (row, tile columns, forward future or None, row ends) in batch order
         flat = [(i, j) for i, js in batches for j in js]
-        ahead = max(2 * self.batch_size, self.read_workers * 2) if threaded else 0
+        ahead = max(2 * self.batch_size * width, self.read_workers * 2) if threaded else 0
         pos = 0
 
         def report(row: int) -> None:
@@ -563,11 +606,26 @@ class _Runner:
         def cancelled(row: int) -> bool:
             if self.cancel is None or not self.cancel():
                 return False
+            # Passes still running are dropped whole (nothing of them is written).
+            while running:
+                future = running.popleft()[2]
+                if future is not None:
+                    future.exception()
             while blending:
                 blending.popleft().result()
             report(row)
             logger.info("segment cancelled after %d of %d tiles", self.done, grid.total)
             return True
+
+        def finish_oldest() -> None:
+            nonlocal computed
+            i, js, future, row_end = running.popleft()
+            out = future.result() if future is not None else None
+            computed += len(js)
+            while len(blending) >= 2:
+                blending.popleft().result()
+            blending.append(blend_pool.submit(self._blend, i, js, out, row_end))
+            report(i)
 
         try:
             for row_pos, (i, js) in enumerate(batches):
@@ -577,15 +635,17 @@ class _Runner:
                     queue.append(pool.submit(self._read, *flat[pos]))
                     pos += 1
                 tiles = [queue.popleft().result() for _ in js]
-                out = self._forward(i, js, tiles, torch) if tiles else None
+                future = forward_pool.submit(self._forward, i, js, tiles, torch) if tiles else None
+                running.append((i, js, future, last_batch_of_row[i] == row_pos))
                 # Asked during the forward pass: stop now (that batch is dropped, not half written).
-                if out is not None and cancelled(i):
+                if future is not None and future.done() and cancelled(i):
                     return False
-                computed += len(js)
-                while len(blending) >= 2:
-                    blending.popleft().result()
-                blending.append(blend_pool.submit(self._blend, i, js, out, last_batch_of_row[i] == row_pos))
-                report(i)
+                while len(running) >= width:
+                    finish_oldest()
+            while running:
+                if cancelled(running[0][0]):
+                    return False
+                finish_oldest()
             while blending:
                 blending.popleft().result()
             report(grid.rows - 1)
@@ -593,6 +653,7 @@ class _Runner:
         finally:
             for f in queue:
                 f.cancel()
+            forward_pool.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
             blend_pool.shutdown(wait=True)
 
@@ -664,7 +725,8 @@ class _Runner:
                 labels = None if labels is None else labels.cpu()
                 parts = [p.cpu().numpy() for p in parts]
         if not cuda:
-            self.model_seconds += time.perf_counter() - t0
+            with self._seconds_lock:  # summed over the passes that ran at once
+                self.model_seconds += time.perf_counter() - t0
         return _Pending(labels=labels, parts=parts, layout=layout, windows=windows, timing=timing, runner=self)
 
     @staticmethod
