@@ -84,6 +84,21 @@ def test_the_layer_takes_its_statistics_over_tissue_only():
     assert torch.equal(norm(x), plain(x))
 
 
+def test_the_statistics_stay_float32_under_bfloat16_autocast():
+    """CUDA (and --precision bf16) run the model under bfloat16 autocast, which would run the
+    layer's matrix-product sums in bfloat16: its variance would be noise."""
+    torch.manual_seed(1)
+    norm = TissueGroupNorm(4, 8)
+    x = torch.randn(2, 8, 64, 64) * 0.5 + 20.0  # a large mean: E[x²] − E[x]² needs the digits
+    cells = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    cells[:, :, :, 3] = True
+    with glass_context(cells):
+        exact = norm(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = norm(x)
+    assert torch.allclose(autocast.float(), exact, atol=1e-3)
+
+
 def test_glass_cells_are_large_white_areas_not_lumens(tissue):
     x = torch.from_numpy(with_glass(tissue, 256)).permute(2, 0, 1)[None].float() / 255
     cells = glass_cells(x)

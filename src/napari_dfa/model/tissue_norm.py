@@ -97,6 +97,12 @@ class TissueGroupNorm(nn.GroupNorm):
         glass = _GLASS.get()
         if glass is None:
             return super().forward(x)
+        # float32 statistics whatever the autocast: bmm would run in bfloat16 under it, and
+        # E[x²] − E[x]² in bfloat16 is noise.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._tissue_norm(x, glass)
+
+    def _tissue_norm(self, x: torch.Tensor, glass: GlassMap) -> torch.Tensor:
         b, c, h, w = x.shape
         g = self.num_groups
         xf = x.float()
