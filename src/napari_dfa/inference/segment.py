@@ -62,7 +62,8 @@ READ_RUN = 8
 # the host blends). On CPUs the default is one tile per pass on one torch thread, as many passes at
 # once as torch had threads (see _tile_workers).
 BATCH_PIXELS = {"cpu": 2 << 20, "gpu": 8 << 20}
-# Most forward passes run at once on a CPU (each holds one tile's activations, ~0.3 GB at 1056²).
+# Most forward passes run at once on a CPU: each holds one tile's activations (two 1056² passes at
+# once grew the process by ~0.5 GB in the memory benchmark).
 MAX_TILE_WORKERS = 8
 
 
