@@ -7,7 +7,8 @@ channels-last weights, fed RGB uint8 → float [0, 1] exactly as ``Segmenter.pre
 through:
 
 0. **the model alone**: forward passes (``predict_logits``) over the very tiles ``segment`` runs for
-   the region, read beforehand into memory, in ``segment``'s batches — the reference;
+   the region, read beforehand into memory, in batches of ``--batch`` tiles (``segment``'s on a
+   GPU; ~2 Mpx on a CPU, where ``segment`` runs one tile per thread, several at once) — the reference;
 1. **napari-dfa** ``segment(slide, model, level=1, region=...)`` at its defaults (tiles fitted to the
    level, raised-cosine blending of logits, tissue mask, labels in memory);
 2. **MONAI** ``sliding_window_inference`` on the region read into memory (the read is timed too):
@@ -105,10 +106,15 @@ def ensure_slide() -> Path:
     return path
 
 
+# Pixels per pass the pipelines that batch get on a CPU (two 1024² tiles): segment itself runs one
+# tile per torch thread there, several at once, and batched like this before.
+CPU_BATCH_PIXELS = 2 << 20
+
+
 def plan(slide_path: Path, region, args) -> dict:
     """Tile edge, overlap and batch that ``segment`` uses for this region (the others copy them)."""
     from napari_dfa import load_model, open_slide
-    from napari_dfa.inference.segment import BATCH_PIXELS
+    from napari_dfa.inference.segment import GPU_BATCH_PIXELS
     from napari_dfa.inference.tiling import TileGrid
 
     seg = load_model("demo")
@@ -118,7 +124,8 @@ def plan(slide_path: Path, region, args) -> dict:
     grid = TileGrid(height=region[2], width=region[3], tile=args.tile, overlap=args.overlap,
                     multiple=seg.input_multiple, origin=region[:2], extent=level_hw)
     th, tw = grid.tile_shape
-    batch = args.batch or max(1, min(16, round(BATCH_PIXELS["cpu" if args.device == "cpu" else "gpu"] / (th * tw))))
+    pixels = CPU_BATCH_PIXELS if args.device == "cpu" else GPU_BATCH_PIXELS
+    batch = args.batch or max(1, min(16, round(pixels / (th * tw))))
     boxes = [list(grid.tile_box(i, j)) for i in range(grid.rows) for j in range(grid.cols)]
     return dict(slide=str(slide_path), level=LEVEL, level_hw=level_hw, mpp=mpp, region=list(region),
                 tile=[th, tw], overlap=list(grid.overlaps), batch=batch, boxes=boxes, device=args.device,
@@ -245,7 +252,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda (every pipeline)")
     ap.add_argument("--tile", type=int, help="tile edge for all (default: segment's fitted lattice)")
     ap.add_argument("--overlap", type=int, help="overlap for all (default: segment's fitted lattice)")
-    ap.add_argument("--batch", type=int, help="tiles per forward pass for all (default: segment's)")
+    ap.add_argument("--batch", type=int, help="tiles per forward pass for all but segment (default: segment's on a "
+                                              "GPU, ~2 Mpx of tiles on a CPU)")
     ap.add_argument("--monai-mode", default="gaussian", choices=("gaussian", "constant"))
     ap.add_argument("--tia-workers", type=int, default=0, help="TIAToolbox DataLoader workers (its default: 0)")
     ap.add_argument("--tia-compile", default="default",

@@ -61,7 +61,7 @@ READ_RUN = 8
 # Pixels per forward pass on GPUs when batch_size is not given: ~8 Mpx (the device stays busy while
 # the host blends). On CPUs the default is one tile per pass on one torch thread, as many passes at
 # once as torch had threads (see _tile_workers).
-BATCH_PIXELS = {"cpu": 2 << 20, "gpu": 8 << 20}
+GPU_BATCH_PIXELS = 8 << 20
 # Most forward passes run at once on a CPU: each holds one tile's activations (two 1056² passes at
 # once grew the process by ~0.5 GB in the memory benchmark).
 MAX_TILE_WORKERS = 8
@@ -231,7 +231,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         if tile_cache is not None and not extras:
             cache = _CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
-                      batch_size=1 if workers else (batch_size or _default_batch(grid, dev)),
+                      batch_size=1 if workers else (batch_size or _default_batch(grid)),
                       read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
                       want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel,
                       cache=cache, forward_workers=workers or 1)
@@ -256,9 +256,9 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             opened.close()
 
 
-def _default_batch(grid: TileGrid, device) -> int:
-    pixels = BATCH_PIXELS["cpu" if device.type == "cpu" else "gpu"]
-    return max(1, min(16, round(pixels / (grid.tile_shape[0] * grid.tile_shape[1]))))
+def _default_batch(grid: TileGrid) -> int:
+    """Tiles per pass on a GPU (CPUs run one tile per pass unless batch_size is given)."""
+    return max(1, min(16, round(GPU_BATCH_PIXELS / (grid.tile_shape[0] * grid.tile_shape[1]))))
 
 
 def _tile_workers(device, batch_size: int | None, torch) -> int:
