@@ -152,3 +152,22 @@ def test_labels_do_not_depend_on_how_many_threads_torch_has(demo):
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before  # segment restored what it changed
     np.testing.assert_array_equal(one, two)
+
+
+def test_torch_threads_are_restored_also_when_the_run_fails():
+    """segment and predict set torch's (process-wide) thread count for a run: an error inside must
+    not leave the GUI's or a caller's count changed."""
+    import torch
+
+    from napari_dfa.model.device import torch_threads
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with torch_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError), torch_threads(target):
+        raise ValueError("a broken slide")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -133,66 +133,58 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     t0 = time.perf_counter()
     report = {"slide": str(slide_path), "ok": False, "path": None, "error": None, "seconds": 0.0,
               "completed": False, "tiles": 0}
-    previous_threads = None
     try:
-        if threads:
-            import torch
+        from ..model.device import torch_threads
 
-            previous_threads = torch.get_num_threads()
-            torch.set_num_threads(threads)
-        if isinstance(model, (str, os.PathLike)):
-            from ..model import load_model
+        with torch_threads(threads):
+            if isinstance(model, (str, os.PathLike)):
+                from ..model import load_model
 
-            model = load_model(model)
-        out_dir = Path(out_dir)
-        paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
-        store = paths["store"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from ..labels.store import store_lock
-        from ..slide import open_slide
+                model = load_model(model)
+            out_dir = Path(out_dir)
+            paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
+            store = paths["store"]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            from ..labels.store import store_lock
+            from ..slide import open_slide
 
-        # One writer per store: a second predict on the same --out stops here with a message.
-        with store_lock(store), open_slide(slide_path) as slide:
-            level, region = options.get("level", 0), options.get("region")
-            if level == "auto":
-                level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
-                if region is not None:  # given in level-0 pixels: convert to the chosen level
-                    ds = slide.downsamples[level]
-                    y0, x0 = int(region[0] // ds), int(region[1] // ds)
-                    region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
-                              max(1, round((region[1] + region[3]) / ds) - x0))
-            from ..inference.domain import check_slide
+            # One writer per store: a second predict on the same --out stops here with a message.
+            with store_lock(store), open_slide(slide_path) as slide:
+                level, region = options.get("level", 0), options.get("region")
+                if level == "auto":
+                    level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
+                    if region is not None:  # given in level-0 pixels: convert to the chosen level
+                        ds = slide.downsamples[level]
+                        y0, x0 = int(region[0] // ds), int(region[1] // ds)
+                        region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
+                                  max(1, round((region[1] + region[3]) / ds) - x0))
+                from ..inference.domain import check_slide
 
-            beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
-            if beyond.far:
-                logger.warning("%s: %s", slide_path, beyond.message)
-            res = segment(slide, model, level=level, region=region,
-                          tile=options.get("tile"), overlap=options.get("overlap"),
-                          device=options.get("device", "auto"), precision=options.get("precision"),
-                          out=store, progress=progress,
-                          resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
-                          outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
-                          chunk=options.get("chunk", 512))
-            report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
-            if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
-                with atomic_output(paths["geojson"]) as tmp:
-                    label_files.write_geojson(tmp, res.labels, res.classes,
-                                              downsample=res.downsample, offset=res.translate)
-            if res.completed and paths["areas"] is not None:
-                with atomic_output(paths["areas"]) as tmp:
-                    label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample,
-                                               mpp=slide.mpp)
+                beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
+                if beyond.far:
+                    logger.warning("%s: %s", slide_path, beyond.message)
+                res = segment(slide, model, level=level, region=region,
+                              tile=options.get("tile"), overlap=options.get("overlap"),
+                              device=options.get("device", "auto"), precision=options.get("precision"),
+                              out=store, progress=progress,
+                              resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
+                              outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
+                              chunk=options.get("chunk", 512))
+                report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
+                if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
+                    with atomic_output(paths["geojson"]) as tmp:
+                        label_files.write_geojson(tmp, res.labels, res.classes,
+                                                  downsample=res.downsample, offset=res.translate)
+                if res.completed and paths["areas"] is not None:
+                    with atomic_output(paths["areas"]) as tmp:
+                        label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample,
+                                                   mpp=slide.mpp)
         report["ok"] = res.completed
     except DFAError as exc:
         report["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort
         logger.exception("predict failed on %s", slide_path)
         report["error"] = f"{slide_path}: unexpected {type(exc).__name__}: {exc}"
-    finally:
-        if previous_threads:
-            import torch
-
-            torch.set_num_threads(previous_threads)
     report["seconds"] = time.perf_counter() - t0
     return report
 

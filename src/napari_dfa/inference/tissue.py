@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import numpy as np
 
@@ -64,15 +65,24 @@ class TissueMask:
         self.offset = (0.0, 0.0)  # region pixels of the mask origin before the region origin
         self._glass = None
         self._glass_any = False
+        self._glass_lock = threading.Lock()
 
     @property
     def glass(self) -> np.ndarray:
         """Boolean glass mask (same grid as ``mask``): large background patches, not holes."""
-        if self._glass is None:
-            sy, sx = self.scale
-            self._glass = glass_from_tissue(self.mask, min_area=GLASS_MIN_AREA / (sy * sx))
-            self._glass_any = bool(self._glass.any())
+        with self._glass_lock:  # found once, also when a background thread is still at it
+            if self._glass is None:
+                sy, sx = self.scale
+                glass = glass_from_tissue(self.mask, min_area=GLASS_MIN_AREA / (sy * sx))
+                self._glass_any = bool(glass.any())
+                self._glass = glass
         return self._glass
+
+    def find_glass_in_background(self) -> None:
+        """Start finding :attr:`glass` in a thread (numpy and scipy free the GIL); the first
+        :meth:`glass_box` waits for it."""
+        if self._glass is None:
+            threading.Thread(target=lambda: self.glass, name="napari-dfa-glass", daemon=True).start()
 
     def glass_box(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
         """Glass pixels of a box (region pixels) as an h×w boolean array, or None if it has none."""

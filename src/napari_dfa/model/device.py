@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -36,3 +37,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {device!r} is not supported; use auto, cuda, mps or cpu")
     return dev
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` inside the block and restored after it (None or
+    0: left as it is). The count is process-wide: a run that sets it must not leave it changed."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
