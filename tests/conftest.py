@@ -40,3 +40,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The bundled demo model, loaded once per test module: modules that change it (precision,
+    memory format, classes) do not hand their changes to the next one."""
+    from napari_dfa.model import load_model
+
+    return load_model("demo")

@@ -181,8 +181,12 @@ def test_bias_sensitivity_measures_label_and_dice_changes_and_restores_the_model
     assert not seg.model.bias._forward_hooks
     assert len(small["bias_px"]) == 5 and all(0 <= v <= 1 for v in small["bias_px"] + small["logit_px"])
     assert max(huge["bias_px"]) > max(small["bias_px"])
-    # +50 on a class's output logit labels every pixel with that class.
-    assert min(huge["logit_px"]) > 0.5
+    # +50 on a class's output logit labels every pixel with that class: every pixel not already
+    # labelled with it changes.
+    base = [seg.predict_logits(img[None])["logits"][0].argmax(0).numpy() for img in images]
+    n_px = sum(b.size for b in base)
+    for c, changed in enumerate(huge["logit_px"]):
+        assert changed == pytest.approx(1 - sum(int((b == c).sum()) for b in base) / n_px)
     assert all(v is None or -1 <= v <= 1 for v in small["bias_dice"] + small["logit_dice"])
     assert bias_sensitivity(seg, images, shift=1.0)["bias_dice"] == [None] * 5
 

@@ -22,11 +22,6 @@ def _one_thread(one_torch_thread):
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
-
-
 def _rows(seg, key):
     return seg.model.state_dict()[key]
 

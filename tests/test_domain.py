@@ -25,11 +25,6 @@ from napari_dfa.slide import open_slide
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
-
-
 def ihc() -> np.ndarray:
     """A real scan (human colon, immunohistochemistry: hematoxylin and brown DAB), shipped with
     scikit-image."""

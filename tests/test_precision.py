@@ -9,14 +9,8 @@ import torch
 
 from napari_dfa.errors import ConfigError
 from napari_dfa.inference import segment
-from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
 from napari_dfa._sample_data import sample_slide_path
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
 
 
 @pytest.fixture(scope="module")

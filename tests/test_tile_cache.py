@@ -17,11 +17,6 @@ TILE, OVERLAP = 256, 32  # a small explicit lattice: many tiles on a small image
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
 def rgb():
     """1200×1100 pixels of the sample slide (tissue), as a numpy image."""
     with open_slide(sample_slide_path()) as slide:

@@ -17,13 +17,7 @@ import pytest
 from napari_dfa import synth
 from napari_dfa.inference import segment
 from napari_dfa.inference.tiling import MIN_OVERLAP, OVERLAP_BUDGET, TileGrid, fit_axis
-from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
 
 
 @pytest.fixture(scope="module")

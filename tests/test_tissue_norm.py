@@ -16,18 +16,13 @@ from torch import nn
 
 from napari_dfa import synth
 from napari_dfa.inference import segment
-from napari_dfa.model import Segmenter, load_model
+from napari_dfa.model import Segmenter
 from napari_dfa.model.dfa_model import build_model
 from napari_dfa.model.tissue_norm import GLASS_CELL, TissueGroupNorm, glass_cells, glass_context
 from napari_dfa.slide import open_slide
 from napari_dfa.training import frozen
 
 GLASS_RGB = (236, 234, 238)  # the faint off-white of synthetic (and real) glass
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
 
 
 @pytest.fixture(scope="module")
