@@ -11,6 +11,7 @@ from napari_dfa.synth import SynthConfig
 # (120 px against 320), where the demo model errs in every class, as it would on another lab's
 # slides, so that a pathologist has something to correct in each.
 CASE_CONFIG = SynthConfig(slide_region_size=120.0)
+CASE_SEED = 4
 
 
 def paint_largest_errors(truth, before, share=0.02):

@@ -19,7 +19,7 @@ from napari_dfa import cli, synth
 from napari_dfa._sample_data import sample_slide_path
 from napari_dfa.inference.domain import check_slide, sample_tissue_tiles
 from napari_dfa.model import ModelConfig, Segmenter, load_model
-from napari_dfa.model.domain import domain_check, stain_vectors, write_domain_metadata
+from napari_dfa.model.domain import domain_check, domain_stats, stain_vectors, write_domain_metadata
 from napari_dfa.slide import open_slide
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,6 +93,18 @@ def test_texture_that_is_not_tissue_is_flagged_by_the_features(demo):
     assert report.far and "tissue appearance" in report.message
 
 
+def test_statistics_of_an_older_checkpoint_are_compared_at_their_own_stage(demo):
+    """Checkpoints stamped before the features moved to stride 4 hold stride-8 statistics and say
+    so only in words: their slides are measured at stride 8, not skipped nor compared across."""
+    tiles = [synth.generate_tile(seed=(9100 + i,), size=256)[0] for i in range(6)]
+    older = domain_stats(demo, tiles, trained_on="synthetic tissue only", feature_stage=1)
+    assert "stage 1 (stride 8)" in older.pop("feature_layer") and older.pop("feature_stage") == 1
+    older["feature_layer"] = "encoder stage 1 (stride 8), tissue-weighted mean"  # as they were written
+    seg = Segmenter(demo.model, metadata={**demo.metadata, "domain": older})
+    report = domain_check(seg, tiles)
+    assert set(report.groups) == {"colour", "stain", "features"} and report.groups["features"] < 1
+
+
 def test_predict_warns_on_a_real_looking_slide_and_not_on_the_sample(tmp_path, caplog):
     real = write_flat_slide(tmp_path / "colon_ihc.tif", np.tile(ihc(), (2, 2, 1)))
     with caplog.at_level(logging.WARNING, logger="napari_dfa"):
@@ -159,5 +171,5 @@ def test_a_training_run_stores_domain_statistics(tmp_path):
         seg = load_model(path)
         domain = seg.metadata["domain"]
         assert domain["tiles"] == 8 and "bcss data" in domain["trained_on"]
-        assert len(domain["groups"]["features"]["mean"]) == seg.config.encoder_widths[1]
+        assert len(domain["groups"]["features"]["mean"]) == seg.config.encoder_widths[domain["feature_stage"]]
     assert domain_check(load_model(result.best_path), [ihc()]).far

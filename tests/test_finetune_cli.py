@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from correction_fixtures import CASE_CONFIG, one_class_strokes, paint_largest_errors
+from correction_fixtures import CASE_CONFIG, CASE_SEED, one_class_strokes, paint_largest_errors
 from scipy import ndimage as ndi
 
 from napari_dfa import synth
@@ -30,7 +30,7 @@ def case(tmp_path_factory):
     class, the largest wrong regions) and written as QuPath GeoJSON with two features QuPath users
     also export: a detection (skipped) and an Ignore* annotation."""
     folder = tmp_path_factory.mktemp("cli")
-    path, truth_path = synth.write_slide(folder / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=4, mpp=0.5)
+    path, truth_path = synth.write_slide(folder / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=CASE_SEED, mpp=0.5)
     truth = np.asarray(open_truth(truth_path)[0])
     before = np.asarray(segment(open_slide(path), load_model("demo"), level=0).labels)
     painted = paint_largest_errors(truth, before)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from correction_fixtures import CASE_CONFIG, one_class_strokes, paint_largest_errors
+from correction_fixtures import CASE_CONFIG, CASE_SEED, one_class_strokes, paint_largest_errors
 
 from napari_dfa import synth
 from napari_dfa._sample_data import open_truth
@@ -36,7 +36,7 @@ def case(tmp_path_factory):
     """A 1024² synthetic slide (0.5 µm/px), its truth, the demo model and its labels: the demo
     model calls part of the tumour necrosis and part of 'other' stroma here."""
     folder = tmp_path_factory.mktemp("guard")
-    path, truth_path = synth.write_slide(folder / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=4, mpp=0.5)
+    path, truth_path = synth.write_slide(folder / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=CASE_SEED, mpp=0.5)
     slide = open_slide(path)
     truth = np.asarray(open_truth(truth_path)[0])
     seg = load_model("demo")

@@ -145,9 +145,9 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       read_workers: threads reading tiles ahead of the model when ``threads`` (default 2).
       channels_last: the model's memory format (None: channels-last on CPU and CUDA, where its
         convolutions run faster; the model keeps it after the call).
-      threads: read and blend in threads beside the model (None: yes on GPUs, and on CPUs with a
-        core that torch does not use or more than 4 cores; on a small CPU whose cores torch
-        all uses, threads beside torch's stall its parallel regions).
+      threads: read and blend in threads beside the model (None: yes — except with an explicit
+        ``batch_size`` on a CPU of at most 4 cores that torch all uses, where threads beside
+        torch's would stall its parallel regions; the default one-thread passes have none).
       precision: the forward pass's arithmetic for this call (see
         :attr:`napari_dfa.model.Segmenter.precision`: ``"auto"``, ``"fp32"``, ``"bf16"``); None:
         the model's own (``"auto"``: bfloat16 on CUDA, float32 on CPUs).

@@ -10,7 +10,7 @@ three groups of per-tile descriptors:
 - ``stain``: the tile's two stain vectors in optical density (Macenko's method: the extreme
   directions of the tissue pixels' OD in the plane of its two main axes), hematoxylin-like first;
   H&E, IHC (hematoxylin + DAB) or a special stain differ here first;
-- ``features``: the model's own encoder features at stride 8, averaged over tissue, so
+- ``features``: the model's own encoder features at stride 4, averaged over tissue, so
   tissue of another kind (or a scanner whose texture differs) shows even in a familiar stain.
 
 For each group the checkpoint stores the mean and spread over its training tiles (for the features
@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,11 @@ DOMAIN_VERSION = 1
 TILE = 256  # descriptor tile edge; callers cut larger images into tiles of this size
 MIN_TISSUE = 0.2  # a tile with less tissue than this share says little; skipped
 OD_TISSUE = 0.15  # optical density below which a pixel is glass (Macenko's β)
-# Encoder stage whose features describe a tile: stride 8 still sees texture (nuclei, fibres); the
-# coarsest stage had pooled it away (pixel-shuffled tiles looked like the training tiles there).
-FEATURE_STAGE = 1
+# Encoder stage whose features describe a tile: stride 4 sees texture (nuclei, fibres). Deeper
+# stages pool it away: pixel-shuffled tiles (the colours of tissue, no structure) sat at 1.07 of
+# the threshold at stride 8 with the first demo model and at 0.56 with the one trained on slide
+# tiles; at stride 4 at 1.77 and 2.08, with the training's own held-out tiles at ~0.4 either way.
+FEATURE_STAGE = 0
 FEATURE_COMPONENTS = 8  # main axes of the training tiles' features kept in the checkpoint
 MARGIN = 1.5  # threshold = this × the 99th percentile of the training tiles' own distances
 # Floors of the per-value spread, so a group that barely varied in training (synthetic stains are
@@ -111,8 +114,8 @@ def _colour(rgb: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _features(segmenter, tiles: list[np.ndarray]) -> np.ndarray:
-    """Tissue-weighted mean of the encoder's stride-8 features, one row per tile."""
+def _features(segmenter, tiles: list[np.ndarray], stage: int = FEATURE_STAGE) -> np.ndarray:
+    """Tissue-weighted mean of the encoder's features at ``stage`` (0: stride 4), one row per tile."""
     model = segmenter.model
     model.eval()
     out = []
@@ -122,7 +125,7 @@ def _features(segmenter, tiles: list[np.ndarray]) -> np.ndarray:
         rgb = rgb[:h, :w]
         x = torch.from_numpy(np.ascontiguousarray(rgb)).to(segmenter.device).permute(2, 0, 1)[None].float() / 255
         x = (x - model.pixel_mean.to(x)) / model.pixel_std.to(x)
-        f = model.encoder(x)[FEATURE_STAGE][0].float()  # C×h×w
+        f = model.encoder(x)[stage][0].float()  # C×h×w
         tissue = torch.from_numpy((_od(rgb) > OD_TISSUE).any(axis=-1).astype(np.float32))
         weight = torch.nn.functional.adaptive_avg_pool2d(tissue[None, None], f.shape[-2:])[0, 0].to(f.device)
         out.append(((f * weight).sum((1, 2)) / weight.sum().clamp_min(1e-6)).cpu().numpy())
@@ -151,12 +154,22 @@ def cut_tiles(images: Sequence[np.ndarray], size: int = TILE, *, limit: int = 64
     return tiles
 
 
-def descriptors(segmenter, tiles: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-tile descriptors ``{"colour": n×6, "stain": n×6, "features": n×C}`` of tissue tiles."""
+def descriptors(segmenter, tiles: Sequence[np.ndarray], stage: int = FEATURE_STAGE) -> dict[str, np.ndarray]:
+    """Per-tile descriptors ``{"colour": n×6, "stain": n×6, "features": n×C}`` of tissue tiles
+    (features of encoder ``stage``)."""
     tiles = [np.asarray(t) for t in tiles]
     stains = np.stack([stain_vectors(t).ravel() for t in tiles])
     return {"colour": np.stack([_colour(t) for t in tiles]), "stain": stains,
-            "features": _features(segmenter, tiles)}
+            "features": _features(segmenter, tiles, stage)}
+
+
+def _feature_stage(domain: dict) -> int:
+    """The encoder stage a checkpoint's feature statistics were taken at: written since the stage
+    moved to stride 4; before, the text of ``feature_layer`` says (stage 1, stride 8)."""
+    if isinstance(domain.get("feature_stage"), int):
+        return domain["feature_stage"]
+    found = re.search(r"encoder stage (\d+)", str(domain.get("feature_layer", "")))
+    return int(found.group(1)) if found else 1
 
 
 def _rounded(values) -> list[float]:
@@ -184,7 +197,7 @@ def _group_distances(g: dict, values: np.ndarray) -> list[np.ndarray]:
 
 # -- statistics of the training data ---------------------------------------------------------
 def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, tile: int = TILE,
-                 limit: int = 64) -> dict:
+                 limit: int = 64, feature_stage: int = FEATURE_STAGE) -> dict:
     """What the training data looked like, as stored under ``metadata["domain"]`` (JSON).
 
     Arguments:
@@ -192,12 +205,13 @@ def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, ti
       images: training images (RGB uint8, any size; cut into ``tile`` tiles with tissue).
       trained_on: a few words for the warning, e.g. ``"synthetic tissue only"``.
       tile, limit: tile edge and the most tiles used.
+      feature_stage: the encoder stage of the feature statistics (kept with them).
     """
     tiles = cut_tiles(images, tile, limit=limit)
     if len(tiles) < 4:
         raise DataError(f"domain statistics need at least 4 tiles with tissue, found {len(tiles)} in "
                         f"{len(images)} images")
-    d = descriptors(segmenter, tiles)
+    d = descriptors(segmenter, tiles, feature_stage)
     groups = {}
     for name, values in d.items():
         mean = np.nanmean(values, axis=0)
@@ -221,7 +235,8 @@ def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, ti
         "rgb_mean": [round(float(v), 3) for v in pixels.mean(0)],
         "rgb_std": [round(float(v), 3) for v in pixels.std(0)],
         "stain_vectors": np.round(np.nanmean(d["stain"], axis=0).reshape(2, 3), 4).tolist(),
-        "feature_layer": f"encoder stage {FEATURE_STAGE} (stride 8), tissue-weighted mean",
+        "feature_layer": f"encoder stage {feature_stage} (stride {4 << feature_stage}), tissue-weighted mean",
+        "feature_stage": int(feature_stage),
         "groups": groups,
     }
 
@@ -237,7 +252,7 @@ def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
     tiles = cut_tiles(rgb_tiles, int(domain.get("tile", TILE)))
     if not tiles:
         return DomainReport(float("nan"), False, "no tissue found to compare with the training data")
-    d = descriptors(segmenter, tiles)
+    d = descriptors(segmenter, tiles, _feature_stage(domain))
     groups = {}
     for name, values in d.items():
         g = domain["groups"].get(name)
