@@ -10,6 +10,7 @@ with a bound, so that a change that makes the model more tile-dependent shows.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -165,3 +166,18 @@ def test_torch_threads_are_restored_also_when_the_run_fails():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_the_gui_runs_one_pass_per_core_with_the_labels_of_any_other_count(demo, slide_rgb, monkeypatch):
+    """The widgets run one one-thread pass per core (torch's own pool stays a core short for the
+    UI); how many run at once changes the time, never a label."""
+    from napari_dfa.inference.background import GUI_THREADS_ENV, gui_tile_workers
+
+    monkeypatch.delenv(GUI_THREADS_ENV, raising=False)
+    assert gui_tile_workers() == (os.cpu_count() or 1)
+    monkeypatch.setenv(GUI_THREADS_ENV, "1")
+    assert gui_tile_workers() == 1
+    one = segment(slide_rgb, demo, device="cpu", tile_workers=1)
+    three = segment(slide_rgb, demo, device="cpu", tile_workers=3)
+    assert one.tiles_total == 4
+    np.testing.assert_array_equal(one.labels, three.labels)

@@ -197,6 +197,7 @@ class SegmentWidget(DFAWidget):
     def _run(self, seg, pyramid, scope, region0, device):
         """Worker thread: choose the level, segment, return (result, level, region)."""
         from ..inference import segment
+        from ..inference.background import gui_tile_workers
 
         def progress(done, total, **info):
             self.report_progress(int(done), int(total))
@@ -206,7 +207,7 @@ class SegmentWidget(DFAWidget):
             out = _whole_slide_store(pyramid, level, seg)
             data, lv = pyramid.source(level)
             kwargs = dict(level=lv, region=None, device=device, out=out, progress=progress,
-                          cancel=self.cancelled)
+                          cancel=self.cancelled, tile_workers=gui_tile_workers())
             try:
                 # The store is named by slide, level and model weights: a finished one is reused at
                 # once, a cancelled one continues from the rows already written.
@@ -222,8 +223,8 @@ class SegmentWidget(DFAWidget):
         if hit is not None:
             return CachedRegion(labels=hit), level, region
         data, lv = pyramid.source(level)
-        res = segment(data, seg, level=lv, region=region, device=device,
-                      progress=progress, cancel=self.cancelled, tile_cache=self.tile_cache)
+        res = segment(data, seg, level=lv, region=region, device=device, progress=progress,
+                      cancel=self.cancelled, tile_cache=self.tile_cache, tile_workers=gui_tile_workers())
         if res.completed:
             self.cache.put(pyramid.path, level, seg, region, np.asarray(res.labels))
         return res, level, region

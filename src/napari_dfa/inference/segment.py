@@ -115,7 +115,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
             read_workers: int | None = None, channels_last: bool | None = None,
             threads: bool | None = None, tile_cache: TileCache | None = None,
-            precision: str | None = None) -> SegmentResult:
+            precision: str | None = None, tile_workers: int | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
     Arguments:
@@ -151,6 +151,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       precision: the forward pass's arithmetic for this call (see
         :attr:`napari_dfa.model.Segmenter.precision`: ``"auto"``, ``"fp32"``, ``"bf16"``); None:
         the model's own (``"auto"``: bfloat16 on CUDA, float32 on CPUs).
+      tile_workers: on a CPU without ``batch_size``, the one-thread passes run at once (None: as
+        many as torch has threads). The labels do not depend on it.
       tile_cache: a :class:`~napari_dfa.inference.tile_cache.TileCache`: lattice tiles it holds for
         this image, level and model are not computed again, and computed ones are added (labels
         only; ignored for the other outputs). Panning a view then runs only the tiles it did not
@@ -227,7 +229,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             glass = tm.glass_box
         blender = TileBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
-        workers = _tile_workers(dev, batch_size, torch)
+        workers = _tile_workers(dev, batch_size, torch, tile_workers)
         threaded = _use_threads(threads, dev, torch, workers)
         cache = None
         if tile_cache is not None and not extras:
@@ -263,7 +265,7 @@ def _default_batch(grid: TileGrid) -> int:
     return max(1, min(16, round(GPU_BATCH_PIXELS / (grid.tile_shape[0] * grid.tile_shape[1]))))
 
 
-def _tile_workers(device, batch_size: int | None, torch) -> int:
+def _tile_workers(device, batch_size: int | None, torch, want: int | None = None) -> int:
     """Forward passes run at once on a CPU (0: not this mode — GPUs, or an explicit batch_size).
 
     Each pass is one tile on one torch thread, and as many run side by side as torch had threads.
@@ -275,7 +277,7 @@ def _tile_workers(device, batch_size: int | None, torch) -> int:
     threads (no synchronisation inside a pass, activations nearer one core's cache)."""
     if device.type != "cpu" or batch_size is not None:
         return 0
-    return max(1, min(MAX_TILE_WORKERS, torch.get_num_threads()))
+    return max(1, min(MAX_TILE_WORKERS, int(want) if want else torch.get_num_threads()))
 
 
 def _argmax_channels(logits):
