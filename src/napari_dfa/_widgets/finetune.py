@@ -52,6 +52,7 @@ from ..classes import default_colors
 from ..corrections import CorrectionStore, geojson_classes, missing_classes, slide_content_key
 from ..corrections.workflow import Resegment, WriteBack, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
+from ..inference.background import gui_tile_workers
 from ._base import DFAWidget, error_text
 from ._labels_layer import class_colormap, class_features
 from ._layers import layer_pyramid, pick_image_layer, replay_spec, review_target, visible_region
@@ -754,7 +755,7 @@ class FinetuneWidget(DFAWidget):
         resegment = None
         if target is not None:
             data, lv = pyramid.source(target[0])
-            resegment = Resegment(source=data, level=lv, region=target[1])
+            resegment = Resegment(source=data, level=lv, region=target[1], tile_workers=gui_tile_workers())
         steps, guard, parent = self.steps.value(), self.guard.isChecked(), self.session.model_source
         classes = {}
         if self.classes_changed():

@@ -102,11 +102,14 @@ class Resegment:
       source: what :func:`napari_dfa.inference.segment` reads: a Slide or a Y×X×3 array.
       level: the level of ``source`` to read.
       region: (y0, x0, h, w) in pixels of that level.
+      tile_workers: one-thread passes at once on a CPU (None: as many as torch has threads; the
+        Fine-tune widget gives one per core, as the Segment widget does).
     """
 
     source: Any
     level: int
     region: tuple[int, int, int, int]
+    tile_workers: int | None = None
 
 
 @dataclass
@@ -404,7 +407,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                               candidate=new, class_names=names, old_names=old_names, label_map=lut, guard=guard,
                               before=regions[0][2] if regions else None)
     if resegment is not None:
-        seg = segment(resegment.source, new, level=resegment.level, region=resegment.region)
+        seg = segment(resegment.source, new, level=resegment.level, region=resegment.region,
+                      tile_workers=resegment.tile_workers)
         outcome.relabelled = np.asarray(seg.labels)
         if writeback is not None and kept:
             outcome.written_back = write_back(writeback, outcome.relabelled)
