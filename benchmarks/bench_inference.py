@@ -173,13 +173,12 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                             f"**{best[ref['bf16']] / t:.2f}** of the bf16 model alone ({rounds}); "
                             f"{best[ref['channels-last']] / t:.2f} of the fp32 one | |")
             cores = os.cpu_count() or 1
-            rest = cpu["memory"] - res.model_seconds
             rows += ["", f"Inside the best in-memory run ({best['memory']:.2f} s on {cores} cores): the process used "
-                     f"{cpu['memory']:.2f} CPU s, {res.model_seconds:.2f} s of them in forward passes (summed over the "
-                     f"passes that ran at once; the model alone spends {best[ref['channels-last']] * min(cores, at_once):.2f} "
-                     f"CPU s on the level) and {rest:.2f} s in the rest (reading and decoding, tissue mask and glass, "
-                     f"blending, argmax). Were every core busy all the time, the pipeline could reach at most "
-                     f"{best[ref['channels-last']] * cores / cpu['memory']:.2f} of the model alone.", ""]
+                     f"{cpu['memory']:.2f} CPU s; its forward passes ran {res.model_seconds:.2f} s (wall, summed over the "
+                     f"passes that ran at once); the rest is reading and decoding, the tissue mask and its glass, "
+                     f"blending and the labels. The model alone used at most {best[ref['channels-last']] * cores:.2f} "
+                     f"CPU s ({cores} cores × its wall time), so with every core busy all the time the pipeline could "
+                     f"reach at most {best[ref['channels-last']] * cores / cpu['memory']:.2f} of it.", ""]
     return rows[:-1]
 
 
