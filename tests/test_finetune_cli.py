@@ -75,6 +75,7 @@ def test_finetune_writes_the_model_only_when_promoted(case, tmp_path):
                 "agreement_outside_corrections", "class_shares", "steps", "seconds"):
         assert key in r, key
     assert isinstance(r["promoted"], bool) and r["steps"] == 40 and r["seconds"] > 0
+    assert r["frozen_encoder"] is True and r["crop"] == 256  # the default: a click's cost
     assert set(r["held_out_scores"]) <= set(NAMES) and all({"old", "new"} <= set(v) for v in r["held_out_scores"].values())
     assert set(r["class_shares"]) == set(NAMES)
     assert all({"before", "after"} <= set(v) for v in r["class_shares"].values())
@@ -136,3 +137,20 @@ def test_unknown_class_is_named_and_their_own_classes_are_learnt(case, tmp_path,
     labels = np.asarray(segment(open_slide(slide), new, level=0).labels)
     elsewhere = (truth == 1) & (own == 0)
     assert elsewhere.sum() > 1000 and (labels[elsewhere] == 1).mean() > 0.5
+
+
+def test_train_encoder_trains_it_on_larger_crops(case, tmp_path):
+    """--train-encoder: the encoder's weights change too (frozen by default), on 512-px crops."""
+    import torch
+
+    slide, truth, painted, gj = case
+    out, report = tmp_path / "deep.safetensors", tmp_path / "report.json"
+    assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(gj), "--out", str(out),
+                 "--steps", "3", "--train-encoder", "--force", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["frozen_encoder"] is False and r["crop"] == 512 and r["steps"] == 3
+    old, new = load_model("demo").model, load_model(out).model
+    changed = [n for n, p in new.encoder.named_parameters()
+               if not torch.equal(p, dict(old.encoder.named_parameters())[n])]
+    assert changed, "the encoder did not train"
+    assert load_model(out).metadata["provenance"]["finetune"]["frozen_encoder"] is False

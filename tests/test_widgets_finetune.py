@@ -311,6 +311,7 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     layer.data_setitem((np.arange(40, 90).repeat(50), np.tile(np.arange(40, 90), 50)), 2)
     ft_w.steps.setValue(3)
     ft_w.guard.setChecked(False)  # keep it whatever the guard says
+    ft_w.train_encoder.setChecked(True)  # the deeper fine-tune: the encoder trains too
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
     assert ft_w.accept(), ft_w.status.text()
@@ -323,6 +324,7 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     assert str(prov["parent"]).endswith("tiny.safetensors")
     assert again.metadata["bias_history"][-1]["phase"] == "finetune"
     assert prov["guard"]["kept"] is True and prov["guard"]["guard_on"] is False
+    assert prov["finetune"]["frozen_encoder"] is False and prov["finetune"]["crop"] == 512
 
 
 def test_bad_states_give_messages(make_napari_viewer, qtbot, small_slide, tiny_model_path, tmp_path):

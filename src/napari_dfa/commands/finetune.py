@@ -2,8 +2,8 @@
 
 The same workflow as the Fine-tune widget (:func:`napari_dfa.corrections.workflow.finetune_on_corrections`):
 the GeoJSON annotations are rasterised onto the slide at the model's level, the regions around them
-are segmented with the old model and replayed against forgetting, the model is fine-tuned with its
-encoder frozen, and the guard decides. Whether the model was promoted is a result, not an error:
+are segmented with the old model and replayed against forgetting, the model is fine-tuned (encoder frozen
+unless ``--train-encoder``), and the guard decides. Whether the model was promoted is a result, not an error:
 the command exits 0 either way, and writes the new model only when it was promoted (or ``--force``).
 ``--json`` writes everything the guard looked at.
 """
@@ -28,6 +28,11 @@ def add_arguments(parser) -> None:
                         help="the exact class list of the new model: names the model has keep their learned "
                              "token, new names get a new one, names left out are removed (default: the model's)")
     parser.add_argument("--steps", type=positive_int, help="optimizer steps (default: 200 with a GPU, 40 on a CPU)")
+    parser.add_argument("--train-encoder", action="store_true",
+                        help="train the encoder too, on 512-px crops (~4x the time): for slides whose look the "
+                             "layers after the encoder cannot learn from cached features")
+    parser.add_argument("--crop", type=positive_int, metavar="PX",
+                        help="training crop side around the corrections (default: 256, or 512 with --train-encoder)")
     parser.add_argument("--level", type=level, default="auto",
                         help="pyramid level to train at (default auto: the one nearest the model's µm/px)")
     parser.add_argument("--dry-run", action="store_true",
@@ -136,6 +141,7 @@ def run(args) -> int:
                 seg, store, slide.read_region, steps=steps, replay=[ReplaySpec(level, region) for level, region in reviewed],
                 check=checks, class_names=names, class_colors=colors or None, seed=args.seed,
                 parent_source=str(resolve_model(args.model)), slide=str(slide.path),
+                frozen_encoder=not args.train_encoder, crop=args.crop,
                 progress=lambda step, total, **info: (bar.update(1), bar.set_postfix(loss=f"{info.get('loss', 0):.3f}")))
 
     written = None

@@ -70,6 +70,7 @@ class FinetuneResult:
         correction, columns the old model's label there: what the corrections say was wrong.
       frozen_encoder: whether the encoder was kept fixed.
       seconds: wall time of the whole call.
+      crop: the training crop side (after rounding to the model's input multiple).
     """
 
     segmenter: object
@@ -89,6 +90,7 @@ class FinetuneResult:
     frozen_encoder: bool = False
     seconds: float = 0.0
     steps: int = 0
+    crop: int = 0
     cache: FeatureCache | None = field(default=None, repr=False)
 
 
@@ -458,5 +460,5 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
         held_out_per_class={names[c - 1]: int(held_cls[c]) for c in range(1, k + 1) if held_cls[c]},
         old_class_scores=old_scores, new_class_scores=new_scores, too_few=too_few,
         correction_confusion=confusion, frozen_encoder=bool(frozen_encoder), seconds=seconds, steps=steps,
-        cache=old_cache if frozen_encoder else None)
+        crop=int(crop), cache=old_cache if frozen_encoder else None)
 
