@@ -40,8 +40,8 @@ def gui_tile_workers() -> int:
     """One-thread forward passes the widgets run at once on a CPU: one per core. torch's own pool
     stays a core short (:func:`leave_a_core_for_the_ui`): its threads spin and wait for each
     other. Passes of one thread each do neither; on 2 cores, two at once kept napari's longest
-    stall while working at 43-49 ms (40-43 ms with one) and took a 1024² click from 1.6 s to
-    1.2-1.5 s (benchmarks/bench_gui.py). Labels do not depend on it. ``NAPARI_DFA_GUI_THREADS``
+    stall while working at 30-47 ms (40-45 ms with one) and took a 1024² click from 1.6 s to
+    1.1-1.2 s (benchmarks/bench_gui.py). Labels do not depend on it. ``NAPARI_DFA_GUI_THREADS``
     caps it as it caps torch's threads."""
     want = os.environ.get(GUI_THREADS_ENV)
     return max(1, int(want) if want else (os.cpu_count() or 1))

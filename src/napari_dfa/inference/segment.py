@@ -268,7 +268,8 @@ def _default_batch(grid: TileGrid) -> int:
 def _tile_workers(device, batch_size: int | None, torch, want: int | None = None) -> int:
     """Forward passes run at once on a CPU (0: not this mode — GPUs, or an explicit batch_size).
 
-    Each pass is one tile on one torch thread, and as many run side by side as torch had threads.
+    Each pass is one tile on one torch thread, and ``want`` of them run side by side (default: as
+    many as torch had threads; the widgets ask for one per core).
     One-thread arithmetic does not depend on the machine's core count, so a tile's labels are the
     same in the GUI (which leaves a core to the UI), the CLI and on any other CPU of the same kind
     — with torch's threads inside one pass, reductions split by the thread count and near-ties
