@@ -324,7 +324,7 @@ def write_band_slide(path: Path, size: int, tile: int = 512) -> Path:
 
 
 CHILD = r"""
-import json, resource, sys, threading, time
+import json, sys, threading, time
 import psutil, torch
 from napari_dfa.inference import segment
 from napari_dfa.model import load_model
@@ -344,7 +344,7 @@ with open_slide(slide_path) as slide:
 stop.set(); sampler.join()
 print(json.dumps({"base": base, "peak": max(peak[0], proc.memory_info().rss), "tiles": res.tiles_total,
                   "skipped": res.tiles_skipped, "seconds": res.seconds, "float_bytes": res.peak_float_bytes,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "completed": res.completed}))
+                  "completed": res.completed}))
 """
 
 
@@ -354,8 +354,8 @@ def memory(args, tmp: Path) -> list[str]:
     model_path = load_model("demo").metadata["source"]
     sizes = [2048, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
     rows = ["| slide | tiles (computed) | seconds | RSS before `segment` | peak RSS during `segment` | growth | "
-            "blend accumulators (peak) | process max RSS |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "blend accumulators (peak) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for size in sizes:
         path = write_band_slide(tmp / f"band_{size}.tif", size)
         out = tmp / f"band_{size}.labels.zarr"
@@ -366,8 +366,7 @@ def memory(args, tmp: Path) -> list[str]:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(f"| {size}² ({size * size / 1e6:.0f} Mpx) | {r['tiles']} ({r['tiles'] - r['skipped']}) | "
                     f"{r['seconds']:.0f} | {r['base'] / 2**20:.0f} MiB | {r['peak'] / 2**20:.0f} MiB | "
-                    f"{(r['peak'] - r['base']) / 2**20:.0f} MiB | {r['float_bytes'] / 2**20:.1f} MiB | "
-                    f"{r['maxrss_kb'] / 1024:.0f} MiB |")
+                    f"{(r['peak'] - r['base']) / 2**20:.0f} MiB | {r['float_bytes'] / 2**20:.1f} MiB |")
         print(rows[-1], file=sys.stderr, flush=True)  # progress while the next size runs
         path.unlink()
     return rows
