@@ -181,3 +181,25 @@ def test_the_gui_runs_one_pass_per_core_with_the_labels_of_any_other_count(demo,
     three = segment(slide_rgb, demo, device="cpu", tile_workers=3)
     assert one.tiles_total == 4
     np.testing.assert_array_equal(one.labels, three.labels)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_glass_found_in_the_background_fails_in_the_callers_thread(demo, monkeypatch):
+    """The glass is found beside the first passes; if that fails, segment's caller gets the error
+    (from the blending, which asks for the glass again), not a traceback from a stray thread."""
+    import threading
+
+    from napari_dfa.inference import tissue
+
+    rgb = np.full((1024, 1024, 3), 240, np.uint8)
+    rgb[:, :400] = (150, 60, 140)  # tissue on the left, glass on the right
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        raise MemoryError("no room for the glass")
+
+    monkeypatch.setattr(tissue, "glass_from_tissue", broken)
+    with pytest.raises(MemoryError, match="no room"):
+        segment(rgb, demo, device="cpu")
+    assert "napari-dfa-glass" in calls and len(calls) >= 2  # tried beside the passes, then again

@@ -82,7 +82,13 @@ class TissueMask:
         """Start finding :attr:`glass` in a thread (numpy and scipy free the GIL); the first
         :meth:`glass_box` waits for it."""
         if self._glass is None:
-            threading.Thread(target=lambda: self.glass, name="napari-dfa-glass", daemon=True).start()
+            threading.Thread(target=self._find_glass_quietly, name="napari-dfa-glass", daemon=True).start()
+
+    def _find_glass_quietly(self) -> None:
+        try:
+            self.glass
+        except Exception:  # noqa: BLE001 - the first glass_box tries again and raises it to the caller
+            logger.debug("finding the glass in the background failed", exc_info=True)
 
     def glass_box(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
         """Glass pixels of a box (region pixels) as an h×w boolean array, or None if it has none."""
