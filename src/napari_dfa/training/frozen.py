@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.tissue_norm import GLASS_CELL
+
 logger = logging.getLogger(__name__)
 
 STRIDES = (4, 8, 16, 32)
@@ -68,7 +70,8 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> Features:
             # Tile with its context, clipped to the image; every offset a multiple of 32.
             ty0, tx0 = max(0, y0 - ENCODE_OVERLAP), max(0, x0 - ENCODE_OVERLAP)
             ty1, tx1 = min(H, y0 + step + ENCODE_OVERLAP), min(W, x0 + step + ENCODE_OVERLAP)
-            feats = model.encode(x[..., ty0:ty1, tx0:tx1])
+            # The image's glass cells, cut to the tile: the same cells the tile alone would give.
+            feats = model.encode(x[..., ty0:ty1, tx0:tx1], glass=_glass_of_box(glass, ty0, tx0, ty1 - ty0, tx1 - tx0))
             if out is None:
                 out = [torch.zeros((1, f.shape[1], H // s, W // s), dtype=f.dtype, device=f.device)
                        for f, s in zip(feats, STRIDES)]
@@ -81,12 +84,18 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> Features:
 
 def crop_features(features: list[torch.Tensor], y0: int, x0: int, h: int, w: int) -> Features:
     """The features (and glass cells) of the pixel box (y0, x0, h, w); all four multiples of 32."""
-    glass = getattr(features, "glass", None)
-    if glass is not None:
-        glass = glass[..., y0 // 32:(y0 + h) // 32, x0 // 32:(x0 + w) // 32]
-        glass = glass if bool(glass.any()) else None
     return Features([f[..., y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s] for f, s in zip(features, STRIDES)],
-                    glass)
+                    _glass_of_box(getattr(features, "glass", None), y0, x0, h, w))
+
+
+def _glass_of_box(glass: torch.Tensor | None, y0: int, x0: int, h: int, w: int) -> torch.Tensor | None:
+    """The glass cells of the pixel box (y0, x0, h, w), multiples of the cell; None when it holds
+    none (the GroupNorms then run plain, as for an input without glass)."""
+    if glass is None:
+        return None
+    c = GLASS_CELL
+    box = glass[..., y0 // c:(y0 + h) // c, x0 // c:(x0 + w) // c]
+    return box if bool(box.any()) else None
 
 
 class FeatureCache:
