@@ -271,7 +271,7 @@ def _tile_workers(device, batch_size: int | None, torch, want: int | None = None
     Each pass is one tile on one torch thread, and ``want`` of them run side by side (default: as
     many as torch had threads; the widgets ask for one per core).
     One-thread arithmetic does not depend on the machine's core count, so a tile's labels are the
-    same in the GUI (which leaves a core to the UI), the CLI and on any other CPU of the same kind
+    same in the GUI (whose torch pool leaves a core to the UI), the CLI and on any other CPU of the same kind
     — with torch's threads inside one pass, reductions split by the thread count and near-ties
     flipped (10 pixels of the sample slide between 1 and 2 threads). It is no slower either: on 2
     cores one-thread passes side by side ran 2-10 % faster per pixel than two-tile passes on two
