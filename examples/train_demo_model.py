@@ -1,16 +1,16 @@
 """Train the bundled demo model: a `small` DFA model on the synthetic H&E data, at 0.5 µm/px.
 
-    python examples/train_demo_model.py                 # a few minutes on a CPU
-    python examples/train_demo_model.py --epochs 5      # quicker, worse
+    python examples/train_demo_model.py                 # the shipped recipe, ~34 min on one thread
     python examples/train_demo_model.py --dest src/napari_dfa/weights/demo.safetensors   # replace the shipped one
-    python examples/train_demo_model.py --config training/demo.toml   # slide-like tiles, ~31 min on one thread
+    python examples/demo_domain.py                      # then: its domain statistics (the domain check)
+    python examples/train_demo_model.py --config training/synthetic.toml   # generator tiles only, minutes
 
-The default recipe (training/synthetic.toml) trains on 128-px crops of 160-px generator tiles.
-training/demo.toml trains on tiles cut from synthetic slides (glass and a slide's large regions as
-context) and on generator tiles; its ``[demo_data]`` table says which, and this script builds them
-once into a SAM-Path folder in the cache. Its test tiles are as large as the default inference
-tile; the card then also gives the test mDice on the generator's 160-px test tiles
-(training/synthetic.toml's test split).
+The default recipe (training/demo.toml) trains on tiles cut from synthetic slides (glass and a
+slide's large regions as context) and on generator tiles; its ``[demo_data]`` table says which,
+and this script builds them once into a SAM-Path folder in the cache. Its test tiles are as large
+as the default inference tile; the card then also gives the test mDice on the generator's 160-px
+test tiles (training/synthetic.toml's test split). training/synthetic.toml trains on 128-px crops
+of 160-px generator tiles only (the demo model before this one).
 
 Writes the run folder (checkpoints, logs, plots) to --out (default runs/demo) and the demo model
 (fp16 weights, a few MB) with its model card demo.json (classes, f_c, learned b_c against the prior,
@@ -173,7 +173,7 @@ def training_data_text(config: TrainConfig, spec: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "training" / "synthetic.toml"))
+    ap.add_argument("--config", default=str(REPO / "training" / "demo.toml"))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"), help="run folder (default runs/demo)")
     ap.add_argument("--dest", default=None,

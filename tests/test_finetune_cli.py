@@ -98,7 +98,10 @@ def test_not_promoted_is_not_written_unless_forced(case, tmp_path):
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),
                  "--steps", "40", "--json", str(report)]) == 0
     r = json.loads(report.read_text())
-    assert r["promoted"] is False and r["reason"].startswith("Kept the old model: ") and r["written"] is None
+    # Held-out strokes of one class test only whether the model finds it: the guard asks (measured:
+    # inflammatory would grow from 4 % to 14 % outside the strokes, and the model got worse there).
+    assert r["promoted"] is False and r["written"] is None
+    assert r["reason"].startswith("All your corrections are inflammatory: "), r["reason"]
     assert not out.exists()
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),
                  "--steps", "40", "--force", "--json", str(report)]) == 0

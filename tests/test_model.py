@@ -339,7 +339,9 @@ def test_bundled_demo_checkpoint_loads_and_predicts_as_before():
     rgb, _ = synth.generate_tile(seed=123, size=128)
     labels = seg.predict(rgb)
     counts = np.bincount(labels.ravel(), minlength=6)
-    recorded = np.array([0, 0, 4029, 5443, 6912, 0])  # napari-dfa before dfa-out, same tile
+    # Recorded with the bundled weights (training/demo.toml); the labels of the weights before them
+    # were recorded before dfa-out existed and stayed the same after it.
+    recorded = np.array([0, 0, 2818, 3861, 9093, 612])
     assert np.abs(counts - recorded).sum() <= 0.002 * labels.size, counts.tolist()
     model = seg.model
     x = torch.from_numpy(rgb)[None].permute(0, 3, 1, 2).float() / 255

@@ -50,10 +50,11 @@ def test_views_offset_by_half_a_tile_get_the_same_labels(demo, slide_rgb):
 
 def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(demo, slide_rgb):
     """The model's own dependence on tile context: the image cropped by half a tile, so that the
-    lattice moves. Measured on this slide: 0.984 with the default's 1056² tiles (overlap 64), 0.883
-    with the former default 512/64 (0.955 and 0.853 on the sample slide). Before the GroupNorms left
-    glass out of their statistics: 0.959 and 0.802 (0.863 and 0.804 on the sample slide). Larger
-    tiles give the class tokens more context: more consistent, and more accurate."""
+    lattice moves. Measured on this slide with the bundled model: 0.994 with the default's 1056² tiles
+    (overlap 64), 0.959 with the former default 512/64 (0.992 and 0.977 on the sample slide). The
+    demo model before it: 0.984 and 0.883 (0.955 and 0.853), and 0.959 and 0.802 before the
+    GroupNorms left glass out of their statistics. Larger tiles give the class tokens more context:
+    more consistent, and more accurate."""
 
     def tilings(tile: int, overlap: int) -> float:
         h = tile // 2
@@ -64,7 +65,7 @@ def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(d
     default = tilings(1056, 64)
     former = tilings(512, 64)
     assert default >= 0.98, default  # the issue's bound
-    assert default >= former + 0.07, (default, former)
+    assert default >= former + 0.02, (default, former)
 
 
 @pytest.mark.parametrize("length", [33, 700, 1024, 1025, 1100, 1500, 1536, 2048, 2500, 3000, 4096, 5000, 8192,

@@ -113,9 +113,10 @@ def test_tissue_beside_glass_gets_the_labels_it_gets_without_glass(demo, glass_i
         return float((seg.predict(with_glass(tissue, 512))[:, :512][inner] == alone).mean())
 
     fixed, before = agreement(demo), agreement(glass_in_statistics)
-    # Measured: 0.973 with statistics over tissue, 0.368 with the glass in them.
+    # Measured: 0.999 with statistics over tissue, 0.885 with the glass in them (the demo model
+    # before this one, trained with glass in its statistics: 0.973 and 0.368).
     assert fixed >= 0.95
-    assert fixed > before + 0.3
+    assert fixed > before + 0.08
 
 
 def test_a_tile_without_glass_is_computed_exactly_as_before(demo, glass_in_statistics, tissue):
@@ -138,9 +139,11 @@ def test_frozen_fine_tuning_decodes_with_the_same_glass_left_out(demo, tissue):
     assert crop.glass is not None and crop.glass[..., :, 8:].all() and not crop.glass[..., :, :7].any()
 
 
-def test_the_sample_slide_scores_as_well_as_its_tissue(demo):
-    """The sample slide's labels at defaults against its truth. Measured 0.951 (0.847 with glass in
-    the statistics; tissue 512 px or more from glass scored 0.929 then)."""
+def test_the_sample_slide_scores_as_its_card_says(demo):
+    """The sample slide's labels at defaults against its truth, within 0.03 of the test mDice on the
+    model's card (issue 11). Measured 0.978 against the card's 0.975 (the demo model before this
+    one: 0.951 against a card of 0.923 that its generator tiles no longer reproduced, and 0.847
+    with glass in the statistics)."""
     from napari_dfa._sample_data import open_truth, sample_slide_path, sample_truth_path
 
     with open_slide(sample_slide_path()) as slide:
@@ -150,6 +153,8 @@ def test_the_sample_slide_scores_as_well_as_its_tissue(demo):
     pred = np.where(truth > 0, labels, 0)
     dice = [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum())
             for c in range(1, len(demo.class_names) + 1)]
+    card = demo.metadata["model_card"]["metrics"]["test_mdice"]
+    assert abs(np.mean(dice) - card) <= 0.03, (np.mean(dice), card)
     assert np.mean(dice) >= 0.93
 
 

@@ -18,7 +18,19 @@ same failure in another tool). So the guard asks three questions and promotes on
     c's share may rise by at most ``SLACK_SHARE + GENERALISE × (corrected pixels newly labelled c) /
     (compared pixels)`` and fall by at most the same with the corrected pixels taken away from c;
     a class the pathologist painted somewhere may shrink but not vanish (not below
-    :data:`KEEP_PAINTED` of its share).
+    :data:`KEEP_PAINTED` of its share), and no class may lose more than half of the share the
+    corrections leave it (:data:`KEEP_UNCORRECTED`): the absolute slack alone would let a class
+    rarer than :data:`SLACK_SHARE` vanish unnoticed.
+
+When every correction is of one class, the held-out pixels are all that class: they test whether
+the new model finds it, not whether it now paints it where it does not belong (a model that paints
+it everywhere scores perfectly). If that class then grows outside the corrections (by more than
+:data:`ONE_CLASS_GROWTH`), the labels cannot tell a class the model missed everywhere from one
+class painted over mixed tissue, so the guard shows what changed and asks (``needs_confirmation``)
+instead of promoting (a class the user just added is exempt: it is meant to appear, and (c)
+bounds how far). Measured on synthetic slides (benchmarks/bench_guard.py): one-class strokes over
+mixed tissue that made the model worse outside them were promoted in 15 of 35 runs before these two
+rules, in none after; truth-painted corrections got the same verdicts as before.
 
 GENERALISE = 1: a correction justifies as much change again where nothing was corrected. A
 pathologist corrects the largest errors first, so what is still wrong elsewhere is rarely larger
@@ -51,6 +63,11 @@ CLASS_DROP = 0.10  # largest held-out Dice drop of one class
 # A class the pathologist painted exists in this tissue: its share where nothing was corrected may
 # not fall below this fraction of what it was, whatever else the corrections took away from it.
 KEEP_PAINTED = 0.25
+# No class may fall below this fraction of the share the corrections leave it (its share minus what
+# was corrected away from it), whatever the absolute slack allows.
+KEEP_UNCORRECTED = 0.5
+# Growth (share of the compared tissue) of the one corrected class beyond which the guard asks.
+ONE_CLASS_GROWTH = 0.01
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
 MIN_COMPARED_PIXELS = 256  # fewer compared pixels in a region: it is not judged
 
@@ -257,6 +274,7 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
             b, a = before[c] / total, after[c] / total
             high = min(1.0, b + SLACK_SHARE + GENERALISE * grown[c] / total)
             low = max(0.0, b - SLACK_SHARE - GENERALISE * shrunk[c] / total)
+            low = max(low, KEEP_UNCORRECTED * (b - GENERALISE * shrunk[c] / total))
             if conf[c, 1:].sum() > 0:  # painted somewhere: it may shrink, not vanish
                 low = max(low, KEEP_PAINTED * b)
             shares[name] = {"before": float(b), "after": float(a), "low": float(low), "high": float(high),
@@ -269,6 +287,14 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                                 f"tissue (your corrections justify at least {_pct(low)})")
 
     too_few = {n: px for n, px in held_out.too_few.items()}
+    # One corrected class that spreads: the held-out pixels cannot say whether it belongs there.
+    painted = [c for c in range(1, k + 1) if conf[c, 1:].sum() > 0]
+    spread = None
+    if len(painted) == 1 and new_names[painted[0] - 1] in shares:
+        one = shares[new_names[painted[0] - 1]]
+        # A class the user just added is meant to appear: (c) bounds how far it spreads.
+        if one["after"] > one["before"] + ONE_CLASS_GROWTH and not one["new_class"]:
+            spread = (new_names[painted[0] - 1], one)
     if problems:
         status = REJECTED
         reason = "Kept the old model: " + "; ".join(problems) + "."
@@ -278,6 +304,13 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
         reason = (f"Too few corrected pixels to hold some back and test the new model on {what}; at least "
                   f"100 held-back pixels per class are needed. Look at what changed and accept it only if "
                   f"it looks right, or paint more.")
+    elif spread is not None:
+        status = NEEDS_CONFIRMATION
+        name, one = spread
+        reason = (f"All your corrections are {name}: the held-back ones test whether the model finds {name}, "
+                  f"not whether it now paints it where it does not belong, and outside your corrections {name} "
+                  f"would grow from {_pct(one['before'])} to {_pct(one['after'])} of the tissue. Look at what "
+                  f"changed and accept it only if it looks right, or correct other classes too.")
     else:
         status = PROMOTED
         parts = [f"better on the corrections held back to test it (mean Dice {old_mean:.2f} → {new_mean:.2f})"]
