@@ -265,9 +265,9 @@ def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
     far = bool(finite) and distance > 1.0
     trained_on = domain.get("trained_on") or "other data"
     if far:
-        what = [GROUP_WORDS[n] for n, v in groups.items() if v > 1.0]
-        what = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else what[0]
-        message = (f"this slide's {what} look unlike the model's training data "
+        words = [GROUP_WORDS[n] for n, v in groups.items() if v > 1.0]
+        what = ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
+        message = (f"this slide's {what} {'look' if len(words) > 1 else 'looks'} unlike the model's training data "
                    f"({distance:.1f}× beyond its range; trained on {trained_on}): expect errors, check the "
                    "result closely and correct it")
     else:
