@@ -168,10 +168,10 @@ def test_one_corrected_class_that_spreads_needs_the_users_say():
     conf[3, 1] = 100
     scores = HeldOut(old={"c": 0.1}, new={"c": 0.9}, pixels={"c": 150}, confusion=conf)
     new = old.copy()
-    new[50:52, 50:] = 3  # "c" grows by 1 % of the tissue elsewhere: within what 100 px justify
+    new[50:53, 50:] = 3  # "c" grows by 1.5 % of the tissue elsewhere: within what 100 px justify
     v = judge(scores, [_region(old, new, corrected)], old_names=NAMES, new_names=NAMES)
     assert v.status == NEEDS_CONFIRMATION and v.reason.startswith("All your corrections are c: ")
-    assert "would grow from 0 % to 1 % of the tissue" in v.reason
+    assert "would grow from 0 % to 2 % of the tissue" in v.reason
     # The same growth with a second corrected class, scored on its own held-out pixels: promoted.
     conf2 = conf.copy()
     conf2[1, 2] = 100
