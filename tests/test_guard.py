@@ -129,13 +129,19 @@ def _region(old, new, corrected=None):
                             corrected=None if corrected is None else np.asarray(corrected, np.uint8))
 
 
-def test_rules_on_arrays():
+def _a_corrected_to_c():
+    """Old labels half "a", half "b"; 100 px of "c" corrected where "a" was, and their confusion."""
     old = np.ones((100, 100), np.uint8)
     old[:, 50:] = 2
     corrected = np.zeros_like(old)
-    corrected[:10, :10] = 3  # 100 px of "c" where "a" was
+    corrected[:10, :10] = 3
     conf = np.zeros((4, 4), np.int64)
     conf[3, 1] = 100
+    return old, corrected, conf
+
+
+def test_rules_on_arrays():
+    old, corrected, conf = _a_corrected_to_c()
     scores = HeldOut(old={"c": 0.0}, new={"c": 0.9}, pixels={"c": 150}, confusion=conf)
 
     # Nothing changes outside: promoted.
@@ -160,12 +166,7 @@ def test_rules_on_arrays():
 def test_one_corrected_class_that_spreads_needs_the_users_say():
     """Held-out pixels all of one class test whether the model finds it, not whether it paints it
     where it does not belong: the guard asks when that class grows outside the corrections."""
-    old = np.ones((100, 100), np.uint8)
-    old[:, 50:] = 2
-    corrected = np.zeros_like(old)
-    corrected[:10, :10] = 3  # 100 px of "c" where "a" was
-    conf = np.zeros((4, 4), np.int64)
-    conf[3, 1] = 100
+    old, corrected, conf = _a_corrected_to_c()
     scores = HeldOut(old={"c": 0.1}, new={"c": 0.9}, pixels={"c": 150}, confusion=conf)
     new = old.copy()
     new[50:53, 50:] = 3  # "c" grows by 1.5 % of the tissue elsewhere: within what 100 px justify
