@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         card["domain"] = {
             "trained_on": domain["trained_on"], "tiles": domain["tiles"], "tile": domain["tile"],
             "rgb_mean": domain["rgb_mean"], "rgb_std": domain["rgb_std"], "stain_vectors": domain["stain_vectors"],
+            "stain_reference": domain["stain_reference"],
             "thresholds": {k: g["threshold"] for k, g in domain["groups"].items()},
             "made_by": "python examples/demo_domain.py",
         }

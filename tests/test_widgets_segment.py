@@ -286,3 +286,43 @@ def test_demo_model_says_so_and_warns_on_a_slide_beyond_it(make_napari_viewer, q
     _segment_whole_layer(viewer, qtbot, widget, "ihc")
     assert widget.domain_warning is not None and "synthetic" in widget.domain_warning
     assert "Warning" in widget.status.text()
+
+
+def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewer, qtbot, tmp_path):
+    """A slide in another lab's stain (the correction tests' case): the domain warning says so and
+    points at the Stain box; ticked, the widget's labels are those of the slide matched to the
+    model's training stain."""
+    from correction_fixtures import CASE_CONFIG, CASE_SEED
+
+    from napari_dfa import synth
+    from napari_dfa._widgets.segment import SegmentWidget
+    from napari_dfa.inference.stain import slide_stain_match
+    from napari_dfa.slide import open_slide
+
+    path, _ = synth.write_slide(tmp_path / "case.tif", CASE_CONFIG, size=(1024, 1024), seed=CASE_SEED, mpp=0.5)
+    with open_slide(path) as slide:
+        rgb = np.asarray(slide.levels[0])
+    viewer = make_napari_viewer(show=True)
+    set_canvas(viewer, qtbot)
+    widget = SegmentWidget(viewer)
+    widget.set_model_source("demo")
+    viewer.add_image(rgb, rgb=True, name="another lab")
+
+    def labels():
+        layer = viewer.layers[-1]
+        return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+    _segment_whole_layer(viewer, qtbot, widget, "another lab")
+    assert widget.domain_warning is not None and "stain looks unlike" in widget.domain_warning
+    assert "Tick Stain: 'Match to the model'" in widget.domain_warning
+    stored = labels()
+
+    widget.match_stain.setChecked(True)
+    widget.scope_combo.setCurrentText("Whole slide")
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    demo = load_model("demo")
+    expected = segment(rgb, demo, stain=slide_stain_match(rgb, demo)).labels
+    assert (labels() == np.asarray(expected)).mean() >= 0.999
+    assert (labels() != stored).mean() > 0.02

@@ -35,6 +35,7 @@ class RegionResult:
     labels_layer: str
     whole_slide: bool = False
     store_path: str | None = None  # zarr labels store of a whole-slide result
+    stain: object = None  # the StainMatch its pixels were recoloured with (None: as stored)
 
 
 class Session:

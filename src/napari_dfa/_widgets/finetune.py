@@ -758,10 +758,15 @@ class FinetuneWidget(DFAWidget):
         target = review_target(self.viewer, res, self.recorder)
         # The reviewed region: replayed in training (when ticked), and where the guard compares.
         replay = replay_spec(self.viewer, res, target, self.recorder)
+        # Labels segmented from recoloured pixels (Segment's Stain box) are corrected, trained on
+        # and segmented again on the same recoloured pixels.
+        stain = getattr(res, "stain", None)
+        read = pyramid.read if stain is None else (lambda level, box: stain(pyramid.read(level, box)))
         resegment = None
         if target is not None:
             data, lv = pyramid.source(target[0])
-            resegment = Resegment(source=data, level=lv, region=target[1], tile_workers=gui_tile_workers())
+            resegment = Resegment(source=data, level=lv, region=target[1], tile_workers=gui_tile_workers(),
+                                  stain=stain)
         steps, guard, parent = self.steps.value(), self.guard.isChecked(), self.session.model_source
         classes = {}
         if self.classes_changed():
@@ -777,7 +782,7 @@ class FinetuneWidget(DFAWidget):
 
         def work():
             return finetune_on_corrections(
-                seg, store, pyramid.read, steps=steps, guard=guard, replay=replay, resegment=resegment,
+                seg, store, read, steps=steps, guard=guard, replay=replay, resegment=resegment,
                 parent_source=parent, slide=pyramid.path, cancel=self.cancelled,
                 replay_training=use_replay, frozen_encoder=frozen, **classes,
                 progress=lambda step, total, **info: self.report_progress(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -59,6 +60,7 @@ class SegmentWidget(DFAWidget):
         self._domain_worker = None
         self.domain_warning: str | None = None  # the last "slide beyond the model" message
         self.domain_checks_done = 0
+        self._stains: dict = {}  # (image, level, model fingerprint) -> the slide's StainMatch
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -66,6 +68,11 @@ class SegmentWidget(DFAWidget):
         self.device_combo.addItems(DEVICES)
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
+        self.match_stain = QCheckBox("Match to the model")
+        self.match_stain.setToolTip(
+            "Recolour the slide to the stain the model was trained on before segmenting it (Macenko's "
+            "method, fitted once on the whole slide's tissue): for slides from another lab or scanner. "
+            "Off: the pixels as stored.")
         self.segment_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -80,6 +87,7 @@ class SegmentWidget(DFAWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Scope", self.scope_combo)
+        form.addRow("Stain", self.match_stain)
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
@@ -181,6 +189,7 @@ class SegmentWidget(DFAWidget):
             self._say(str(exc), error=True, until=lambda: pick_image_layer(self.viewer))
             return None
         source, device = self.model_source(), self.device_combo.currentText()
+        match = self.match_stain.isChecked()
         session_model = self.session.segmenter_for(source)  # fine-tuned versions live only in memory
         self._say("Loading the model…" if session_model is None else "Segmenting…")
 
@@ -190,12 +199,23 @@ class SegmentWidget(DFAWidget):
                 from ..model import load_model
 
                 seg = load_model(source)
-            return self._run(seg, pyramid, scope, region0, device), seg
+            return self._run(seg, pyramid, scope, region0, device, match), seg
 
         return self.run_job(work, lambda out: self._on_done(out, source, layer.name))
 
-    def _run(self, seg, pyramid, scope, region0, device):
-        """Worker thread: choose the level, segment, return (result, level, region)."""
+    def _stain_for(self, pyramid, level: int, seg):
+        """Worker thread: the slide's StainMatch to ``seg``'s training stain at ``level``, fitted
+        once on the whole level (every view of the slide then gets the same colours)."""
+        key = (pyramid.path, level, seg.fingerprint())
+        if key not in self._stains:
+            from ..inference.stain import slide_stain_match
+
+            data, lv = pyramid.source(level)
+            self._stains[key] = slide_stain_match(data, seg, level=lv)
+        return self._stains[key]
+
+    def _run(self, seg, pyramid, scope, region0, device, match_stain: bool = False):
+        """Worker thread: choose the level, segment, return (result, level, region, stain match)."""
         from ..inference import segment
         from ..inference.background import gui_tile_workers
 
@@ -204,30 +224,34 @@ class SegmentWidget(DFAWidget):
 
         if scope == "whole":
             level = pyramid.level_for(seg.mpp, (0, 0, *pyramid.shapes[0]))
-            out = _whole_slide_store(pyramid, level, seg)
+            stain = self._stain_for(pyramid, level, seg) if match_stain else None
+            out = _whole_slide_store(pyramid, level, seg, stain)
             data, lv = pyramid.source(level)
             kwargs = dict(level=lv, region=None, device=device, out=out, progress=progress,
-                          cancel=self.cancelled, tile_workers=gui_tile_workers())
+                          cancel=self.cancelled, tile_workers=gui_tile_workers(), stain=stain)
             try:
                 # The store is named by slide, level and model weights: a finished one is reused at
                 # once, a cancelled one continues from the rows already written.
                 res = segment(data, seg, resume=out.exists(), **kwargs)
             except ConfigError:  # written with other settings: start over
                 res = segment(data, seg, resume=False, **kwargs)
-            return res, level, (0, 0, *pyramid.shapes[level])
+            return res, level, (0, 0, *pyramid.shapes[level]), stain
         level = pyramid.level_for(seg.mpp, region0)
         # No margin around the view: the tiles of the level's lattice that touch it are read whole,
         # which gives its border pixels their context (and the labels a whole-slide run gives).
         region = pyramid.to_level(level, region0)
-        hit = self.cache.get(pyramid.path, level, seg, region)
+        stain = self._stain_for(pyramid, level, seg) if match_stain else None
+        image = (pyramid.path, stain.key if stain else None)  # recoloured pixels give other labels
+        hit = self.cache.get(image, level, seg, region)
         if hit is not None:
-            return CachedRegion(labels=hit), level, region
+            return CachedRegion(labels=hit), level, region, stain
         data, lv = pyramid.source(level)
         res = segment(data, seg, level=lv, region=region, device=device, progress=progress,
-                      cancel=self.cancelled, tile_cache=self.tile_cache, tile_workers=gui_tile_workers())
+                      cancel=self.cancelled, tile_cache=self.tile_cache, tile_workers=gui_tile_workers(),
+                      stain=stain)
         if res.completed:
-            self.cache.put(pyramid.path, level, seg, region, np.asarray(res.labels))
-        return res, level, region
+            self.cache.put(image, level, seg, region, np.asarray(res.labels))
+        return res, level, region, stain
 
     # --- UI thread callbacks ---------------------------------------------------------------
     def _on_progress(self, value) -> None:
@@ -240,7 +264,7 @@ class SegmentWidget(DFAWidget):
             self._say(f"Segmenting: {self._eta.text(done, total)}")
 
     def _on_done(self, out, source: str, layer_name: str) -> None:
-        (res, level, region), seg = out
+        (res, level, region, stain), seg = out
         if self.session.segmenter is not seg:
             self.session.set_model(seg, source)
             if source != DEMO:
@@ -269,7 +293,7 @@ class SegmentWidget(DFAWidget):
             image_layer=layer_name, level=level, region=tuple(int(v) for v in region),
             downsample=pyramid.downsamples[level], scale=scale, translate=translate,
             labels_layer=labels.name, whole_slide=whole,
-            store_path=str(res.path) if whole else None))
+            store_path=str(res.path) if whole else None, stain=stain))
         if getattr(res, "completed", True):
             h, w = region[2], region[3]
             cached = " (from the cache)" if getattr(res, "cached", False) else ""
@@ -297,6 +321,9 @@ class SegmentWidget(DFAWidget):
         def done(report):
             self.domain_checks_done += 1
             if report.far:
+                if report.groups.get("stain", 0) > 1 and not self.match_stain.isChecked():
+                    report.message += (". Tick Stain: 'Match to the model' to recolour it to the model's "
+                                       "training stain")
                 self.domain_warning = report.message
                 notify(report.message, severity="warning")
                 self._say(f"Warning: {report.message}", error=True)
@@ -317,9 +344,10 @@ class SegmentWidget(DFAWidget):
             self.progress.setValue(1 if not self.cancelled() else 0)
 
 
-def _whole_slide_store(pyramid, level: int, seg) -> Path:
-    """A zarr labels store per (slide, level, model weights): slides and models never collide."""
-    path = region_labels_store_path(pyramid.path, level, seg.fingerprint())
+def _whole_slide_store(pyramid, level: int, seg, stain=None) -> Path:
+    """A zarr labels store per (slide, level, model weights, stain match): never shared between
+    models, nor between the stored and the recoloured pixels."""
+    path = region_labels_store_path(pyramid.path, level, seg.fingerprint() + ("-stain" if stain else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

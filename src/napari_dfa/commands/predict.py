@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--outputs", type=choices_list(OUTPUTS), default=("labels",),
                         help="comma list of labels,probabilities,uncertainty,focus (stored beside the labels)")
     parser.add_argument("--no-tissue-mask", action="store_true", help="also segment tiles that look like glass")
+    parser.add_argument("--match-stain", action="store_true",
+                        help="recolour each slide to the model's training stain before segmenting it (Macenko, "
+                             "fitted on the slide's tissue): for slides from another lab or scanner")
     parser.add_argument("--resume", action="store_true", help="continue unfinished stores from the rows written")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing stores and files (never a folder that is not a labels store)")
@@ -80,6 +83,7 @@ def options_from_args(args) -> dict:
                 overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
                 chunk=args.chunk,
                 outputs=tuple(args.outputs), tissue_mask=not args.no_tissue_mask, resume=args.resume,
+                match_stain=bool(args.match_stain),
                 overwrite=args.overwrite, geojson=args.geojson, areas=args.areas,
                 into_image=args.label_name if args.into_image else None)
 
@@ -162,14 +166,16 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
 
                 beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
                 if beyond.far:
-                    logger.warning("%s: %s", slide_path, beyond.message)
+                    logger.warning("%s: %s%s", slide_path, beyond.message,
+                                   "" if options.get("match_stain") or beyond.groups.get("stain", 0) <= 1
+                                   else " (--match-stain recolours it to the model's training stain)")
                 res = segment(slide, model, level=level, region=region,
                               tile=options.get("tile"), overlap=options.get("overlap"),
                               device=options.get("device", "auto"), precision=options.get("precision"),
                               out=store, progress=progress,
                               resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
                               outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
-                              chunk=options.get("chunk", 512))
+                              chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")))
                 report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
                 if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
                     with atomic_output(paths["geojson"]) as tmp:

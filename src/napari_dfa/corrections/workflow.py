@@ -114,12 +114,15 @@ class Resegment:
       region: (y0, x0, h, w) in pixels of that level.
       tile_workers: one-thread passes at once on a CPU (None: as many as torch has threads; the
         Fine-tune widget gives one per core, as the Segment widget does).
+      stain: the :class:`~napari_dfa.model.stain.StainMatch` the region was segmented with (None:
+        its pixels as stored).
     """
 
     source: Any
     level: int
     region: tuple[int, int, int, int]
     tile_workers: int | None = None
+    stain: Any = None
 
 
 @dataclass
@@ -422,7 +425,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                               before=regions[0][2] if regions else None)
     if resegment is not None:
         seg = segment(resegment.source, new, level=resegment.level, region=resegment.region,
-                      tile_workers=resegment.tile_workers)
+                      tile_workers=resegment.tile_workers, stain=resegment.stain)
         outcome.relabelled = np.asarray(seg.labels)
         if writeback is not None and kept:
             outcome.written_back = write_back(writeback, outcome.relabelled)

@@ -27,9 +27,13 @@ class LevelReader:
     Arguments:
       data: the Slide, numpy array or dask array.
       level: pyramid level (0 for arrays).
+      transform: applied to every box :meth:`read` returns (pixelwise, e.g. a
+        :class:`~napari_dfa.model.stain.StainMatch`); the tissue mask's coarse view
+        (:meth:`low_resolution`) stays as stored.
     """
 
-    def __init__(self, *, data, level: int = 0):
+    def __init__(self, *, data, level: int = 0, transform=None):
+        self.transform = transform
         self.slide = data if _is_slide(data) else None
         if self.slide is not None:
             self.name = str(getattr(self.slide, "path", "slide"))
@@ -82,7 +86,7 @@ class LevelReader:
             raise SlideError(f"{self.name}: cannot read level {self.level} box {(y, x, h, w)} ({exc})") from exc
         if out.shape != (h, w, 3):
             raise SlideError(f"{self.name}: read of {(y, x, h, w)} returned shape {out.shape}")
-        return out
+        return out if self.transform is None else self.transform(out)
 
     def read_padded(self, y: int, x: int, h: int, w: int, th: int, tw: int) -> np.ndarray:
         """Read h×w pixels and pad them (mirrored) to a th×tw forward-pass tile."""

@@ -30,7 +30,8 @@ class CachedRegion:
 
 
 class RegionCache:
-    """The last ``size`` region results per (image, level, model).
+    """The last ``size`` region results per (image, level, model); ``image`` is any hashable key
+    of the pixels (a path, or a path and how they were recoloured).
 
     A fine-tuned model is another object, so its results never mix with its parent's.
 
@@ -42,7 +43,7 @@ class RegionCache:
         self.size = size
         self.items: list[tuple[tuple, tuple, np.ndarray, object]] = []
 
-    def get(self, image: str, level: int, seg, region) -> np.ndarray | None:
+    def get(self, image, level: int, seg, region) -> np.ndarray | None:
         """A copy of the labels of ``region`` (y0, x0, h, w at ``level``) when a kept result of the
         same image, level and model covers it, else None."""
         y0, x0, h, w = region
@@ -52,7 +53,7 @@ class RegionCache:
                 return labels[y0 - cy:y0 - cy + h, x0 - cx:x0 - cx + w].copy()
         return None
 
-    def put(self, image: str, level: int, seg, region, labels: np.ndarray) -> None:
+    def put(self, image, level: int, seg, region, labels: np.ndarray) -> None:
         """Keep the labels of a finished region (newest first)."""
         # the model is kept with its entries so that id(seg) cannot be reused by another model
         self.items = [((image, level, id(seg)), tuple(region), labels, seg), *self.items][: self.size]

@@ -115,7 +115,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
             read_workers: int | None = None, channels_last: bool | None = None,
             threads: bool | None = None, tile_cache: TileCache | None = None,
-            precision: str | None = None, tile_workers: int | None = None) -> SegmentResult:
+            precision: str | None = None, tile_workers: int | None = None, stain=None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
     Arguments:
@@ -153,6 +153,10 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         the model's own (``"auto"``: bfloat16 on CUDA, float32 on CPUs).
       tile_workers: on a CPU without ``batch_size``, the one-thread passes run at once (None: as
         many as torch has threads). The labels do not depend on it.
+      stain: match the slide's stain to the model's training stain before the model sees it:
+        True (fitted on this level, :func:`napari_dfa.inference.stain.slide_stain_match`), or a
+        :class:`~napari_dfa.model.stain.StainMatch` made once for the slide (views of it then share
+        one); None/False: pixels as stored. The tissue mask reads the stored pixels either way.
       tile_cache: a :class:`~napari_dfa.inference.tile_cache.TileCache`: lattice tiles it holds for
         this image, level and model are not computed again, and computed ones are added (labels
         only; ignored for the other outputs). Panning a view then runs only the tiles it did not
@@ -181,7 +185,11 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             raise ConfigError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
         if level == "auto":
             level = _auto_level(slide_or_array, model)
-        src = LevelReader(data=slide_or_array, level=level)
+        if stain is True:
+            from .stain import slide_stain_match
+
+            stain = slide_stain_match(slide_or_array, model, level=level)
+        src = LevelReader(data=slide_or_array, level=level, transform=stain or None)
         region = src.check_region(region)
         dev = resolve_device(device)
         model.to(dev)
@@ -203,6 +211,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
                         tissue_mask=bool(tissue_mask), model=model_fingerprint(model) if out is not None else None)
         if arithmetic != "fp32":  # stores written in float32 keep the settings they always had
             settings["precision"] = arithmetic
+        if stain:  # likewise: absent when the stain is not matched
+            settings["stain"] = stain.describe()
 
         store, start_row = None, 0
         if out is not None:
@@ -233,7 +243,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
         threaded = _use_threads(threads, dev, torch, workers)
         cache = None
         if tile_cache is not None and not extras:
-            cache = _CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic)
+            cache = _CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic, stain)
         run = _Runner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
                       batch_size=1 if workers else (batch_size or _default_batch(grid)),
                       read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
@@ -318,7 +328,7 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     if resume and path.exists():
         store = LabelsStore.open(path)
         info = store.info
-        keys = set(settings) | {"precision"}  # absent: float32
+        keys = set(settings) | {"precision", "stain"}  # absent: float32, stain as stored
         stored = {key: info.get(key) for key in keys}
         if stored != {key: settings.get(key) for key in keys} or sorted(info.get("extras", [])) != sorted(extras):
             raise ConfigError(f"{path}: cannot resume, the store was written with other settings "
@@ -368,11 +378,12 @@ def _use_threads(threads: bool | None, device, torch, workers: int = 0) -> bool:
 class _CacheSlot:
     """A :class:`TileCache` bound to one run's image, level, model and device: keys of tiles."""
 
-    def __init__(self, cache: TileCache, src: LevelReader, model, device, channels_last, arithmetic: str):
+    def __init__(self, cache: TileCache, src: LevelReader, model, device, channels_last, arithmetic: str,
+                 stain=None):
         self.cache = cache
         self.owner = src.slide if src.slide is not None else src.array
         self.base = (image_key(self.owner), src.level, model.fingerprint(), str(device), bool(channels_last),
-                     arithmetic)
+                     arithmetic, stain.key if stain else None)
 
     def key(self, grid: TileGrid, region, i: int, j: int) -> tuple:
         return (*self.base, grid.tile_shape, int(region[0] + grid.ys.starts[i]),

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, DataError
+from .stain import OD_TISSUE, StainFit, optical_density, stain_vectors  # noqa: F401 - stain_vectors: public here too
 
 logger = logging.getLogger(__name__)
 
 DOMAIN_VERSION = 1
 TILE = 256  # descriptor tile edge; callers cut larger images into tiles of this size
 MIN_TISSUE = 0.2  # a tile with less tissue than this share says little; skipped
-OD_TISSUE = 0.15  # optical density below which a pixel is glass (Macenko's β)
 # Encoder stage whose features describe a tile: stride 4 sees texture (nuclei, fibres). Deeper
 # stages pool it away: pixel-shuffled tiles (the colours of tissue, no structure) sat at 1.07 of
 # the threshold at stride 8 with the first demo model and at 0.56 with the one trained on slide
@@ -78,38 +78,13 @@ class DomainReport:
 
 
 # -- descriptors -------------------------------------------------------------------------------
-def _od(rgb: np.ndarray) -> np.ndarray:
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-
-
 def tissue_share(rgb: np.ndarray) -> float:
     """Share of pixels whose optical density in some channel exceeds :data:`OD_TISSUE`."""
-    return float((_od(np.asarray(rgb)) > OD_TISSUE).any(axis=-1).mean())
-
-
-def stain_vectors(rgb: np.ndarray) -> np.ndarray:
-    """Two unit stain vectors (2×3, optical density), hematoxylin-like (larger red OD) first, by
-    Macenko's method on the pixels that are stained in every channel."""
-    od = _od(np.asarray(rgb)).reshape(-1, 3)
-    od = od[(od > OD_TISSUE).all(axis=1)]
-    if len(od) < 50:
-        return np.full((2, 3), np.nan)
-    if len(od) > 20000:  # plenty for a covariance; keeps it fast on big tiles
-        od = od[np.random.default_rng(0).choice(len(od), 20000, replace=False)]
-    _, vecs = np.linalg.eigh(np.cov(od.T))
-    plane = vecs[:, [2, 1]]  # the two main axes
-    plane *= np.sign(plane.sum(axis=0, keepdims=True) + 1e-12)  # point into positive OD
-    proj = od @ plane
-    phi = np.arctan2(proj[:, 1], proj[:, 0])
-    lo, hi = np.percentile(phi, [1, 99])
-    v = np.stack([plane @ [np.cos(lo), np.sin(lo)], plane @ [np.cos(hi), np.sin(hi)]])
-    v *= np.sign(v.sum(axis=1, keepdims=True) + 1e-12)
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
-    return v if v[0, 0] >= v[1, 0] else v[::-1].copy()
+    return float((optical_density(np.asarray(rgb)) > OD_TISSUE).any(axis=-1).mean())
 
 
 def _colour(rgb: np.ndarray) -> np.ndarray:
-    px = rgb.reshape(-1, 3)[(_od(rgb) > OD_TISSUE).any(axis=-1).ravel()].astype(np.float64)
+    px = rgb.reshape(-1, 3)[(optical_density(rgb) > OD_TISSUE).any(axis=-1).ravel()].astype(np.float64)
     return np.concatenate([px.mean(0), px.std(0)])
 
 
@@ -126,7 +101,7 @@ def _features(segmenter, tiles: list[np.ndarray], stage: int = FEATURE_STAGE) ->
         x = torch.from_numpy(np.ascontiguousarray(rgb)).to(segmenter.device).permute(2, 0, 1)[None].float() / 255
         x = (x - model.pixel_mean.to(x)) / model.pixel_std.to(x)
         f = model.encoder(x)[stage][0].float()  # C×h×w
-        tissue = torch.from_numpy((_od(rgb) > OD_TISSUE).any(axis=-1).astype(np.float32))
+        tissue = torch.from_numpy((optical_density(rgb) > OD_TISSUE).any(axis=-1).astype(np.float32))
         weight = torch.nn.functional.adaptive_avg_pool2d(tissue[None, None], f.shape[-2:])[0, 0].to(f.device)
         out.append(((f * weight).sum((1, 2)) / weight.sum().clamp_min(1e-6)).cpu().numpy())
     return np.stack(out).astype(np.float64)
@@ -226,7 +201,7 @@ def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, ti
         own = _group_distances(g, values)
         g["threshold"] = [round(float(MARGIN * np.nanpercentile(o, 99)), 6) for o in own]
         groups[name] = g
-    pixels = np.concatenate([t.reshape(-1, 3)[(_od(t) > OD_TISSUE).any(axis=-1).ravel()] for t in tiles])
+    pixels = np.concatenate([t.reshape(-1, 3)[(optical_density(t) > OD_TISSUE).any(axis=-1).ravel()] for t in tiles])
     return {
         "version": DOMAIN_VERSION,
         "trained_on": str(trained_on),
@@ -235,6 +210,8 @@ def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, ti
         "rgb_mean": [round(float(v), 3) for v in pixels.mean(0)],
         "rgb_std": [round(float(v), 3) for v in pixels.std(0)],
         "stain_vectors": np.round(np.nanmean(d["stain"], axis=0).reshape(2, 3), 4).tolist(),
+        # The training tiles' stain taken together: what a slide's stain is matched to (model/stain.py).
+        "stain_reference": StainFit.fit(tiles).as_dict(),
         "feature_layer": f"encoder stage {feature_stage} (stride {4 << feature_stage}), tissue-weighted mean",
         "feature_stage": int(feature_stage),
         "groups": groups,
