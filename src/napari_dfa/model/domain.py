@@ -211,11 +211,21 @@ def domain_stats(segmenter, images: Sequence[np.ndarray], *, trained_on: str, ti
         "rgb_std": [round(float(v), 3) for v in pixels.std(0)],
         "stain_vectors": np.round(np.nanmean(d["stain"], axis=0).reshape(2, 3), 4).tolist(),
         # The training tiles' stain taken together: what a slide's stain is matched to (model/stain.py).
-        "stain_reference": StainFit.fit(tiles).as_dict(),
+        "stain_reference": _stain_reference(tiles),
         "feature_layer": f"encoder stage {feature_stage} (stride {4 << feature_stage}), tissue-weighted mean",
         "feature_stage": int(feature_stage),
         "groups": groups,
     }
+
+
+def _stain_reference(tiles) -> dict | None:
+    """The tiles' stain (:class:`~napari_dfa.model.stain.StainFit`) as JSON; None when they hold
+    too little stained tissue to fit one (the model then cannot match a slide's stain, and says so)."""
+    try:
+        return StainFit.fit(tiles).as_dict()
+    except DataError as exc:
+        logger.warning("no stain reference stored: %s", exc)
+        return None
 
 
 def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
