@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -105,21 +106,16 @@ class StainMatch:
         v = np.asarray(source.vectors, np.float64)
         scale = np.asarray(target.max_concentration) / np.asarray(source.max_concentration)
         # OD row vector → concentrations (least squares) → scaled → target OD: one 3×3 matrix.
-        self.matrix = (np.linalg.pinv(v.T).T @ np.diag(scale) @ np.asarray(target.vectors, np.float64)).astype(
-            np.float32)
-        import torch
-
-        self._matrix = torch.from_numpy(self.matrix)
+        self.matrix = torch.from_numpy(
+            (np.linalg.pinv(v.T).T @ np.diag(scale) @ np.asarray(target.vectors, np.float64)).astype(np.float32))
         self.key = ("stain", source.vectors, source.max_concentration, target.vectors, target.max_concentration)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        import torch
-
         rgb = np.asarray(rgb)
         # torch, not numpy, for the product: numpy's OpenBLAS starts threads that keep spinning
         # after the call, on the cores where segment's one-thread passes run (the 2048² level of
         # the sample slide on 2 cores: +51 % with numpy, +16 % with torch, whose threads segment sets).
-        od = torch.from_numpy(optical_density(rgb).reshape(-1, 3)) @ self._matrix
+        od = torch.from_numpy(optical_density(rgb).reshape(-1, 3)) @ self.matrix
         out = od.neg_().exp_().mul_(256.0).sub_(1.0).clamp_(0, 255).to(torch.uint8)
         return out.numpy().reshape(rgb.shape)
 
