@@ -321,7 +321,7 @@ class SegmentWidget(DFAWidget):
         def done(report):
             self.domain_checks_done += 1
             if report.far:
-                if report.groups.get("stain", 0) > 1 and not self.match_stain.isChecked():
+                if report.stain_far and not self.match_stain.isChecked():
                     report.message += (". Tick Stain: 'Match to the model' to recolour it to the model's "
                                        "training stain")
                 self.domain_warning = report.message

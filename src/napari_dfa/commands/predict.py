@@ -167,7 +167,7 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                 beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
                 if beyond.far:
                     logger.warning("%s: %s%s", slide_path, beyond.message,
-                                   "" if options.get("match_stain") or beyond.groups.get("stain", 0) <= 1
+                                   "" if options.get("match_stain") or not beyond.stain_far
                                    else " (--match-stain recolours it to the model's training stain)")
                 res = segment(slide, model, level=level, region=region,
                               tile=options.get("tile"), overlap=options.get("overlap"),

@@ -76,6 +76,11 @@ class DomainReport:
     groups: dict = field(default_factory=dict)
     tiles: int = 0
 
+    @property
+    def stain_far(self) -> bool:
+        """The stain group alone lies outside the training data (matching the stain may help)."""
+        return self.groups.get("stain", 0) > 1.0
+
 
 # -- descriptors -------------------------------------------------------------------------------
 def tissue_share(rgb: np.ndarray) -> float:
