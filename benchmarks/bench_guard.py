@@ -29,22 +29,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from correction_fixtures import one_class_strokes, paint_largest_errors  # noqa: E402
+from correction_fixtures import mean_dice, one_class_strokes, paint_largest_errors  # noqa: E402
 
 REGION = (0, 0, 1024, 1024)
 # (region size in px, stain jitter, seed): the sample slide's look (320, 0.05) and finer,
 # stain-shifted ones; (120, 0.2, 12) is the correction tests' case slide.
 CASES = [(120.0, 0.05, 4), (120.0, 0.2, 12), (320.0, 0.05, 4), (320.0, 0.05, 7), (120.0, 0.1, 9), (320.0, 0.15, 5)]
 KINDS = ("real", "5", "1", "2")
-
-
-def mean_dice(truth, pred, where) -> float:
-    out = []
-    for c in range(1, int(truth.max()) + 1):
-        g, p = (truth == c) & where, (pred == c) & where
-        if g.sum():
-            out.append(2 * (g & p).sum() / (g.sum() + p.sum()))
-    return float(np.mean(out))
 
 
 def main(argv=None) -> int:

@@ -20,17 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from correction_fixtures import mean_dice  # noqa: E402  (the correction tests' scoring)
+
 # (region size, stain jitter, seed); (120, 0.2, 12) is the correction tests' case slide.
 SLIDES = ([(120.0, 0.15, s) for s in (4, 5, 6, 7)] + [(120.0, 0.2, s) for s in (11, 12, 13)]
           + [(120.0, 0.3, s) for s in (4, 5, 6, 7)] + [(120.0, 0.1, s) for s in (8, 9)]
           + [(120.0, 0.05, 4), (320.0, 0.05, 4), (320.0, 0.05, 7), (320.0, 0.05, 9)])
-
-
-def mean_dice(truth, pred) -> float:
-    scored = truth > 0
-    out = [2 * ((pred == c) & (truth == c) & scored).sum() / (((pred == c) & scored).sum() + (truth == c).sum())
-           for c in range(1, int(truth.max()) + 1) if (truth == c).any()]
-    return float(np.mean(out))
 
 
 def main(argv=None) -> int:

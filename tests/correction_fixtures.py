@@ -16,6 +16,18 @@ CASE_CONFIG = SynthConfig(slide_region_size=120.0, stain_jitter=0.2)
 CASE_SEED = 12
 
 
+def mean_dice(truth, pred, where=None) -> float:
+    """Mean Dice against the truth over the classes it holds, on the pixels ``where`` (default: its
+    labelled tissue)."""
+    where = truth > 0 if where is None else where
+    out = []
+    for c in range(1, int(truth.max()) + 1):
+        g, p = (truth == c) & where, (pred == c) & where
+        if g.sum():
+            out.append(2 * (g & p).sum() / (g.sum() + p.sum()))
+    return float(np.mean(out))
+
+
 def paint_largest_errors(truth, before, share=0.02):
     """What a pathologist does: for every class, paint the largest regions the model got wrong
     with the true class (inside them, a few pixels from their borders), up to ``share`` of the

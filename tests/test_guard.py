@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from correction_fixtures import CASE_CONFIG, CASE_SEED, one_class_strokes, paint_largest_errors
+from correction_fixtures import CASE_CONFIG, CASE_SEED, mean_dice, one_class_strokes, paint_largest_errors
 
 from napari_dfa import synth
 from napari_dfa._sample_data import open_truth
@@ -44,16 +44,6 @@ def case(tmp_path_factory):
     return slide, truth, seg, before
 
 
-def _mdice(truth, pred, where):
-    """Mean Dice over the classes of the truth, on the pixels ``where``."""
-    out = []
-    for c in range(1, 6):
-        g, p = (truth == c) & where, (pred == c) & where
-        if g.sum():
-            out.append(2 * (g & p).sum() / (g.sum() + p.sum()))
-    return float(np.mean(out))
-
-
 def _run(case, tmp_path, painted, **kwargs):
     slide, truth, seg, before = case
     store = CorrectionStore.for_slide(slide.path, root=tmp_path / "corrections", class_names=seg.class_names)
@@ -75,7 +65,7 @@ def test_realistic_corrections_are_promoted_and_help_where_nothing_was_corrected
     assert outcome.message.startswith("Fine-tuned (held-out score ")
     # Better on the pixels nobody corrected: the corrections taught something general.
     elsewhere = (painted == 0) & (truth > 0)
-    dice_before, dice_after = _mdice(truth, before, elsewhere), _mdice(truth, outcome.relabelled, elsewhere)
+    dice_before, dice_after = mean_dice(truth, before, elsewhere), mean_dice(truth, outcome.relabelled, elsewhere)
     assert dice_after > dice_before + 0.01, (dice_before, dice_after)
     # Every corrected class was held out and scored, and the report carries the numbers.
     report = outcome.report()
@@ -100,7 +90,7 @@ def test_one_class_painted_over_mixed_tissue_is_not_promoted(case, tmp_path):
     assert outcome.message.startswith("Kept the old model: ")
     assert "would grow" in outcome.message or "would shrink" in outcome.message or "changes" in outcome.message
     elsewhere = (painted == 0) & (truth > 0)
-    assert _mdice(truth, outcome.relabelled, elsewhere) < _mdice(truth, before, elsewhere)  # it was right to
+    assert mean_dice(truth, outcome.relabelled, elsewhere) < mean_dice(truth, before, elsewhere)  # it was right to
 
 
 def test_a_single_corrected_pixel_needs_the_users_say(case, tmp_path):
