@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Keep BLAS/torch from oversubscribing 2 cores when pytest and Qt share them.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: test demo demo-headless bench bench-gpu bench-dfa-gpu bench-dfa-quick setup system-deps clean
+.PHONY: test demo demo-headless lock bench bench-gpu bench-dfa-gpu bench-dfa-quick setup system-deps clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -22,14 +22,31 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+# The lock: the exact version of every package the two commands install (Python 3.11, Linux
+# x86-64), used as pip constraints so that no upstream release changes a fresh machine's install.
+LOCK := requirements/lock.txt
+PIP_VERSION := 26.3
+PIP_TOOLS := pip-tools==7.7.0
+
+$(STAMP): pyproject.toml $(LOCK)
+	@$(or $(PYTHON),python3) -c "import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 'The lock ($(LOCK)) is for Python 3.11; this python3 is ' + sys.version.split()[0] + ': make PYTHON=python3.11 ...')"
+	test -x $(PY) || $(or $(PYTHON),python3) -m venv $(VENV)
+	$(PIP) install -q pip==$(PIP_VERSION)
+	$(PIP) install -q -c $(LOCK) torch==2.13.0
+	$(PIP) install -q -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
+
+# Re-resolves every package to the newest versions pyproject.toml allows, with pip's own resolver
+# and configuration (pip-compile), so the lock keeps the CPU torch wheel this machine's pip finds.
+# tests/test_lock.py fails when pyproject.toml and the lock disagree.
+lock:
+	test -x $(PY) || $(or $(PYTHON),python3) -m venv $(VENV)
+	$(PIP) install -q pip==$(PIP_VERSION) $(PIP_TOOLS)
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --upgrade --extra test --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file $(LOCK) pyproject.toml
+	$(PY) tools/tidy_lock.py $(LOCK)
 
 test: setup
 	xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest -q $(PYTEST_ARGS)
