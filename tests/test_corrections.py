@@ -243,3 +243,35 @@ def test_qupath_classes_the_model_lacks_and_ignore(tmp_path):
     assert set(found) == {"Tumor", "Fat", "Tumor: Positive"}  # Ignore* is the ignore label, not a class
     assert found["Fat"]["color"] == (204, 204, 204)
     assert missing_classes(found, ["tumor", "stroma"]) == ["Fat"]  # the derived class matches its base
+
+
+def test_a_second_import_replaces_the_first_at_any_level(tmp_path, slide_file):
+    """Same content at another level, the same ids in another file, and a file without ids:
+    each import of the same annotations replaces the earlier one; other annotations stay."""
+    square = [[[100, 200], [300, 200], [300, 400], [100, 400], [100, 200]]]
+    other = [[[500, 500], [540, 500], [540, 540], [500, 540], [500, 500]]]
+    store = CorrectionStore.for_slide(slide_file, root=tmp_path, class_names=NAMES)
+    a = tmp_path / "a.geojson"
+    a.write_text(json.dumps({"type": "FeatureCollection", "features": [_qupath_feature("Stroma", square)]}))
+    b = tmp_path / "b.geojson"  # unrelated annotations: kept whatever is imported after
+    b.write_text(json.dumps({"type": "FeatureCollection", "features": [_qupath_feature("Necrosis", other)]}))
+    store.import_geojson(b)
+    store.import_geojson(a, level=0)
+    patch, found = store.import_geojson(a, level=1, downsample=2.0, level_shape=(1000, 1000), report=True)
+    assert len(found.replaced) == 1 and len(store.patches()) == 2
+    assert store.counts_by_name() == {"stroma": 100 * 100, "necrosis": 40 * 40}
+    doc = json.loads(a.read_text())
+    doc["features"][0]["geometry"]["coordinates"][0][0] = [90, 200]  # edited in QuPath, same id
+    doc["features"][0]["geometry"]["coordinates"][0][-1] = [90, 200]
+    edited = tmp_path / "a-v2.geojson"
+    edited.write_text(json.dumps(doc))
+    patch, found = store.import_geojson(edited, report=True)
+    assert len(found.replaced) == 1 and len(store.patches()) == 2
+    assert set(store.counts_by_name()) == {"stroma", "necrosis"} and store.counts_by_name()["necrosis"] == 1600
+    for f in doc["features"]:
+        f.pop("id", None)
+    bare = tmp_path / "no-ids.geojson"
+    bare.write_text(json.dumps(doc))
+    store.import_geojson(bare)
+    store.import_geojson(bare)  # no ids: the same content is the same import
+    assert len(store.patches()) == 3

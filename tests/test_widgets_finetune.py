@@ -25,6 +25,7 @@ from widget_fixtures import (  # noqa: F401  (fixtures)
 )
 
 from napari_dfa.corrections import CorrectionStore
+from napari_dfa.labels import LabelsStore
 from napari_dfa.model import load_model
 
 pytestmark = pytest.mark.gui
@@ -209,6 +210,37 @@ def test_a_class_of_their_own_end_to_end(segmented, qtbot):
     assert not ft_w.classes_changed()
 
 
+def test_strokes_of_a_class_added_after_the_layer_was_made_are_saved(segmented, qtbot):
+    """The correction layer (and its store handle) exist before the class does: every stroke of
+    the new class is still on disk, and reloading the layer shows it."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(0, 10).repeat(10), np.tile(np.arange(0, 10), 10)), 3)  # stroma
+    assert ft_w.add_class("fat", (250, 230, 150))
+    ft_w.set_class("fat")
+    assert layer.selected_label == 6
+    layer.data_setitem((np.arange(20, 40).repeat(20), np.tile(np.arange(20, 40), 20)), 6)  # a stroke of fat
+    layer.paint((60, 60), 6)  # and a brush dab
+    assert "not saved" not in ft_w.status.text(), ft_w.status.text()
+    assert not ft_w.recorder.dirty
+    painted = CorrectionStore(ft_w.recorder.store.path, create=False).counts_by_name()  # a fresh handle
+    assert painted["stroma"] == 100 and painted["fat"] == int((layer.data == 6).sum()) >= 400
+    reloaded = ft_w.load_saved()[0]
+    np.testing.assert_array_equal(reloaded.data, layer.data)
+
+
+def test_a_stroke_that_cannot_be_saved_says_which_class_and_is_kept(segmented, qtbot):
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(0, 10).repeat(10), np.tile(np.arange(0, 10), 10)), 9)  # no class 9
+    assert ft_w.recorder.dirty
+    text = ft_w.status.text()
+    assert "not saved" in text and "label 9" in text and "classes are 1..5" in text, text
+    assert (layer.data == 9).sum() == 100  # still on screen
+    layer.data_setitem((np.arange(0, 10).repeat(10), np.tile(np.arange(0, 10), 10)), 2)  # painted over
+    assert not ft_w.recorder.dirty and ft_w.store().counts() == {2: 100}
+
+
 def test_rename_recolour_remove_classes(segmented, qtbot, tmp_path):
     viewer, image, seg_w, att_w, ft_w = segmented
     layer = ft_w.start_corrections()
@@ -303,6 +335,39 @@ def test_qupath_classes_the_model_lacks_can_be_added(segmented, qtbot, tmp_path)
     assert "Added the classes Fat" in ft_w.status.text()
     # Fat painted, the Ignore* square cleared what was under it
     assert (layer.data == 6).sum() == 60 * 60 - 50 * 60 and (layer.data == 3).sum() == 60 * 60
+
+
+def test_importing_the_same_qupath_annotations_again_replaces_them(segmented, qtbot, tmp_path):
+    """The same file twice, then the same annotations exported again (other file, one moved):
+    the corrections in use are those of one import, and the widget says it replaced them."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+
+    def doc(x0):
+        ring = [[x0, 1050], [x0 + 60, 1050], [x0 + 60, 1110], [x0, 1110], [x0, 1050]]
+        feats = [{"type": "Feature", "id": "7d9c2f4e-0000-4000-8000-00000000000a",
+                  "geometry": {"type": "Polygon", "coordinates": [ring]},
+                  "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},
+                 {"type": "Feature", "id": "7d9c2f4e-0000-4000-8000-00000000000b",
+                  "geometry": {"type": "Polygon", "coordinates": [[[1200, 1200], [1230, 1200], [1230, 1230],
+                                                                    [1200, 1230], [1200, 1200]]]},
+                  "properties": {"objectType": "annotation", "classification": {"name": "Necrosis"}}}]
+        return json.dumps({"type": "FeatureCollection", "features": feats})
+
+    first = tmp_path / "qupath.geojson"
+    first.write_text(doc(1050))
+    ft_w.import_geojson(first)
+    once = ft_w.store().counts_by_name()
+    assert once == {"stroma": 3600, "necrosis": 900}
+    ft_w.import_geojson(first)
+    assert ft_w.store().counts_by_name() == once
+    assert "replaced the earlier import" in ft_w.status.text()
+    again = tmp_path / "qupath-edited.geojson"
+    again.write_text(doc(1100))  # the stroma square moved by 50 px, re-exported under another name
+    layer = ft_w.import_geojson(again)
+    assert ft_w.store().counts_by_name() == once and len(ft_w.store().patches()) == 1
+    ys, xs = np.nonzero(layer.data == 3)
+    world = np.asarray(layer.translate) + np.array([ys.min(), xs.min()]) * layer.scale
+    np.testing.assert_allclose(world, np.array([1050, 1100]) * image.scale)
 
 
 def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
@@ -459,13 +524,30 @@ def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, q
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
     np.testing.assert_array_equal(np.asarray(level0[y0:y0 + h, x0:x0 + w]), before)  # not before Accept
+    old_store = seg_w.session.result.store_path
+    old_all = np.asarray(LabelsStore.open(old_store, mode="r").labels[...])
     assert ft_w.accept(), ft_w.status.text()
-    after = np.asarray(level0[y0:y0 + h, x0:x0 + w])  # read back from the zarr store on disk
+    # The old model's whole-slide store is its own: not one pixel of it changed.
+    np.testing.assert_array_equal(np.asarray(LabelsStore.open(old_store, mode="r").labels[...]), old_all)
+    new_store = seg_w.session.result.store_path
+    assert new_store != old_store
+    shown = labels.data[0]  # the layer shows the accepted labels, read from the new store on disk
+    after = np.asarray(shown[y0:y0 + h, x0:x0 + w])
+    np.testing.assert_array_equal(np.asarray(LabelsStore.open(new_store, mode="r").labels[y0:y0 + h, x0:x0 + w]), after)
     box = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
     assert (after[box] == target).mean() > (before[box] == target).mean() + 0.2
+    outside = np.ones(old_all.shape, bool)
+    outside[y0:y0 + h, x0:x0 + w] = False
+    np.testing.assert_array_equal(np.asarray(shown)[outside], old_all[outside])  # the rest as before
     # the display pyramid follows: level 1 is level 0 subsampled by 2 there too
     level1 = np.asarray(labels.data[1][(y0 + 1) // 2:(y0 + h) // 2, (x0 + 1) // 2:(x0 + w) // 2])
-    np.testing.assert_array_equal(level1, np.asarray(level0)[y0 + (y0 % 2):y0 + h:2, x0 + (x0 % 2):x0 + w:2][:level1.shape[0], :level1.shape[1]])
+    np.testing.assert_array_equal(level1, np.asarray(shown)[y0 + (y0 % 2):y0 + h:2, x0 + (x0 % 2):x0 + w:2][:level1.shape[0], :level1.shape[1]])
+    # Roll back, segment the whole slide again: exactly the old model's labels (its cache, reused).
+    ft_w.rollback(0)
+    seg_w.segment()
+    wait_worker(qtbot, seg_w)
+    assert seg_w.session.result.store_path == old_store
+    np.testing.assert_array_equal(np.asarray(viewer.layers[seg_w.session.result.labels_layer].data[0]), old_all)
 
 
 def test_cancel_fine_tuning_keeps_the_model(segmented, qtbot):

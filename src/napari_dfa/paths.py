@@ -82,3 +82,10 @@ def region_labels_store_path(slide_path: str | os.PathLike, level: int, fingerpr
     """The cached whole-slide labels of one (slide, level, model weights): never shared between models."""
     folder = cache_dir() / "labels"
     return folder / f"{slide_stem(slide_path)}-L{level}-{digest(slide_path, level, fingerprint)}.zarr"
+
+
+def accepted_labels_store_path(slide_path: str | os.PathLike, level: int, fingerprint: str, over: str) -> Path:
+    """Where an accepted fine-tune's labels go: the whole-slide labels of the model ``over`` with a
+    region segmented again by the model ``fingerprint``. Named by both, so it is neither model's
+    own cache (segmenting the whole slide with either model never finds it)."""
+    return region_labels_store_path(slide_path, level, f"{fingerprint}-accepted-over-{over}")

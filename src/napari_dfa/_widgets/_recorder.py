@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from ..corrections import CorrectionStore
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ class CorrectionRecorder:
       on_write: called (no arguments) after every write, e.g. to refresh a counter.
     """
 
-    def __init__(self, layer, store: CorrectionStore, patch, *, on_write=None):
+    def __init__(self, layer, store: CorrectionStore, patch, *, on_write=None, on_error=None):
         self.layer = layer
         self.store = store
         self.patch = patch
         self.on_write = on_write
+        self.on_error = on_error  # called with a message when a stroke cannot be saved
         self.writes = 0
         self.dirty = False  # edits not yet on disk (undo/redo, replaced data)
         layer.events.paint.connect(self._on_paint)
@@ -80,28 +82,68 @@ class CorrectionRecorder:
         return run
 
     def _on_paint(self, event) -> None:
+        if self.dirty:  # an earlier edit is not on disk yet: write everything, this edit with it
+            data = np.array(self.layer.data, copy=True)
+            for atom in event.value:  # the array may not hold this edit yet (see atom_block)
+                found = atom_block(atom, data)
+                if found is not None:
+                    (y, x), block = found
+                    data[y:y + block.shape[0], x:x + block.shape[1]] = block
+            self.flush(data)
+            return
         for atom in event.value:
             found = atom_block(atom, self.layer.data)
             if found is None:  # an atom we cannot read: write everything
                 self.flush()
                 return
-            self.store.write(self.patch.key, *found)
+            if not self._save(lambda: self.store.write(self.patch.key, *found), found[1]):
+                return
             self.writes += 1
         if self.on_write is not None:
             self.on_write()
+
+    def _save(self, write, block) -> bool:
+        """Run ``write``; on failure keep the edit on screen, mark it unsaved (the next edit or a
+        fine-tune writes it again) and say which class could not be saved, never only a path."""
+        try:
+            write()
+            return True
+        except (DataError, OSError) as exc:
+            self.dirty = True
+            names = self._names()
+            values = [int(v) for v in np.unique(np.asarray(block)) if v]
+            k = len(self.store.class_names)
+            values = [v for v in values if v > k] or values  # name the classes the store lacks
+            classes = ", ".join(repr(names.get(v, f"label {v}")) for v in values) or "unlabelled"
+            message = (f"A stroke of {classes} was not saved ({exc}). It stays on screen, and is saved with "
+                       "the next stroke once the problem is solved.")
+            logger.warning(message)
+            if self.on_error is not None:
+                self.on_error(message)
+            return False
+
+    def _names(self) -> dict[int, str]:
+        feats = getattr(self.layer, "features", None)
+        try:
+            return {int(i): str(n) for i, n in zip(feats["index"], feats["class"])}
+        except (KeyError, TypeError, ValueError):
+            return {}
 
     def _on_data(self, event=None) -> None:
         self.dirty = True
         if getattr(self.layer.data, "shape", None) == tuple(self.patch.shape):
             self.flush()
 
-    def flush(self) -> None:
-        """Write the whole layer (after undo/redo, before fine-tuning)."""
-        self.store.write(self.patch.key, (0, 0), np.asarray(self.layer.data))
+    def flush(self, data=None) -> bool:
+        """Write the whole layer (after undo/redo, before fine-tuning); False when it could not be."""
+        data = np.asarray(self.layer.data if data is None else data)
+        if not self._save(lambda: self.store.write(self.patch.key, (0, 0), data), data):
+            return False
         self.writes += 1
         self.dirty = False
         if self.on_write is not None:
             self.on_write()
+        return True
 
     def disconnect(self) -> None:
         self.layer.events.paint.disconnect(self._on_paint)

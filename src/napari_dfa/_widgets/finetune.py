@@ -50,12 +50,14 @@ from qtpy.QtWidgets import (
 
 from ..classes import default_colors
 from ..corrections import CorrectionStore, geojson_classes, missing_classes, slide_content_key
-from ..corrections.workflow import Resegment, WriteBack, default_steps, finetune_on_corrections, write_back
+from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
 from ..inference.background import gui_tile_workers
+from ..labels import LabelsStore
+from ..paths import accepted_labels_store_path
 from ._base import DFAWidget, error_text
 from ._labels_layer import class_colormap, class_features
-from ._layers import layer_pyramid, pick_image_layer, replay_spec, review_target, visible_region
+from ._layers import layer_pyramid, pick_image_layer, replay_spec, review_target, visible_region, writeback_spec
 from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
 from ._session import add_recent_model
@@ -558,7 +560,8 @@ class FinetuneWidget(DFAWidget):
                                        colormap=class_colormap(self.class_colors()),
                                        features=class_features(self.class_names()),
                                        metadata={"napari_dfa": {"store": str(store.path), "patch": patch.key}})
-        self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._on_write)
+        self.recorder = CorrectionRecorder(layer, store, patch, on_write=self._on_write,
+                                           on_error=lambda text: self._say(text, error=True))
         layer.brush_size = max(10, min(data.shape) // 20)
         layer.mode = "paint"
         layer.selected_label = self.class_combo.currentIndex() + 1
@@ -602,8 +605,16 @@ class FinetuneWidget(DFAWidget):
         except DataError as exc:
             self._say(str(exc), error=True)
             return None
+        for key in report.replaced:  # layers of the patches it replaced show what is gone
+            stale = [lyr for lyr in self.viewer.layers
+                     if (lyr.metadata.get("napari_dfa") or {}).get("patch") == key and lyr.name != LAYER]
+            for lyr in stale:
+                self.viewer.layers.remove(lyr)
         layer = self._show_patch(store, patch, pyramid)
         text = f"Imported {Path(path).name}: {int((layer.data > 0).sum())} corrected pixels."
+        if report.replaced:
+            text += (" It replaced the earlier import of the same annotations (same file or QuPath ids), "
+                     "so nothing is counted twice.")
         if missing and add_missing:
             text += f" Added the classes {', '.join(missing)}."
         elif missing:
@@ -741,8 +752,8 @@ class FinetuneWidget(DFAWidget):
             return self.worker
         try:
             seg = self._need_model()
-            if self.recorder is not None and self.recorder.dirty:
-                self.recorder.flush()
+            if self.recorder is not None and self.recorder.dirty and not self.recorder.flush():
+                return None  # the recorder said which strokes could not be saved
             pyramid = self._image_pyramid()
             store = self.store(pyramid)
             n_px = store.corrected_pixels()
@@ -868,7 +879,7 @@ class FinetuneWidget(DFAWidget):
             return False
         seg = outcome.candidate
         n = sum(1 for v in self.session.versions if "fine-tune" in v["label"]) + 1
-        base = self.session.model_source
+        base, old_seg = self.session.model_source, self.session.segmenter
         prov = seg.metadata.setdefault("provenance", {})
         prov.setdefault("guard", {})["kept"] = True
         prov["guard"]["confirmed"] = bool(outcome.needs_confirmation)
@@ -876,7 +887,7 @@ class FinetuneWidget(DFAWidget):
         self.session.bias_changed.emit()
         if outcome.relabelled is not None:
             try:
-                self._show_relabelled(outcome.relabelled, seg)
+                self._show_relabelled(outcome.relabelled, seg, old_seg)
             except DataError as exc:
                 self._say(str(exc), error=True)
                 return False
@@ -889,20 +900,32 @@ class FinetuneWidget(DFAWidget):
         self._clear_review()
         self._say("Rejected: the current model stays. Correct more and fine-tune again.")
 
-    def _show_relabelled(self, labels, seg) -> None:
+    def _show_relabelled(self, labels, seg, old_seg) -> None:
         res = self.session.result
         if res is None or res.labels_layer not in self.viewer.layers:
             return
         layer = self.viewer.layers[res.labels_layer]
-        layer.colormap = class_colormap(seg.class_colors)
-        layer.features = class_features(seg.class_names)
-        target, _ = getattr(self, "_review_target", (None, None))
-        if res.whole_slide and target is not None:
-            offset = (target[1][0] - res.region[0], target[1][1] - res.region[1])
-            write_back(WriteBack(store=str(res.store_path), offset=offset), labels)
-            layer.refresh()  # the patch went into the store's levels
+        target, pyramid = getattr(self, "_review_target", (None, None))
+        spec = writeback_spec(self.viewer, res, target)
+        if spec is not None:
+            # The old model's whole-slide store stays its own (a new session, or Roll back then
+            # Segment, shows exactly its labels): the accepted labels go into a copy of it, named by
+            # both models, which the layer shows from now on.
+            spec.fork_to = accepted_labels_store_path(
+                pyramid.path, res.level, seg.fingerprint() + ("-stain" if res.stain is not None else ""),
+                old_seg.fingerprint() if old_seg is not None else "none")
+            spec.info = dict(class_names=list(seg.class_names), class_colors=[list(c) for c in seg.class_colors],
+                             accepted={"model": self.session.model_source, "over": str(res.store_path),
+                                       "region": [int(v) for v in target[1]]})
+            path = write_back(spec, labels)
+            data = LabelsStore.open(path, mode="r").levels()
+            layer.data = data if len(data) > 1 else data[0]
+            res.store_path = str(path)
+            layer.metadata.setdefault("napari_dfa", {})["model"] = self.session.model_source
         elif not res.whole_slide:
             layer.data = labels
+        layer.colormap = class_colormap(seg.class_colors)
+        layer.features = class_features(seg.class_names)
 
     def _set_busy(self, busy: bool) -> None:
         self.finetune_button.setEnabled(not busy)

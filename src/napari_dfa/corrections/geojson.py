@@ -68,6 +68,8 @@ class GeoJSONImport:
     polygons: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     per_class: dict[str, int] = field(default_factory=dict)
+    feature_ids: list[str] = field(default_factory=list)  # QuPath's object ids of the imported features
+    replaced: list[str] = field(default_factory=list)  # correction patches an import replaced
 
     def report(self, limit: int = 20) -> str:
         """Human-readable summary: what was imported, then each skipped feature and why."""
@@ -209,6 +211,9 @@ def _own_polygons(feat: dict, props: dict, where: str, lowered, class_names, obj
             found.skipped.append((where, "no polygon geometry"))
         return
     cls = "ignore" if label == 0 else class_names[label - 1]
+    fid = feat.get("id", props.get("id"))
+    if isinstance(fid, (str, int)) and not isinstance(fid, bool) and str(fid):
+        found.feature_ids.append(str(fid))
     for rings in polys:
         found.polygons.append((label, rings))
         found.per_class[cls] = found.per_class.get(cls, 0) + 1

@@ -138,18 +138,32 @@ class CorrectionStore:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(path, slide_path=slide_path, class_names=class_names, create=create)
-        if content is not None and store._group.attrs.get("content_key") != content:
-            store._group.attrs["content_key"] = content
+        if content is not None and store._attrs().get("content_key") != content:
+            store._set_attrs(content_key=content)
         return store
 
     # --- metadata ---------------------------------------------------------------------------
+    # The group's attributes are read from disk each time, not from this handle's copy: several
+    # handles of one store live at once (the correction layer's recorder, the widget's class edits),
+    # and a class added through one must be a class for the others (strokes of it were refused).
+    def _attrs(self) -> dict:
+        try:
+            return zarr.open_group(str(self.path), mode="r").attrs.asdict()
+        except Exception:  # noqa: BLE001 - moved away meanwhile: what this handle last saw
+            return self._group.attrs.asdict()
+
+    def _set_attrs(self, **values) -> None:
+        """Update attributes on a fresh handle, so that a stale copy never overwrites newer ones."""
+        self._group = zarr.open_group(str(self.path), mode="a")
+        self._group.attrs.update(values)
+
     @property
     def slide_path(self) -> str | None:
-        return self._group.attrs.get("slide_path")
+        return self._attrs().get("slide_path")
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._group.attrs.get("class_names") or [])
+        return list(self._attrs().get("class_names") or [])
 
     def patches(self) -> list[CorrectionPatch]:
         """Every patch in the store, oldest first."""
@@ -316,7 +330,7 @@ class CorrectionStore:
             for p in self.patches():
                 arr = self._array(p.key)
                 arr[...] = lut[np.asarray(arr[...])]
-        self._group.attrs["class_names"] = new
+        self._set_attrs(class_names=new)
 
     def export_geojson(self, path: str | os.PathLike, *, keys: Iterable[str] | None = None,
                        class_colors=None, include_hidden: bool = False) -> Path:
@@ -350,9 +364,15 @@ class CorrectionStore:
         Coordinates in the file are level-0 pixels (QuPath's convention); they are divided by
         ``downsample`` onto the grid of ``level`` and clipped to ``level_shape`` (that level's
         (Y, X)) when given. Later features paint over earlier ones; holes are left uncorrected.
+
+        Importing is idempotent: an earlier import of the same file content, or one sharing a
+        feature id with it (QuPath's object ids: the same annotations exported again, perhaps
+        edited), is replaced, not added to (``GeoJSONImport.replaced`` names the patches).
         Returns the new patch, or ``(patch, GeoJSONImport)`` with ``report=True`` (what was
         imported and each skipped feature with the reason).
         """
+        import hashlib
+
         path = Path(path)
         names = list(class_names) if class_names is not None else self.class_names
         if not names:
@@ -360,9 +380,17 @@ class CorrectionStore:
         found: GeoJSONImport = read_class_polygons(path, names)
         mask, (y0, x0) = rasterise_polygons(found.polygons, downsample=downsample, level_shape=level_shape,
                                             source=path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        ids = set(found.feature_ids)
+        for p in self.patches():
+            a = self._array(p.key).attrs
+            if p.source.startswith("geojson:") and (a.get("sha256") == digest or ids & set(a.get("feature_ids", []))):
+                self.delete(p.key)
+                found.replaced.append(p.key)
         patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
                                   downsample=downsample, source=f"geojson:{path.name}")
         self.write(patch.key, (0, 0), mask)
+        self._array(patch.key).attrs.update(sha256=digest, feature_ids=sorted(ids))
         logger.info("%s: imported %d polygons from %s into patch %s", self.path, len(found.polygons), path, patch.key)
         return (patch, found) if report else patch
 

@@ -132,6 +132,10 @@ class WriteBack:
 
     store: str | os.PathLike
     offset: tuple[int, int]
+    # Where the result goes instead (a copy of ``store`` with the labels written into it): a
+    # whole-slide store belongs to the model that made it, so a new model's labels never go into it.
+    fork_to: str | os.PathLike | None = None
+    info: dict = field(default_factory=dict)  # merged into the copy's napari_dfa attributes
 
 
 @dataclass
@@ -459,14 +463,18 @@ def _evidence(regions, result, lut: np.ndarray, k: int) -> np.ndarray:
 
 def write_back(target: WriteBack, labels: np.ndarray) -> Path:
     """Write ``labels`` into every level of the labels store ``target.store`` at ``target.offset``,
-    through a writable handle of its own (a viewer may hold the store read-only)."""
+    through a writable handle of its own (a viewer may hold the store read-only); with
+    ``target.fork_to``, into a copy of it there (``target.store`` is left as it was). Returns the
+    store written."""
     path = Path(target.store)
     try:
-        labels_store = LabelsStore.open(path, mode="r+")
+        labels_store = LabelsStore.open(path, mode="r" if target.fork_to is not None else "r+")
     except Exception as exc:  # noqa: BLE001 - moved, deleted or read-only store
         raise DataError(f"{path}: cannot write the corrected labels back ({exc})") from None
+    if target.fork_to is not None:
+        labels_store = labels_store.copy_to(target.fork_to, **target.info)
     labels_store.write_patch(target.offset, labels)
-    return path
+    return labels_store.path
 
 
 def regions_around_corrections(store: CorrectionStore, level_shapes: Sequence[tuple[int, int]], *,

@@ -384,6 +384,36 @@ class LabelsStore:
         _write_ome(self.group, _ome_for(meta, shapes, factors, self.path.name), int(meta.get("zarr_format", 3)))
         self.group.attrs.update({ATTR: meta})
 
+    def copy_to(self, path, **info) -> LabelsStore:
+        """A copy of this store at ``path`` (replacing a napari-dfa store there), with ``info``
+        merged into its ``napari_dfa`` attributes. Written beside ``path`` and renamed into place:
+        an interrupted copy never looks like a store. This store is not touched."""
+        import os
+        import shutil
+
+        dst = Path(path)
+        refuse_foreign(dst)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.copytree(self.path, tmp)
+            copy = LabelsStore.open(tmp, mode="r+")
+            if info:
+                meta = copy.info
+                meta.update(info)
+                if "class_names" in info or "class_colors" in info:  # the OME colours and names too
+                    shapes = [tuple(a.shape) for a in copy.levels()]
+                    _write_ome(copy.group, _ome_for(meta, shapes, copy.level_factors(), dst.name),
+                               int(meta.get("zarr_format", 3)))
+                copy.group.attrs.update({ATTR: meta})
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"{dst}: cannot copy the labels store {self.path} there ({exc})") from None
+        return LabelsStore.open(dst, mode="r+")
+
     def levels(self) -> list[zarr.Array]:
         """The stored levels listed in the multiscales metadata, level 0 first."""
         return multiscale_levels(self.group)
