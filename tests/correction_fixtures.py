@@ -58,3 +58,15 @@ def one_class_strokes(shape, label=5):
     for k in range(3):
         strokes[(np.abs(yy - 200 - 300 * k - 0.5 * (xx - 100)) < 15) & (xx > 100) & (xx < 900)] = label
     return strokes
+
+
+def confirm_blocks(truth, before, n=2, block=256):
+    """What a careful pathologist adds: the ``n`` blocks where the model is most often right,
+    labelled as they truly are (a region confirmed as right, or annotated as it is)."""
+    scores = sorted(((before[y:y + block, x:x + block] == truth[y:y + block, x:x + block]).mean(), y, x)
+                    for y in range(0, truth.shape[0] - block + 1, block)
+                    for x in range(0, truth.shape[1] - block + 1, block))[::-1][:n]
+    out = np.zeros(truth.shape, np.uint8)
+    for _, y, x in scores:
+        out[y:y + block, x:x + block] = truth[y:y + block, x:x + block]
+    return out

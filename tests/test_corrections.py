@@ -76,10 +76,20 @@ def test_samples_crop_to_corrected_pixels_with_context(tmp_path, slide_file):
         calls.append((level, region))
         return np.full((region[2], region[3], 3), 128, np.uint8)
 
-    (rgb, mask), = store.samples(read_rgb)
+    (rgb, mask), = store.samples(read_rgb, context=128)  # 138 px of strokes and margin, read within 138
     assert calls == [(0, (1000 + 136, 2000 + 236, 138, 138))]
     assert rgb.shape == (138, 138, 3) and mask.shape == (138, 138)
     assert (mask == 3).sum() == 100 and set(np.unique(mask)) == {0, 3}
+    # By default a sample is read with the slide around it, as inference sees it: the strokes sit
+    # in the middle of a 1024² box (not past the slide's top-left), the mask 0 around them.
+    calls.clear()
+    (rgb, mask), = store.samples(read_rgb)
+    assert calls == [(0, (1000 + 136 - 443, 2000 + 236 - 443, 1024, 1024))]
+    assert rgb.shape == (1024, 1024, 3) and (mask == 3).sum() == 100
+    assert (mask[443 + 64:443 + 74, 443 + 64:443 + 74] == 3).all()
+    # a reader that stops at the slide's edge: padded with glass
+    (rgb, mask), = store.samples(lambda level, region: np.zeros((50, 60, 3), np.uint8))
+    assert rgb.shape == (1024, 1024, 3) and rgb[100, 100, 0] == 255 and rgb[10, 10, 0] == 0
 
 
 def _qupath_feature(name, rings, color=(230, 40, 40)):

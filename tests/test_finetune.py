@@ -10,7 +10,7 @@ from napari_dfa import synth
 from napari_dfa.errors import Cancelled, DataError
 from napari_dfa.model import ModelConfig, Segmenter, load_model
 from napari_dfa.training import FinetuneResult, finetune
-from napari_dfa.training.finetune import split_holdout
+from napari_dfa.training.finetune import split_holdout_by_stroke
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,7 +34,9 @@ def test_finetune_moves_predictions_toward_the_correction_and_keeps_the_input(ti
     counts = np.bincount(before_labels[24:104, 24:104].ravel(), minlength=6)[1:]
     target = int(np.argmin(counts)) + 1
     mask = np.zeros((128, 128), np.uint8)
-    mask[24:104, 24:104] = target
+    for y in (24, 66):  # four strokes: whole strokes are held out to score the models on
+        for x in (24, 66):
+            mask[y:y + 38, x:x + 38] = target
     before = (before_labels[mask > 0] == target).mean()
     state = _state(tiny)
     bias_before = tiny.class_bias().copy()
@@ -89,40 +91,50 @@ def test_cancel_and_bad_corrections(tiny):
         finetune(tiny, [(rgb, truth[:32])], steps=1)
 
 
-def test_holdout_split_is_blockwise_disjoint_and_deterministic():
-    mask = np.zeros((100, 130), np.uint8)
-    mask[10:90, 5:120] = 2
-    a_train, a_val = split_holdout(mask, 0.3, np.random.default_rng(0))
-    b_train, b_val = split_holdout(mask, 0.3, np.random.default_rng(0))
-    assert np.array_equal(a_val, b_val)
-    assert not ((a_train > 0) & (a_val > 0)).any()
-    assert np.array_equal((a_train > 0) | (a_val > 0), mask > 0)
-    assert 0 < (a_val > 0).sum() < (mask > 0).sum()
-    # hold-out pixels come in whole 32-pixel blocks: a block's corrections are all held out or none
-    for by in range(0, 100, 32):
-        for bx in range(0, 130, 32):
-            held = a_val[by:by + 32, bx:bx + 32] > 0
-            corrected = mask[by:by + 32, bx:bx + 32] > 0
-            assert not held.any() or np.array_equal(held, corrected)
+def _strokes():
+    """Class 2: six separate squares (one 30-px square beside another that touches it: one stroke),
+    class 3: two strokes, class 4: one stroke, over two masks."""
+    a = np.zeros((200, 260), np.uint8)
+    for i in range(5):
+        a[10:40, 10 + 50 * i:40 + 50 * i] = 2
+    a[40:60, 10:40] = 2  # touches the first square: the same stroke
+    a[100:130, 10:40] = 3
+    a[100:130, 100:140] = 3
+    b = np.zeros((64, 64), np.uint8)
+    b[5:15, 5:15] = 4
+    b[30:60, 30:60] = 2
+    return a, b
+
+
+def test_holdout_is_by_whole_strokes_disjoint_and_deterministic():
+    from scipy import ndimage
+
+    a, b = _strokes()
+    first = split_holdout_by_stroke([a, b], 5, 0.3, np.random.default_rng(0))
+    again = split_holdout_by_stroke([a, b], 5, 0.3, np.random.default_rng(0))
+    for (tr, va), (tr2, va2), m in zip(first, again, (a, b)):
+        assert np.array_equal(va, va2) and np.array_equal(tr, tr2)
+        assert not ((tr > 0) & (va > 0)).any() and np.array_equal((tr > 0) | (va > 0), m > 0)
+        # every stroke lies wholly on one side
+        for c in (2, 3, 4):
+            comps, n = ndimage.label(m == c, structure=np.ones((3, 3), bool))
+            for j in range(1, n + 1):
+                held = va[comps == j] > 0
+                assert held.all() or not held.any()
 
 
 def test_holdout_is_stratified_by_class():
-    """Every class with enough blocks gets some held out (at least 100 px when it can), never all of
-    it; a class inside a single block is not held out at all."""
-    from napari_dfa.training.finetune import MIN_HELD_OUT_PIXELS, split_holdout_stratified
+    """Every class with two strokes or more gets some held out (at least 100 px when it can), never
+    all of it; a class of one stroke is not held out at all."""
+    from napari_dfa.training.finetune import MIN_HELD_OUT_PIXELS
 
-    big = np.zeros((256, 256), np.uint8)
-    big[:, :192] = 2  # 6×8 blocks of class 2
-    big[:, 192:] = 3  # 2×8 blocks of class 3
-    small = np.zeros((64, 64), np.uint8)
-    small[5:15, 5:15] = 4  # one block of class 4 (100 px)
-    (tr_a, va_a), (tr_b, va_b) = split_holdout_stratified([big, small], 5, 0.2, np.random.default_rng(0))
+    a, b = _strokes()
+    (tr_a, va_a), (tr_b, va_b) = split_holdout_by_stroke([a, b], 5, 0.2, np.random.default_rng(0))
     for c in (2, 3):
-        held = int((va_a == c).sum())
-        assert MIN_HELD_OUT_PIXELS <= held <= int((big == c).sum()) / 2
-        assert (tr_a == c).any()
-    assert not (va_b > 0).any() and (tr_b == 4).sum() == 100
-    assert not ((tr_a > 0) & (va_a > 0)).any()
+        held = int((va_a == c).sum() + (va_b == c).sum())
+        assert MIN_HELD_OUT_PIXELS <= held <= int((a == c).sum() + (b == c).sum()) / 2 + 900
+        assert (tr_a == c).any() or (tr_b == c).any()
+    assert not (va_b == 4).any() and (tr_b == 4).sum() == 100
 
 
 def test_frozen_encoder_trains_only_after_the_encoder(tiny):
@@ -130,7 +142,9 @@ def test_frozen_encoder_trains_only_after_the_encoder(tiny):
     before = tiny.predict(rgb)
     target = int(np.bincount(before[24:104, 24:104].ravel(), minlength=6)[1:].argmin()) + 1
     mask = np.zeros((128, 128), np.uint8)
-    mask[24:104, 24:104] = target
+    for y in (24, 66):  # four strokes: whole strokes are held out to score the models on
+        for x in (24, 66):
+            mask[y:y + 38, x:x + 38] = target
     result = finetune(tiny, [(rgb, mask)], steps=25, batch_size=2, crop=96, seed=1, frozen_encoder=True)
     new = result.segmenter
     for (name, a), b in zip(tiny.model.encoder.state_dict().items(), new.model.encoder.state_dict().values()):

@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
 
 from ..classes import default_colors
 from ..corrections import CorrectionStore, geojson_classes, missing_classes, slide_content_key
+from ..corrections.guard import label_map
 from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
 from ..inference.background import gui_tile_workers
@@ -67,11 +68,18 @@ logger = logging.getLogger(__name__)
 LAYER = "DFA corrections"
 REVIEW_LAYER = "DFA changes (review)"
 CHANGED_COLOR = (1.0, 0.0, 1.0, 1.0)  # magenta: no class colour uses it
-REPLAY_TIP = ("Replay: also train on a thin sample of the current labels around your corrections, so the model "
-              "keeps what it got right where you corrected nothing (it forgets otherwise).")
-GUARD_TIP = ("Guard: offer the new model only if it is better on corrections held back to test it, still agrees "
-             "with the old model where you corrected nothing, and no class grows or vanishes beyond what your "
-             "corrections justify. Untick to be able to accept a model the guard rejected.")
+REPLAY_TIP = ("Deep fine-tune only. Replay: also train on a thin sample of the current labels around your "
+              "corrections, so the model keeps what it got right where you corrected nothing (it forgets otherwise).")
+GUARD_TIP = ("Guard: offer the new model only if it is better on your strokes and confirmed regions held back to "
+             "test it, and no verified class got worse; when too little is verified to tell, it says what would "
+             "settle it. Untick to judge for yourself: Accept then shows what the change does and asks once.")
+CONFIRM_TIP = ("The labels shown over the segmented region (for a whole-slide result: the part in view) are right: "
+               "keep them as verified, beside your corrections. They train the next fine-tuning and test it, so "
+               "the guard can tell whether the new model got worse where the old one was right.")
+DEEP_TIP = ("Off (default): fit the pixel head on your strokes and confirmed regions (the rest of the model "
+            "fixed: seconds; it learns tissue and classes the model never saw) and fine-tune the layers after the "
+            "encoder, then offer whichever is better on the strokes held back to test them. On: the deep "
+            "fine-tune alone, with the steps above.")
 
 
 def _section(text: str) -> QLabel:
@@ -106,6 +114,7 @@ class FinetuneWidget(DFAWidget):
         self.recorder: CorrectionRecorder | None = None
         self.last_finetune = None  # FinetuneResult of the last run
         self.pending = None  # FinetuneOutcome under review
+        self._asked = None  # the outcome whose Accept already said what it does (the next click accepts)
         self._losses: list[tuple[int, float, float | None]] = []
         self._keys: dict[tuple, str] = {}  # content keys of image layers
         self._announced: set[str] = set()  # stores whose saved corrections were announced
@@ -116,6 +125,8 @@ class FinetuneWidget(DFAWidget):
 
         # --- corrections and classes
         self.start_button = QPushButton("Correct the segmented region")
+        self.confirm_button = QPushButton("Looks right")
+        self.confirm_button.setToolTip(CONFIRM_TIP)
         self.class_combo = QComboBox()
         self.class_list = QListWidget()
         self.class_list.setMaximumHeight(110)
@@ -152,8 +163,14 @@ class FinetuneWidget(DFAWidget):
         self.steps = QSpinBox()
         self.steps.setRange(1, 5000)
         self.steps.setValue(default_steps())
-        self.steps.setToolTip("Optimizer steps, 4 crops each (256², or 512² when the encoder trains too). Default: "
-                              "200 with a GPU, 40 on a CPU")
+        self.steps.setEnabled(False)
+        self.steps.setToolTip("Deep fine-tune only: optimizer steps, 4 crops a step (256², or 512² when the encoder "
+                              "trains too); 200 with a GPU, 40 on a CPU. By default both the pixel head and a deep "
+                              "fine-tune run, each with its own steps, and the one better on your held-back "
+                              "strokes is offered.")
+        self.deep = QCheckBox("Deep fine-tune only")
+        self.deep.setToolTip(DEEP_TIP)
+        self.deep.toggled.connect(self._on_deep)
         self.replay = QCheckBox("Replay the current labels elsewhere")
         self.replay.setChecked(True)
         self.replay.setToolTip(REPLAY_TIP)
@@ -162,9 +179,9 @@ class FinetuneWidget(DFAWidget):
         self.guard.setToolTip(GUARD_TIP)
         self.train_encoder = QCheckBox("Train the encoder too (slower)")
         self.train_encoder.setToolTip(
-            "Off: only the layers after the encoder train, on its cached features (a click takes ~9 s on a CPU). "
-            "On: the encoder trains too, on 512-px crops, about 4x the time: for slides that look unlike the "
-            "model's training data, where the corrections then also improve what you did not correct.")
+            "Deep fine-tune only (ticking it ticks that). Off: only the layers after the encoder train, on its "
+            "cached features. On: the encoder trains too, on 512-px crops, about 4x the time.")
+        self.train_encoder.toggled.connect(lambda on: on and self.deep.setChecked(True))
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -179,6 +196,11 @@ class FinetuneWidget(DFAWidget):
         self.area_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.area_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.area_table.setMaximumHeight(150)
+        self.look_list = QListWidget()
+        self.look_list.setMaximumHeight(90)
+        self.look_list.setToolTip("Where the new model changed most: click one to go there, then confirm it "
+                                  "(Looks right) or paint what is wrong.")
+        self.look_list.itemClicked.connect(self._go_to)
         self.accept_button = QPushButton("Accept")
         self.reject_button = QPushButton("Reject")
         self.accept_button.setEnabled(False)
@@ -196,7 +218,10 @@ class FinetuneWidget(DFAWidget):
         self._total_steps = 1
 
         layout = QVBoxLayout(self.body)  # the status line is the base class's, above
-        layout.addWidget(self.start_button)
+        start = QHBoxLayout()
+        start.addWidget(self.start_button, 1)
+        start.addWidget(self.confirm_button)
+        layout.addLayout(start)
         form = QFormLayout()
         form.addRow("Paint class", self.class_combo)
         layout.addLayout(form)
@@ -223,8 +248,9 @@ class FinetuneWidget(DFAWidget):
         form2 = QFormLayout()
         form2.addRow("Steps", self.steps)
         layout.addLayout(form2)
-        layout.addWidget(self.replay)
         layout.addWidget(self.guard)
+        layout.addWidget(self.deep)
+        layout.addWidget(self.replay)
         layout.addWidget(self.train_encoder)
         run = QHBoxLayout()
         run.addWidget(self.finetune_button)
@@ -234,6 +260,8 @@ class FinetuneWidget(DFAWidget):
         layout.addWidget(_section("Review"))
         layout.addWidget(self.review_label)
         layout.addWidget(self.area_table)
+        layout.addWidget(QLabel("Where to look next:"))
+        layout.addWidget(self.look_list)
         review = QHBoxLayout()
         review.addWidget(self.accept_button)
         review.addWidget(self.reject_button)
@@ -248,6 +276,7 @@ class FinetuneWidget(DFAWidget):
 
         self.class_combo.currentIndexChanged.connect(self._on_class)
         self.start_button.clicked.connect(self.start_corrections)
+        self.confirm_button.clicked.connect(lambda: self.confirm_view())
         self.add_class_button.clicked.connect(self._ask_add_class)
         self.rename_class_button.clicked.connect(self._ask_rename_class)
         self.color_class_button.clicked.connect(self._ask_color_class)
@@ -532,6 +561,34 @@ class FinetuneWidget(DFAWidget):
         self._say("Paint over the wrong labels with the right class; every stroke is saved as you paint.")
         return layer
 
+    def confirm_view(self):
+        """"Looks right": keep the labels shown over the region under review as verified (a
+        ``confirmed`` patch in the store); returns the patch, or None with a message."""
+        try:
+            seg = self._need_model()
+            pyramid = self._image_pyramid()
+            level, region = self._review_region(pyramid)
+            res = self.session.result
+            if res.labels_layer not in self.viewer.layers:
+                raise DataError("The segmented labels layer was closed: segment again, then confirm")
+            layer = self.viewer.layers[res.labels_layer]
+            base = layer.data[0] if layer.multiscale else layer.data
+            y0, x0 = region[0] - res.region[0], region[1] - res.region[1]
+            shown = np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]])
+            store = self.store(pyramid)
+            labels = label_map(seg.class_names, self.class_names(), self._renames)[shown]
+            patch = store.confirm_region(level=level, region=region, labels=labels,
+                                         downsample=pyramid.downsamples[level])
+        except DataError as exc:
+            self._say(str(exc), error=True, until=self._ready_to_correct)
+            return None
+        self.refresh_saved()
+        counts = np.bincount(labels.ravel(), minlength=len(self.class_names()) + 1)[1:]
+        parts = ", ".join(f"{n} {int(c)} px" for n, c in zip(self.class_names(), counts) if c)
+        self._say(f"Confirmed the labels in view as right ({parts or 'no tissue'}). They train the next "
+                  "fine-tuning and test it; strokes you paint over them win.")
+        return patch
+
     def load_saved(self):
         """Show every correction patch in use for the current slide (e.g. after a crash)."""
         try:
@@ -788,6 +845,7 @@ class FinetuneWidget(DFAWidget):
         self._draw_losses()
         self._say(f"Fine-tuning on {n_px} corrected pixels…")
         self._review_target = (target, pyramid)
+        method = "deep" if self.deep.isChecked() or self.train_encoder.isChecked() else "auto"
         use_replay = self.replay.isChecked()
         frozen = not self.train_encoder.isChecked()
 
@@ -795,11 +853,40 @@ class FinetuneWidget(DFAWidget):
             return finetune_on_corrections(
                 seg, store, read, steps=steps, guard=guard, replay=replay, resegment=resegment,
                 parent_source=parent, slide=pyramid.path, cancel=self.cancelled,
-                replay_training=use_replay, frozen_encoder=frozen, **classes,
+                replay_training=use_replay, frozen_encoder=frozen, method=method, **classes,
                 progress=lambda step, total, **info: self.report_progress(
                     int(step), int(total), info.get("loss"), info.get("val_loss")))
 
         return self.run_job(work, self._on_finetuned)
+
+    def _on_deep(self, on: bool) -> None:
+        """Steps are the deep fine-tune's alone; the encoder trains only in it."""
+        self.steps.setEnabled(on)
+        if not on and self.train_encoder.isChecked():
+            self.train_encoder.setChecked(False)
+
+    def _show_look_next(self, outcome) -> None:
+        """The few places where the new model changed most, largest first (click: go there)."""
+        self.look_list.clear()
+        target, pyramid = getattr(self, "_review_target", (None, None))
+        if target is None:
+            return
+        level, (ry, rx, _, _) = target
+        for y, x, h, w, px in outcome.look_next():
+            item = QListWidgetItem(f"{px} px changed at ({(rx + x) * pyramid.downsamples[level]:.0f}, "
+                                   f"{(ry + y) * pyramid.downsamples[level]:.0f})")
+            item.setData(Qt.ItemDataRole.UserRole, (level, (ry + y, rx + x, h, w)))
+            self.look_list.addItem(item)
+
+    def _go_to(self, item) -> None:
+        level, (y, x, h, w) = item.data(Qt.ItemDataRole.UserRole)
+        _, pyramid = getattr(self, "_review_target", (None, None))
+        if pyramid is None:
+            return
+        scale, translate = pyramid.placement(level, (y, x, h, w))
+        self.viewer.camera.center = (translate[0] + h * scale[0] / 2, translate[1] + w * scale[1] / 2)
+        ch, cw = self.viewer.canvas.size
+        self.viewer.camera.zoom = 0.5 * min(ch / max(1.0, h * scale[0]), cw / max(1.0, w * scale[1]))
 
     def _on_progress(self, value) -> None:
         step, total, loss, val = value
@@ -820,6 +907,7 @@ class FinetuneWidget(DFAWidget):
         self.pending = outcome
         self._draw_losses()
         self._show_review(outcome)
+        self._show_look_next(outcome)
         can_accept = outcome.promoted or outcome.needs_confirmation or not outcome.guard
         self.accept_button.setEnabled(can_accept)
         self.reject_button.setEnabled(True)
@@ -832,8 +920,7 @@ class FinetuneWidget(DFAWidget):
             self._say(f"The guard would keep the old model, but it is off: look at the changes, then Accept or "
                       f"Reject. ({outcome.verdict.reason})")
         else:
-            self._say(f"{outcome.verdict.reason} Reject and correct more (other classes too), or untick the guard "
-                      "to be able to accept it anyway.", error=True)
+            self._say(outcome.verdict.reason, error=True)
 
     def _show_review(self, outcome) -> None:
         """The changed-pixels layer and the per-class areas before → after."""
@@ -862,20 +949,30 @@ class FinetuneWidget(DFAWidget):
 
     def _clear_review(self) -> None:
         self.pending = None
+        self.look_list.clear()
         self.accept_button.setEnabled(False)
         self.reject_button.setEnabled(False)
         if REVIEW_LAYER in self.viewer.layers:
             self.viewer.layers.remove(REVIEW_LAYER)
 
-    def accept(self) -> bool:
-        """Use the model under review from now on, in every widget, and show its labels."""
+    def accept(self, confirm: bool = False) -> bool:
+        """Use the model under review from now on, in every widget, and show its labels. A model
+        the guard did not promote is accepted at the second click (or with ``confirm``): the first
+        says what it does to each class."""
         outcome = self.pending
         if outcome is None:
             self._say("Nothing to accept: fine-tune first.", error=True)
             return False
         if not (outcome.promoted or outcome.needs_confirmation or not outcome.guard):
-            self._say("The guard rejected this model; untick the guard and fine-tune again to accept such a model.",
+            self._say("The guard rejected this model: Reject it, and paint or confirm more of what it gets wrong.",
                       error=True)
+            return False
+        if not outcome.promoted and not confirm and self._asked is not outcome:
+            self._asked = outcome
+            changes = outcome.class_changes()
+            self._say("The guard did not promote this model. In the region under review "
+                      + ("it would change " + "; ".join(changes) if changes else "no class share changes by more "
+                         "than a quarter") + ". Click Accept again to use it anyway.", error=True)
             return False
         seg = outcome.candidate
         n = sum(1 for v in self.session.versions if "fine-tune" in v["label"]) + 1

@@ -1,9 +1,10 @@
 """``napari-dfa finetune``: a model fine-tuned on a pathologist's QuPath corrections, headless.
 
 The same workflow as the Fine-tune widget (:func:`napari_dfa.corrections.workflow.finetune_on_corrections`):
-the GeoJSON annotations are rasterised onto the slide at the model's level, the regions around them
-are segmented with the old model and replayed against forgetting, the model is fine-tuned (encoder frozen
-unless ``--train-encoder``), and the guard decides. Whether the model was promoted is a result, not an error:
+the GeoJSON annotations are rasterised onto the slide at the model's level; the model's pixel head is
+fitted on them and the layers after the encoder are fine-tuned (the regions around the annotations
+replayed against forgetting), and the one better on the annotations held back whole goes to the guard
+(``--method head`` or ``deep`` runs one; ``--train-encoder`` trains the encoder too in the deep one). Whether the model was promoted is a result, not an error:
 the command exits 0 either way, and writes the new model only when it was promoted (or ``--force``).
 ``--json`` writes everything the guard looked at.
 """
@@ -27,10 +28,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", metavar="A,B,...",
                         help="the exact class list of the new model: names the model has keep their learned "
                              "token, new names get a new one, names left out are removed (default: the model's)")
-    parser.add_argument("--steps", type=positive_int, help="optimizer steps (default: 200 with a GPU, 40 on a CPU)")
+    parser.add_argument("--method", choices=("auto", "head", "deep"), default=None,
+                        help="auto (default): both of the others, and the one better on the annotations held "
+                             "back goes to the guard; head: fit the pixel head on the annotations, the rest of "
+                             "the model fixed (seconds; learns tissue and classes the model never saw); deep: "
+                             "train the layers after the encoder (with --train-encoder the encoder too)")
+    parser.add_argument("--steps", type=positive_int,
+                        help="optimizer steps of the deep fine-tune (default 200 with a GPU, 40 on a CPU), or of "
+                             "the head with --method head (default 150)")
     parser.add_argument("--train-encoder", action="store_true",
-                        help="train the encoder too, on 512-px crops (~4x the time): for slides whose look the "
-                             "layers after the encoder cannot learn from cached features")
+                        help="with --method deep (implied): train the encoder too, on 512-px crops (~4x the "
+                             "time): for slides whose look the layers after the encoder cannot learn from cached "
+                             "features")
     parser.add_argument("--crop", type=positive_int, metavar="PX",
                         help="training crop side around the corrections (default: 256, or 512 with --train-encoder)")
     parser.add_argument("--level", type=level, default="auto",
@@ -135,14 +144,22 @@ def run(args) -> int:
 
         reviewed = regions_around_corrections(store, shapes)
         checks = check_regions(slide, lv, [r for _, r in reviewed], seed=args.seed)
-        steps = args.steps or default_steps()
-        with tqdm(total=steps, desc="fine-tuning", unit="step", file=sys.stderr) as bar:
+        method = args.method or ("deep" if args.train_encoder else "auto")
+        if method != "deep" and args.train_encoder:
+            raise DataError("--train-encoder trains the deep model: use it with --method deep (or without --method)")
+        steps = args.steps or default_steps("deep" if method == "auto" else method)
+
+        def progress(step, total, **info):
+            bar.total = total  # the head is fitted twice: without the held-back strokes, then on all
+            bar.n = step
+            bar.set_postfix(loss=f"{info.get('loss') or 0:.3f}")
+
+        with tqdm(total=steps or 1, desc="fine-tuning", unit="step", file=sys.stderr) as bar:
             outcome = finetune_on_corrections(
                 seg, store, slide.read_region, steps=steps, replay=[ReplaySpec(level, region) for level, region in reviewed],
                 check=checks, class_names=names, class_colors=colors or None, seed=args.seed,
-                parent_source=str(resolve_model(args.model)), slide=str(slide.path),
-                frozen_encoder=not args.train_encoder, crop=args.crop,
-                progress=lambda step, total, **info: (bar.update(1), bar.set_postfix(loss=f"{info.get('loss', 0):.3f}")))
+                parent_source=str(resolve_model(args.model)), slide=str(slide.path), method=method,
+                frozen_encoder=not args.train_encoder, crop=args.crop, progress=progress)
 
     written = None
     if outcome.promoted or args.force:

@@ -7,16 +7,20 @@
    recoloured or removed classes), the model gets it first (:func:`napari_dfa.model.classes_edit.with_classes`:
    kept names keep their learned token, a new class gets a new token and its bias warm-started
    from its share of the corrected pixels);
-2. the corrected patches of a slide become training samples (:meth:`CorrectionStore.samples`);
-3. the reviewed regions' current labels are replayed beside them, so the model does not forget
-   what nobody corrected (:func:`replay_from_prediction`);
-4. a copy of the model is fine-tuned (:func:`napari_dfa.training.finetune`) — by default with its
-   encoder frozen and its features of every image computed once, so a click answers in seconds;
-5. the guard (:mod:`.guard`) compares new and old: on held-out corrections per class, and where
-   nothing was corrected (agreement, class shares) on the reviewed and check regions;
-6. the reviewed region is segmented again with the new model, so the user sees what changed
-   before accepting it; a kept model records where its corrections came from (provenance), and
-   for a whole-slide result the new labels are written into every level of the labels store.
+2. the verified pixels of a slide — corrections, and regions confirmed as right ("Looks right",
+   :meth:`CorrectionStore.confirm_region`) — become training samples (:meth:`CorrectionStore.samples`);
+3. a copy of the model learns from them: by default its pixel head is fitted on them
+   (:func:`napari_dfa.training.head.fit_head`: hand-made multi-scale features and the model's own,
+   everything before the head fixed; seconds on a CPU). With ``method="deep"`` the layers after the
+   encoder train instead (:func:`napari_dfa.training.finetune`), the reviewed regions' current labels
+   replayed beside the corrections (:func:`replay_from_prediction`);
+4. the guard (:mod:`.guard`) compares new and old on verified pixels only: strokes and confirmed
+   regions held back whole, per class; what changes where nothing is verified is measured and
+   shown, not used to decide;
+5. the reviewed region is segmented again with the new model, so the user sees what changed
+   before accepting it (and where to look next: :meth:`FinetuneOutcome.look_next`); a kept model
+   records where its corrections came from (provenance), and for a whole-slide result the new
+   labels go into a copy of the labels store (:func:`write_back`).
 
 The caller gathers the inputs (which region, which labels) and shows the outcome; a widget does
 so on its UI thread and runs this function in a worker, a script simply calls it.
@@ -48,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 GPU_STEPS = 200
 CPU_STEPS = 40
+METHODS = ("auto", "head", "deep")
 
 
 # Training crops around the corrections. With the encoder frozen the decoder learns from cached
@@ -60,9 +65,14 @@ FROZEN_CROP = 256
 ENCODER_CROP = 512
 
 
-def default_steps() -> int:
-    """200 steps with a GPU; 40 on a CPU, where a step of the demo model with its encoder frozen
-    takes a fraction of a second (benchmarks/bench_gui.py measures the whole click)."""
+def default_steps(method: str = "deep") -> int:
+    """Pixel head: :data:`~napari_dfa.training.head.HEAD_STEPS`. Deep: 200 steps with a GPU; 40 on a
+    CPU, where a step of the demo model with its encoder frozen takes a fraction of a second
+    (benchmarks/bench_gui.py measures the whole click)."""
+    if method == "head":
+        from ..training.head import HEAD_STEPS
+
+        return HEAD_STEPS
     import torch
 
     gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
@@ -205,8 +215,7 @@ class FinetuneOutcome:
             return f"Using the fine-tuned model, as you confirmed. {self.verdict.reason}"
         if self.verdict.needs_confirmation:
             return self.verdict.reason
-        return (f"{self.verdict.reason} Correct more of the region (other classes too), or switch the "
-                f"guard off to use it anyway.")
+        return self.verdict.reason
 
     def changed(self) -> np.ndarray | None:
         """h×w bool: where the relabelled region differs from the labels before (by class name)."""
@@ -214,6 +223,39 @@ class FinetuneOutcome:
             return None
         lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
         return lut[np.asarray(self.before)] != np.asarray(self.relabelled)
+
+    def look_next(self, n: int = 5, min_pixels: int = 64) -> list[tuple[int, int, int, int, int]]:
+        """Where to look next: the ``n`` largest connected areas where the new labels differ from
+        the old ones in the reviewed region, as ``(y0, x0, h, w, changed pixels)`` in region pixels,
+        largest first (areas under ``min_pixels`` are left out). Each is one click for the
+        pathologist: confirm it, or paint what is wrong."""
+        from scipy import ndimage
+
+        changed = self.changed()
+        if changed is None or not changed.any():
+            return []
+        lab, count = ndimage.label(changed, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(lab.ravel(), minlength=count + 1)[1:]
+        boxes = ndimage.find_objects(lab)
+        out = []
+        for i in np.argsort(sizes)[::-1][:n]:
+            if sizes[i] < min_pixels:
+                break
+            ys, xs = boxes[i]
+            out.append((ys.start, xs.start, ys.stop - ys.start, xs.stop - xs.start, int(sizes[i])))
+        return out
+
+    def class_changes(self, threshold: float = 0.25) -> list[str]:
+        """``"necrosis 14.5 % → 0.1 %"`` for every class whose share of the reviewed region changes
+        by more than ``threshold`` of itself (or appears or vanishes): what Accept would do."""
+        rows = self.area_table()
+        tb, ta = max(1, sum(b for _, b, _ in rows)), max(1, sum(a for _, _, a in rows))
+        out = []
+        for name, b, a in rows:
+            fb, fa = b / tb, a / ta
+            if abs(fa - fb) > threshold * max(fb, fa) and abs(fa - fb) > 0.001:
+                out.append(f"{name} {100 * fb:.1f} % → {100 * fa:.1f} %")
+        return out
 
     def area_table(self) -> list[tuple[str, int, int]]:
         """``[(class name, pixels before, pixels after)]`` over the reviewed region, classes of the
@@ -248,7 +290,8 @@ class FinetuneOutcome:
             "agreement_outside_corrections": v["agreement_outside_corrections"],
             "agreement_bound": v["agreement_bound"], "regions": v["regions"],
             "class_shares": v["class_shares"], "problems": v["problems"],
-            "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
+            "method": r.method, "other_method": r.alternative, "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
+            "look_next": [{"region": [y, x, h, w], "changed_pixels": px} for y, x, h, w, px in self.look_next()],
             "train_seconds": round(float(r.seconds), 2), "seconds": round(float(self.seconds), 2),
         }
 
@@ -264,6 +307,35 @@ def format_score(value) -> str:
     except (TypeError, ValueError):
         v = None
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
+
+
+def _part(progress, offset: int, *, total: int | None = None):
+    """``progress`` for one of several runs: its step ``offset + step`` of ``total`` (None: the
+    run's own total)."""
+    if progress is None:
+        return None
+
+    def report(step, n, **info):
+        progress(offset + step, total if total is not None else n, **info)
+
+    return report
+
+
+def _better(head, deep):
+    """The result to judge: the one better on the held-back strokes (the head on a tie, or when the
+    other could not be scored)."""
+    if head is None or deep is None:
+        return head if deep is None else deep
+    h, d = head.new_score, deep.new_score
+    if math.isnan(d) or (not math.isnan(h) and h >= d - 0.005):
+        chosen, other = head, deep
+    else:
+        chosen, other = deep, head
+    chosen.alternative = {"method": other.method, "held_out_mean": None if math.isnan(other.new_score)
+                          else float(other.new_score)}
+    logger.info("fine-tuning: %s %.3f against %s %.3f on the held-back strokes", chosen.method, chosen.new_score,
+                other.method, other.new_score)
+    return chosen
 
 
 def _corrected_over(store: CorrectionStore, level: int, region, lut: np.ndarray) -> np.ndarray:
@@ -301,7 +373,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                             resegment: Resegment | None = None, writeback: WriteBack | None = None,
                             class_names: Sequence[str] | None = None, class_colors=None,
                             renames: dict[str, str] | None = None, replay_training: bool = True,
-                            frozen_encoder: bool = True, crop: int | None = None,
+                            frozen_encoder: bool = True, crop: int | None = None, method: str = "auto",
                             parent_source: str | None = None, slide: str | None = None, seed: int = 0,
                             progress: Callable | None = None,
                             cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
@@ -331,6 +403,14 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         the encoder trains too, ~4x the time; see :data:`ENCODER_CROP`).
       crop: training crop side in pixels (around corrections; None: :data:`FROZEN_CROP` with the
         encoder frozen, :data:`ENCODER_CROP` when it trains).
+      method: ``"head"``: fit the pixel head (:mod:`napari_dfa.training.head`) on the verified
+        pixels, everything before it fixed — seconds, and it learns tissue and classes the model
+        never saw; ``"deep"``: train the layers after the encoder (and the encoder with
+        ``frozen_encoder=False``) with :func:`~napari_dfa.training.finetune`, the old labels of
+        the reviewed regions replayed (``replay_training``); ``"auto"`` (default): both, on the same
+        strokes held back, and the one better on them goes to the guard (the head wins ties).
+        ``steps`` (each method's own default when None) applies to the method asked for; with
+        ``auto``, to the deep fine-tune (the head keeps its own).
       parent_source: the model's source, recorded as the parent when training names none.
       slide: the slide recorded in the provenance (default: the store's slide path).
       seed: seeds the hold-out split, crops and replay blocks.
@@ -349,7 +429,11 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     from ..training.frozen import FeatureCache, predict_region
 
     t0 = time.monotonic()
-    steps = default_steps() if steps is None else int(steps)
+    if method not in METHODS:
+        raise DataError(f"unknown fine-tuning method {method!r}; choose one of {', '.join(METHODS)}")
+    steps = None if steps is None else int(steps)
+    if method in ("head", "auto") and not frozen_encoder:
+        method = "deep"  # training the encoder is the deep method's
     old_names = list(segmenter.class_names)
     names = [str(n) for n in class_names] if class_names is not None else old_names
     lut = label_map(old_names, names, renames)
@@ -393,11 +477,25 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         regions.append((f"check region {j + 1}", rgb, np.where(tissue, old_pred, 0).astype(np.uint8), old_pred,
                         _corrected_over(store, level, region, store_lut), None, tissue))
 
-    # finetune() trains a copy, records b_c in its history and writes its provenance.
+    # fit_head() / finetune() train a copy and write its provenance.
     if crop is None:
         crop = FROZEN_CROP if frozen_encoder else ENCODER_CROP
-    result = finetune(start, samples, steps=steps, replay=replay_samples or None, seed=seed, crop=crop,
-                      frozen_encoder=frozen_encoder, cache=cache, progress=progress, cancel=cancel)
+    head_result = deep_result = None
+    head_steps = steps if steps is not None and method == "head" else default_steps("head")
+    deep_steps = steps if steps is not None and method != "head" else default_steps("deep")
+    whole = 2 * head_steps + deep_steps if method == "auto" else None  # the head is fitted twice
+    if method in ("head", "auto"):
+        from ..training.head import fit_head
+
+        # The head learns from verified pixels only: the old labels are no evidence.
+        head_result = fit_head(start, samples, steps=head_steps, seed=seed, cache=cache, cancel=cancel,
+                               progress=_part(progress, 0, total=whole))
+    if method in ("deep", "auto"):
+        deep_result = finetune(start, samples, steps=deep_steps, replay=replay_samples or None, seed=seed, crop=crop,
+                               frozen_encoder=frozen_encoder, cache=cache, cancel=cancel,
+                               progress=_part(progress, 2 * head_steps if method == "auto" else 0, total=whole))
+    result = _better(head_result, deep_result)
+    steps = result.steps
     new = result.segmenter
     new_cache = cache if frozen_encoder else FeatureCache(new.model, multiple=new.input_multiple)
 

@@ -55,6 +55,10 @@ class ModelConfig:
       context (int): suggested tile overlap / padding in pixels for tiled inference.
       norm_excludes_glass (bool): the GroupNorms take their statistics over tissue only, leaving
         out 32-px cells of glass (see :mod:`napari_dfa.model.tissue_norm`); off: over the whole tile.
+      head_sigmas (tuple[float, ...] | None): scales of the pixel head's hand-made features (see
+        :mod:`napari_dfa.model.pixel_head`); None: no head (the decoder's logits are the output).
+      head_hidden, head_smooth, head_stride: the head's MLP width, the σ (px) its class
+        probabilities are smoothed over, and the stride it runs at.
     """
 
     preset: str = "custom"
@@ -87,6 +91,10 @@ class ModelConfig:
     input_multiple: int = 32
     context: int = 32
     norm_excludes_glass: bool = True
+    head_sigmas: tuple[float, ...] | None = None
+    head_hidden: int = 64
+    head_smooth: float = 16.0
+    head_stride: int = 2
 
     def __post_init__(self):
         def bad(msg: str):
@@ -116,6 +124,15 @@ class ModelConfig:
                 )
         if self.difficulty_dice is not None and len(self.difficulty_dice) != self.num_classes:
             bad(f"difficulty_dice has {len(self.difficulty_dice)} values for {self.num_classes} classes")
+        if self.head_sigmas is not None:
+            if not self.head_sigmas or len(self.head_sigmas) > 8 or not all(0 < v <= 64 for v in self.head_sigmas):
+                bad(f"head_sigmas must be 1 to 8 scales in (0, 64] px, got {list(self.head_sigmas)}")
+            if self.head_stride not in (1, 2, 4):
+                bad(f"head_stride must be 1, 2 or 4, got {self.head_stride}")
+            if not 1 <= self.head_hidden <= 1024:
+                bad(f"head_hidden must be 1..1024, got {self.head_hidden}")
+            if not 0 <= self.head_smooth <= 256:
+                bad(f"head_smooth must be 0..256 px, got {self.head_smooth}")
         if self.input_multiple % 32:
             bad(f"input_multiple must be a multiple of 32 (the coarsest stride), got {self.input_multiple}")
 

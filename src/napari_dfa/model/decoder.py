@@ -150,7 +150,8 @@ class DFADecoder(nn.Module):
         class_bias (K,).
 
         Returns: (mask logits B×K×H4×W4, last layer's pixel → token attention averaged over heads,
-        B×K×h×w, a distribution over classes at every memory position, the updated memory B×d×h×w).
+        B×K×h×w, a distribution over classes at every memory position, the mask features the
+        logits read: mask_features + the upsampled updated memory, B×C×H4×W4).
         The mask logits are e_c · (mask_features + upsampled updated memory).
         """
         b, _, h, w = memory.shape
@@ -172,4 +173,4 @@ class DFADecoder(nn.Module):
         mask_features = mask_features + self.memory_upsampler(updated, mask_features.shape[-2:])
         masks = torch.einsum("bkc,bchw->bkhw", embeddings, mask_features)
         focus = attn.mean(dim=1).transpose(1, 2).reshape(b, -1, h, w)  # B×K×h×w
-        return masks, focus, updated
+        return masks, focus, mask_features

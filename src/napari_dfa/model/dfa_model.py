@@ -14,6 +14,7 @@ from .config import ModelConfig
 from .decoder import DFADecoder
 from .encoder import build_encoder
 from .pixel_decoder import FPNPixelDecoder
+from .pixel_head import PixelHead
 from .tissue_norm import glass_cells, glass_context
 
 logger = logging.getLogger(__name__)
@@ -33,16 +34,19 @@ class DFASegModel(nn.Module):
       decoder (DFADecoder): the two-way class-token decoder and mask head; the mask features are
         the FPN stride-4 features plus the decoder-updated memory upsampled ×4 (SAM style).
       bias (ClassBias): b_c of the pixel → token attention (mode ``dfa-out``: also of the output logits).
+      head (PixelHead | None): the pixel head a fine-tune on corrections fits; it reads the image
+        too, so :meth:`decode` then needs it.
     """
 
     def __init__(self, *, config: ModelConfig, encoder: nn.Module, pixel_decoder: FPNPixelDecoder,
-                 decoder: DFADecoder, bias: ClassBias):
+                 decoder: DFADecoder, bias: ClassBias, head: PixelHead | None = None):
         super().__init__()
         self.config = config
         self.encoder = encoder
         self.pixel_decoder = pixel_decoder
         self.decoder = decoder
         self.bias = bias
+        self.head = head  # learnt from a pathologist's strokes (model.pixel_head); None: the decoder's logits
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -62,7 +66,8 @@ class DFASegModel(nn.Module):
         if size[0] % 32 or size[1] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(size)}")
         glass = self.find_glass(x)
-        return self.decode(self.encode(x, glass=glass), size, return_attention=return_attention, glass=glass)
+        return self.decode(self.encode(x, glass=glass), size, return_attention=return_attention, glass=glass,
+                           image=x)
 
     def find_glass(self, x: torch.Tensor) -> torch.Tensor | None:
         """The glass cells (B×1×H/32×W/32 bool) the GroupNorms leave out of their statistics, of a
@@ -81,20 +86,32 @@ class DFASegModel(nn.Module):
             return self.encoder(x)
 
     def decode(self, features: list[torch.Tensor], size, return_attention: bool = False, *,
-               glass: torch.Tensor | None = None) -> dict:
+               glass: torch.Tensor | None = None, image: torch.Tensor | None = None) -> dict:
         """Everything after the encoder: pixel decoder, DFA decoder, logits upsampled to ``size``
-        (H, W). ``glass``: the glass cells of the image the features are of (:meth:`find_glass`).
+        (H, W). ``glass``: the glass cells of the image the features are of (:meth:`find_glass`);
+        ``image``: that image (B×3×H×W in [0, 1]), which a model with a pixel head needs.
         Returns what :meth:`forward` returns."""
+        masks, focus, fused = self.decode_masks(features, glass=glass)
+        if self.head is not None:
+            if image is None:
+                raise ValueError("this model has a pixel head: decode() needs the image as well as its features")
+            logits = self.head(image[..., :size[0], :size[1]], torch.cat([fused, masks], 1), masks)
+        else:
+            logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        return {"logits": logits, "attention": focus if return_attention else None}
+
+    def decode_masks(self, features: list[torch.Tensor], *, glass: torch.Tensor | None = None):
+        """The DFA decoder's stride-4 class logits, its focus maps and the mask features they read
+        (what the pixel head takes)."""
         with glass_context(glass):
             mask_features, memory = self.pixel_decoder(features)
             bias = self.bias()
-            masks, focus, _ = self.decoder(memory, mask_features, bias)  # F fused with the updated memory
+            masks, focus, fused = self.decoder(memory, mask_features, bias)
         if self.bias.reaches_output:
             # dfa-out: b_c is also class c's output offset (a constant per class commutes with the
             # bilinear upsampling, so adding it at stride 4 is the same as after it).
             masks = masks + bias.to(masks.dtype)[None, :, None, None]
-        logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        return {"logits": logits, "attention": focus if return_attention else None}
+        return masks, focus, fused
 
     def set_encoder_frozen(self, frozen: bool = True) -> None:
         """Freeze (or unfreeze) the encoder part that holds pretrained weights."""
@@ -122,7 +139,13 @@ def build_model(config: ModelConfig, *, frequencies: Sequence[float] | None = No
     bias = ClassBias(num_classes=config.num_classes, mode=config.bias_mode, gamma=config.gamma,
                      delta_init_scale=config.delta_init_scale, frequencies=frequencies,
                      difficulty_dice=config.difficulty_dice)
-    model = DFASegModel(config=config, encoder=encoder, pixel_decoder=pixel_decoder, decoder=decoder, bias=bias)
+    head = None
+    if config.head_sigmas:
+        head = PixelHead(num_classes=config.num_classes, deep_channels=config.pixel_dim + config.num_classes,
+                         sigmas=config.head_sigmas, hidden=config.head_hidden, smooth=config.head_smooth,
+                         stride=config.head_stride)
+    model = DFASegModel(config=config, encoder=encoder, pixel_decoder=pixel_decoder, decoder=decoder, bias=bias,
+                        head=head)
     if config.freeze_encoder:
         model.set_encoder_frozen(True)
     n = sum(p.numel() for p in model.parameters())

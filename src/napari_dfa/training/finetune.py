@@ -1,10 +1,9 @@
 """Fine-tuning on a pathologist's corrections, with held-out scores per class.
 
 Only corrected pixels train (everything else is the ignore label 0). A share of the corrections —
-whole 32×32 blocks, so neighbouring pixels of one brush stroke do not sit on both sides — is held
-out, stratified by class (:func:`split_holdout_stratified`): every corrected class with enough
-blocks gets some held out, and a class with too few is named in ``too_few`` instead of being
-scored on nothing. Old and new models are scored per class on the held-out pixels; whether the new
+whole strokes, so no stroke sits on both sides — is held out, stratified by class
+(:func:`split_holdout_by_stroke`): every corrected class with two strokes or more gets some held
+out, and a class with too few is named in ``too_few`` instead of being scored on nothing. Old and new models are scored per class on the held-out pixels; whether the new
 model replaces the old one is decided by :mod:`napari_dfa.corrections.guard`, which also looks at
 what changed where nothing was corrected. Earlier corrections (or the current labels) can be
 replayed against forgetting.
@@ -39,7 +38,7 @@ from .optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
-BLOCK = 32  # hold-out granularity in pixels
+BLOCK = 32  # margin in pixels of the box a held-out score is decoded in
 # A class needs at least this many held-out pixels to be scored: below it, one block more or less
 # swings its Dice by more than any real difference between two models.
 MIN_HELD_OUT_PIXELS = 100
@@ -92,6 +91,8 @@ class FinetuneResult:
     steps: int = 0
     crop: int = 0
     cache: FeatureCache | None = field(default=None, repr=False)
+    method: str = "deep"  # "head": napari_dfa.training.head.fit_head
+    alternative: dict | None = None  # the other method's held-out score, when both ran (method "auto")
 
 
 def _check_samples(samples, num_classes: int, what: str):
@@ -113,73 +114,44 @@ def _check_samples(samples, num_classes: int, what: str):
     return out
 
 
-def split_holdout(mask: np.ndarray, fraction: float, rng: np.random.Generator):
-    """(train mask, held-out mask): whole ``BLOCK``-pixel blocks holding corrections go to the
-    held-out side with probability ``fraction`` (at least one such block when there are two)."""
-    if fraction <= 0:
-        return mask, np.zeros_like(mask)
-    h, w = mask.shape
-    by, bx = -(-h // BLOCK), -(-w // BLOCK)
-    padded = np.zeros((by * BLOCK, bx * BLOCK), bool)
-    padded[:h, :w] = mask > 0
-    has = padded.reshape(by, BLOCK, bx, BLOCK).any(axis=(1, 3))
-    pick = (rng.random((by, bx)) < fraction) & has
-    candidates = np.argwhere(has)
-    if not pick.any() and len(candidates) >= 2:
-        y, x = candidates[rng.integers(len(candidates))]
-        pick[y, x] = True
-    if pick.sum() == has.sum() and has.sum() >= 2:  # keep something to train on
-        y, x = np.argwhere(pick)[rng.integers(pick.sum())]
-        pick[y, x] = False
-    held = np.kron(pick, np.ones((BLOCK, BLOCK), bool))[:h, :w]
-    return np.where(held, 0, mask).astype(np.uint8), np.where(held, mask, 0).astype(np.uint8)
+def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction: float,
+                            rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train mask, held-out mask)]`` per mask, held out by whole strokes: a stroke is a connected
+    region of one class (8-connected; touching strokes of a class are one, as are a QuPath
+    annotation and a confirmed region's part of that class), so no stroke sits on both sides and a
+    held-out pixel never has a trained neighbour of the same stroke.
 
+    Per class, pooled over all masks, random strokes are held out until a ``fraction`` of them and
+    at least :data:`MIN_HELD_OUT_PIXELS` pixels are, never more than half of the class's pixels
+    (unless one stroke alone is more) and never all its strokes. A class with one stroke is not held
+    out: the caller reports it as too few."""
+    from scipy import ndimage
 
-def _block_majority(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """by×bx: the most corrected class of each ``BLOCK`` block (0 where nothing is corrected)."""
-    h, w = mask.shape
-    by, bx = -(-h // BLOCK), -(-w // BLOCK)
-    padded = np.zeros((by * BLOCK, bx * BLOCK), np.int64)
-    padded[:h, :w] = mask
-    blocks = padded.reshape(by, BLOCK, bx, BLOCK).transpose(0, 2, 1, 3).reshape(by, bx, -1)
-    counts = np.stack([(blocks == c).sum(-1) for c in range(1, num_classes + 1)], axis=-1)
-    return np.where(counts.sum(-1) > 0, counts.argmax(-1) + 1, 0)
-
-
-def split_holdout_stratified(masks: list[np.ndarray], num_classes: int, fraction: float,
-                             rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(train mask, held-out mask)]`` per mask, held out per class: of the ``BLOCK`` blocks whose
-    majority is class c (pooled over all masks), random ones are held out until a ``fraction`` of
-    them and at least :data:`MIN_HELD_OUT_PIXELS` pixels of c are, but never more than half of the
-    class's pixels and never all its blocks. A class within a single block is not held out (nothing
-    would be left to train on); the caller reports it as too few."""
-    majority = [_block_majority(m, num_classes) for m in masks]
-    picks = [np.zeros(maj.shape, bool) for maj in majority]
+    eight = np.ones((3, 3), bool)
+    comps = []  # per mask: (component labels, count) per class
+    for m in masks:
+        comps.append({c: ndimage.label(m == c, structure=eight) for c in range(1, num_classes + 1)})
+    held = [np.zeros(m.shape, bool) for m in masks]
     if fraction > 0:
         for c in range(1, num_classes + 1):
-            where = [(i, y, x) for i, maj in enumerate(majority) for y, x in np.argwhere(maj == c)]
-            n = len(where)
+            strokes = [(i, j, int((comps[i][c][0] == j).sum())) for i in range(len(masks))
+                       for j in range(1, comps[i][c][1] + 1)]
+            n = len(strokes)
             if n < 2:
                 continue
-            px = [int((masks[i][y * BLOCK:(y + 1) * BLOCK, x * BLOCK:(x + 1) * BLOCK] == c).sum()) for i, y, x in where]
-            total = sum(px)
+            total = sum(px for _, _, px in strokes)
             want = max(1, int(round(fraction * n)))
-            taken = held = 0
-            for j in rng.permutation(n):
-                if taken >= n - 1 or (taken >= want and held >= MIN_HELD_OUT_PIXELS):
+            taken = got = 0
+            for t in rng.permutation(n):
+                if taken >= n - 1 or (taken >= want and got >= MIN_HELD_OUT_PIXELS):
                     break
-                if taken and held + px[j] > total / 2:
+                i, j, px = strokes[int(t)]
+                if taken and got + px > total / 2:
                     continue
-                i, y, x = where[int(j)]
-                picks[i][y, x] = True
+                held[i] |= comps[i][c][0] == j
                 taken += 1
-                held += px[j]
-    out = []
-    for m, pick in zip(masks, picks):
-        h, w = m.shape
-        held = np.kron(pick, np.ones((BLOCK, BLOCK), bool))[:h, :w]
-        out.append((np.where(held, 0, m).astype(np.uint8), np.where(held, m, 0).astype(np.uint8)))
-    return out
+                got += px
+    return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
 
 
 def _box(mask: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -325,7 +297,7 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_stratified([m for _, m in samples], k, val_fraction, rng)
+    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng)
     train_pairs, val_pairs = [], []
     for (rgb, _), (tr, va) in zip(samples, splits):
         if (tr > 0).any():

@@ -43,11 +43,13 @@ def _to_input(rgb: np.ndarray, device, multiple: int) -> tuple[torch.Tensor, tup
 
 class Features(list):
     """The encoder features of an image (strides 4, 8, 16, 32) and its ``glass`` cells (1×1×H/32×W/32
-    bool, or None), which the decoder's GroupNorms leave out of their statistics as in a forward pass."""
+    bool, or None), which the decoder's GroupNorms leave out of their statistics as in a forward pass;
+    ``image``: the (padded) 1×3×H×W input in [0, 1], which a model's pixel head reads too."""
 
-    def __init__(self, features, glass: torch.Tensor | None = None):
+    def __init__(self, features, glass: torch.Tensor | None = None, image: torch.Tensor | None = None):
         super().__init__(features)
         self.glass = glass
+        self.image = image
 
 
 @torch.no_grad()
@@ -62,7 +64,7 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> Features:
     H, W = x.shape[-2:]
     glass = model.find_glass(x)
     if max(H, W) <= ENCODE_TILE + 2 * ENCODE_OVERLAP:
-        return Features([f.detach() for f in model.encode(x, glass=glass)], glass)
+        return Features([f.detach() for f in model.encode(x, glass=glass)], glass, x)
     out: list[torch.Tensor] | None = None
     step = ENCODE_TILE
     for y0 in range(0, H, step):
@@ -79,13 +81,15 @@ def encode(model, rgb: np.ndarray, *, multiple: int = 32) -> Features:
                 iy0, ix0 = (y0 - ty0) // s, (x0 - tx0) // s
                 h, w = (min(H, y0 + step) - y0) // s, (min(W, x0 + step) - x0) // s
                 full[..., y0 // s:y0 // s + h, x0 // s:x0 // s + w] = f[..., iy0:iy0 + h, ix0:ix0 + w]
-    return Features(out, glass)  # type: ignore[arg-type]
+    return Features(out, glass, x)  # type: ignore[arg-type]
 
 
 def crop_features(features: list[torch.Tensor], y0: int, x0: int, h: int, w: int) -> Features:
     """The features (and glass cells) of the pixel box (y0, x0, h, w); all four multiples of 32."""
+    image = getattr(features, "image", None)
     return Features([f[..., y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s] for f, s in zip(features, STRIDES)],
-                    _glass_of_box(getattr(features, "glass", None), y0, x0, h, w))
+                    _glass_of_box(getattr(features, "glass", None), y0, x0, h, w),
+                    None if image is None else image[..., y0:y0 + h, x0:x0 + w])
 
 
 def _glass_of_box(glass: torch.Tensor | None, y0: int, x0: int, h: int, w: int) -> torch.Tensor | None:
@@ -126,7 +130,8 @@ class FeatureCache:
 
 def decode_logits(model, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """B×K×H×W logits of the layers after the encoder on features of an H×W box."""
-    return model.decode(features, size, glass=getattr(features, "glass", None))["logits"]
+    return model.decode(features, size, glass=getattr(features, "glass", None),
+                        image=getattr(features, "image", None))["logits"]
 
 
 @torch.no_grad()
