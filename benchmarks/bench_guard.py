@@ -11,8 +11,11 @@ of them, as another lab's would), a simulated pathologist corrects the demo mode
 - ``1``, ``2``, ``5``: three thick strokes of one class (inflammatory, tumour, necrosis) across the
   region, over whatever tissue lies there (one_class_strokes): careless corrections.
 
-Each runs the Fine-tune click's workflow (``finetune_on_corrections``, 40 steps, encoder frozen,
-the reviewed region replayed) and records the guard's verdict and the mean Dice against the truth
+With ``--confirm`` the pathologist also confirms two 256² blocks as right ("Looks right": the
+blocks where the model is most often right, with its labels), as a careful one would; without it
+the strokes are all the guard has. Each runs the Fine-tune click's workflow
+(``finetune_on_corrections``: the pixel head and the deep fine-tune of 40 steps, the better on the
+held-back strokes; the reviewed region replayed in the deep one) and records the guard's verdict and the mean Dice against the truth
 where nothing was corrected, before and after. A careless correction the guard promotes while the
 model got worse there is what the guard exists to stop. Prints a Markdown table; ``--out`` keeps
 every verdict as JSON lines. Nothing here is timed.
@@ -42,6 +45,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="demo", help="comma-separated models (demo or .safetensors paths)")
     ap.add_argument("--out", help="JSON lines, one per fine-tuning")
+    ap.add_argument("--confirm", action="store_true", help="also confirm two 256² blocks as right (Looks right)")
     args = ap.parse_args(argv)
 
     import torch
@@ -75,11 +79,15 @@ def main(argv=None) -> int:
                 store = CorrectionStore.for_slide(slide.path, root=tmp / f"{len(rows)}", class_names=seg.class_names)
                 patch = store.create_patch(level=0, region=REGION)
                 store.write(patch.key, (0, 0), painted)
+                if args.confirm:
+                    for y, x in _best_blocks(truth, before):
+                        store.confirm_region(level=0, region=(y, x, 256, 256), labels=before[y:y + 256, x:x + 256])
                 o = finetune_on_corrections(seg, store, slide.read_region, steps=40,
                                             replay=ReplaySpec(0, REGION, before, painted),
                                             resegment=Resegment(slide, 0, REGION))
                 where = (painted == 0) & (truth > 0)
                 row = dict(model=name, size=size, jitter=jitter, seed=seed, kind=kind, status=o.verdict.status,
+                           method=o.result.method, confirmed=bool(args.confirm),
                            before=mean_dice(truth, before, where), after=mean_dice(truth, o.relabelled, where),
                            reason=o.verdict.reason)
                 rows.append(row)
@@ -100,6 +108,13 @@ def main(argv=None) -> int:
                   f"{sum(r['status'] == 'promoted' for r in worse)} | {count('needs_confirmation')} | "
                   f"{count('rejected')} |")
     return 0
+
+
+def _best_blocks(truth, before, n=2, block=256):
+    scores = sorted(((before[y:y + block, x:x + block] == truth[y:y + block, x:x + block]).mean(), y, x)
+                    for y in range(0, truth.shape[0] - block + 1, block)
+                    for x in range(0, truth.shape[1] - block + 1, block))[::-1][:n]
+    return [(y, x) for _, y, x in scores]
 
 
 if __name__ == "__main__":

@@ -285,3 +285,28 @@ def test_a_second_import_replaces_the_first_at_any_level(tmp_path, slide_file):
     store.import_geojson(bare)
     store.import_geojson(bare)  # no ids: the same content is the same import
     assert len(store.patches()) == 3
+
+
+def test_confirmed_regions_go_out_and_come_back_as_confirmed(tmp_path, slide_file):
+    """Export writes a confirmed region's labels as annotations marked with QuPath object metadata
+    (napari-dfa: confirmed); importing the file gives a confirmed patch again beside the strokes."""
+    store = CorrectionStore.for_slide(slide_file, root=tmp_path / "a", class_names=NAMES)
+    strokes = store.create_patch(level=0, region=(0, 0, 200, 200))
+    block = np.zeros((200, 200), np.uint8)
+    block[20:60, 20:60] = 5
+    store.write(strokes.key, (0, 0), block)
+    shown = np.zeros((100, 120), np.uint8)
+    shown[:, :60], shown[:, 60:] = 3, 2
+    store.confirm_region(level=0, region=(300, 300, 100, 120), labels=shown)
+    out = store.export_geojson(tmp_path / "all.geojson")
+    doc = json.loads(out.read_text())
+    marked = [f for f in doc["features"] if f["properties"].get("metadata") == {"napari-dfa": "confirmed"}]
+    assert {f["properties"]["classification"]["name"] for f in marked} == {"stroma", "tumour"}
+
+    again = CorrectionStore.for_slide(slide_file, root=tmp_path / "b", class_names=NAMES)
+    again.import_geojson(out)
+    sources = sorted(p.source for p in again.patches())
+    assert sources == ["confirmed", "geojson:all.geojson"]
+    assert again.counts_by_name() == store.counts_by_name() == {"tumour": 6000, "stroma": 6000, "necrosis": 1600}
+    again.import_geojson(out)  # the same file again: replaced, both patches
+    assert sorted(p.source for p in again.patches()) == ["confirmed", "geojson:all.geojson"]

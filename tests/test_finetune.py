@@ -156,3 +156,23 @@ def test_frozen_encoder_trains_only_after_the_encoder(tiny):
     name = tiny.class_names[target - 1]
     assert result.new_class_scores[name] > result.old_class_scores[name]
     assert result.correction_confusion.sum() == int((mask > 0).sum())
+
+
+def test_strokes_the_old_model_was_trained_on_are_never_held_back():
+    """The old model would be scored on its own training strokes: they train the new one, and the
+    held-back strokes come from the new ones."""
+    from napari_dfa.training.finetune import all_stroke_signatures
+
+    a, b = _strokes()
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 255, (*m.shape, 3), dtype=np.uint8) for m in (a, b)]
+    old_a = a.copy()
+    old_a[:, 100:] = 0  # the old model saw the strokes on the left of mask a
+    seen = set(all_stroke_signatures([(images[0], old_a)], 5))
+    for seed in range(5):
+        (tr, va), _ = split_holdout_by_stroke([a, b], 5, 0.5, np.random.default_rng(seed), images=images, seen=seen)
+        assert not (va[:, :100] > 0).any()  # nothing it was trained on is held back
+        assert (tr[:, :100] == a[:, :100]).all()  # ... and all of it trains
+    # class 3 has one stroke the old model saw and one it did not: the new one is held back
+    (tr, va), _ = split_holdout_by_stroke([a, b], 5, 0.5, np.random.default_rng(0), images=images, seen=seen)
+    assert (va == 3).sum() == 30 * 40 and (tr == 3).sum() == 30 * 30

@@ -90,6 +90,7 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     qtbot.waitUntil(lambda: f"{n_painted} px" in ft_w.saved_label.text(), timeout=600_000)
 
     old_model = ft_w.session.segmenter
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(40)
     # An untrained model: whatever the guard says of what it learns, let the user decide.
     ft_w.guard.setChecked(False)
@@ -107,6 +108,10 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     assert [ft_w.area_table.item(i, 0).text() for i in range(5)] == list(old_model.class_names)
     assert ft_w.review_label.text() == ft_w.pending.verdict.reason
     ft_w.accept_button.click()
+    if not ft_w.pending.promoted:  # the guard did not promote it: the first click says what it does
+        assert "Click Accept again to use it anyway" in ft_w.status.text(), ft_w.status.text()
+        assert ft_w.session.segmenter is old_model
+        ft_w.accept_button.click()
     assert "Accepted" in ft_w.status.text(), ft_w.status.text()
     assert "DFA changes (review)" not in viewer.layers and not ft_w.accept_button.isEnabled()
     assert ft_w.session.segmenter is not old_model
@@ -147,11 +152,12 @@ def test_roll_back_then_segment_works(segmented, qtbot):
     layer = ft_w.start_corrections()
     layer.data_setitem((np.arange(40, 120).repeat(80), np.tile(np.arange(40, 120), 80)), 3)
     original = ft_w.session.segmenter
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(3)
     ft_w.guard.setChecked(False)
     ft_w.finetune()
     wait_worker(qtbot, ft_w)
-    assert ft_w.accept()
+    assert ft_w.accept(confirm=True)
     tuned = ft_w.session.segmenter
     assert seg_w.model_combo.currentData() == ft_w.session.model_source  # Segment follows the model in use
     seg_w.segment()
@@ -190,13 +196,14 @@ def test_a_class_of_their_own_end_to_end(segmented, qtbot):
     h, w = layer.data.shape
     ys, xs = np.mgrid[h // 4:3 * h // 4, w // 4:3 * w // 4]
     layer.data_setitem((ys.ravel(), xs.ravel()), 6)
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(40)
     ft_w.guard.setChecked(False)
     ft_w.finetune()
     wait_worker(qtbot, ft_w)
     assert ft_w.pending is not None, ft_w.status.text()
     assert [ft_w.area_table.item(i, 0).text() for i in range(ft_w.area_table.rowCount())][-1] == "fat"
-    assert ft_w.accept()
+    assert ft_w.accept(confirm=True)
     seg = ft_w.session.segmenter
     assert seg.class_names[-1] == "fat" and tuple(seg.class_colors[-1]) == (250, 230, 150)
     labels = viewer.layers[res.labels_layer]
@@ -374,12 +381,13 @@ def test_save_model_writes_provenance(segmented, qtbot, tmp_path):
     viewer, image, seg_w, att_w, ft_w = segmented
     layer = ft_w.start_corrections()
     layer.data_setitem((np.arange(40, 90).repeat(50), np.tile(np.arange(40, 90), 50)), 2)
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(3)
     ft_w.guard.setChecked(False)  # keep it whatever the guard says
     ft_w.train_encoder.setChecked(True)  # the deeper fine-tune: the encoder trains too
     ft_w.finetune()
     wait_worker(qtbot, ft_w, timeout=600_000)
-    assert ft_w.accept(), ft_w.status.text()
+    assert ft_w.accept(confirm=True), ft_w.status.text()
     out = ft_w.save_model(tmp_path / "tuned.safetensors")
     assert out is not None and out.exists()
     again = load_model(out)
@@ -519,6 +527,7 @@ def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, q
     target = int(np.bincount(before.ravel(), minlength=6)[1:].argmin()) + 1
     ys, xs = np.mgrid[h // 4:3 * h // 4, w // 4:3 * w // 4]
     layer.data_setitem((ys.ravel(), xs.ravel()), target)
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(30)
     ft_w.guard.setChecked(False)
     ft_w.finetune()
@@ -526,7 +535,7 @@ def test_whole_slide_result_is_corrected_in_its_zarr_store(make_napari_viewer, q
     np.testing.assert_array_equal(np.asarray(level0[y0:y0 + h, x0:x0 + w]), before)  # not before Accept
     old_store = seg_w.session.result.store_path
     old_all = np.asarray(LabelsStore.open(old_store, mode="r").labels[...])
-    assert ft_w.accept(), ft_w.status.text()
+    assert ft_w.accept(confirm=True), ft_w.status.text()
     # The old model's whole-slide store is its own: not one pixel of it changed.
     np.testing.assert_array_equal(np.asarray(LabelsStore.open(old_store, mode="r").labels[...]), old_all)
     new_store = seg_w.session.result.store_path
@@ -555,6 +564,7 @@ def test_cancel_fine_tuning_keeps_the_model(segmented, qtbot):
     layer = ft_w.start_corrections()
     layer.data_setitem((np.arange(20, 60).repeat(40), np.tile(np.arange(20, 60), 40)), 4)
     model = ft_w.session.segmenter
+    ft_w.deep.setChecked(True)  # the deep fine-tune's mechanics, with its steps
     ft_w.steps.setValue(2000)
     ft_w._bridge.progress.connect(lambda v: ft_w.cancel())
     ft_w.finetune()
@@ -562,3 +572,47 @@ def test_cancel_fine_tuning_keeps_the_model(segmented, qtbot):
     assert "cancelled" in ft_w.status.text().lower(), ft_w.status.text()
     assert ft_w.session.segmenter is model
     assert ft_w.finetune_button.isEnabled() and not ft_w.cancel_button.isEnabled()
+
+
+def test_looks_right_keeps_the_labels_shown_as_verified(segmented, qtbot):
+    """"Looks right" stores the labels over the region under review as verified (a confirmed
+    patch): listed with the corrections, by class, and strokes painted over them win."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+    labels = viewer.layers[seg_w.session.result.labels_layer]
+    patch = ft_w.confirm_view()
+    assert patch is not None and patch.source == "confirmed", ft_w.status.text()
+    store = CorrectionStore(ft_w.store().path, create=False)
+    np.testing.assert_array_equal(store.read(patch.key), labels.data)
+    assert "Confirmed the labels in view as right" in ft_w.status.text()
+    sources = [ft_w.saved_list.topLevelItem(i).text(3) for i in range(ft_w.saved_list.topLevelItemCount())]
+    assert sources == ["confirmed"]
+    # A stroke over the confirmed region: the stroke is what trains there.
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(0, 10).repeat(10), np.tile(np.arange(0, 10), 10)), 2)
+    samples = store.samples(ft_w._image_pyramid().read)
+    confirmed = [m for _, m in samples if (m > 0).sum() > 1000]
+    strokes = [m for _, m in samples if (m > 0).sum() == 100]
+    assert len(confirmed) == 1 and len(strokes) == 1
+    assert (confirmed[0] > 0).sum() == (labels.data > 0).sum() - int((labels.data[:10, :10] > 0).sum())
+
+
+def test_with_the_guard_on_a_model_it_cannot_test_is_accepted_only_when_asked_twice(segmented, qtbot):
+    """Default fine-tune (pixel head and deep, the better one), guard on, one stroke: too little to
+    test it. Accept says what it would change and keeps the model; the second click accepts."""
+    viewer, image, seg_w, att_w, ft_w = segmented
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(60, 120).repeat(60), np.tile(np.arange(60, 120), 60)), 3)
+    old = ft_w.session.segmenter
+    assert ft_w.guard.isChecked() and not ft_w.deep.isChecked() and not ft_w.steps.isEnabled()
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w, timeout=600_000)
+    outcome = ft_w.pending
+    assert outcome is not None and outcome.verdict.status == "needs_confirmation", ft_w.status.text()
+    assert "Paint one more stroke of stroma" in ft_w.status.text()
+    assert {outcome.result.method, outcome.result.alternative["method"]} == {"head", "deep"}
+    assert ft_w.look_list.count() == len(outcome.look_next())
+    assert ft_w.accept_button.isEnabled()
+    ft_w.accept_button.click()
+    assert ft_w.session.segmenter is old and "Click Accept again to use it anyway" in ft_w.status.text()
+    ft_w.accept_button.click()
+    assert ft_w.session.segmenter is outcome.candidate and "Accepted" in ft_w.status.text()

@@ -69,6 +69,8 @@ class GeoJSONImport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     per_class: dict[str, int] = field(default_factory=dict)
     feature_ids: list[str] = field(default_factory=list)  # QuPath's object ids of the imported features
+    # regions confirmed as right ("Looks right"; QuPath object metadata napari-dfa = confirmed), as polygons
+    confirmed: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # correction patches an import replaced
 
     def report(self, limit: int = 20) -> str:
@@ -92,7 +94,7 @@ def read_class_polygons(path: str | os.PathLike, class_names: list[str]) -> "Geo
     found = read_geojson(path, class_names)
     if found.skipped:
         logger.warning("%s", found.report())
-    if not any(label > 0 for label, _ in found.polygons):
+    if not any(label > 0 for label, _ in found.polygons + found.confirmed):
         why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
         raise DataError(f"{found.source}: no class-annotated polygons found (set a classification in QuPath "
                         f"that the model knows: {', '.join(class_names)}){why}")
@@ -214,9 +216,20 @@ def _own_polygons(feat: dict, props: dict, where: str, lowered, class_names, obj
     fid = feat.get("id", props.get("id"))
     if isinstance(fid, (str, int)) and not isinstance(fid, bool) and str(fid):
         found.feature_ids.append(str(fid))
+    confirmed = is_confirmed(props)
     for rings in polys:
-        found.polygons.append((label, rings))
+        (found.confirmed if confirmed else found.polygons).append((label, rings))
         found.per_class[cls] = found.per_class.get(cls, 0) + 1
+
+
+CONFIRMED = {"napari-dfa": "confirmed"}  # QuPath object metadata of a region confirmed as right
+
+
+def is_confirmed(props: dict) -> bool:
+    """Whether a feature is a region the pathologist confirmed as right (exported by napari-dfa
+    with QuPath object metadata ``napari-dfa: confirmed``, which QuPath keeps)."""
+    meta = props.get("metadata")
+    return isinstance(meta, dict) and str(meta.get("napari-dfa", "")).lower() == "confirmed"
 
 
 def _object_type(feat: dict, props: dict) -> str:

@@ -39,7 +39,7 @@ import zarr
 from ..arrays import compute_local
 from ..errors import DataError
 from ..paths import content_key, corrections_store_path
-from .geojson import GeoJSONImport, rasterise_polygons, read_class_polygons
+from .geojson import CONFIRMED, GeoJSONImport, rasterise_polygons, read_class_polygons
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +393,11 @@ class CorrectionStore:
             if not mask.any():
                 continue
             offset = (p.region[0] * p.downsample, p.region[1] * p.downsample)
-            features += labels_to_geojson(mask, self.class_names, class_colors, p.downsample, offset)["features"]
+            feats = labels_to_geojson(mask, self.class_names, class_colors, p.downsample, offset)["features"]
+            if p.source == "confirmed":  # read back as confirmed, by napari-dfa and through QuPath
+                for f in feats:
+                    f["properties"]["metadata"] = dict(CONFIRMED)
+            features += feats
         path = Path(path)
         path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
         logger.info("%s: exported %d correction features to %s", self.path, len(features), path)
@@ -422,19 +426,26 @@ class CorrectionStore:
         if not names:
             raise DataError(f"{path}: the store knows no class names; load a model first")
         found: GeoJSONImport = read_class_polygons(path, names)
-        mask, (y0, x0) = rasterise_polygons(found.polygons, downsample=downsample, level_shape=level_shape,
-                                            source=path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         ids = set(found.feature_ids)
         for p in self.patches():
             a = self._array(p.key).attrs
-            if p.source.startswith("geojson:") and (a.get("sha256") == digest or ids & set(a.get("feature_ids", []))):
+            ours = p.source.startswith("geojson:") or (p.source == "confirmed" and "sha256" in a)
+            if ours and (a.get("sha256") == digest or ids & set(a.get("feature_ids", []))):
                 self.delete(p.key)
                 found.replaced.append(p.key)
-        patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
-                                  downsample=downsample, source=f"geojson:{path.name}")
-        self.write(patch.key, (0, 0), mask)
-        self._array(patch.key).attrs.update(sha256=digest, feature_ids=sorted(ids))
+        made = []
+        # Regions confirmed as right get a patch of their own, as "Looks right" makes.
+        for polygons, source in ((found.polygons, f"geojson:{path.name}"), (found.confirmed, "confirmed")):
+            if not polygons:
+                continue
+            mask, (y0, x0) = rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape, source=path)
+            patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
+                                      downsample=downsample, source=source)
+            self.write(patch.key, (0, 0), mask)
+            self._array(patch.key).attrs.update(sha256=digest, feature_ids=sorted(ids))
+            made.append(patch)
+        patch = made[0]
         logger.info("%s: imported %d polygons from %s into patch %s", self.path, len(found.polygons), path, patch.key)
         return (patch, found) if report else patch
 

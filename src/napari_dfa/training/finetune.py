@@ -114,8 +114,39 @@ def _check_samples(samples, num_classes: int, what: str):
     return out
 
 
+def stroke_signature(rgb: np.ndarray, stroke: np.ndarray, label: int) -> str:
+    """A stroke's identity, whatever crop it was read in: a hash of its class, its shape and the
+    pixels under it. A model records those it was trained on (provenance ``finetune.strokes``)."""
+    import hashlib
+
+    ys, xs = np.nonzero(stroke)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.array([label, ys.max() - ys.min(), xs.max() - xs.min(), ys.size], np.int64).tobytes())
+    h.update(np.ascontiguousarray(rgb[ys, xs]).tobytes())
+    return h.hexdigest()
+
+
+def trained_strokes(segmenter) -> set[str]:
+    """Signatures of the strokes ``segmenter`` was fine-tuned on (its provenance), if any."""
+    prov = (segmenter.metadata.get("provenance") or {}).get("finetune") or {}
+    return {str(v) for v in prov.get("strokes") or []}
+
+
+def all_stroke_signatures(samples, num_classes: int) -> list[str]:
+    """The signatures of every stroke of ``samples`` (to record what a model was trained on)."""
+    from scipy import ndimage
+
+    out = []
+    for rgb, m in samples:
+        for c in range(1, num_classes + 1):
+            lab, n = ndimage.label(m == c, structure=np.ones((3, 3), bool))
+            out += [stroke_signature(rgb, lab == j, c) for j in range(1, n + 1)]
+    return sorted(set(out))
+
+
 def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction: float,
-                            rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+                            rng: np.random.Generator, *, images: list[np.ndarray] | None = None,
+                            seen: set[str] | frozenset = frozenset()) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(train mask, held-out mask)]`` per mask, held out by whole strokes: a stroke is a connected
     region of one class (8-connected; touching strokes of a class are one, as are a QuPath
     annotation and a confirmed region's part of that class), so no stroke sits on both sides and a
@@ -124,7 +155,11 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
     Per class, pooled over all masks, random strokes are held out until a ``fraction`` of them and
     at least :data:`MIN_HELD_OUT_PIXELS` pixels are, never more than half of the class's pixels
     (unless one stroke alone is more) and never all its strokes. A class with one stroke is not held
-    out: the caller reports it as too few."""
+    out: the caller reports it as too few.
+
+    ``seen``: signatures (:func:`stroke_signature`, of the strokes in ``images``) of strokes the
+    model being compared against was trained on. They are never held back: the old model would be
+    scored on its own training strokes (it won on them, and a better new model was rejected)."""
     from scipy import ndimage
 
     eight = np.ones((3, 3), bool)
@@ -135,15 +170,18 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
     if fraction > 0:
         for c in range(1, num_classes + 1):
             strokes = [(i, j, int((comps[i][c][0] == j).sum())) for i in range(len(masks))
-                       for j in range(1, comps[i][c][1] + 1)]
+                       for j in range(1, comps[i][c][1] + 1)
+                       if not seen or images is None
+                       or stroke_signature(images[i], comps[i][c][0] == j, c) not in seen]
             n = len(strokes)
-            if n < 2:
+            total_strokes = sum(comps[i][c][1] for i in range(len(masks)))
+            if n < 1 or total_strokes < 2:
                 continue
-            total = sum(px for _, _, px in strokes)
+            total = int(sum((m == c).sum() for m in masks))
             want = max(1, int(round(fraction * n)))
             taken = got = 0
             for t in rng.permutation(n):
-                if taken >= n - 1 or (taken >= want and got >= MIN_HELD_OUT_PIXELS):
+                if taken >= min(n, total_strokes - 1) or (taken >= want and got >= MIN_HELD_OUT_PIXELS):
                     break
                 i, j, px = strokes[int(t)]
                 if taken and got + px > total / 2:
@@ -297,7 +335,8 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng)
+    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
+                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
     train_pairs, val_pairs = [], []
     for (rgb, _), (tr, va) in zip(samples, splits):
         if (tr > 0).any():
@@ -420,7 +459,8 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
                      "old_score": None if np.isnan(old_score) else old_score,
                      "new_score": None if np.isnan(new_score) else new_score,
                      "old_class_scores": old_scores, "new_class_scores": new_scores,
-                     "held_out_too_few": too_few, "promoted": promoted},
+                     "held_out_too_few": too_few, "promoted": promoted,
+                     "strokes": all_stroke_signatures(samples, k)},
     }
     new.metadata.pop("source", None)  # not loaded from a file: saving stamps a fresh provenance
     logger.info("fine-tuned on %d corrected pixels (%d held out, encoder %s): score %.4f -> %.4f in %.1f s",

@@ -31,7 +31,9 @@ from .finetune import (
     _check_samples,
     _per_class_dice,
     _mean,
+    all_stroke_signatures,
     split_holdout_by_stroke,
+    trained_strokes,
 )
 from .frozen import FeatureCache, predict_from_features
 from .metrics import confusion_matrix
@@ -206,7 +208,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng)
+    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
+                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
     held_masks = [va for _, va in splits]
     per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
     held_cls = np.zeros(k + 1, np.int64)
@@ -264,7 +267,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
                      "old_score": None if np.isnan(old_score) else old_score,
                      "new_score": None if np.isnan(new_score) else new_score,
                      "old_class_scores": old_scores, "new_class_scores": new_scores,
-                     "held_out_too_few": too_few, "promoted": promoted},
+                     "held_out_too_few": too_few, "promoted": promoted,
+                     "strokes": all_stroke_signatures(samples, k)},
     }
     new.metadata.pop("source", None)
     logger.info("pixel head fitted on %d verified pixels (%d held out): score %.4f -> %.4f in %.1f s",
