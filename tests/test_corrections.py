@@ -310,3 +310,23 @@ def test_confirmed_regions_go_out_and_come_back_as_confirmed(tmp_path, slide_fil
     assert again.counts_by_name() == store.counts_by_name() == {"tumour": 6000, "stroma": 6000, "necrosis": 1600}
     again.import_geojson(out)  # the same file again: replaced, both patches
     assert sorted(p.source for p in again.patches()) == ["confirmed", "geojson:all.geojson"]
+
+
+def test_class_names_match_as_pathologists_write_them(tmp_path, slide_file):
+    """QuPath's default "Tumor" is the model's "tumour", "Immune cells" its "inflammatory", UK/US
+    spellings are one class: nothing is skipped or added twice, and the match is named."""
+    from napari_dfa.corrections import geojson_classes, matched_names, missing_classes
+
+    square = lambda x: [[[x, 0], [x + 10, 0], [x + 10, 10], [x, 10], [x, 0]]]  # noqa: E731
+    gj = tmp_path / "qupath.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _qupath_feature("Tumor", square(0)), _qupath_feature("Immune cells", square(20)),
+        _qupath_feature("Hemorrhage", square(40)), _qupath_feature("Fat", square(60))]}))
+    names = [*NAMES, "haemorrhage"]
+    found = geojson_classes(gj)
+    assert missing_classes(found, names) == ["Fat"]
+    assert matched_names(found, names) == {"Tumor": "tumour", "Immune cells": "inflammatory",
+                                           "Hemorrhage": "haemorrhage"}
+    store = CorrectionStore.for_slide(slide_file, root=tmp_path, class_names=names)
+    store.import_geojson(gj)
+    assert store.counts_by_name() == {"inflammatory": 100, "tumour": 100, "haemorrhage": 100}

@@ -153,15 +153,15 @@ def test_dfa_out_trains_and_delta_gets_a_gradient():
 
 
 def test_mask_features_include_the_updated_memory():
-    """The decoder returns the memory its two-way layers updated, and the mask logits depend on it
-    through ``memory_upsampler`` (zeroing that path changes the logits)."""
+    """The decoder returns the mask features its logits read — the FPN's plus the memory its
+    two-way layers updated, through ``memory_upsampler`` (zeroing that path changes the logits)."""
     model = build_model(tiny(), frequencies=FREQS).eval()
     x = images(b=1, size=64)
     with torch.no_grad():
         feats = model.pixel_decoder(model.encoder((x - model.pixel_mean) / model.pixel_std))
-        masks, focus, updated = model.decoder(feats[1], feats[0], model.bias())
-        assert updated.shape == feats[1].shape  # B×d×h16×w16
-        assert not torch.allclose(updated, feats[1])  # really the updated memory
+        masks, focus, fused = model.decoder(feats[1], feats[0], model.bias())
+        assert fused.shape == feats[0].shape  # B×C×h4×w4
+        assert not torch.allclose(fused, feats[0])  # the updated memory is in them
         ref = model(x)["logits"]
         model.decoder.memory_upsampler.proj.weight.zero_()
         model.decoder.memory_upsampler.norm.bias.fill_(-1e4)  # GELU(−1e4) = 0: the path contributes nothing

@@ -49,7 +49,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..classes import default_colors
-from ..corrections import CorrectionStore, geojson_classes, missing_classes, slide_content_key
+from ..corrections import CorrectionStore, geojson_classes, matched_names, missing_classes, slide_content_key
 from ..corrections.guard import label_map
 from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
@@ -651,6 +651,7 @@ class FinetuneWidget(DFAWidget):
             res = self.session.result
             level = res.level if res is not None else pyramid.level_for(self.session.segmenter.mpp)
             found = geojson_classes(path)
+            matched = matched_names(found, self.class_names())
             missing = missing_classes(found, self.class_names())
             if missing and add_missing:
                 for name in missing:
@@ -669,6 +670,8 @@ class FinetuneWidget(DFAWidget):
                 self.viewer.layers.remove(lyr)
         layer = self._show_patch(store, patch, pyramid)
         text = f"Imported {Path(path).name}: {int((layer.data > 0).sum())} corrected pixels."
+        if matched:
+            text += " Read " + ", ".join(f"QuPath's {k} as {v}" for k, v in matched.items()) + "."
         if report.replaced:
             text += (" It replaced the earlier import of the same annotations (same file or QuPath ids), "
                      "so nothing is counted twice.")

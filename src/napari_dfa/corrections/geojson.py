@@ -83,6 +83,30 @@ class GeoJSONImport:
         return "\n".join(lines)
 
 
+# Class names as pathologists write them: US and UK spellings, and QuPath's built-in classes, match
+# the model's names (shown in the Fine-tune widget's import message and the CLI's report).
+SPELLINGS = {"tumor": "tumour", "hemorrhage": "haemorrhage", "edema": "oedema", "hematoxylin": "haematoxylin",
+             "esophagus": "oesophagus", "leukocyte": "leucocyte", "leukocytes": "leucocytes", "anemia": "anaemia"}
+QUPATH_CLASSES = {"immune cells": "inflammatory"}  # QuPath's default classes that mean one of ours
+
+
+def canonical(name: str) -> str:
+    """How a class name is matched: lower case, spaces collapsed, US spellings as UK ones word by
+    word ("Tumor" and "tumour" are one class)."""
+    words = str(name).strip().lower().replace("_", " ").split()
+    return " ".join(SPELLINGS.get(w, w) for w in words)
+
+
+def class_matcher(class_names) -> dict[str, int]:
+    """``{canonical name: label}`` for a class list, with QuPath's built-in names that mean one of
+    them (``Immune cells`` → ``inflammatory`` when the list has it and no class of that name)."""
+    out = {canonical(n): i + 1 for i, n in enumerate(class_names)}
+    for qupath, ours in QUPATH_CLASSES.items():
+        if qupath not in out and ours in out:
+            out[qupath] = out[ours]
+    return out
+
+
 def read_geojson_polygons(path: str | os.PathLike, class_names: list[str]) -> list[tuple[int, list]]:
     """``[(label, rings)]`` from a QuPath GeoJSON file (see :func:`read_class_polygons`)."""
     return read_class_polygons(path, class_names).polygons
@@ -107,7 +131,7 @@ def read_geojson(path: str | os.PathLike, class_names: list[str], *,
     ``.geojson.gz``, ``.zip``); never raises for one bad feature, only for an unreadable file."""
     path = Path(path)
     found = GeoJSONImport(source=str(path))
-    lowered = [str(n).lower() for n in class_names]
+    lowered = class_matcher(class_names)
     for member, doc in _documents(path):
         prefix = f"{member}: " if member else ""
         if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
@@ -198,8 +222,8 @@ def _own_polygons(feat: dict, props: dict, where: str, lowered, class_names, obj
         if cand.lower().startswith("ignore"):
             label = 0  # QuPath's Ignore*: not corrected
             break
-        if cand.lower() in lowered:
-            label = lowered.index(cand.lower()) + 1
+        if canonical(cand) in lowered:
+            label = lowered[canonical(cand)]
             break
     if label is None:
         found.skipped.append((where, f"class {name!r}, which the model does not know "
@@ -381,8 +405,20 @@ def geojson_classes(path: str | os.PathLike) -> dict[str, dict]:
 def missing_classes(found: dict[str, dict], class_names: Iterable[str]) -> list[str]:
     """Names of ``found`` (from :func:`geojson_classes`) that match none of ``class_names`` the way
     the reader matches (case-insensitive; a derived ``"Tumor: Positive"`` also as ``"Tumor"``)."""
-    known = {str(n).lower() for n in class_names}
-    return [n for n in found if n.lower() not in known and n.split(":")[0].strip().lower() not in known]
+    known = class_matcher(class_names)
+    return [n for n in found if canonical(n) not in known and canonical(n.split(":")[0]) not in known]
+
+
+def matched_names(found: dict[str, dict], class_names) -> dict[str, str]:
+    """``{name in the file: class it was matched to}`` for names that differ from the class's own
+    (case aside): what an import says it did ("Tumor" → "tumour", "Immune cells" → "inflammatory")."""
+    known = class_matcher(class_names)
+    out = {}
+    for n in found:
+        label = known.get(canonical(n), known.get(canonical(n.split(":")[0])))
+        if label is not None and str(class_names[label - 1]).lower() != n.split(":")[0].strip().lower():
+            out[n] = class_names[label - 1]
+    return out
 
 
 def _qupath_color(color) -> tuple[int, int, int] | None:

@@ -154,7 +154,7 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
 
     Per class, pooled over all masks, random strokes are held out until a ``fraction`` of them and
     at least :data:`MIN_HELD_OUT_PIXELS` pixels are, never more than half of the class's pixels
-    (unless one stroke alone is more) and never all its strokes. A class with one stroke is not held
+    (unless strokes the old model saw keep training it) and never all its strokes. A class with one stroke is not held
     out: the caller reports it as too few.
 
     ``seen``: signatures (:func:`stroke_signature`, of the strokes in ``images``) of strokes the
@@ -178,18 +178,77 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
             if n < 1 or total_strokes < 2:
                 continue
             total = int(sum((m == c).sum() for m in masks))
+            seen_px = total - sum(px for _, _, px in strokes)
             want = max(1, int(round(fraction * n)))
             taken = got = 0
             for t in rng.permutation(n):
                 if taken >= min(n, total_strokes - 1) or (taken >= want and got >= MIN_HELD_OUT_PIXELS):
                     break
                 i, j, px = strokes[int(t)]
-                if taken and got + px > total / 2:
+                # Most of a class stays to train on, unless strokes the old model saw train it anyway.
+                if got + px > total / 2 and not (taken == 0 and seen_px > 0):
                     continue
                 held[i] |= comps[i][c][0] == j
                 taken += 1
                 got += px
     return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
+
+
+@dataclass
+class HoldOut:
+    """The strokes held back to score old and new models (:func:`plan_holdout`).
+
+    Attributes: ``splits`` ``[(train mask, held-out mask)]`` per sample; ``per_class`` and
+    ``held_per_class`` pixel counts by label (index 0 unused); ``scored`` the class names with at
+    least :data:`MIN_HELD_OUT_PIXELS` held back; ``too_few`` ``{name: held-back px}`` of the other
+    corrected classes."""
+
+    splits: list
+    per_class: np.ndarray
+    held_per_class: np.ndarray
+    scored: list
+    too_few: dict
+
+
+def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
+    """Whole strokes of ``samples`` held back per class (:func:`split_holdout_by_stroke`), never
+    those ``segmenter`` was trained on; the same seed holds back the same strokes for every method."""
+    k, names = segmenter.num_classes, list(segmenter.class_names)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
+                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
+    per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
+    held = np.zeros(k + 1, np.int64)
+    for _, va in splits:
+        held += np.bincount(va.ravel(), minlength=k + 1)
+    scored = [names[c - 1] for c in range(1, k + 1) if held[c] >= MIN_HELD_OUT_PIXELS]
+    too_few = {names[c - 1]: int(held[c]) for c in range(1, k + 1) if per_class[c] > 0 and held[c] < MIN_HELD_OUT_PIXELS}
+    return HoldOut(splits, per_class, held, scored, too_few)
+
+
+def correction_provenance(segmenter, samples, plan: HoldOut, settings: dict, old_scores: dict, new_scores: dict,
+                          **corrections) -> dict:
+    """The provenance of a model fine-tuned on ``samples``: its parent, the corrections (pixels per
+    class, held back; ``corrections`` adds to them), the ``settings`` and scores of the run, and the
+    signatures of the strokes it was trained on (the next run never holds those back)."""
+    k, names = segmenter.num_classes, list(segmenter.class_names)
+    old_score, new_score = _mean(old_scores), _mean(new_scores)
+    parent_prov = segmenter.metadata.get("provenance") or {}
+    return {
+        "parent": segmenter.metadata.get("source") or parent_prov.get("parent"),
+        "parent_provenance": parent_prov,
+        "data": "corrections",
+        "corrections": {"corrected_pixels": int(plan.per_class[1:].sum()),
+                        "held_out_pixels": int(plan.held_per_class[1:].sum()), "samples": len(samples),
+                        **corrections,
+                        "per_class": {names[c - 1]: int(plan.per_class[c]) for c in range(1, k + 1) if plan.per_class[c]}},
+        "finetune": {**settings, "old_score": None if np.isnan(old_score) else old_score,
+                     "new_score": None if np.isnan(new_score) else new_score,
+                     "old_class_scores": old_scores, "new_class_scores": new_scores,
+                     "held_out_too_few": dict(plan.too_few),
+                     "promoted": bool(np.isnan(old_score) or new_score >= old_score),
+                     "strokes": all_stroke_signatures(samples, k)},
+    }
 
 
 def _box(mask: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -334,11 +393,9 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     corrected = int(sum((m > 0).sum() for _, m in samples))
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
-                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
+    plan = plan_holdout(segmenter, samples, val_fraction, seed)
     train_pairs, val_pairs = [], []
-    for (rgb, _), (tr, va) in zip(samples, splits):
+    for (rgb, _), (tr, va) in zip(samples, plan.splits):
         if (tr > 0).any():
             train_pairs.append((rgb, tr))
         if (va > 0).any():
@@ -346,14 +403,8 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     train_pairs += [(rgb, m) for rgb, m in replay if (m > 0).any()]
     if not train_pairs:  # a single block: it cannot be split, train on it (and say so below)
         train_pairs = [(rgb, m) for rgb, m in samples if (m > 0).any()]
-    per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
-    held_cls = np.zeros(k + 1, np.int64)
-    for _, va in val_pairs:
-        held_cls += np.bincount(va.ravel(), minlength=k + 1)
+    per_class, held_cls, scored, too_few = plan.per_class, plan.held_per_class, plan.scored, plan.too_few
     held = int(held_cls[1:].sum())
-    scored = [names[c - 1] for c in range(1, k + 1) if held_cls[c] >= MIN_HELD_OUT_PIXELS]
-    too_few = {names[c - 1]: int(held_cls[c]) for c in range(1, k + 1)
-               if per_class[c] > 0 and held_cls[c] < MIN_HELD_OUT_PIXELS}
     multiple = segmenter.input_multiple
     crop = int(math.ceil(crop / multiple) * multiple)
 
@@ -445,23 +496,11 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     old_score, new_score = _mean(old_scores), _mean(new_scores)
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
     new.record_bias(phase="finetune", step=steps)
-    parent_prov = segmenter.metadata.get("provenance") or {}
     seconds = time.monotonic() - t0
-    new.metadata["provenance"] = {
-        "parent": segmenter.metadata.get("source") or parent_prov.get("parent"),
-        "parent_provenance": parent_prov,
-        "data": "corrections",
-        "corrections": {"corrected_pixels": corrected, "held_out_pixels": held, "samples": len(samples),
-                        "replay_samples": len(replay),
-                        "per_class": {names[c - 1]: int(per_class[c]) for c in range(1, k + 1) if per_class[c]}},
-        "finetune": {"steps": steps, "lr": lr, "batch_size": batch_size, "crop": crop, "seed": seed,
-                     "frozen_encoder": bool(frozen_encoder),
-                     "old_score": None if np.isnan(old_score) else old_score,
-                     "new_score": None if np.isnan(new_score) else new_score,
-                     "old_class_scores": old_scores, "new_class_scores": new_scores,
-                     "held_out_too_few": too_few, "promoted": promoted,
-                     "strokes": all_stroke_signatures(samples, k)},
-    }
+    new.metadata["provenance"] = correction_provenance(
+        segmenter, samples, plan, {"steps": steps, "lr": lr, "batch_size": batch_size, "crop": crop, "seed": seed,
+                                   "frozen_encoder": bool(frozen_encoder)},
+        old_scores, new_scores, replay_samples=len(replay))
     new.metadata.pop("source", None)  # not loaded from a file: saving stamps a fresh provenance
     logger.info("fine-tuned on %d corrected pixels (%d held out, encoder %s): score %.4f -> %.4f in %.1f s",
                 corrected, held, "frozen" if frozen_encoder else "trained", old_score, new_score, seconds)

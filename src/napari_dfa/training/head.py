@@ -26,14 +26,12 @@ from ..errors import Cancelled, DataError
 from ..model.device import torch_threads
 from ..model.pixel_head import PixelHead
 from .finetune import (
-    MIN_HELD_OUT_PIXELS,
     FinetuneResult,
     _check_samples,
-    _per_class_dice,
     _mean,
-    all_stroke_signatures,
-    split_holdout_by_stroke,
-    trained_strokes,
+    _per_class_dice,
+    correction_provenance,
+    plan_holdout,
 )
 from .frozen import FeatureCache, predict_from_features
 from .metrics import confusion_matrix
@@ -207,17 +205,9 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     corrected = int(sum((m > 0).sum() for _, m in samples))
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
-                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
-    held_masks = [va for _, va in splits]
-    per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
-    held_cls = np.zeros(k + 1, np.int64)
-    for va in held_masks:
-        held_cls += np.bincount(va.ravel(), minlength=k + 1)
-    scored = [names[c - 1] for c in range(1, k + 1) if held_cls[c] >= MIN_HELD_OUT_PIXELS]
-    too_few = {names[c - 1]: int(held_cls[c]) for c in range(1, k + 1)
-               if per_class[c] > 0 and held_cls[c] < MIN_HELD_OUT_PIXELS}
+    plan = plan_holdout(segmenter, samples, val_fraction, seed)
+    held_masks = [va for _, va in plan.splits]
+    per_class, held_cls, scored, too_few = plan.per_class, plan.held_per_class, plan.scored, plan.too_few
 
     new = with_head(segmenter, **head)
     model, hd = new.model, new.model.head
@@ -252,24 +242,12 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     confusion = _confusion(old_preds, [m for _, m in samples], k)
     old_score, new_score = _mean(old_scores), _mean(new_scores)
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
-    parent_prov = segmenter.metadata.get("provenance") or {}
     seconds = time.monotonic() - t0
-    new.metadata["provenance"] = {
-        "parent": segmenter.metadata.get("source") or parent_prov.get("parent"),
-        "parent_provenance": parent_prov,
-        "data": "corrections",
-        "corrections": {"corrected_pixels": corrected, "held_out_pixels": int(held_cls[1:].sum()),
-                        "samples": len(samples),
-                        "per_class": {names[c - 1]: int(per_class[c]) for c in range(1, k + 1) if per_class[c]}},
-        "finetune": {"method": "head", "steps": steps, "seed": seed, "frozen_encoder": True,
-                     "head": {"sigmas": list(hd.sigmas), "hidden": int(hd.mlp[0].out_channels),
-                              "smooth": hd.smooth, "stride": hd.stride},
-                     "old_score": None if np.isnan(old_score) else old_score,
-                     "new_score": None if np.isnan(new_score) else new_score,
-                     "old_class_scores": old_scores, "new_class_scores": new_scores,
-                     "held_out_too_few": too_few, "promoted": promoted,
-                     "strokes": all_stroke_signatures(samples, k)},
-    }
+    new.metadata["provenance"] = correction_provenance(
+        segmenter, samples, plan, {"method": "head", "steps": steps, "seed": seed, "frozen_encoder": True,
+                                   "head": {"sigmas": list(hd.sigmas), "hidden": int(hd.mlp[0].out_channels),
+                                            "smooth": hd.smooth, "stride": hd.stride}},
+        old_scores, new_scores)
     new.metadata.pop("source", None)
     logger.info("pixel head fitted on %d verified pixels (%d held out): score %.4f -> %.4f in %.1f s",
                 corrected, int(held_cls[1:].sum()), old_score, new_score, seconds)
