@@ -7,12 +7,15 @@
 In every round the simulated pathologist looks at what the demo model shows after fine-tuning and
 paints the largest wrong regions with their true class (connected components of wrong pixels,
 largest first, until a budget of pixels per round is spent; a region bigger than what is left of
-the budget gets a brush-sized blob at its most interior point). The same accumulated corrections
-then train three methods:
+the budget gets a brush-sized blob at its most interior point), and confirms the 256² block of the
+reviewed half whose labels look most right ("Looks right": the guard judges on verified pixels only,
+and strokes painted where the model erred cannot show that it got worse where it was right). The
+same accumulated corrections then train three methods:
 
 (a) fine-tuning the demo model, the way the Fine-tune widget does it
-    (``napari_dfa.corrections.workflow.finetune_on_corrections``: the guard, replay of the current
-    labels against forgetting, segment again; a model the guard rejects is not used);
+    (``napari_dfa.corrections.workflow.finetune_on_corrections``: the pixel head and the deep
+    fine-tune, the better on the held-back strokes; the guard; segment again; a model the guard does
+    not promote is not used);
 (b) the same model configuration trained from scratch on the same corrections (its own model
     carried from round to round, the same steps per round, a training learning rate of 2e-3);
 (c) a QuPath-style pixel classifier: a random forest on multi-scale pixel features
@@ -71,6 +74,8 @@ class Settings:
     max_samples: int = 40_000  # corrected pixels the forest is fitted on (a random subset)
     device: str = "cpu"
     seed: int = 0
+    confirm: int = 1  # blocks the pathologist confirms as right ("Looks right") per round
+    confirm_block: int = 256
 
 
 # -- truth and class lists ---------------------------------------------------------------------
@@ -168,6 +173,19 @@ def forest_predict(features: np.ndarray, corrections: np.ndarray, settings: Sett
 
 
 # -- one slide, one class list -------------------------------------------------------------------
+def confirm_blocks(pred, truth, half: int, settings: Settings, done: set) -> list[tuple[int, int]]:
+    """The ``settings.confirm`` blocks of the reviewed half not confirmed yet where the current
+    labels agree most with the truth (over tissue): what "Looks right" is clicked on."""
+    b = settings.confirm_block
+    scores = []
+    for y in range(0, truth.shape[0] - b + 1, b):
+        for x in range(0, half - b + 1, b):
+            t = truth[y:y + b, x:x + b] > 0
+            if (y, x) not in done and t.mean() > 0.5:
+                scores.append(((pred[y:y + b, x:x + b] == truth[y:y + b, x:x + b])[t].mean(), y, x))
+    return [(y, x) for _, y, x in sorted(scores)[::-1][:settings.confirm]]
+
+
 def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) -> list[dict]:
     """All rounds for one slide and one class list; returns one row per round.
 
@@ -207,6 +225,7 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
                                       device=settings.device)
     preds = {"a": pred_a, "b": labels_of(untrained), "c": None}
     features = pixel_features(rgb)
+    confirmed: set[tuple[int, int]] = set()
     rows = []
     for r in range(settings.rounds + 1):
         outcome = None
@@ -215,6 +234,12 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
             view = corrections[:, :half]  # a view: painting it paints `corrections`
             painted = paint_round(view, pred_a[:, :half], truth[:, :half], budget)
             store.write(patch.key, (0, 0), view)
+            # ... and confirms the blocks of the reviewed half that look right (the current labels
+            # agree most with the truth there), as a careful pathologist does with "Looks right"
+            for y, x in confirm_blocks(pred_a, truth, half, settings, confirmed):
+                b = settings.confirm_block
+                store.confirm_region(level=0, region=(y, x, b, b), labels=pred_a[y:y + b, x:x + b] * tissue[y:y + b, x:x + b])
+                confirmed.add((y, x))
             counts = {n: int((corrections == i + 1).sum()) for i, n in enumerate(names)}
             if r == 1 and setup == OWN_SETUP:  # the new class's δ from its share of what was painted
                 model_a = start_model(demo, setup, counts)

@@ -135,7 +135,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--view", type=int, default=1024, help="visible region side in level-0 pixels")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the widget's default)")
+    p.add_argument("--steps", type=int, default=None, help="run the deep fine-tune alone with these steps (default: the widget default, pixel head and deep)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
     _reexec_under_xvfb()
@@ -252,9 +252,11 @@ def main() -> int:
     # of UI time that belongs to painting, not to fine-tuning)
     settle = time.monotonic() + 1.0
     pump_until(app, lambda: time.monotonic() > settle, 5)
-    if args.steps:
+    if args.steps:  # the deep fine-tune alone, with these steps
+        ft_w.deep.setChecked(True)
         ft_w.steps.setValue(args.steps)
-    args.steps = ft_w.steps.value()
+    what = (f"deep fine-tune only, {ft_w.steps.value()} steps, batch 4, crop 256, encoder frozen" if args.steps else
+            f"default: pixel head and deep fine-tune ({ft_w.steps.value()} steps), the better on held-back strokes")
     ft_w.guard.setChecked(False)  # time the path the pathologist sees, whatever the held-out check says
     meter.start()
     t = time.perf_counter()
@@ -262,10 +264,10 @@ def main() -> int:
     pump_until(app, lambda: ft_w.worker is None, 1800)
     seconds = time.perf_counter() - t
     gap_run, gap_show = finish(t)
-    ft_w.accept_button.click()  # the review (changed pixels, areas) is up: accept it to see the labels
+    chosen = ft_w.pending.result.method
+    ft_w.accept(confirm=True)  # the review (changed pixels, areas) is up: accept it to see the labels
     after = float((viewer.layers[labels.name].data[box] == target).mean())
-    rows.append((f"Fine-tune click → region re-segmented, changes shown for review ({args.steps} steps, batch 4, "
-                 "crop 256, encoder frozen)",
+    rows.append((f"Fine-tune click → region re-segmented, changes shown for review ({what}; {chosen} kept)",
                  f"corrected 256² px; painted class share {before:.0%} → {after:.0%}", seconds, gap_run,
                  gap_show))
 

@@ -326,3 +326,37 @@ def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewe
     expected = segment(rgb, demo, stain=slide_stain_match(rgb, demo)).labels
     assert (labels() == np.asarray(expected)).mean() >= 0.999
     assert (labels() != stored).mean() > 0.02
+
+
+def test_closing_napari_while_the_domain_check_runs_does_not_abort(small_slide, tmp_path):
+    """The background domain check still runs when the viewer closes and the script ends: the
+    process used to abort (SIGABRT, "wrapped C/C++ object of type WorkerBaseSignals has been
+    deleted"). In a child process, as a user's session would end."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import time
+        import napari
+        from qtpy.QtWidgets import QApplication
+        from napari_dfa._widgets.segment import SegmentWidget
+        viewer = napari.Viewer(show=True)
+        viewer.open({str(small_slide)!r}, plugin="napari-dfa")
+        w = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.set_model_source("demo")
+        w.segment()
+        app = QApplication.instance()
+        while w.worker is not None:
+            app.processEvents()
+            time.sleep(0.005)
+        print("checking" if w._domain_worker is not None and w.domain_checks_done == 0 else "not checking", flush=True)
+        viewer.close()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has been deleted" not in proc.stderr
+    assert proc.stdout.strip() == "checking"  # it was closed mid-check

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from qtpy.QtCore import QObject, Qt
 from qtpy.QtCore import Signal as QtSignal
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import Cancelled, DFAError
 from ._session import session_for
@@ -87,7 +87,47 @@ def start_worker(fn, *, on_done, on_error, on_finished=None):
     connect = {"returned": on_done, "errored": on_error}
     if on_finished is not None:
         connect["finished"] = on_finished
-    return create_worker(fn, _connect=connect)
+    worker = create_worker(fn, _connect=connect)
+    _running.add(worker)
+    worker.finished.connect(lambda: _running.discard(worker))
+    _await_at_quit()
+    return worker
+
+
+_running: set = set()  # workers started here and not finished yet
+_hooked = False
+
+
+def _await_at_quit() -> None:
+    """Once per process: when the application quits (napari closed) or Python exits, ask our
+    workers to stop and wait for them. A worker that finished after Qt had deleted its signals object aborted the whole
+    process (SIGABRT: "wrapped C/C++ object of type WorkerBaseSignals has been deleted")."""
+    global _hooked
+    app = QApplication.instance()
+    if _hooked or app is None:
+        return
+    _hooked = True
+    app.aboutToQuit.connect(await_workers)
+    # A script that closes the viewer and ends never quits the application: wait at exit too
+    # (registered after Qt's own exit handler, so it runs before Qt tears its objects down).
+    import atexit
+
+    atexit.register(await_workers)
+
+
+def await_workers(timeout_ms: int = 120_000) -> bool:
+    """Ask every running worker to stop, then wait for them; False if one still runs after
+    ``timeout_ms`` (a model pass in progress finishes its tile first)."""
+    from qtpy.QtCore import QThreadPool
+
+    for worker in list(_running):
+        try:
+            worker.quit()
+        except RuntimeError:  # its Qt side is gone already
+            _running.discard(worker)
+    done = QThreadPool.globalInstance().waitForDone(timeout_ms)
+    _running.clear()
+    return bool(done)
 
 
 _warm = None

@@ -480,6 +480,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     # fit_head() / finetune() train a copy and write its provenance.
     if crop is None:
         crop = FROZEN_CROP if frozen_encoder else ENCODER_CROP
+    # After a class edit, the old scores are the original model's, in the new list by name.
+    baseline = (segmenter, lut) if start is not segmenter else None
     head_result = deep_result = None
     head_steps = steps if steps is not None and method == "head" else default_steps("head")
     deep_steps = steps if steps is not None and method != "head" else default_steps("deep")
@@ -488,11 +490,11 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         from ..training.head import fit_head
 
         # The head learns from verified pixels only: the old labels are no evidence.
-        head_result = fit_head(start, samples, steps=head_steps, seed=seed, cache=cache, cancel=cancel,
+        head_result = fit_head(start, samples, steps=head_steps, seed=seed, cache=cache, cancel=cancel, baseline=baseline,
                                progress=_part(progress, 0, total=whole))
     if method in ("deep", "auto"):
         deep_result = finetune(start, samples, steps=deep_steps, replay=replay_samples or None, seed=seed, crop=crop,
-                               frozen_encoder=frozen_encoder, cache=cache, cancel=cancel,
+                               frozen_encoder=frozen_encoder, cache=cache, cancel=cancel, baseline=baseline,
                                progress=_part(progress, 2 * head_steps if method == "auto" else 0, total=whole))
     result = _better(head_result, deep_result)
     steps = result.steps

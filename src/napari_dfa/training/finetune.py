@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..errors import Cancelled, DataError
 from .augment import augment, rng_for
 from .config import AugmentConfig
-from .frozen import FeatureCache, crop_features, decode_logits, logits_from_features
+from .frozen import FeatureCache, crop_features, decode_logits, logits_from_features, predict_from_features
 from .metrics import confusion_matrix, scores_from_confusion
 from .optim import make_optimizer
 
@@ -192,6 +192,19 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
                 taken += 1
                 got += px
     return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
+
+
+def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:
+    """Labels of the model corrections were made against, ``baseline = (segmenter, lut)``, in the
+    new class list (``lut``: its label -> new label by name; a class it did not have is never
+    predicted, so it scores 0 there, not the chance hits of a fresh class token). ``cache`` holds
+    the same encoder's features (a class edit keeps the encoder)."""
+    seg, lut = baseline
+    shared = FeatureCache(seg.model, multiple=seg.input_multiple)
+    shared._cache = cache._cache
+    lut = np.asarray(lut, np.uint8)
+    return [lut[np.clip(predict_from_features(seg.model, shared.features(r), r.shape[:2]), 0, len(lut) - 1)]
+            for r in images]
 
 
 @dataclass
@@ -361,7 +374,7 @@ def _crop_around(rgb, mask, size, rng):
 def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop: int = 256, lr: float | None = None,
              val_fraction: float = 0.2, replay=None, seed: int = 0, frozen_encoder: bool = False,
              cache: FeatureCache | None = None, delta_lr_multiplier: float | None = None,
-             progress=None, cancel=None) -> FinetuneResult:
+             baseline=None, progress=None, cancel=None) -> FinetuneResult:
     """Fine-tune a copy of ``segmenter`` on corrected pixels.
 
     Arguments:
@@ -380,6 +393,8 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
         the features are computed once per image).
       cache: a :class:`~.frozen.FeatureCache` of the input model's encoder to fill and reuse (with
         ``frozen_encoder``); the caller can score other images with it afterwards.
+      baseline: ``(segmenter, lut)``: the model the corrections were made against when
+        ``segmenter`` is it after a class edit (:func:`baseline_predictions`); the old scores are its.
       progress: ``progress(step, total, loss=..., val_loss=...)`` after every step.
       cancel: ``cancel() -> bool`` checked before every step; raises :class:`Cancelled`.
 
@@ -430,8 +445,16 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
         FeatureCache(segmenter.model, multiple=multiple)
     old_cm, old_loss = _evaluate(segmenter.model, old_cache, val_pairs, k, criterion)
     # What the corrections say was wrong: the old model's labels under every corrected pixel.
-    confusion, _ = _evaluate(segmenter.model, old_cache, [(r, m) for r, m in samples if (m > 0).any()],
-                             k, criterion)
+    corrected_pairs = [(r, m) for r, m in samples if (m > 0).any()]
+    if baseline is not None:  # the model before a class edit, scored in the new list by name
+        old_cm = sum((confusion_matrix(p, m, k) for p, (_, m) in
+                      zip(baseline_predictions(baseline, old_cache, [r for r, _ in val_pairs]), val_pairs)),
+                     np.zeros((k + 1, k + 1), np.int64))
+        confusion = sum((confusion_matrix(p, m, k) for p, (_, m) in
+                         zip(baseline_predictions(baseline, old_cache, [r for r, _ in corrected_pairs]),
+                             corrected_pairs)), np.zeros((k + 1, k + 1), np.int64))
+    else:
+        confusion, _ = _evaluate(segmenter.model, old_cache, corrected_pairs, k, criterion)
     old_scores = _per_class_dice(old_cm, names, scored)
     history = [{"step": 0, "loss": None, "val_loss": old_loss, "val_score": _mean(old_scores)}]
     new.record_bias(phase="finetune", step=0)

@@ -28,6 +28,7 @@ from ..model.pixel_head import PixelHead
 from .finetune import (
     FinetuneResult,
     _check_samples,
+    baseline_predictions,
     _mean,
     _per_class_dice,
     correction_provenance,
@@ -182,7 +183,8 @@ def with_head(segmenter, *, sigmas=HEAD_SIGMAS, hidden: int = HEAD_HIDDEN, smoot
 
 
 def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float = 0.2, seed: int = 0,
-             cache: FeatureCache | None = None, progress=None, cancel=None, **head) -> FinetuneResult:
+             cache: FeatureCache | None = None, baseline=None, progress=None, cancel=None,
+             **head) -> FinetuneResult:
     """Fit a pixel head on the verified pixels of ``samples`` (see the module docstring).
 
     Arguments:
@@ -193,7 +195,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
       val_fraction: share of each class's strokes held out for the scores (as :func:`~.finetune.finetune`:
         the same seed holds back the same strokes, so the two methods are scored alike).
       cache: a :class:`FeatureCache` of ``segmenter``'s encoder to fill and reuse.
-      progress / cancel: as :func:`~.finetune.finetune`.
+      baseline / progress / cancel: as :func:`~.finetune.finetune`.
       head: ``sigmas``, ``hidden``, ``smooth``, ``stride`` of :func:`with_head`.
 
     Returns: a :class:`~.finetune.FinetuneResult` (``frozen_encoder`` True, ``crop`` 0).
@@ -219,7 +221,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     new_cache._cache = old_cache._cache  # same encoder weights: the same features
     model.eval()
     (x, base, y, is_held), mean, std = _gather(model, hd, new_cache, samples, held_masks, hd.stride)
-    old_preds = _predictions(segmenter.model, old_cache, samples)
+    old_preds = (baseline_predictions(baseline, old_cache, [r for r, _ in samples]) if baseline is not None
+                 else _predictions(segmenter.model, old_cache, samples))
     any_held = bool(is_held.any())
     total_steps = 2 * steps if any_held else steps
     history = []
