@@ -169,3 +169,29 @@ def test_train_encoder_trains_it_on_larger_crops(case, tmp_path):
                if not torch.equal(p, dict(old.encoder.named_parameters())[n])]
     assert changed, "the encoder did not train"
     assert load_model(out).metadata["provenance"]["finetune"]["frozen_encoder"] is False
+
+
+def test_one_model_from_two_slides(case, tmp_path):
+    """--also SLIDE FILE: the corrections of a second slide train the same model and count alike."""
+    slide, truth, painted, gj = case
+    other, other_truth = synth.write_slide(tmp_path / "other.tif", CASE_CONFIG, size=(512, 512), seed=CASE_SEED + 1,
+                                           mpp=0.5)
+    truth2 = np.asarray(open_truth(other_truth)[0])
+    strokes = np.zeros_like(truth2)
+    for y in (40, 200, 360):
+        for x in (40, 200, 360):
+            strokes[y:y + 24, x:x + 24] = truth2[y + 12, x + 12]
+    gj2 = write_geojson(tmp_path / "other.geojson", strokes, NAMES)
+    report = tmp_path / "report.json"
+    assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(gj), "--also", str(other), str(gj2),
+                 "--out", str(tmp_path / "new.safetensors"), "--method", "head", "--force",
+                 "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    first = {NAMES[c - 1]: int((painted == c).sum()) for c in range(1, 6) if (painted == c).any()}
+    second = {NAMES[c - 1]: int((strokes == c).sum()) for c in range(1, 6) if (strokes == c).any()}
+    assert r["more_slides"][0]["corrected_pixels"] == second
+    both = {n: first.get(n, 0) + second.get(n, 0) for n in set(first) | set(second)}
+    for n, px in both.items():  # the Ignore* square of the first file clears up to 1600 px
+        assert px - 1600 <= r["corrected_pixels"][n] <= px, (n, r["corrected_pixels"][n], px)
+    prov = load_model(tmp_path / "new.safetensors").metadata["provenance"]
+    assert len(prov["more_correction_stores"]) == 1

@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corrections", required=True, metavar="FILE",
                         help="QuPath GeoJSON annotations (.geojson, .json, .geojson.gz, .zip) in level-0 pixels; "
                              "QuPath's Ignore* class marks pixels as not corrected")
+    parser.add_argument("--also", nargs=2, action="append", default=[], metavar=("SLIDE", "FILE"),
+                        help="another slide and its GeoJSON corrections, trained on and held back alike: one "
+                             "model from many slides (repeat for more)")
     parser.add_argument("--out", metavar="NEW", help="the fine-tuned model (.safetensors); written only when "
                                                      "promoted, unless --force (not needed with --dry-run)")
     parser.add_argument("--classes", metavar="A,B,...",
@@ -99,24 +102,32 @@ def run(args) -> int:
     seg = load_model(resolve_model(args.model), device=args.device)
     names = _class_list(args.classes, seg.class_names)
 
-    # Every class of the file must be in the new class list: an unknown one is named, not skipped.
-    found = geojson_classes(corrections)
-    missing = missing_classes(found, names)
-    if missing:
-        listed = "--classes" if args.classes else "the model's classes"
-        raise DataError(f"{corrections}: class{'es' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
-                        f"{'are' if len(missing) > 1 else 'is'} not in {listed} ({', '.join(names)}); "
-                        f"give the new model's class list, e.g. --classes {','.join([*names, *missing])}")
-    colors = {n: found[n]["color"] for n in names if n in found and found[n]["color"] is not None
-              and n.lower() not in {m.lower() for m in seg.class_names}}
+    # Every class of every file must be in the new class list: an unknown one is named, not skipped.
+    extra = [(open_slide(sp), Path(cp)) for sp, cp in args.also]
+    for _, cp in extra:
+        if not cp.is_file():
+            raise DataError(f"--also {cp}: no such file")
+    colors = {}
+    for path in [corrections, *[cp for _, cp in extra]]:
+        found = geojson_classes(path)
+        missing = missing_classes(found, names)
+        if missing:
+            listed = "--classes" if args.classes else "the model's classes"
+            raise DataError(f"{path}: class{'es' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+                            f"{'are' if len(missing) > 1 else 'is'} not in {listed} ({', '.join(names)}); "
+                            f"give the new model's class list, e.g. --classes {','.join([*names, *missing])}")
+        colors.update({n: found[n]["color"] for n in names if n in found and found[n]["color"] is not None
+                       and n.lower() not in {m.lower() for m in seg.class_names} and n not in colors})
 
-    mpps = [slide.mpp * d if slide.mpp else None for d in slide.downsamples]
-    if args.level == "auto":
-        lv = nearest_level(mpps, seg.mpp) if slide.mpp and seg.mpp else 0
-    else:
-        lv = int(args.level)
-        if lv >= len(slide.levels):
-            raise DataError(f"--level {lv}: {slide.path} has levels 0..{len(slide.levels) - 1}")
+    def level_of(sl):
+        mpps = [sl.mpp * d if sl.mpp else None for d in sl.downsamples]
+        if args.level == "auto":
+            return nearest_level(mpps, seg.mpp) if sl.mpp and seg.mpp else 0
+        if int(args.level) >= len(sl.levels):
+            raise DataError(f"--level {args.level}: {sl.path} has levels 0..{len(sl.levels) - 1}")
+        return int(args.level)
+
+    lv = level_of(slide)
     shapes = [tuple(int(v) for v in a.shape[:2]) for a in slide.levels]
 
     with tempfile.TemporaryDirectory(prefix="napari-dfa-finetune-") as tmp:
@@ -142,6 +153,16 @@ def run(args) -> int:
             print("dry run: nothing trained")
             return 0
 
+        more = []
+        for i, (sl, cp) in enumerate(extra):
+            other = CorrectionStore(Path(tmp) / f"corrections-{i + 1}.zarr", slide_path=str(sl.path), class_names=names)
+            olv = level_of(sl)
+            other.import_geojson(cp, level=olv, downsample=sl.downsamples[olv],
+                                 level_shape=tuple(int(v) for v in sl.levels[olv].shape[:2]))
+            more.append((other, sl.read_region))
+            print(f"{cp.name} ({sl.path.name}): " + ", ".join(f"{n} {px} px" for n, px in other.counts_by_name().items()))
+        report["more_slides"] = [{"slide": str(sl.path), "corrections": str(cp), "corrected_pixels": st.counts_by_name()}
+                                 for (sl, cp), (st, _) in zip(extra, more)]
         reviewed = regions_around_corrections(store, shapes)
         checks = check_regions(slide, lv, [r for _, r in reviewed], seed=args.seed)
         method = args.method or ("deep" if args.train_encoder else "auto")
@@ -159,7 +180,7 @@ def run(args) -> int:
                 seg, store, slide.read_region, steps=steps, replay=[ReplaySpec(level, region) for level, region in reviewed],
                 check=checks, class_names=names, class_colors=colors or None, seed=args.seed,
                 parent_source=str(resolve_model(args.model)), slide=str(slide.path), method=method,
-                frozen_encoder=not args.train_encoder, crop=args.crop, progress=progress)
+                frozen_encoder=not args.train_encoder, crop=args.crop, progress=progress, more=more)
 
     written = None
     if outcome.promoted or args.force:

@@ -375,6 +375,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                             renames: dict[str, str] | None = None, replay_training: bool = True,
                             frozen_encoder: bool = True, crop: int | None = None, method: str = "auto",
                             parent_source: str | None = None, slide: str | None = None, seed: int = 0,
+                            more: Sequence[tuple[CorrectionStore, Callable]] = (),
                             progress: Callable | None = None,
                             cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
     """Fine-tune on every correction saved for a slide (hidden patches aside), let the guard judge
@@ -414,6 +415,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
       parent_source: the model's source, recorded as the parent when training names none.
       slide: the slide recorded in the provenance (default: the store's slide path).
       seed: seeds the hold-out split, crops and replay blocks.
+      more: ``[(store, read_rgb)]`` of other slides whose corrections and confirmed regions train
+        the same model and are held back to test it alike (one model from many slides).
       progress: ``progress(step, total, loss=..., val_loss=...)`` after every step.
       cancel: ``cancel() -> bool``; raises :class:`~napari_dfa.errors.Cancelled` when it turns
         true (the input model is unchanged, nothing is written).
@@ -442,11 +445,17 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                                          [tuple(c) for c in class_colors] != list(segmenter.class_colors)):
         from ..model.classes_edit import with_classes
 
-        counts = {n: c for n, c in store.counts_by_name().items() if n in names}
+        counts: dict[str, int] = {}
+        for st in [store, *[st for st, _ in more]]:
+            for n, c in st.counts_by_name().items():
+                if n in names:
+                    counts[n] = counts.get(n, 0) + c
         start = with_classes(segmenter, names, class_colors, renames=renames, corrected_frequencies=counts or None,
                              seed=seed)
     store_lut = _store_lut(store, names)
     samples = store.samples(read_rgb, class_names=names)
+    for other, read_other in more:
+        samples += other.samples(read_other, class_names=names)
 
     # The reviewed regions: pixels, labels before (old class numbers), corrections, replay.
     specs = [replay] if isinstance(replay, ReplaySpec) else list(replay or [])
@@ -520,6 +529,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     if start is not segmenter:  # the class list changed before training: say so at the top
         prov["classes_edit"] = (start.metadata.get("provenance") or {}).get("classes_edit")
     prov["correction_store"] = str(store.path)
+    if more:
+        prov["more_correction_stores"] = [str(st.path) for st, _ in more]
     prov["slide"] = slide if slide is not None else store.slide_path
     prov["guard"] = {"status": verdict.status, "reason": verdict.reason, "agreement": verdict.agreement,
                      "kept": bool(kept), "confirmed": bool(confirm and verdict.needs_confirmation),
