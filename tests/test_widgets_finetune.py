@@ -616,3 +616,33 @@ def test_with_the_guard_on_a_model_it_cannot_test_is_accepted_only_when_asked_tw
     assert ft_w.session.segmenter is old and "Click Accept again to use it anyway" in ft_w.status.text()
     ft_w.accept_button.click()
     assert ft_w.session.segmenter is outcome.candidate and "Accepted" in ft_w.status.text()
+
+
+def test_every_slide_of_the_session_with_corrections_trains_the_model(segmented, qtbot, tmp_path):
+    """A second slide open in the viewer has saved corrections: Fine-tune on the first learns from
+    both (one model from the session's slides)."""
+    from napari_dfa import synth
+    from napari_dfa._widgets._layers import layer_pyramid
+    from napari_dfa.corrections import slide_content_key
+
+    viewer, image, seg_w, att_w, ft_w = segmented
+    other_path, _ = synth.write_slide(tmp_path / "second.ome.tif", size=(1024, 1024), seed=8, mpp=0.5)
+    second = open_slide_layer(viewer, other_path)
+    pyr = layer_pyramid(viewer, second)
+    store2 = CorrectionStore.for_slide(pyr.path, root=ft_w.store_root, class_names=ft_w.class_names(),
+                                       content=slide_content_key(pyr.level(0), pyr.mpp))
+    patch = store2.create_patch(level=0, region=(100, 100, 200, 200))
+    block = np.zeros((200, 200), np.uint8)
+    block[10:40, 10:40], block[100:130, 100:130] = 4, 4
+    store2.write(patch.key, (0, 0), block)
+    viewer.layers.selection.active = image
+    layer = ft_w.start_corrections()
+    layer.data_setitem((np.arange(60, 90).repeat(30), np.tile(np.arange(60, 90), 30)), 3)
+    ft_w.deep.setChecked(True)
+    ft_w.steps.setValue(3)
+    ft_w.finetune()
+    wait_worker(qtbot, ft_w, timeout=600_000)
+    outcome = ft_w.pending
+    assert outcome is not None, ft_w.status.text()
+    assert outcome.result.corrected_per_class == {"stroma": 900, "other": 1800}
+    assert outcome.candidate.metadata["provenance"]["more_correction_stores"] == [str(store2.path)]

@@ -833,6 +833,7 @@ class FinetuneWidget(DFAWidget):
         # and segmented again on the same recoloured pixels.
         stain = getattr(res, "stain", None)
         read = pyramid.read if stain is None else (lambda level, box: stain(pyramid.read(level, box)))
+        more = self._other_slides(pyramid)
         resegment = None
         if target is not None:
             data, lv = pyramid.source(target[0])
@@ -856,11 +857,31 @@ class FinetuneWidget(DFAWidget):
             return finetune_on_corrections(
                 seg, store, read, steps=steps, guard=guard, replay=replay, resegment=resegment,
                 parent_source=parent, slide=pyramid.path, cancel=self.cancelled,
-                replay_training=use_replay, frozen_encoder=frozen, method=method, **classes,
+                replay_training=use_replay, frozen_encoder=frozen, method=method, more=more, **classes,
                 progress=lambda step, total, **info: self.report_progress(
                     int(step), int(total), info.get("loss"), info.get("val_loss")))
 
         return self.run_job(work, self._on_finetuned)
+
+    def _other_slides(self, pyramid) -> list:
+        """``[(store, read)]`` of the other slides open in this viewer that have corrections in use:
+        one model learns from every slide of the session."""
+        from ._layers import image_layers
+
+        out, seen = [], {str(self.store(pyramid, reconcile=False).path)}
+        for layer in image_layers(self.viewer):
+            try:
+                other = layer_pyramid(self.viewer, layer)
+                store = self.store(other, create=False)
+            except DataError:
+                continue
+            if str(store.path) in seen or not store.corrected_pixels():
+                continue
+            seen.add(str(store.path))
+            out.append((store, other.read))
+        if out:
+            logger.info("fine-tuning on the corrections of %d more slide(s)", len(out))
+        return out
 
     def _on_deep(self, on: bool) -> None:
         """Steps are the deep fine-tune's alone; the encoder trains only in it."""
