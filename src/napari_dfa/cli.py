@@ -14,7 +14,8 @@ from importlib import import_module
 from . import __version__
 from .errors import DFAError
 
-COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export", "export-model", "finetune")
+COMMANDS = ("demo", "synth", "train", "evaluate", "bench", "predict", "export", "export-model", "finetune",
+            "bench-corrections")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,6 +72,8 @@ def read_tiff_labels(path: Path, level: int):
         meta = json.loads(desc).get(ATTR, {})
     except (ValueError, AttributeError):
         meta = {}
+    if not isinstance(meta, dict):  # another writer's JSON (synth's truth keeps a plain string there)
+        meta = {}
     n = int(data.max()) if data.size else 0
     names = meta.get("class_names") or [f"class {i}" for i in range(1, n + 1)]
     info = {"class_names": names, "class_colors": [tuple(c) for c in meta.get("class_colors", [])],
