@@ -76,10 +76,9 @@ GUARD_TIP = ("Guard: offer the new model only if it is better on your strokes an
 CONFIRM_TIP = ("The labels shown over the segmented region (for a whole-slide result: the part in view) are right: "
                "keep them as verified, beside your corrections. They train the next fine-tuning and test it, so "
                "the guard can tell whether the new model got worse where the old one was right.")
-DEEP_TIP = ("Off (default): fit the pixel head on your strokes and confirmed regions (the rest of the model "
-            "fixed: seconds; it learns tissue and classes the model never saw) and fine-tune the layers after the "
-            "encoder, then offer whichever is better on the strokes held back to test them. On: the deep "
-            "fine-tune alone, with the steps above.")
+DEEP_TIP = ("Off (default): fit the pixel head on your strokes and confirmed regions, the rest of the model "
+            "fixed: seconds, and it learns tissue and classes the model never saw. On: fine-tune the layers after "
+            "the encoder instead, with the steps above (it can do better on the model's own kind of tissue).")
 
 
 def _section(text: str) -> QLabel:
@@ -164,11 +163,9 @@ class FinetuneWidget(DFAWidget):
         self.steps.setRange(1, 5000)
         self.steps.setValue(default_steps())
         self.steps.setEnabled(False)
-        self.steps.setToolTip("Deep fine-tune only: optimizer steps, 4 crops a step (256², or 512² when the encoder "
-                              "trains too); 200 with a GPU, 40 on a CPU. By default both the pixel head and a deep "
-                              "fine-tune run, each with its own steps, and the one better on your held-back "
-                              "strokes is offered.")
-        self.deep = QCheckBox("Deep fine-tune only")
+        self.steps.setToolTip("Deep fine-tune: optimizer steps, 4 crops a step (256², or 512² when the encoder "
+                              "trains too); 200 with a GPU, 40 on a CPU. The pixel head fits in its own 150 steps.")
+        self.deep = QCheckBox("Deep fine-tune instead")
         self.deep.setToolTip(DEEP_TIP)
         self.deep.toggled.connect(self._on_deep)
         self.replay = QCheckBox("Replay the current labels elsewhere")
@@ -849,7 +846,7 @@ class FinetuneWidget(DFAWidget):
         self._draw_losses()
         self._say(f"Fine-tuning on {n_px} corrected pixels…")
         self._review_target = (target, pyramid)
-        method = "deep" if self.deep.isChecked() or self.train_encoder.isChecked() else "auto"
+        method = "deep" if self.deep.isChecked() or self.train_encoder.isChecked() else "head"
         use_replay = self.replay.isChecked()
         frozen = not self.train_encoder.isChecked()
 

@@ -1,10 +1,11 @@
 """``napari-dfa finetune``: a model fine-tuned on a pathologist's QuPath corrections, headless.
 
 The same workflow as the Fine-tune widget (:func:`napari_dfa.corrections.workflow.finetune_on_corrections`):
-the GeoJSON annotations are rasterised onto the slide at the model's level; the model's pixel head is
-fitted on them and the layers after the encoder are fine-tuned (the regions around the annotations
-replayed against forgetting), and the one better on the annotations held back whole goes to the guard
-(``--method head`` or ``deep`` runs one; ``--train-encoder`` trains the encoder too in the deep one). Whether the model was promoted is a result, not an error:
+the GeoJSON annotations are rasterised onto the slide at the model's level, the model's pixel head is
+fitted on them (``--method deep``: the layers after the encoder are trained instead, the regions
+around the annotations replayed against forgetting, the encoder too with ``--train-encoder``;
+``--method auto``: both, the better on the held-back annotations kept), and the guard decides on the
+annotations held back whole. Whether the model was promoted is a result, not an error:
 the command exits 0 either way, and writes the new model only when it was promoted (or ``--force``).
 ``--json`` writes everything the guard looked at.
 """
@@ -32,13 +33,13 @@ def add_arguments(parser) -> None:
                         help="the exact class list of the new model: names the model has keep their learned "
                              "token, new names get a new one, names left out are removed (default: the model's)")
     parser.add_argument("--method", choices=("auto", "head", "deep"), default=None,
-                        help="auto (default): both of the others, and the one better on the annotations held "
-                             "back goes to the guard; head: fit the pixel head on the annotations, the rest of "
-                             "the model fixed (seconds; learns tissue and classes the model never saw); deep: "
-                             "train the layers after the encoder (with --train-encoder the encoder too)")
+                        help="head (default): fit the pixel head on the annotations, the rest of the model fixed "
+                             "(seconds; learns tissue and classes the model never saw); deep: train the layers "
+                             "after the encoder (with --train-encoder the encoder too); auto: both, and the one "
+                             "better on the annotations held back goes to the guard")
     parser.add_argument("--steps", type=positive_int,
-                        help="optimizer steps of the deep fine-tune (default 200 with a GPU, 40 on a CPU), or of "
-                             "the head with --method head (default 150)")
+                        help="optimizer steps (head: 150; deep: 200 with a GPU, 40 on a CPU; auto: the deep "
+                             "fine-tune's)")
     parser.add_argument("--train-encoder", action="store_true",
                         help="with --method deep (implied): train the encoder too, on 512-px crops (~4x the "
                              "time): for slides whose look the layers after the encoder cannot learn from cached "
@@ -165,10 +166,10 @@ def run(args) -> int:
                                  for (sl, cp), (st, _) in zip(extra, more)]
         reviewed = regions_around_corrections(store, shapes)
         checks = check_regions(slide, lv, [r for _, r in reviewed], seed=args.seed)
-        method = args.method or ("deep" if args.train_encoder else "auto")
+        method = args.method or ("deep" if args.train_encoder else "head")
         if method != "deep" and args.train_encoder:
             raise DataError("--train-encoder trains the deep model: use it with --method deep (or without --method)")
-        steps = args.steps or default_steps("deep" if method == "auto" else method)
+        steps = args.steps or (default_steps("deep") if method == "auto" else default_steps(method))
 
         def progress(step, total, **info):
             bar.total = total  # the head is fitted twice: without the held-back strokes, then on all

@@ -19,6 +19,10 @@ a model is fitted without the held-back ones and both models are scored on them,
     (a single stroke: nothing to hold back without losing all of it) cannot be scored; the guard
     then asks (``needs_confirmation``) and says what would settle it: one more stroke of that
     class, or a confirmed region with it.
+    It must also keep what the old model had right by the pathologist's word: of the held-back
+    verified pixels the old model labelled right, the new one may get at most :data:`RIGHT_SLACK`
+    wrong (one class painted carelessly over confirmed tissue fails here, even when its own gain
+    lifts the mean).
 (c) **Something verified where the model was right.** Strokes are painted where the model errs,
     so held-back strokes say what the new model learnt, not whether it got worse where the old
     one was right: on the demo's own tissue, a head fitted on such strokes alone was promoted and
@@ -58,6 +62,11 @@ KEEP_PAINTED = 0.25
 # was corrected away from it), whatever the absolute slack allows.
 KEEP_UNCORRECTED = 0.5
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
+# Of the held-back verified pixels the old model labelled right, the share the new one may get wrong
+# (one-class strokes over confirmed tissue flipped 30 % of them; truth-painted ones 15 %, where the confirmed
+# labels held some of the old model's errors, which the new model fixed).
+RIGHT_SLACK = 0.20
+MIN_RIGHT_PIXELS = 100
 MIN_COMPARED_PIXELS = 256  # fewer compared pixels in a region: it is not judged
 
 PROMOTED, NEEDS_CONFIRMATION, REJECTED = "promoted", "needs_confirmation", "rejected"
@@ -102,6 +111,7 @@ class HeldOut:
     pixels: dict[str, int] = field(default_factory=dict)
     too_few: dict[str, int] = field(default_factory=dict)
     confusion: np.ndarray | None = None
+    right_kept: tuple[int, int] = (0, 0)  # held-back verified pixels the old model had right, still right
 
 
 @dataclass
@@ -204,6 +214,12 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
             if held_out.new[n] < held_out.old[n] - CLASS_DROP:
                 problems.append(f"{n} got worse on the held-back corrections "
                                 f"(Dice {held_out.old[n]:.2f} → {held_out.new[n]:.2f})")
+
+    # (b) what the old model had right by the pathologist's word stays right
+    right, kept = held_out.right_kept
+    if right >= MIN_RIGHT_PIXELS and kept < (1 - RIGHT_SLACK) * right:
+        problems.append(f"it gets {_pct(1 - kept / right)} of the held-back pixels you verified wrong where the "
+                        f"old model had them right (at most {_pct(RIGHT_SLACK)})")
 
     # what the corrections changed: corrected pixels whose old label was another class
     conf = held_out.confusion

@@ -93,6 +93,8 @@ class FinetuneResult:
     cache: FeatureCache | None = field(default=None, repr=False)
     method: str = "deep"  # "head": napari_dfa.training.head.fit_head
     alternative: dict | None = None  # the other method's held-out score, when both ran (method "auto")
+    # (held-back verified pixels the old model had right, of them still right with the new one)
+    right_kept: tuple[int, int] = (0, 0)
 
 
 def _check_samples(samples, num_classes: int, what: str):
@@ -192,6 +194,17 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
                 taken += 1
                 got += px
     return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
+
+
+def right_kept(old_preds, new_preds, masks) -> tuple[int, int]:
+    """(held-back verified pixels the old model labelled right, how many of them the new one still
+    does): what a regression where the pathologist said the old model was right looks like."""
+    right = kept = 0
+    for old, new, mask in zip(old_preds, new_preds, masks):
+        ok = (mask > 0) & (old == mask)
+        right += int(ok.sum())
+        kept += int((ok & (new == mask)).sum())
+    return right, kept
 
 
 def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:
@@ -516,6 +529,11 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
             p.requires_grad_(not segmenter.config.freeze_encoder)
     new_cm, _ = _evaluate(model, new_cache(), val_pairs, k, criterion)
     new_scores = _per_class_dice(new_cm, names, scored)
+    val_images = [r for r, _ in val_pairs]
+    old_val = (baseline_predictions(baseline, old_cache, val_images) if baseline is not None else
+               [predict_from_features(segmenter.model, old_cache.features(r), r.shape[:2]) for r in val_images])
+    new_val = [predict_from_features(model, new_cache().features(r), r.shape[:2]) for r in val_images]
+    kept_right = right_kept(old_val, new_val, [m for _, m in val_pairs])
     old_score, new_score = _mean(old_scores), _mean(new_scores)
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
     new.record_bias(phase="finetune", step=steps)
@@ -534,5 +552,5 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
         held_out_per_class={names[c - 1]: int(held_cls[c]) for c in range(1, k + 1) if held_cls[c]},
         old_class_scores=old_scores, new_class_scores=new_scores, too_few=too_few,
         correction_confusion=confusion, frozen_encoder=bool(frozen_encoder), seconds=seconds, steps=steps,
-        crop=int(crop), cache=old_cache if frozen_encoder else None)
+        crop=int(crop), cache=old_cache if frozen_encoder else None, right_kept=kept_right)
 

@@ -33,6 +33,7 @@ from .finetune import (
     _per_class_dice,
     correction_provenance,
     plan_holdout,
+    right_kept,
 )
 from .frozen import FeatureCache, predict_from_features
 from .metrics import confusion_matrix
@@ -228,6 +229,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     history = []
     new_scores: dict[str, float] = {}
     old_scores: dict[str, float] = {}
+    kept_right = (0, 0)
     if any_held:
         keep = ~is_held
         losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed, progress=progress,
@@ -237,6 +239,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
         old_scores = _per_class_dice(_confusion([old_preds[i] for i in with_held],
                                                 [held_masks[i] for i in with_held], k), names, scored)
         new_scores = _per_class_dice(_confusion(new_preds, [held_masks[i] for i in with_held], k), names, scored)
+        kept_right = right_kept([old_preds[i] for i in with_held], new_preds, [held_masks[i] for i in with_held])
         history.append({"step": steps, "loss": losses[-1], "val_loss": None, "val_score": _mean(new_scores)})
     losses = _fit(hd, (x, base, y), mean, std, steps=steps, seed=seed, progress=progress, cancel=cancel,
                   offset=total_steps - steps, total_steps=total_steps)
@@ -261,4 +264,4 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
         held_out_per_class={names[c - 1]: int(held_cls[c]) for c in range(1, k + 1) if held_cls[c]},
         old_class_scores=old_scores, new_class_scores=new_scores, too_few=too_few,
         correction_confusion=confusion, frozen_encoder=True, seconds=seconds, steps=steps, crop=0,
-        cache=old_cache, method="head")
+        cache=old_cache, method="head", right_kept=kept_right)
