@@ -19,9 +19,9 @@ a model is fitted without the held-back ones and both models are scored on them,
     (a single stroke: nothing to hold back without losing all of it) cannot be scored; the guard
     then asks (``needs_confirmation``) and says what would settle it: one more stroke of that
     class, or a confirmed region with it.
-    It must also keep what the old model had right by the pathologist's word: of the held-back
-    verified pixels the old model labelled right, the new one may get at most :data:`RIGHT_SLACK`
-    wrong (one class painted carelessly over confirmed tissue fails here, even when its own gain
+    It must also keep what the old model had right by the pathologist's word: of each class's
+    held-back verified pixels the old model labelled right, the new one may get at most
+    :data:`RIGHT_SLACK` wrong (one class painted carelessly over confirmed tissue fails here, even when its own gain
     lifts the mean).
 (c) **Something verified where the model was right.** Strokes are painted where the model errs,
     so held-back strokes say what the new model learnt, not whether it got worse where the old
@@ -111,7 +111,8 @@ class HeldOut:
     pixels: dict[str, int] = field(default_factory=dict)
     too_few: dict[str, int] = field(default_factory=dict)
     confusion: np.ndarray | None = None
-    right_kept: tuple[int, int] = (0, 0)  # held-back verified pixels the old model had right, still right
+    # per label of the new list: (held-back verified pixels the old model had right, still right)
+    right_kept: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -216,10 +217,10 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                                 f"(Dice {held_out.old[n]:.2f} → {held_out.new[n]:.2f})")
 
     # (b) what the old model had right by the pathologist's word stays right
-    right, kept = held_out.right_kept
-    if right >= MIN_RIGHT_PIXELS and kept < (1 - RIGHT_SLACK) * right:
-        problems.append(f"it gets {_pct(1 - kept / right)} of the held-back pixels you verified wrong where the "
-                        f"old model had them right (at most {_pct(RIGHT_SLACK)})")
+    for c, (right, kept) in sorted((held_out.right_kept or {}).items()):
+        if right >= MIN_RIGHT_PIXELS and kept < (1 - RIGHT_SLACK) * right and 0 < c <= k:
+            problems.append(f"it gets {_pct(1 - kept / right)} of the held-back {new_names[c - 1]} you verified wrong "
+                            f"where the old model had it right (at most {_pct(RIGHT_SLACK)})")
 
     # what the corrections changed: corrected pixels whose old label was another class
     conf = held_out.confusion

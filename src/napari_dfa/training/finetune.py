@@ -93,8 +93,8 @@ class FinetuneResult:
     cache: FeatureCache | None = field(default=None, repr=False)
     method: str = "deep"  # "head": napari_dfa.training.head.fit_head
     alternative: dict | None = None  # the other method's held-out score, when both ran (method "auto")
-    # (held-back verified pixels the old model had right, of them still right with the new one)
-    right_kept: tuple[int, int] = (0, 0)
+    # per label: (held-back verified pixels the old model had right, of them still right)
+    right_kept: dict = field(default_factory=dict)
 
 
 def _check_samples(samples, num_classes: int, what: str):
@@ -196,15 +196,18 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
     return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
 
 
-def right_kept(old_preds, new_preds, masks) -> tuple[int, int]:
-    """(held-back verified pixels the old model labelled right, how many of them the new one still
-    does): what a regression where the pathologist said the old model was right looks like."""
-    right = kept = 0
+def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int]]:
+    """Per label, (held-back verified pixels the old model labelled right, how many of them the new
+    one still does): what a regression where the pathologist said the old model was right looks like."""
+    out: dict[int, list[int]] = {}
     for old, new, mask in zip(old_preds, new_preds, masks):
         ok = (mask > 0) & (old == mask)
-        right += int(ok.sum())
-        kept += int((ok & (new == mask)).sum())
-    return right, kept
+        for c in np.unique(mask[ok]).tolist():
+            here = ok & (mask == c)
+            r = out.setdefault(int(c), [0, 0])
+            r[0] += int(here.sum())
+            r[1] += int((here & (new == mask)).sum())
+    return {c: (r, k) for c, (r, k) in out.items()}
 
 
 def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:

@@ -229,7 +229,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     history = []
     new_scores: dict[str, float] = {}
     old_scores: dict[str, float] = {}
-    kept_right = (0, 0)
+    kept_right: dict = {}
     if any_held:
         keep = ~is_held
         losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed, progress=progress,
