@@ -238,7 +238,8 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
             # agree most with the truth there), as a careful pathologist does with "Looks right"
             for y, x in confirm_blocks(pred_a, truth, half, settings, confirmed):
                 b = settings.confirm_block
-                store.confirm_region(level=0, region=(y, x, b, b), labels=pred_a[y:y + b, x:x + b] * tissue[y:y + b, x:x + b])
+                # after fixing what was wrong there: the truth
+                store.confirm_region(level=0, region=(y, x, b, b), labels=truth[y:y + b, x:x + b])
                 confirmed.add((y, x))
             counts = {n: int((corrections == i + 1).sum()) for i, n in enumerate(names)}
             if r == 1 and setup == OWN_SETUP:  # the new class's δ from its share of what was painted

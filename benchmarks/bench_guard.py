@@ -12,7 +12,7 @@ of them, as another lab's would), a simulated pathologist corrects the demo mode
   region, over whatever tissue lies there (one_class_strokes): careless corrections.
 
 With ``--confirm`` the pathologist also confirms two 256² blocks as right ("Looks right": the
-blocks where the model is most often right, with its labels), as a careful one would; without it
+blocks where the model is most often right, its few errors there fixed first), as a careful one would; without it
 the strokes are all the guard has. Each runs the Fine-tune click's workflow
 (``finetune_on_corrections``: the pixel head and the deep fine-tune of 40 steps, the better on the
 held-back strokes; the reviewed region replayed in the deep one) and records the guard's verdict and the mean Dice against the truth
@@ -81,7 +81,8 @@ def main(argv=None) -> int:
                 store.write(patch.key, (0, 0), painted)
                 if args.confirm:
                     for y, x in _best_blocks(truth, before):
-                        store.confirm_region(level=0, region=(y, x, 256, 256), labels=before[y:y + 256, x:x + 256])
+                        # what looks right after fixing what did not: the truth there
+                        store.confirm_region(level=0, region=(y, x, 256, 256), labels=truth[y:y + 256, x:x + 256])
                 o = finetune_on_corrections(seg, store, slide.read_region, steps=40,
                                             replay=ReplaySpec(0, REGION, before, painted),
                                             resegment=Resegment(slide, 0, REGION))
