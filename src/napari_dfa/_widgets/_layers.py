@@ -404,9 +404,15 @@ def replay_spec(viewer, result, target, recorder) -> ReplaySpec | None:
         corrected = np.array(recorder.layer.data, copy=True)
     if not result.whole_slide:
         return ReplaySpec(level, region, np.array(layer.data, copy=True), corrected)
+    return ReplaySpec(level, region, lambda: labels_shown(layer, result, region), corrected)
+
+
+def labels_shown(layer, result, region) -> np.ndarray:
+    """The labels ``layer`` (``result``'s labels layer) shows over ``region`` (y0, x0, h, w in the
+    result's level pixels), read now (a zarr read for a whole-slide result)."""
     base = layer.data[0] if layer.multiscale else layer.data
     y0, x0 = region[0] - result.region[0], region[1] - result.region[1]
-    return ReplaySpec(level, region, lambda: np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]]), corrected)
+    return np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]])
 
 
 def writeback_spec(viewer, result, target) -> WriteBack | None:

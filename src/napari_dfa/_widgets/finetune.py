@@ -58,7 +58,15 @@ from ..labels import LabelsStore
 from ..paths import accepted_labels_store_path
 from ._base import DFAWidget, error_text
 from ._labels_layer import class_colormap, class_features
-from ._layers import layer_pyramid, pick_image_layer, replay_spec, review_target, visible_region, writeback_spec
+from ._layers import (
+    labels_shown,
+    layer_pyramid,
+    pick_image_layer,
+    replay_spec,
+    review_target,
+    visible_region,
+    writeback_spec,
+)
 from ._lossplot import LossPlot
 from ._recorder import CorrectionRecorder
 from ._session import add_recent_model
@@ -568,10 +576,7 @@ class FinetuneWidget(DFAWidget):
             res = self.session.result
             if res.labels_layer not in self.viewer.layers:
                 raise DataError("The segmented labels layer was closed: segment again, then confirm")
-            layer = self.viewer.layers[res.labels_layer]
-            base = layer.data[0] if layer.multiscale else layer.data
-            y0, x0 = region[0] - res.region[0], region[1] - res.region[1]
-            shown = np.asarray(base[y0:y0 + region[2], x0:x0 + region[3]])
+            shown = labels_shown(self.viewer.layers[res.labels_layer], res, region)
             store = self.store(pyramid)
             labels = label_map(seg.class_names, self.class_names(), self._renames)[shown]
             patch = store.confirm_region(level=level, region=region, labels=labels,
@@ -830,7 +835,7 @@ class FinetuneWidget(DFAWidget):
         # and segmented again on the same recoloured pixels.
         stain = getattr(res, "stain", None)
         read = pyramid.read if stain is None else (lambda level, box: stain(pyramid.read(level, box)))
-        more = self._other_slides(pyramid)
+        more = self._other_slides(store)
         resegment = None
         if target is not None:
             data, lv = pyramid.source(target[0])
@@ -860,22 +865,22 @@ class FinetuneWidget(DFAWidget):
 
         return self.run_job(work, self._on_finetuned)
 
-    def _other_slides(self, pyramid) -> list:
-        """``[(store, read)]`` of the other slides open in this viewer that have corrections in use:
-        one model learns from every slide of the session."""
+    def _other_slides(self, store) -> list:
+        """``[(store, read)]`` of the other slides open in this viewer (not ``store``'s) that have
+        corrections in use: one model learns from every slide of the session."""
         from ._layers import image_layers
 
-        out, seen = [], {str(self.store(pyramid, reconcile=False).path)}
+        out, seen = [], {str(store.path)}
         for layer in image_layers(self.viewer):
             try:
                 other = layer_pyramid(self.viewer, layer)
-                store = self.store(other, create=False)
+                theirs = self.store(other, create=False)
             except DataError:
                 continue
-            if str(store.path) in seen or not store.corrected_pixels():
+            if str(theirs.path) in seen or not theirs.corrected_pixels():
                 continue
-            seen.add(str(store.path))
-            out.append((store, other.read))
+            seen.add(str(theirs.path))
+            out.append((theirs, other.read))
         if out:
             logger.info("fine-tuning on the corrections of %d more slide(s)", len(out))
         return out

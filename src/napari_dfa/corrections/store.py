@@ -318,7 +318,8 @@ class CorrectionStore:
                 continue
             mask = self.read(p.key)
             if p.source == "confirmed":
-                mask = np.where(self._corrected_over(p), 0, mask).astype(np.uint8)
+                # corrections painted over a confirmed region say its labels were wrong there
+                mask = np.where(self.labels_over(p.level, p.region, confirmed=False) > 0, 0, mask).astype(np.uint8)
             if lut is not None:
                 mask = lut[mask]
             for y0, x0, y1, x1 in _cells(mask):
@@ -333,18 +334,26 @@ class CorrectionStore:
                 out.append((rgb, cell))
         return out
 
-    def _corrected_over(self, confirmed: CorrectionPatch) -> np.ndarray:
-        """h×w bool: where corrections in use (patches not confirmed, same level) lie over a
-        confirmed patch: there the pathologist said the confirmed labels were wrong."""
-        y0, x0, h, w = confirmed.region
-        out = np.zeros((h, w), bool)
+    def labels_over(self, level: int, region, *, lut: np.ndarray | None = None,
+                    confirmed: bool = True) -> np.ndarray:
+        """h×w uint8: the labels of the patches in use at ``level`` over ``region`` (y0, x0, h, w),
+        later patches over earlier ones, 0 where none lies; each patch's labels through ``lut``
+        first when given (a label it maps to 0 leaves what lies below); ``confirmed=False``: the
+        corrections alone, without confirmed regions."""
+        y0, x0, h, w = (int(v) for v in region)
+        out = np.zeros((h, w), np.uint8)
         for q in self.patches():
-            if q.source == "confirmed" or q.level != confirmed.level or self.hidden(q.key):
+            if q.level != level or self.hidden(q.key) or (not confirmed and q.source == "confirmed"):
                 continue
             qy, qx, qh, qw = q.region
             ty0, tx0, ty1, tx1 = max(y0, qy), max(x0, qx), min(y0 + h, qy + qh), min(x0 + w, qx + qw)
-            if ty1 > ty0 and tx1 > tx0:
-                out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] |= self.read(q.key)[ty0 - qy:ty1 - qy, tx0 - qx:tx1 - qx] > 0
+            if ty1 <= ty0 or tx1 <= tx0:
+                continue
+            block = self.read(q.key)[ty0 - qy:ty1 - qy, tx0 - qx:tx1 - qx]
+            if lut is not None:
+                block = lut[block]
+            view = out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0]
+            view[block > 0] = block[block > 0]
         return out
 
     def _lut(self, class_names: Iterable[str]) -> np.ndarray:

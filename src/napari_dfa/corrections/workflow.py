@@ -35,18 +35,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..labels import LabelsStore
-from .guard import HeldOut, GuardVerdict, RegionComparison, judge, label_map
+from .guard import HeldOut, RegionComparison, judge, label_map
+from .outcome import FinetuneOutcome
 from .replay import replay_from_prediction
 from .store import CorrectionStore
 
-if TYPE_CHECKING:
-    from ..training import FinetuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -148,167 +147,6 @@ class WriteBack:
     info: dict = field(default_factory=dict)  # merged into the copy's napari_dfa attributes
 
 
-@dataclass
-class FinetuneOutcome:
-    """What :func:`finetune_on_corrections` did.
-
-    Arguments:
-      result: the :class:`~napari_dfa.training.FinetuneResult` (losses, held-out scores, the copy).
-      verdict: the guard's :class:`~.guard.GuardVerdict` (status, reason in plain words, numbers).
-      kept: whether the fine-tuned model is the one to use now (the guard promoted it, the user
-        confirmed a model the guard could not test, or the guard was off).
-      segmenter: the model to use from now on: the fine-tuned copy when kept, else the input model.
-      candidate: the fine-tuned copy, kept or not (a widget offers it for review).
-      class_names / old_names: the new and the old model's classes; ``label_map`` maps old labels
-        onto new ones by class name (0: a class the new model lacks).
-      before: the reviewed region's labels before (old class numbers), when known.
-      relabelled: the region segmented again with the new model (None when not asked).
-      written_back: the labels store the relabelled region was written into, or None.
-      seconds: wall time of the whole call.
-    """
-
-    result: FinetuneResult
-    verdict: GuardVerdict
-    kept: bool
-    segmenter: Any
-    candidate: Any = None
-    class_names: list[str] = field(default_factory=list)
-    old_names: list[str] = field(default_factory=list)
-    label_map: np.ndarray | None = None
-    before: np.ndarray | None = None
-    relabelled: np.ndarray | None = None
-    written_back: Path | None = None
-    seconds: float = 0.0
-    guard: bool = True
-
-    @property
-    def promoted(self) -> bool:
-        """The guard's verdict: the new model passed every check."""
-        return self.verdict.promoted
-
-    @property
-    def needs_confirmation(self) -> bool:
-        """Nothing speaks against the new model, but too little could be held out to test it."""
-        return self.verdict.needs_confirmation
-
-    @property
-    def old_score(self) -> float:
-        return self.result.old_score
-
-    @property
-    def new_score(self) -> float:
-        return self.result.new_score
-
-    @property
-    def scores(self) -> str:
-        """``held-out score 0.512 → 0.634`` (``n/a`` when nothing was held out)."""
-        return f"held-out score {format_score(self.old_score)} → {format_score(self.new_score)}"
-
-    @property
-    def message(self) -> str:
-        """What happened, in plain words."""
-        if self.verdict.promoted:
-            return f"Fine-tuned ({self.scores}). {self.verdict.reason}"
-        if self.kept and not self.guard:
-            return f"Using the fine-tuned model although the guard said: {self.verdict.reason}"
-        if self.kept:
-            return f"Using the fine-tuned model, as you confirmed. {self.verdict.reason}"
-        if self.verdict.needs_confirmation:
-            return self.verdict.reason
-        return self.verdict.reason
-
-    def changed(self) -> np.ndarray | None:
-        """h×w bool: where the relabelled region differs from the labels before (by class name)."""
-        if self.before is None or self.relabelled is None or self.before.shape != self.relabelled.shape:
-            return None
-        lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
-        return lut[np.asarray(self.before)] != np.asarray(self.relabelled)
-
-    def look_next(self, n: int = 5, min_pixels: int = 64) -> list[tuple[int, int, int, int, int]]:
-        """Where to look next: the ``n`` largest connected areas where the new labels differ from
-        the old ones in the reviewed region, as ``(y0, x0, h, w, changed pixels)`` in region pixels,
-        largest first (areas under ``min_pixels`` are left out). Each is one click for the
-        pathologist: confirm it, or paint what is wrong."""
-        from scipy import ndimage
-
-        changed = self.changed()
-        if changed is None or not changed.any():
-            return []
-        lab, count = ndimage.label(changed, structure=np.ones((3, 3), bool))
-        sizes = np.bincount(lab.ravel(), minlength=count + 1)[1:]
-        boxes = ndimage.find_objects(lab)
-        out = []
-        for i in np.argsort(sizes)[::-1][:n]:
-            if sizes[i] < min_pixels:
-                break
-            ys, xs = boxes[i]
-            out.append((ys.start, xs.start, ys.stop - ys.start, xs.stop - xs.start, int(sizes[i])))
-        return out
-
-    def class_changes(self, threshold: float = 0.25) -> list[str]:
-        """``"necrosis 14.5 % → 0.1 %"`` for every class whose share of the reviewed region changes
-        by more than ``threshold`` of itself (or appears or vanishes): what Accept would do."""
-        rows = self.area_table()
-        tb, ta = max(1, sum(b for _, b, _ in rows)), max(1, sum(a for _, _, a in rows))
-        out = []
-        for name, b, a in rows:
-            fb, fa = b / tb, a / ta
-            if abs(fa - fb) > threshold * max(fb, fa) and abs(fa - fb) > 0.001:
-                out.append(f"{name} {100 * fb:.1f} % → {100 * fa:.1f} %")
-        return out
-
-    def area_table(self) -> list[tuple[str, int, int]]:
-        """``[(class name, pixels before, pixels after)]`` over the reviewed region, classes of the
-        new model first, then classes the old model had and the new one lacks (after = 0)."""
-        if self.before is None or self.relabelled is None:
-            return []
-        k = len(self.class_names)
-        lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
-        before = np.bincount(lut[np.asarray(self.before)].ravel(), minlength=k + 1)
-        after = np.bincount(np.asarray(self.relabelled).ravel(), minlength=k + 1)
-        rows = [(n, int(before[i + 1]), int(after[i + 1])) for i, n in enumerate(self.class_names)]
-        if self.label_map is not None:
-            old_counts = np.bincount(np.asarray(self.before).ravel(), minlength=len(self.label_map))
-            for v in range(1, len(self.label_map)):
-                if self.label_map[v] == 0 and old_counts[v]:
-                    name = self.old_names[v - 1] if v <= len(self.old_names) else f"class {v}"
-                    rows.append((name, int(old_counts[v]), 0))
-        return rows
-
-    def report(self) -> dict:
-        """JSON-ready: what ``napari-dfa finetune --json`` writes."""
-        r = self.result
-        v = self.verdict.as_dict()
-        return {
-            "promoted": bool(self.verdict.promoted), "kept": bool(self.kept), "status": self.verdict.status,
-            "reason": self.verdict.reason, "class_names": list(self.class_names),
-            "corrected_pixels": dict(r.corrected_per_class), "held_out_pixels": dict(r.held_out_per_class),
-            "held_out_scores": {n: {"old": r.old_class_scores.get(n), "new": r.new_class_scores.get(n)}
-                                for n in r.old_class_scores},
-            "held_out_mean": {"old": _num(r.old_score), "new": _num(r.new_score)},
-            "held_out_too_few": dict(r.too_few),
-            "agreement_outside_corrections": v["agreement_outside_corrections"],
-            "agreement_bound": v["agreement_bound"], "regions": v["regions"],
-            "class_shares": v["class_shares"], "problems": v["problems"],
-            "method": r.method, "other_method": r.alternative, "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
-            "look_next": [{"region": [y, x, h, w], "changed_pixels": px} for y, x, h, w, px in self.look_next()],
-            "train_seconds": round(float(r.seconds), 2), "seconds": round(float(self.seconds), 2),
-        }
-
-
-def _num(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def format_score(value) -> str:
-    """A held-out score with three decimals; ``n/a`` for None or NaN (nothing held out)."""
-    try:
-        v = None if value is None else float(value)
-    except (TypeError, ValueError):
-        v = None
-    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
-
-
 def _part(progress, offset: int, *, total: int | None = None):
     """``progress`` for one of several runs: its step ``offset + step`` of ``total`` (None: the
     run's own total)."""
@@ -336,25 +174,6 @@ def _better(head, deep):
     logger.info("fine-tuning: %s %.3f against %s %.3f on the held-back strokes", chosen.method, chosen.new_score,
                 other.method, other.new_score)
     return chosen
-
-
-def _corrected_over(store: CorrectionStore, level: int, region, lut: np.ndarray) -> np.ndarray:
-    """h×w: the store's corrections (patches in use at ``level``) over ``region``, in the new
-    model's class numbers (``lut`` maps the store's labels)."""
-    y0, x0, h, w = (int(v) for v in region)
-    out = np.zeros((h, w), np.uint8)
-    for p in store.patches():
-        if p.level != level or store.hidden(p.key):
-            continue
-        py, px, ph, pw = p.region
-        ty0, tx0 = max(y0, py), max(x0, px)
-        ty1, tx1 = min(y0 + h, py + ph), min(x0 + w, px + pw)
-        if ty1 <= ty0 or tx1 <= tx0:
-            continue
-        block = lut[store.read(p.key)[ty0 - py:ty1 - py, tx0 - px:tx1 - px]]
-        view = out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0]
-        view[block > 0] = block[block > 0]
-    return out
 
 
 def _store_lut(store: CorrectionStore, names: Sequence[str]) -> np.ndarray:
@@ -475,7 +294,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
             labels = np.where(tissue, old_pred, 0).astype(np.uint8)
         labels = np.asarray(labels)
         corrected = (store_lut[np.asarray(spec.corrected)] if spec.corrected is not None
-                     else _corrected_over(store, spec.level, spec.region, store_lut))
+                     else store.labels_over(spec.level, spec.region, lut=store_lut))
         pseudo = replay_from_prediction(lut[labels], corrected, seed=seed + i) if replay_training \
             else np.zeros(labels.shape, np.uint8)
         if pseudo.any():
@@ -487,7 +306,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         tissue = tissue_from_rgb(rgb)
         old_pred = predict_region(segmenter, rgb, old_cache)
         regions.append((f"check region {j + 1}", rgb, np.where(tissue, old_pred, 0).astype(np.uint8), old_pred,
-                        _corrected_over(store, level, region, store_lut), None, tissue))
+                        store.labels_over(level, region, lut=store_lut), None, tissue))
 
     # fit_head() / finetune() train a copy and write its provenance.
     if crop is None:
@@ -509,7 +328,6 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                                frozen_encoder=frozen_encoder, cache=cache, cancel=cancel, baseline=baseline,
                                progress=_part(progress, 2 * head_steps if method == "auto" else 0, total=whole))
     result = _better(head_result, deep_result)
-    steps = result.steps
     new = result.segmenter
     new_cache = cache if frozen_encoder else FeatureCache(new.model, multiple=new.input_multiple)
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..errors import Cancelled, DataError
 from .augment import augment, rng_for
 from .config import AugmentConfig
-from .frozen import FeatureCache, crop_features, decode_logits, logits_from_features, predict_from_features
+from .frozen import FeatureCache, crop_features, decode_logits, logits_from_features, predict_region
 from .metrics import confusion_matrix, scores_from_confusion
 from .optim import make_optimizer
 
@@ -219,8 +219,7 @@ def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarr
     shared = FeatureCache(seg.model, multiple=seg.input_multiple)
     shared._cache = cache._cache
     lut = np.asarray(lut, np.uint8)
-    return [lut[np.clip(predict_from_features(seg.model, shared.features(r), r.shape[:2]), 0, len(lut) - 1)]
-            for r in images]
+    return [lut[np.clip(predict_region(seg, r, shared), 0, len(lut) - 1)] for r in images]
 
 
 @dataclass
@@ -462,13 +461,16 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
     old_cm, old_loss = _evaluate(segmenter.model, old_cache, val_pairs, k, criterion)
     # What the corrections say was wrong: the old model's labels under every corrected pixel.
     corrected_pairs = [(r, m) for r, m in samples if (m > 0).any()]
+    # The old model's labels of each image, once: held-back scores (with a baseline), what the
+    # corrections changed (with a baseline) and what it had right (always).
+    images = list({id(r): r for r, _ in (val_pairs + corrected_pairs if baseline is not None else val_pairs)}.values())
+    old_labels = dict(zip(map(id, images), baseline_predictions(baseline, old_cache, images) if baseline is not None
+                          else [predict_region(segmenter, r, old_cache) for r in images]))
     if baseline is not None:  # the model before a class edit, scored in the new list by name
-        old_cm = sum((confusion_matrix(p, m, k) for p, (_, m) in
-                      zip(baseline_predictions(baseline, old_cache, [r for r, _ in val_pairs]), val_pairs)),
+        old_cm = sum((confusion_matrix(old_labels[id(r)], m, k) for r, m in val_pairs),
                      np.zeros((k + 1, k + 1), np.int64))
-        confusion = sum((confusion_matrix(p, m, k) for p, (_, m) in
-                         zip(baseline_predictions(baseline, old_cache, [r for r, _ in corrected_pairs]),
-                             corrected_pairs)), np.zeros((k + 1, k + 1), np.int64))
+        confusion = sum((confusion_matrix(old_labels[id(r)], m, k) for r, m in corrected_pairs),
+                        np.zeros((k + 1, k + 1), np.int64))
     else:
         confusion, _ = _evaluate(segmenter.model, old_cache, corrected_pairs, k, criterion)
     old_scores = _per_class_dice(old_cm, names, scored)
@@ -532,11 +534,8 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
             p.requires_grad_(not segmenter.config.freeze_encoder)
     new_cm, _ = _evaluate(model, new_cache(), val_pairs, k, criterion)
     new_scores = _per_class_dice(new_cm, names, scored)
-    val_images = [r for r, _ in val_pairs]
-    old_val = (baseline_predictions(baseline, old_cache, val_images) if baseline is not None else
-               [predict_from_features(segmenter.model, old_cache.features(r), r.shape[:2]) for r in val_images])
-    new_val = [predict_from_features(model, new_cache().features(r), r.shape[:2]) for r in val_images]
-    kept_right = right_kept(old_val, new_val, [m for _, m in val_pairs])
+    kept_right = right_kept([old_labels[id(r)] for r, _ in val_pairs],
+                            [predict_region(new, r, new_cache()) for r, _ in val_pairs], [m for _, m in val_pairs])
     old_score, new_score = _mean(old_scores), _mean(new_scores)
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
     new.record_bias(phase="finetune", step=steps)

@@ -35,7 +35,7 @@ from .finetune import (
     plan_holdout,
     right_kept,
 )
-from .frozen import FeatureCache, predict_from_features
+from .frozen import FeatureCache, predict_region
 from .metrics import confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -152,10 +152,9 @@ def _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, to
     return losses
 
 
-@torch.no_grad()
-def _predictions(model, cache: FeatureCache, samples) -> list[np.ndarray]:
+def _predictions(segmenter, cache: FeatureCache, samples) -> list[np.ndarray]:
     """The model's labels of every sample image, head, smoothing and all, as segment labels them."""
-    return [predict_from_features(model, cache.features(rgb), rgb.shape[:2]) for rgb, _ in samples]
+    return [predict_region(segmenter, rgb, cache) for rgb, _ in samples]
 
 
 def _confusion(preds, masks, k: int) -> np.ndarray:
@@ -223,7 +222,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     model.eval()
     (x, base, y, is_held), mean, std = _gather(model, hd, new_cache, samples, held_masks, hd.stride)
     old_preds = (baseline_predictions(baseline, old_cache, [r for r, _ in samples]) if baseline is not None
-                 else _predictions(segmenter.model, old_cache, samples))
+                 else _predictions(segmenter, old_cache, samples))
     any_held = bool(is_held.any())
     total_steps = 2 * steps if any_held else steps
     history = []
@@ -235,7 +234,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
         losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed, progress=progress,
                       cancel=cancel, total_steps=total_steps)
         with_held = [i for i, va in enumerate(held_masks) if (va > 0).any()]
-        new_preds = _predictions(model, new_cache, [samples[i] for i in with_held])
+        new_preds = _predictions(new, new_cache, [samples[i] for i in with_held])
         old_scores = _per_class_dice(_confusion([old_preds[i] for i in with_held],
                                                 [held_masks[i] for i in with_held], k), names, scored)
         new_scores = _per_class_dice(_confusion(new_preds, [held_masks[i] for i in with_held], k), names, scored)
