@@ -1,11 +1,17 @@
-"""Attention-bias widget: what the model learned about class difficulty, and where it looks.
+"""Attention-bias widget: what the model learned about each class, and where it looks.
 
-Top plot: the effective bias b_c the decoder adds to each class's pixel → class attention logit
-(bars, class colours) against the centred frequency prior γ·log(1 − f_c) (diamonds): a class whose
-bar sits above its prior was found harder than its rarity alone says. Bottom plot: b_c over the
-snapshots stored in the checkpoint's ``bias_history`` (training epochs, then fine-tuning runs; see
-:meth:`napari_dfa.model.Segmenter.bias_history`).
-Buttons add the per-class focus maps (last decoder layer's pixel → class attention) and the
+Top plot: per class, the extra attention the model gives it when it decides what a pixel is (the
+bias b_c the decoder adds to each class's pixel → class attention logit; bars in the class
+colours), against where training started it, from how rare the class is (the centred prior
+γ·log(1 − f_c), diamonds): a class whose bar sits above its diamond was found harder than its
+rarity alone says. Bottom plot: the same numbers over the snapshots stored in the checkpoint's
+``bias_history`` (training epochs, then fine-tuning runs; see
+:meth:`napari_dfa.model.Segmenter.bias_history`), with a legend of the classes.
+Both are drawn for a dock of napari's default width (~234 px): class names read horizontally,
+legends sit under the plots, and nothing is smaller than 7 pt.
+
+Buttons add the per-class focus maps (the last decoder layer's pixel → class attention: at each
+pixel, the share of its attention that goes to each class, on the model's 16-pixel grid) and the
 uncertainty map of the last segmented region as image layers aligned with its labels.
 """
 
@@ -16,6 +22,7 @@ import logging
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..errors import DataError
@@ -24,35 +31,48 @@ from ._layers import layer_pyramid
 
 logger = logging.getLogger(__name__)
 
-BIAS_TIP = ("Class bias (b_c): a number per class that the model adds when it decides which class a pixel "
-            "belongs to. Above zero: the model looks harder for that class; below: less. It is learnt in "
-            "training; the diamonds show what the class's rarity alone would give (the frequency prior).")
+BIAS_TIP = ("Extra attention per class: how much more (above 0) or less (below 0) attention the model "
+            "learned to give each class when it decides what a pixel is. Training starts it from how rare "
+            "the class is (◆: rarer classes start higher); a bar above its ◆ means the model found that "
+            "class harder than its rarity alone says. The lower plot shows how it changed over training "
+            "and fine-tuning.")
+FONT = 7.5  # pt: the smallest text of the plots, readable in a ~234 px wide dock
+# What the extra attention is in each bias mode of a checkpoint (model/bias.py), in words.
+MODE_WORDS = {"none": "none (this model has no class bias)", "cffa": "fixed, from how rare each class is",
+              "difficulty": "fixed, from an earlier run's scores", "dfa": "learnt",
+              "dfa-anchored": "learnt, on top of rarity", "dfa-out": "learnt, also added to the final scores"}
+FOCUS_WORDS = ("Focus maps: at each pixel, the share of its attention that the model's last decoder layer gives "
+               "to each class (on the model's 16-pixel grid; the shares add up to 1). Bright = that class is "
+               "what the model relates this tissue to inside; it is not the final label, nor where to correct.")
+UNCERTAINTY_WORDS = "Uncertainty: bright where the two likeliest classes are close, a place to check and correct."
 
 
 class AttentionWidget(DFAWidget):
-    """Dock widget: b_c vs. the frequency prior, its trajectory, focus and uncertainty layers.
+    """Dock widget: each class's extra attention vs. where it started, its history, focus and
+    uncertainty layers.
 
     Arguments:
       napari_viewer: the viewer (napari passes it when the widget is docked).
       parent: optional Qt parent.
     """
 
-    hint = "Segment a region to see where each class token looks."
+    hint = "Segment a region, then add its focus or uncertainty maps here."
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
 
-        self.figure = Figure(figsize=(4, 4.8), tight_layout=True)
+        # Constrained layout keeps labels and legends inside the canvas at any dock width.
+        self.figure = Figure(figsize=(2.6, 4.8), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(260)
         self.canvas.setToolTip(BIAS_TIP)
         self.values = QLabel()
         self.values.setWordWrap(True)
         self.values.setToolTip(BIAS_TIP)
-        self.focus_button = QPushButton("Add focus maps")
-        self.focus_button.setToolTip("Per class, where its class token looks (the last decoder layer's attention): "
-                                     "one image layer per class over the segmented region")
-        self.uncertainty_button = QPushButton("Add uncertainty map")
+        self.focus_button = QPushButton("Focus maps")
+        self.focus_button.setToolTip("Per class, the share of each pixel's attention that the model's last decoder "
+                                     "layer gives to that class: one image layer per class over the segmented region")
+        self.uncertainty_button = QPushButton("Uncertainty map")
         self.uncertainty_button.setToolTip("1 − (margin between the two most likely classes): bright where the model "
                                            "hesitates, a good place to check and correct")
 
@@ -77,50 +97,59 @@ class AttentionWidget(DFAWidget):
         return None if seg is None else np.asarray(seg.class_bias(), dtype=float)
 
     def redraw(self) -> None:
-        """Plot the current model's b_c, its prior and its trajectory."""
+        """Plot the current model's extra attention per class, where it started, and its history."""
         seg = self.session.segmenter
         self.figure.clear()
         if seg is None:
             ax = self.figure.add_subplot(111)
             ax.text(0.5, 0.5, "No model loaded yet:\nsegment with a model first", ha="center",
-                    va="center", transform=ax.transAxes)
+                    va="center", transform=ax.transAxes, fontsize=FONT + 1)
             ax.set_axis_off()
             self.values.setText("")
             self.canvas.draw_idle()
             return
         names = list(seg.class_names)
-        colors = [tuple(v / 255 for v in col[:3]) for col in seg.class_colors]
-        bias, prior = self.current_bias(), np.asarray(seg.prior_bias(), dtype=float)
-        mode = getattr(seg.config, "bias_mode", "?")
-        x = np.arange(len(names))
+        colors = [tuple(v / 255 for v in col[:3]) for col in seg.class_colors]  # as in the labels layer
+        bias, start = self.current_bias(), np.asarray(seg.prior_bias(), dtype=float)
+        mode = MODE_WORDS.get(getattr(seg.config, "bias_mode", ""), "")
+        y = np.arange(len(names))
 
+        # Horizontal bars: class names read across a narrow dock, never rotated or cut.
         ax = self.figure.add_subplot(211)
-        ax.bar(x, bias, color=colors, edgecolor="black", linewidth=0.5, label="class bias b_c (learnt)")
-        ax.scatter(x, prior, marker="D", color="black", zorder=3, label="frequency prior")
-        ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("bias")
-        ax.set_title(f"class bias per class ({mode})", fontsize=9)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
+        ax.barh(y, bias, color=colors, edgecolor="black", linewidth=0.5)
+        ax.scatter(start, y, marker="D", s=18, color="black", zorder=3)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_yticks(y, names, fontsize=FONT)
+        ax.invert_yaxis()  # class 1 on top, as in the Segment widget's list
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(axis="x", labelsize=FONT)
+        ax.set_title("Extra attention per class", fontsize=FONT + 1)
+        ax.set_xlabel("bar: now   ◆: start, from rarity", fontsize=FONT)
 
         snaps = seg.bias_history()
         ax2 = self.figure.add_subplot(212)
         if snaps:
             traj = np.stack([v for _, v in snaps])
+            steps = np.arange(len(snaps))
             for k in range(len(names)):
-                ax2.plot(np.arange(len(snaps)), traj[:, k], marker=".", color=colors[k], label=names[k])
+                ax2.plot(steps, traj[:, k], marker=".", color=colors[k], label=names[k])
             tuned = [i for i, (tag, _) in enumerate(snaps) if tag.startswith("finetune")]
             if tuned and tuned[0] > 0:
                 ax2.axvline(tuned[0] - 0.5, color="grey", linestyle=":", linewidth=1)
-                ax2.text(tuned[0] - 0.4, ax2.get_ylim()[1], "fine-tuning", fontsize=7, va="top")
-            ax2.set_xlabel("snapshot (epochs, then fine-tuning)", fontsize=8)
+                ax2.text(tuned[0] - 0.4, ax2.get_ylim()[1], "fine-tuning", fontsize=FONT, va="top")
+            # Snapshots are counted: whole-number ticks only (no 2.5 or 7.5).
+            ax2.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax2.set_xlabel("snapshot (epochs, then fine-tunes)", fontsize=FONT)
+            ax2.legend(fontsize=FONT, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False,
+                       handlelength=1.2, columnspacing=0.8, borderaxespad=0)
         else:
-            ax2.text(0.5, 0.5, "no bias history in this checkpoint yet", ha="center", va="center",
-                     transform=ax2.transAxes, fontsize=8)
-        ax2.set_ylabel("class bias b_c")
-        ax2.tick_params(labelsize=7)
-        self.values.setText("Class bias b_c: " + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias))
-                            + " (hover for what it means)")
+            ax2.text(0.5, 0.5, "no history in this\nmodel file yet", ha="center", va="center",
+                     transform=ax2.transAxes, fontsize=FONT)
+        ax2.set_title("Extra attention over training", fontsize=FONT + 1)
+        ax2.tick_params(labelsize=FONT)
+        self.values.setText(f"Extra attention per class ({mode}): "
+                            + ", ".join(f"{n} {b:+.3f}" for n, b in zip(names, bias))
+                            + ". Above 0: the model looks harder for the class. Hover for more.")
         self.canvas.draw_idle()
 
     # --- focus / uncertainty layers ----------------------------------------------------------
@@ -184,7 +213,8 @@ class AttentionWidget(DFAWidget):
                                   contrast_limits=(0.0, 1.0), opacity=0.6, scale=res.scale,
                                   translate=res.translate, units=units)
             added.append("uncertainty")
-        self._say(f"Added {len(added)} layer(s): {', '.join(added)}. Bright = where to look/correct.")
+        words = [FOCUS_WORDS] * ("focus" in kinds) + [UNCERTAINTY_WORDS] * ("uncertainty" in kinds)
+        self._say(f"Added {len(added)} layer(s): {', '.join(added)}. " + " ".join(words))
 
     def _ready(self) -> None:
         """Raises DataError while there is no region result to add maps for."""
