@@ -8,6 +8,7 @@ import tifffile
 
 from napari_dfa import _sample_data
 from napari_dfa._sample_data import sample_slide, sample_slide_path, sample_truth_path
+from napari_dfa.classes import SYNTHETIC
 
 
 def test_sample_is_generated_once_into_the_cache(tmp_path, monkeypatch):
@@ -67,7 +68,7 @@ def test_open_sample_in_napari(make_napari_viewer, qtbot):
     image, truth = viewer.layers
     assert image.rgb and image.multiscale and truth.multiscale
     assert tuple(truth.scale) == pytest.approx((0.5, 0.5))
-    assert truth.get_color(3)[:3] == pytest.approx(np.array([255, 170, 200]) / 255, abs=1e-3)
+    assert truth.get_color(3)[:3] == pytest.approx(np.array(SYNTHETIC.colors[2]) / 255, abs=1e-3)  # stroma
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     # Tissue on glass: pink-purple H&E pixels (red above green) and bright glass, not a blank canvas.

@@ -71,11 +71,14 @@ class ClassSet:
 
 
 # BCSS as prepared in the SAM-Path layout (0 = outside ROI / ignore). The synthetic generator
-# uses the same class ids so a model trained on either reads the same.
+# uses the same class ids so a model trained on either reads the same. Stroma is green (QuPath's
+# stroma is green too): the eosin pink it had before, painted at half opacity over pink stroma,
+# read as unlabelled H&E (labels/palette.py: looks_like_he). Only this default changed; a model or
+# class list saved with its own colours keeps them.
 BCSS = ClassSet(
     name="bcss",
     names=("inflammatory", "tumour", "stroma", "other", "necrosis"),
-    colors=((60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)),
+    colors=((60, 110, 255), (230, 40, 40), (0, 170, 70), (160, 160, 160), (240, 200, 40)),
 )
 
 SYNTHETIC = ClassSet(name="synthetic", names=BCSS.names, colors=BCSS.colors)
