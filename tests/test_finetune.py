@@ -137,6 +137,38 @@ def test_holdout_is_stratified_by_class():
     assert not (va_b == 4).any() and (tr_b == 4).sum() == 100
 
 
+@pytest.mark.parametrize("folds", [2, 4])
+def test_folds_hold_back_every_stroke_once_and_leave_each_class_something_to_learn(folds):
+    """The pixel head's hold-out (cross-validation by whole strokes): every stroke of a class with
+    two or more is held back in exactly one fold, each fold keeps a stroke of every class to train
+    on, a class of one stroke and strokes the old model saw are never held back."""
+    from scipy import ndimage
+
+    from napari_dfa.training.finetune import all_stroke_signatures, fold_strokes
+
+    a, b = _strokes()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (*m.shape, 3), dtype=np.uint8) for m in (a, b)]
+    maps = fold_strokes([a, b], 5, folds, np.random.default_rng(0))
+    assert not (maps[1][b == 4] > 0).any()  # class 4 has one stroke
+    for m, f in zip((a, b), maps):
+        assert not (f[m == 0] > 0).any()
+        for c in (2, 3):
+            comps, n = ndimage.label(m == c, structure=np.ones((3, 3), bool))
+            for j in range(1, n + 1):
+                values = np.unique(f[comps == j])
+                assert values.size == 1 and 1 <= values[0] <= folds  # whole, held back once
+    for fold in range(1, folds + 1):
+        for c in (2, 3):  # something of every class trains in every fold
+            assert any(((m == c) & (f != fold)).any() for m, f in zip((a, b), maps))
+    # The old model saw the left strokes of mask a: they always train.
+    old_a = a.copy()
+    old_a[:, 100:] = 0
+    seen = set(all_stroke_signatures([(images[0], old_a)], 5))
+    maps = fold_strokes([a, b], 5, folds, np.random.default_rng(0), images=images, seen=seen)
+    assert not (maps[0][:, :100] > 0).any() and (maps[0][a == 3][:, None] > 0).sum() == 30 * 40
+
+
 def test_frozen_encoder_trains_only_after_the_encoder(tiny):
     rgb, _ = synth.generate_tile(seed=11, size=128)
     before = tiny.predict(rgb)

@@ -146,6 +146,12 @@ def run_curve(segmenter, rgb: np.ndarray, truth: np.ndarray, names: Sequence[str
         store = CorrectionStore(Path(tmp) / "corrections.zarr", class_names=names)
         patch = store.create_patch(level=0, region=(0, 0, *truth.shape))
         model, corr, rows = segmenter, np.zeros_like(truth), []
+        # The model before any round, its labels matched to ``names`` by class name (a class it
+        # lacks scores 0): the first round's "before".
+        from .guard import label_map
+
+        lut = label_map(model.class_names, names)
+        before_d = mean_dice(lut[np.asarray(segment(rgb, model).labels)], truth, scored, k)[0]
         for r, tiles in enumerate(plan, start=1):
             new = squares(truth, k, tiles, tile=tile, per_class=per_class, side=side, seed=seed * 10 + r)
             corr = np.where(new > 0, new, corr).astype(np.uint8)
@@ -158,9 +164,13 @@ def run_curve(segmenter, rgb: np.ndarray, truth: np.ndarray, names: Sequence[str
             ours = (np.asarray(segment(rgb, model).labels) if list(model.class_names) == names
                     else np.zeros_like(truth))  # no model of these classes yet
             ours_d, ours_per = mean_dice(ours, truth, scored, k)
+            # The model fine-tuned this round, kept or not: whether the verdict picked the better one.
+            cand = ours if outcome.kept else np.asarray(segment(rgb, outcome.candidate).labels)
+            cand_d = mean_dice(cand, truth, scored, k)[0]
             row = {"seed": seed, "round": r, "corrected_pixels": int((corr > 0).sum()), "verdict": outcome.verdict.status,
                    "reason": outcome.verdict.reason, "method": outcome.result.method,
                    "other": outcome.result.alternative, "ours": ours_d, "ours_per_class": ours_per,
+                   "candidate": cand_d, "before": rows[-1]["ours"] if rows else before_d,
                    "held_out": [outcome.result.old_score, outcome.result.new_score],
                    "ours_seconds": round(ours_s, 1)}
             if forest:

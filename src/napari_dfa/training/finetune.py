@@ -196,6 +196,35 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
     return [(np.where(h, 0, m).astype(np.uint8), np.where(h, m, 0).astype(np.uint8)) for m, h in zip(masks, held)]
 
 
+def fold_strokes(masks: list[np.ndarray], num_classes: int, folds: int, rng: np.random.Generator, *,
+                 images: list[np.ndarray] | None = None, seen: set[str] | frozenset = frozenset()) -> list[np.ndarray]:
+    """Every stroke held back once: per mask an int map, 0 where nothing is held back (unlabelled,
+    or a stroke that trains in every fold) and ``f`` (1..``folds``) on the strokes held back in
+    fold ``f`` — whole strokes, as :func:`split_holdout_by_stroke` defines them.
+
+    Per class, its strokes go round the folds in random order, so every fold leaves at least one
+    stroke of the class to train on; a class with a single stroke is never held back (the caller
+    reports it as too few), and neither is a stroke in ``seen`` (the compared model trained on it).
+    Scoring each stroke by a model fitted without it uses every verified pixel as evidence, where
+    one split held back one or two strokes a class and its verdict flipped with the seed (issue 21)."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    out = [np.zeros(m.shape, np.int8) for m in masks]
+    for c in range(1, num_classes + 1):
+        comps = [ndimage.label(m == c, structure=eight) for m in masks]
+        total = sum(n for _, n in comps)
+        strokes = [(i, j) for i, (lab, n) in enumerate(comps) for j in range(1, n + 1)
+                   if not seen or images is None or stroke_signature(images[i], lab == j, c) not in seen]
+        if total < 2 or not strokes:
+            continue
+        start = int(rng.integers(folds))
+        for t, s in enumerate(rng.permutation(len(strokes))):
+            i, j = strokes[int(s)]
+            out[i][comps[i][0] == j] = (start + t) % min(folds, total) + 1
+    return out
+
+
 def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int]]:
     """Per label, (held-back verified pixels the old model labelled right, how many of them the new
     one still does): what a regression where the pathologist said the old model was right looks like."""
@@ -236,6 +265,7 @@ class HoldOut:
     held_per_class: np.ndarray
     scored: list
     too_few: dict
+    folds: list | None = None  # per sample, the fold each stroke is held back in (fold_strokes)
 
 
 def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
@@ -252,6 +282,24 @@ def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
     scored = [names[c - 1] for c in range(1, k + 1) if held[c] >= MIN_HELD_OUT_PIXELS]
     too_few = {names[c - 1]: int(held[c]) for c in range(1, k + 1) if per_class[c] > 0 and held[c] < MIN_HELD_OUT_PIXELS}
     return HoldOut(splits, per_class, held, scored, too_few)
+
+
+def plan_folds(segmenter, samples, folds: int, seed: int) -> HoldOut:
+    """Every stroke of ``samples`` held back in one of ``folds`` folds (:func:`fold_strokes`), never
+    those ``segmenter`` was trained on. ``held_per_class`` counts each held-back pixel once."""
+    k, names = segmenter.num_classes, list(segmenter.class_names)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+    fold_maps = fold_strokes([m for _, m in samples], k, folds, rng, images=[r for r, _ in samples],
+                             seen=trained_strokes(segmenter))
+    splits = [(np.where(f > 0, 0, m).astype(np.uint8), np.where(f > 0, m, 0).astype(np.uint8))
+              for (_, m), f in zip(samples, fold_maps)]
+    per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
+    held = np.zeros(k + 1, np.int64)
+    for _, va in splits:
+        held += np.bincount(va.ravel(), minlength=k + 1)
+    scored = [names[c - 1] for c in range(1, k + 1) if held[c] >= MIN_HELD_OUT_PIXELS]
+    too_few = {names[c - 1]: int(held[c]) for c in range(1, k + 1) if per_class[c] > 0 and held[c] < MIN_HELD_OUT_PIXELS}
+    return HoldOut(splits, per_class, held, scored, too_few, folds=fold_maps)
 
 
 def correction_provenance(segmenter, samples, plan: HoldOut, settings: dict, old_scores: dict, new_scores: dict,

@@ -5,11 +5,13 @@ time: the pixels are few, so the head's features are computed once per image at 
 pixels only, and each step is a small MLP on a few thousand vectors. Everything before the head —
 encoder, pixel decoder, DFA decoder and bias — stays as it is.
 
-Scores: a first head is fitted without a share of the strokes (held out whole,
-:func:`~.finetune.split_holdout_by_stroke`) and scored on them against the model it starts from;
-the head delivered is then fitted on every stroke with the same settings, as a pathologist expects
-every stroke to count (the scores are those of the method on this evidence, as in
-cross-validation).
+Scores, as in cross-validation: every stroke is held back whole in one of a few folds
+(:func:`~.finetune.fold_strokes`), a head is fitted without each fold and scored on its strokes
+against the model it starts from, so every verified pixel is evidence (one split held back one or
+two strokes a class, and the guard's verdict on a real-pixel set flipped with the seed). The
+scoring classifies windows of features kept from the one pass over the samples (a fold's fit and
+score take about a second on a CPU); the head delivered is then fitted on every stroke with the
+same settings, as a pathologist expects every stroke to count.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ from .finetune import (
     _mean,
     _per_class_dice,
     correction_provenance,
-    plan_holdout,
+    plan_folds,
     right_kept,
 )
 from .frozen import FeatureCache, predict_region
@@ -50,6 +53,8 @@ HEAD_STRIDE = 2
 # the head repaint tissue the model had right (0.91 -> 0.60 mean Dice where nothing was corrected);
 # 300 steps or full inverse weights cost 0.01-0.03 there; 150 steps kept it (0.907 -> 0.905).
 HEAD_STEPS = 150
+# Folds of the hold-out: every stroke is scored by a head fitted without it (a fit is ~1 s on a CPU).
+HEAD_FOLDS = 4
 HEAD_LR = 3e-3
 HEAD_BATCH = 1024
 HEAD_LABEL_SMOOTHING = 0.0
@@ -57,12 +62,57 @@ HEAD_CLASS_WEIGHT = 0.5  # power of the inverse class share in the loss weights 
 HEAD_CONTEXT = 64  # tile overlap a model with a head asks for: its σ and smoothing reach this far
 
 
+@dataclass
+class _Window:
+    """A box of one sample around strokes held back for scoring, with what the head reads there:
+    each fold's head is scored by classifying these, not by decoding the sample again."""
+
+    sample: int
+    pixels: tuple[int, int, int, int]  # (y0, x0, y1, x1) in the sample's pixels
+    raw: torch.Tensor  # n×h×w unstandardised head features (the head's grid)
+    base: torch.Tensor  # K×h×w the model's logits on the head's grid
+
+
+def _windows(i: int, folds: np.ndarray, f: torch.Tensor, base: torch.Tensor, head: PixelHead,
+             shape: tuple[int, int]) -> list[_Window]:
+    """Windows of sample ``i`` around its held-back strokes (``folds > 0``), wide enough that the
+    head's smoothing there reads the same grid cells as over the whole sample."""
+    from scipy import ndimage
+
+    stride = head.stride
+    grid = _block_label(folds.astype(np.int64), stride, f.shape[-2:]) > 0
+    if not grid.any():
+        return []
+    sigma = head.smooth / stride
+    margin = (max(1, int(4 * sigma + 0.5)) if sigma > 0 else 0) + 2  # blur radius (pixel_head.blur) + resize
+    near, _ = ndimage.label(ndimage.binary_dilation(grid, iterations=margin) if margin else grid)
+    out = []
+    for sl in ndimage.find_objects(near):
+        gy0, gy1, gx0, gx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        y1, x1 = min(gy1 * stride, shape[0]), min(gx1 * stride, shape[1])
+        out.append(_Window(i, (gy0 * stride, gx0 * stride, y1, x1), f[:, gy0:gy1, gx0:gx1].clone(),
+                           base[:, gy0:gy1, gx0:gx1].clone()))
+    return out
+
+
+@torch.no_grad()
+def _window_labels(head: PixelHead, w: _Window) -> np.ndarray:
+    """The fitted head's labels (1..K) over a window's pixels, as the model labels them there."""
+    x = (w.raw - head.mean.view(-1, 1, 1)) / head.std.view(-1, 1, 1)
+    gh, gw = x.shape[-2:]
+    logits = head.finish(head.classify(x[None], w.base[None]), (gh * head.stride, gw * head.stride))
+    y0, x0, y1, x1 = w.pixels
+    return (logits[0, :, :y1 - y0, :x1 - x0].argmax(0) + 1).to(torch.uint8).numpy()
+
+
 @torch.no_grad()
 def _gather(model, head: PixelHead, cache: FeatureCache, samples, held_masks, stride: int):
     """The head's raw (unstandardised) features, the model's logits and the labels at the labelled
-    pixels of the head's grid (one pixel per ``stride``² block) of every sample, with a flag
-    for the held-out ones; and the features' mean and std over every pixel of the images."""
+    pixels of the head's grid (one pixel per ``stride``² block) of every sample, with the fold each
+    is held back in (0: none; ``held_masks`` are per-sample fold maps); the features' mean and std
+    over every pixel of the images; and the windows around held-back strokes (:func:`_windows`)."""
     feats_l, base_l, y_l, held_l = [], [], [], []
+    windows: list[_Window] = []
     total = total_sq = None
     count = 0
     head.mean.zero_()
@@ -77,7 +127,8 @@ def _gather(model, head: PixelHead, cache: FeatureCache, samples, held_masks, st
         total_sq = (c * c).sum(1) if total_sq is None else total_sq + (c * c).sum(1)
         count += c.shape[1]
         grid = _block_label(mask, stride, f.shape[-2:])
-        hgrid = _block_label(held, stride, f.shape[-2:]) > 0
+        hgrid = _block_label(held.astype(np.int64), stride, f.shape[-2:])
+        windows += _windows(len(y_l), held, f, base, head, mask.shape)
         ys, xs = np.nonzero(grid)
         iy, ix = torch.from_numpy(ys), torch.from_numpy(xs)
         feats_l.append(f[:, iy, ix].T.contiguous())
@@ -86,7 +137,7 @@ def _gather(model, head: PixelHead, cache: FeatureCache, samples, held_masks, st
         held_l.append(torch.from_numpy(hgrid[ys, xs]))
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-10).sqrt()
-    return (torch.cat(feats_l), torch.cat(base_l), torch.cat(y_l), torch.cat(held_l)), mean, std
+    return (torch.cat(feats_l), torch.cat(base_l), torch.cat(y_l), torch.cat(held_l)), mean, std, windows
 
 
 def _block_label(mask: np.ndarray, stride: int, shape) -> np.ndarray:
@@ -182,7 +233,7 @@ def with_head(segmenter, *, sigmas=HEAD_SIGMAS, hidden: int = HEAD_HIDDEN, smoot
     return new
 
 
-def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float = 0.2, seed: int = 0,
+def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_FOLDS, seed: int = 0,
              cache: FeatureCache | None = None, baseline=None, progress=None, cancel=None,
              **head) -> FinetuneResult:
     """Fit a pixel head on the verified pixels of ``samples`` (see the module docstring).
@@ -191,9 +242,9 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
       segmenter: the :class:`~napari_dfa.model.Segmenter` to start from (not modified); a head it
         has is replaced by a new one fitted on all of ``samples``.
       samples: ``[(rgb uint8 H×W×3, mask uint8 H×W)]``, mask 0 = not verified.
-      steps: optimizer steps of each of the two fits.
-      val_fraction: share of each class's strokes held out for the scores (as :func:`~.finetune.finetune`:
-        the same seed holds back the same strokes, so the two methods are scored alike).
+      steps: optimizer steps of each fit.
+      folds: every stroke is held back in one of this many fits (:func:`~.finetune.fold_strokes`,
+        never a stroke ``segmenter`` was trained on) and scored by the head fitted without it.
       cache: a :class:`FeatureCache` of ``segmenter``'s encoder to fill and reuse.
       baseline / progress / cancel: as :func:`~.finetune.finetune`.
       head: ``sigmas``, ``hidden``, ``smooth``, ``stride`` of :func:`with_head`.
@@ -207,8 +258,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     corrected = int(sum((m > 0).sum() for _, m in samples))
     if corrected == 0:
         raise DataError("no corrected pixels: paint corrections (labels 1..K) before fine-tuning")
-    plan = plan_holdout(segmenter, samples, val_fraction, seed)
-    held_masks = [va for _, va in plan.splits]
+    plan = plan_folds(segmenter, samples, folds, seed)
+    fold_maps = plan.folds
     per_class, held_cls, scored, too_few = plan.per_class, plan.held_per_class, plan.scored, plan.too_few
 
     new = with_head(segmenter, **head)
@@ -220,26 +271,41 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     new_cache = FeatureCache(model, multiple=multiple)
     new_cache._cache = old_cache._cache  # same encoder weights: the same features
     model.eval()
-    (x, base, y, is_held), mean, std = _gather(model, hd, new_cache, samples, held_masks, hd.stride)
+    (x, base, y, fold_of), mean, std, windows = _gather(model, hd, new_cache, samples, fold_maps, hd.stride)
     old_preds = (baseline_predictions(baseline, old_cache, [r for r, _ in samples]) if baseline is not None
                  else _predictions(segmenter, old_cache, samples))
-    any_held = bool(is_held.any())
-    total_steps = 2 * steps if any_held else steps
+    used = sorted(int(f) for f in np.unique(np.concatenate([m[m > 0].ravel() for m in fold_maps])))
+    total_steps = steps * (len(used) + 1)
     history = []
     new_scores: dict[str, float] = {}
     old_scores: dict[str, float] = {}
     kept_right: dict = {}
-    if any_held:
-        keep = ~is_held
-        losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed, progress=progress,
-                      cancel=cancel, total_steps=total_steps)
-        with_held = [i for i, va in enumerate(held_masks) if (va > 0).any()]
-        new_preds = _predictions(new, new_cache, [samples[i] for i in with_held])
-        old_scores = _per_class_dice(_confusion([old_preds[i] for i in with_held],
-                                                [held_masks[i] for i in with_held], k), names, scored)
-        new_scores = _per_class_dice(_confusion(new_preds, [held_masks[i] for i in with_held], k), names, scored)
-        kept_right = right_kept([old_preds[i] for i in with_held], new_preds, [held_masks[i] for i in with_held])
-        history.append({"step": steps, "loss": losses[-1], "val_loss": None, "val_score": _mean(new_scores)})
+    if used:
+        # Each stroke scored by the head fitted without it: old and new labels over every held-back pixel.
+        cm_old = np.zeros((k + 1, k + 1), np.int64)
+        cm_new = np.zeros((k + 1, k + 1), np.int64)
+        olds, news, helds = [], [], []
+        for n, f in enumerate(used):
+            keep = fold_of != f
+            losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed + n,
+                          progress=progress, cancel=cancel, offset=n * steps, total_steps=total_steps)
+            for w in windows:
+                y0, x0, y1, x1 = w.pixels
+                fm = fold_maps[w.sample][y0:y1, x0:x1]
+                if not (fm == f).any():
+                    continue
+                held = np.where(fm == f, samples[w.sample][1][y0:y1, x0:x1], 0)
+                pred, old = _window_labels(hd, w), old_preds[w.sample][y0:y1, x0:x1]
+                cm_new += confusion_matrix(pred, held, k)
+                cm_old += confusion_matrix(old, held, k)
+                olds.append(old)
+                news.append(pred)
+                helds.append(held)
+        old_scores = _per_class_dice(cm_old, names, scored)
+        new_scores = _per_class_dice(cm_new, names, scored)
+        kept_right = right_kept(olds, news, helds)
+        history.append({"step": len(used) * steps, "loss": losses[-1], "val_loss": None,
+                        "val_score": _mean(new_scores)})
     losses = _fit(hd, (x, base, y), mean, std, steps=steps, seed=seed, progress=progress, cancel=cancel,
                   offset=total_steps - steps, total_steps=total_steps)
     history.append({"step": total_steps, "loss": losses[-1], "val_loss": None, "val_score": None})
@@ -249,13 +315,14 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, val_fraction: float
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
     seconds = time.monotonic() - t0
     new.metadata["provenance"] = correction_provenance(
-        segmenter, samples, plan, {"method": "head", "steps": steps, "seed": seed, "frozen_encoder": True,
+        segmenter, samples, plan, {"method": "head", "steps": steps, "folds": len(used), "seed": seed,
+                                   "frozen_encoder": True,
                                    "head": {"sigmas": list(hd.sigmas), "hidden": int(hd.mlp[0].out_channels),
                                             "smooth": hd.smooth, "stride": hd.stride}},
         old_scores, new_scores)
     new.metadata.pop("source", None)
-    logger.info("pixel head fitted on %d verified pixels (%d held out): score %.4f -> %.4f in %.1f s",
-                corrected, int(held_cls[1:].sum()), old_score, new_score, seconds)
+    logger.info("pixel head fitted on %d verified pixels (each of %d held out once, %d folds): score %.4f -> %.4f "
+                "in %.1f s", corrected, int(held_cls[1:].sum()), len(used), old_score, new_score, seconds)
     return FinetuneResult(
         segmenter=new, promoted=promoted, old_score=old_score, new_score=new_score, history=history,
         corrected_pixels=corrected, held_out_pixels=int(held_cls[1:].sum()), class_names=names,
