@@ -80,7 +80,7 @@ def test_demo_viewer_has_sample_model_and_widgets(make_napari_viewer, qtbot, tin
     assert "synthetic H&E truth" in viewer.layers
     session = session_for(viewer)
     assert session.segmenter is not None and session.segmenter.class_names == list(SYNTHETIC.names)
-    assert "b_c:" in widgets["Attention bias"].values.text()
+    assert "Extra attention per class" in widgets["Attention bias"].values.text()
     y0, x0, h, w = visible_region(viewer, LayerPyramid(image))
     # zoomed on a full-resolution view of about DEMO_VIEW² (the docks change the canvas a little)
     assert DEMO_VIEW / 2 <= min(h, w) and max(h, w) <= 2 * DEMO_VIEW
@@ -89,4 +89,4 @@ def test_demo_viewer_has_sample_model_and_widgets(make_napari_viewer, qtbot, tin
     seg_w.segment()
     wait_worker(qtbot, seg_w, timeout=600_000)
     assert seg_w.status.text().startswith("Done"), seg_w.status.text()
-    assert f"{image.name} DFA labels" in viewer.layers
+    assert "tiny · view" in viewer.layers  # model · scope

@@ -109,7 +109,8 @@ def test_split_rgb_channels_are_segmented_together(docked, qtbot, tmp_path, spy_
     truth = rgb[y0:y0 + h, x0:x0 + w].reshape(-1, 3).mean(axis=0)
     np.testing.assert_allclose(means, truth, atol=1e-6)  # R, G, B: not one channel three times
     assert np.ptp(truth) > 10 and np.ptp(means) > 10
-    labels = viewer.layers[f"{red.name} DFA labels"]  # placed and named on the image's red channel
+    labels = viewer.layers[widget.session.result.labels_layer]
+    assert labels.metadata["napari_dfa"]["image_layer"] == red.name  # placed on the image's red channel
     assert labels.data.shape == (h, w)
     np.testing.assert_allclose(labels.scale, red.scale)
 

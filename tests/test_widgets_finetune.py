@@ -115,6 +115,8 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     assert "Accepted" in ft_w.status.text(), ft_w.status.text()
     assert "DFA changes (review)" not in viewer.layers and not ft_w.accept_button.isEnabled()
     assert ft_w.session.segmenter is not old_model
+    # the layer shows the accepted model's labels, and says so in its name (model · scope)
+    assert res.labels_layer == "fine-tune 1 · view" and "tiny · view" not in viewer.layers
     after = viewer.layers[res.labels_layer].data
     frac_before = float((before[box] == target).mean())
     frac_after = float((after[box] == target).mean())

@@ -43,7 +43,7 @@ def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
     wait_worker(qtbot, widget)
     assert widget.status.text().startswith("Done"), widget.status.text()
 
-    labels = viewer.layers[f"{image.name} DFA labels"]
+    labels = viewer.layers["tiny · view"]  # model · scope: short and distinct in the layer list
     res = widget.session.result
     # The model is trained at 0.5 µm/px = the slide's level 0; the view (512² and what the canvas's
     # aspect adds) is what was segmented, with no margin: the level's lattice tiles that touch it
@@ -95,7 +95,7 @@ def test_visible_region_is_segmented_and_aligned(setup, qtbot, tiny_model_path):
     assert widget.tile_cache.hits > ran_before
     panned = widget.session.result.region
     fresh = segment(small_slide_of(image), load_model(tiny_model_path), level=0, region=panned).labels
-    np.testing.assert_array_equal(viewer.layers[f"{image.name} DFA labels"].data, fresh)
+    np.testing.assert_array_equal(viewer.layers["tiny · view"].data, fresh)
 
 
 def small_slide_of(image):
@@ -108,7 +108,7 @@ def test_zoomed_out_view_uses_the_model_level_and_whole_slide_is_multiscale(setu
     widget.segment()
     wait_worker(qtbot, widget)
     assert widget.status.text().startswith("Done"), widget.status.text()
-    labels = viewer.layers[f"{image.name} DFA labels (whole slide)"]
+    labels = viewer.layers["tiny · slide"]
     assert labels.multiscale
     assert labels.data[0].shape == image.data[0].shape[:2]
     assert len(labels.data) >= 2 and labels.data[1].shape[0] <= image.data[0].shape[0] // 2
@@ -139,7 +139,7 @@ def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot,
     widget.segment()
     wait_worker(qtbot, widget)
     assert widget.status.text().startswith("Done"), widget.status.text()
-    labels = viewer.layers["other reader DFA labels"]
+    labels = viewer.layers["tiny · ROI"]
     y0, x0, h, w = widget.session.result.region
     assert (y0, x0, h, w) == (200, 300, 256, 256)  # the ROI, no margin (the lattice gives context)
     np.testing.assert_allclose(labels.scale, (2.0, 2.0))
@@ -161,7 +161,7 @@ def test_cancel_mid_run_leaves_a_consistent_layer(setup, qtbot, tmp_path, monkey
     text = widget.status.text()
     assert "Cancelled" in text, text
     assert widget.segment_button.isEnabled() and not widget.cancel_button.isEnabled()
-    name = f"{image.name} DFA labels (whole slide)"
+    name = "tiny · slide"
     # The partial result is shown aligned, its unfinished rows unlabelled (0, transparent).
     labels = viewer.layers[name]
     np.testing.assert_allclose(labels.scale, image.scale)
@@ -239,7 +239,7 @@ def test_grey_16bit_layer_and_recent_models(make_napari_viewer, qtbot, tiny_mode
     widget.segment()
     wait_worker(qtbot, widget)
     assert widget.status.text().startswith("Done"), widget.status.text()
-    labels = viewer.layers["grey16 DFA labels"]
+    labels = viewer.layers["tiny · view"]
     assert labels.data.shape == (300, 400)
     rgb = np.repeat((grey // 257).astype(np.uint8)[..., None], 3, axis=2)
     expected = segment(rgb, load_model(tiny_model_path), region=(0, 0, 300, 400)).labels
@@ -279,16 +279,19 @@ def test_demo_model_says_so_and_warns_on_a_slide_beyond_it(make_napari_viewer, q
         synthetic = np.asarray(slide.read_region(0, (1536, 1536, 1024, 1024)))  # 0.5 µm/px, as trained
     viewer.add_image(synthetic, rgb=True, name="synthetic")
     _segment_whole_layer(viewer, qtbot, widget, "synthetic")
-    assert "demo model: synthetic tissue only" in viewer.layers[-1].name
+    assert viewer.layers[-1].name == "demo · slide"
+    assert "The demo model knows synthetic tissue only" in widget.status.text()
     assert widget.domain_warning is None
 
     viewer.add_image(immunohistochemistry(), rgb=True, name="ihc")
     _segment_whole_layer(viewer, qtbot, widget, "ihc")
+    # another slide's result of the same model and scope: its own layer, named by its slide
+    assert viewer.layers[-1].name == "ihc · demo · slide" and "demo · slide" in viewer.layers
     assert widget.domain_warning is not None and "synthetic" in widget.domain_warning
     assert "Warning" in widget.status.text()
 
 
-def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewer, qtbot, tmp_path):
+def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewer, qtbot, tmp_path, notes):
     """A slide in another lab's stain (the correction tests' case): the domain warning says so and
     points at the Stain box; ticked, the widget's labels are those of the slide matched to the
     model's training stain."""
@@ -315,6 +318,8 @@ def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewe
     _segment_whole_layer(viewer, qtbot, widget, "another lab")
     assert widget.domain_warning is not None and "stain looks unlike" in widget.domain_warning
     assert "Tick Stain: 'Match to the model'" in widget.domain_warning
+    # one cause, one warning (it came twice: a notification of its own and the status line's)
+    assert sum("stain looks unlike" in text for _, text in notes) == 1, notes
     stored = labels()
 
     widget.match_stain.setChecked(True)
@@ -360,3 +365,71 @@ def test_closing_napari_while_the_domain_check_runs_does_not_abort(small_slide, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "has been deleted" not in proc.stderr
     assert proc.stdout.strip() == "checking"  # it was closed mid-check
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification napari would show, as (severity, text)."""
+    from napari.utils import notifications
+
+    shown = []
+    for severity in ("info", "warning", "error"):
+        monkeypatch.setattr(notifications, f"show_{severity}",
+                            lambda text, severity=severity: shown.append((severity, str(text))))
+    return shown
+
+
+def test_what_a_user_reads_names_hints_hover_and_a_bad_model_file(make_napari_viewer, qtbot, small_slide,
+                                                                   tiny_model_path, tmp_path, notes):
+    """Layer names say model and scope, short enough for napari's layer list; the hint follows
+    what is open; hovering a whole-slide (multiscale) result names the class; a file that is no
+    model leaves the Model list with one message in a user's words."""
+    from napari_dfa._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    assert "Open a slide" in widget.status.text()
+    image = open_slide_layer(viewer, small_slide)
+    assert "Open a slide" not in widget.status.text() and "Segment" in widget.status.text()
+    set_canvas(viewer, qtbot)
+    widget.set_model_source(str(tiny_model_path))
+    view_region(viewer, image, 600, 700, 256, 256)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    widget.scope_combo.setCurrentText("Whole slide")
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    region, whole = viewer.layers["tiny · view"], viewer.layers["tiny · slide"]
+    # napari's layer list shows ~16 characters before it elides the middle: the names differ there
+    assert region.name[:12] != whole.name[:12] and len(whole.name) <= 16
+    assert widget.session.result.labels_layer == whole.name
+
+    # Hover: the class by name and its label, not napari's "(pyramid level), (value)".
+    base = np.asarray(whole.data[0])
+    k = int(np.bincount(base.ravel(), minlength=6)[1:].argmax()) + 1
+    yy, xx = np.argwhere(base == k)[len(np.argwhere(base == k)) // 2]
+    world = np.asarray(whole.translate) + (np.array([yy, xx]) + 0.5) * whole.scale
+    viewer.camera.center, viewer.camera.zoom = tuple(world), 4.0  # level 0 on screen
+    qtbot.wait(200)
+    status = whole.get_status(world, world=True)
+    assert status["value"] == f"{SYNTHETIC.names[k - 1]} (label {k})", status
+    assert status["coordinates"].endswith(f": {SYNTHETIC.names[k - 1]} (label {k})")
+    region_status = region.get_status(np.asarray(region.translate) + 0.5 * np.asarray(region.scale), world=True)
+    assert "(label " in region_status["value"]
+
+    # A file that is no model: one clear message, no programmer's words, and it leaves the list.
+    for bad, data in (("corrupt.safetensors", b"\x00" * 64), ("model.pth", b"\x80\x04\x95\x00")):
+        path = tmp_path / bad
+        path.write_bytes(data)
+        widget.set_model_source(str(path))
+        del notes[:]
+        widget.segment()
+        wait_worker(qtbot, widget)
+        text = widget.status.text()
+        assert bad in text and "taken off the Model list" in text, text
+        assert "Segmenter" not in text and "save()" not in text
+        assert [t for _, t in notes] == [text]
+        sources = [widget.model_combo.itemData(i) for i in range(widget.model_combo.count())]
+        assert str(path) not in sources
+        assert widget.model_source() == str(tiny_model_path)  # back to the model in use

@@ -75,6 +75,15 @@ class Session:
                 return v["segmenter"]
         return None
 
+    def model_label(self, source: str | None) -> str:
+        """A short name for a model: "demo", a file's name without ".safetensors", or a version's
+        label ("fine-tune 1", "classes 2")."""
+        if source is None or source == DEMO:
+            return "demo"
+        label = next((v["label"] for v in reversed(self.versions) if v["source"] == str(source)),
+                     Path(str(source)).name)
+        return label[: -len(".safetensors")] if label.endswith(".safetensors") else label
+
     def set_result(self, result: RegionResult) -> None:
         self.result = result
         self.result_changed.emit()
@@ -115,6 +124,15 @@ def recent_models() -> list[str]:
     except (OSError, ValueError):
         return []
     return [p for p in items if isinstance(p, str) and Path(p).exists()][:RECENT]
+
+
+def forget_recent_model(path: str) -> None:
+    """Drop ``path`` from the recent model files (it failed to load)."""
+    items = [p for p in recent_models() if p != str(path)]
+    try:
+        _recent_file().write_text(json.dumps(items))
+    except OSError as exc:
+        logger.warning("cannot update recent models in %s: %s", _recent_file(), exc)
 
 
 def add_recent_model(path: str) -> None:

@@ -57,7 +57,7 @@ from ..inference.background import gui_tile_workers
 from ..labels import LabelsStore
 from ..paths import accepted_labels_store_path
 from ._base import DFAWidget, error_text
-from ._labels_layer import class_colormap, class_features
+from ._labels_layer import class_colormap, class_features, result_layer_name
 from ._layers import (
     labels_shown,
     layer_pyramid,
@@ -1044,11 +1044,18 @@ class FinetuneWidget(DFAWidget):
             data = LabelsStore.open(path, mode="r").levels()
             layer.data = data if len(data) > 1 else data[0]
             res.store_path = str(path)
-            layer.metadata.setdefault("napari_dfa", {})["model"] = self.session.model_source
         elif not res.whole_slide:
             layer.data = labels
         layer.colormap = class_colormap(seg.class_colors)
         layer.features = class_features(seg.class_names)
+        # The layer shows the accepted model's labels now: named and keyed by it ("fine-tune 1 · view").
+        md = layer.metadata.setdefault("napari_dfa", {})
+        source = self.session.model_source
+        layer.name = result_layer_name(self.viewer, image_layer=res.image_layer, model=source,
+                                       model_label=self.session.model_label(source),
+                                       scope=md.get("scope", "whole" if res.whole_slide else "visible"))
+        md["model"] = source
+        res.labels_layer = layer.name  # napari may have added " [1]" to a name in use
 
     def _set_busy(self, busy: bool) -> None:
         self.finetune_button.setEnabled(not busy)

@@ -23,21 +23,22 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
 from ..inference.tile_cache import TileCache
 from ..labels import LabelsStore
 from ..paths import region_labels_store_path
-from ._base import DFAWidget, notify, start_worker
-from ._labels_layer import put_labels_layer
+from ._base import DFAWidget, start_worker
+from ._labels_layer import put_labels_layer, result_layer_name
 from ._layers import LayerPyramid, image_layers, layer_pyramid, pick_image_layer, shapes_roi, visible_region
-from ._session import DEMO, RegionResult, add_recent_model, recent_models
+from ._session import DEMO, RegionResult, add_recent_model, forget_recent_model, recent_models
 
 logger = logging.getLogger(__name__)
 
 SCOPES = {"Visible region": "visible", "Whole slide": "whole", "Shapes ROI": "roi"}
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OPEN_ITEM = "Open…"
+READY = "Ready: choose what to segment (Scope) and click Segment."
 
 
 class SegmentWidget(DFAWidget):
@@ -48,7 +49,7 @@ class SegmentWidget(DFAWidget):
       parent: optional Qt parent.
     """
 
-    hint = "Open a slide, then click Segment."
+    hint = "Open a slide (File > Open, or File > Open Sample > napari-dfa), then click Segment."
     cancelled_text = "Cancelled; the labels are unchanged."
 
     def __init__(self, napari_viewer, parent=None):
@@ -61,6 +62,7 @@ class SegmentWidget(DFAWidget):
         self.domain_warning: str | None = None  # the last "slide beyond the model" message
         self.domain_checks_done = 0
         self._stains: dict = {}  # (image, level, model fingerprint) -> the slide's StainMatch
+        self._loading: str | None = None  # the model file a running job loads (dropped if it fails)
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -153,6 +155,11 @@ class SegmentWidget(DFAWidget):
             self.image_combo.setCurrentText(current)
         elif names:
             self.image_combo.setCurrentIndex(len(names) - 1)
+        if self.status.text() in (self.hint, READY):  # a hint follows what is open; messages stay
+            self.status.setText(self.ready_text())
+
+    def ready_text(self) -> str:
+        return READY if image_layers(self.viewer) else self.hint
 
     def _on_model_changed(self) -> None:
         seg = self.session.segmenter
@@ -191,6 +198,7 @@ class SegmentWidget(DFAWidget):
         source, device = self.model_source(), self.device_combo.currentText()
         match = self.match_stain.isChecked()
         session_model = self.session.segmenter_for(source)  # fine-tuned versions live only in memory
+        self._loading = source if session_model is None and source != DEMO else None
         self._say("Loading the model…" if session_model is None else "Segmenting…")
 
         def work():
@@ -201,7 +209,7 @@ class SegmentWidget(DFAWidget):
                 seg = load_model(source)
             return self._run(seg, pyramid, scope, region0, device, match), seg
 
-        return self.run_job(work, lambda out: self._on_done(out, source, layer.name))
+        return self.run_job(work, lambda out: self._on_done(out, source, layer.name, scope))
 
     def _stain_for(self, pyramid, level: int, seg):
         """Worker thread: the slide's StainMatch to ``seg``'s training stain at ``level``, fitted
@@ -263,8 +271,25 @@ class SegmentWidget(DFAWidget):
         if not self.cancelled():
             self._say(f"Segmenting: {self._eta.text(done, total)}")
 
-    def _on_done(self, out, source: str, layer_name: str) -> None:
+    def _on_error(self, exc) -> None:
+        if isinstance(exc, CheckpointError) and self._loading is not None:
+            # A file that is no model leaves the Model list (and the recent files): one message.
+            self._drop_model(self._loading)
+            self._loading = None
+            self._say(f"{exc} It was taken off the Model list.", error=True)
+            return
+        super()._on_error(exc)
+
+    def _drop_model(self, source: str) -> None:
+        forget_recent_model(source)
+        index = self.model_combo.findData(source)
+        if index >= 0:
+            self.model_combo.removeItem(index)
+        self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(self.session.model_source or DEMO)))
+
+    def _on_done(self, out, source: str, layer_name: str, scope: str = "visible") -> None:
         (res, level, region, stain), seg = out
+        self._loading = None
         if self.session.segmenter is not seg:
             self.session.set_model(seg, source)
             if source != DEMO:
@@ -275,10 +300,13 @@ class SegmentWidget(DFAWidget):
         pyramid = LayerPyramid(self.viewer.layers[layer_name], placement_only=True)
         scale, translate = pyramid.placement(level, region)
         whole = res.path is not None
-        name = (f"{layer_name} DFA labels" + (" (whole slide)" if whole else "")
-                + (" (demo model: synthetic tissue only)" if source == DEMO else ""))
+        scope = "whole" if whole else scope
+        # "demo · view", "demo · slide": short, and distinct in napari's layer list
+        name = result_layer_name(self.viewer, image_layer=layer_name, model=source,
+                                 model_label=self.session.model_label(source), scope=scope)
         meta = {"napari_dfa": {"image_layer": layer_name, "level": level, "region": list(region),
-                               "model": source, "completed": bool(getattr(res, "completed", True))}}
+                               "model": source, "scope": scope,
+                               "completed": bool(getattr(res, "completed", True))}}
         if whole:
             data = open_label_pyramid(res)
             data = data if len(data) > 1 else data[0]  # a cancelled run has no display pyramid yet
@@ -297,7 +325,8 @@ class SegmentWidget(DFAWidget):
         if getattr(res, "completed", True):
             h, w = region[2], region[3]
             cached = " (from the cache)" if getattr(res, "cached", False) else ""
-            self._say(f"Done{cached}: {h}×{w} px at level {level} → layer '{labels.name}'.")
+            demo = " The demo model knows synthetic tissue only." if source == DEMO else ""
+            self._say(f"Done{cached}: {h}×{w} px of {layer_name} at level {level} → layer '{labels.name}'.{demo}")
             self._check_domain(layer_pyramid(self.viewer, self.viewer.layers[layer_name]), level, region, seg)
         else:
             self._say(f"Cancelled after {res.tiles_done} of {res.tiles_total} tiles; "
@@ -325,8 +354,7 @@ class SegmentWidget(DFAWidget):
                     report.message += (". Tick Stain: 'Match to the model' to recolour it to the model's "
                                        "training stain")
                 self.domain_warning = report.message
-                notify(report.message, severity="warning")
-                self._say(f"Warning: {report.message}", error=True)
+                self._say(f"Warning: {report.message}", error=True)  # shown and notified once
 
         def failed(exc):  # a check that cannot run must never cost the user their result
             self.domain_checks_done += 1

@@ -165,7 +165,8 @@ def _refuse_pickle(path: Path, kind: str) -> CheckpointError:
                 f"`python -m napari_dfa.model.import_sam {path} {path.with_suffix('.safetensors')}` "
                 "(or import_sam_weights()) and set encoder_weights to the .safetensors file.")
     else:
-        msg += " Save models with Segmenter.save(), which writes .safetensors."
+        msg += (" napari-dfa models are .safetensors files: save one with 'Save model…' in the Fine-tune "
+                "widget or train one with `napari-dfa train`.")
     return CheckpointError(msg)
 
 
@@ -187,8 +188,8 @@ def _sniff(path: Path) -> None:
         raise CheckpointError(f"{path}: file is {size} bytes, too short to be a .safetensors checkpoint (truncated?)")
     (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > MAX_HEADER or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a .safetensors file (no safetensors header); "
-                              "napari-dfa checkpoints are written by Segmenter.save()")
+        raise CheckpointError(f"{path}: not a .safetensors file (no safetensors header); napari-dfa models "
+                              "are written by 'Save model…' in the Fine-tune widget or by `napari-dfa train`")
     if 8 + header_len > size:
         raise CheckpointError(f"{path}: file is truncated (header says {header_len} bytes, file has {size}); "
                               "copy it again or re-export the model")

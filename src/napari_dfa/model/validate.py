@@ -287,7 +287,7 @@ def check_tensors(path: Path, header: dict[str, tuple[tuple[int, ...], str]], co
                 raise CheckpointError(
                     f"{path}: tensor {k} is stored as {got}; napari-dfa weights are float32 or float16 "
                     f"({', '.join(FLOAT_DTYPES)}). The file is damaged or was converted by another tool; "
-                    "save it again with Segmenter.save()")
+                    "use the file napari-dfa wrote ('Save model…' in the Fine-tune widget, or `napari-dfa train`)")
             float_dtypes.add(got)
         elif got != want:
             raise CheckpointError(f"{path}: tensor {k} is stored as {got}, expected {want}; the file is damaged")
