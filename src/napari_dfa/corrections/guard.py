@@ -51,16 +51,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-GENERALISE = 1.0
-SLACK_AGREEMENT = 0.10  # of the compared tissue that may change whatever the corrections say
-SLACK_SHARE = 0.05  # percentage points a class share may move whatever the corrections say
 CLASS_DROP = 0.10  # largest held-out Dice drop of one class
-# A class the pathologist painted exists in this tissue: its share where nothing was corrected may
-# not fall below this fraction of what it was, whatever else the corrections took away from it.
-KEEP_PAINTED = 0.25
-# No class may fall below this fraction of the share the corrections leave it (its share minus what
-# was corrected away from it), whatever the absolute slack allows.
-KEEP_UNCORRECTED = 0.5
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
 # Of the held-back verified pixels the old model labelled right, the share the new one may get wrong
 # (one-class strokes over confirmed tissue flipped 30 % of them; truth-painted ones 15 %, where the confirmed
@@ -125,11 +116,11 @@ class GuardVerdict:
       reason: the verdict in plain words, one or a few sentences.
       problems: each failed check in plain words (empty when promoted).
       held_out_old / held_out_new: mean Dice over the scored classes (None when none).
-      agreement: share of the compared tissue where new and old labels agree (None: nothing compared).
-      agreement_bound: the least agreement the corrections allow.
-      regions: per region ``{"name", "pixels", "agreement", "bound"}``.
-      shares: per class name ``{"before", "after", "low", "high"}`` (shares of the compared tissue).
-      compared_pixels: pixels compared in (b) and (c).
+      agreement: share of the compared tissue where new and old labels agree (None: nothing
+        compared): what the review shows, not what decides.
+      regions: per region ``{"name", "pixels", "agreement"}``.
+      shares: per class name ``{"before", "after", "new_class"}`` (shares of the compared tissue).
+      compared_pixels: pixels compared where nothing is verified.
     """
 
     status: str
@@ -139,7 +130,6 @@ class GuardVerdict:
     held_out_old: float | None = None
     held_out_new: float | None = None
     agreement: float | None = None
-    agreement_bound: float | None = None
     regions: list[dict] = field(default_factory=list)
     shares: dict[str, dict] = field(default_factory=dict)
     compared_pixels: int = 0
@@ -161,7 +151,7 @@ class GuardVerdict:
                          "per_class": {n: {"old": ho.old.get(n), "new": ho.new.get(n), "pixels": ho.pixels.get(n, 0)}
                                        for n in sorted(set(ho.old) | set(ho.pixels), key=str)},
                          "too_few": dict(ho.too_few)},
-            "agreement_outside_corrections": self.agreement, "agreement_bound": self.agreement_bound,
+            "agreement_outside_corrections": self.agreement,
             "regions": list(self.regions), "class_shares": dict(self.shares),
             "compared_pixels": self.compared_pixels,
         }
@@ -222,19 +212,12 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
             problems.append(f"it gets {_pct(1 - kept / right)} of the held-back {new_names[c - 1]} you verified wrong "
                             f"where the old model had it right (at most {_pct(RIGHT_SLACK)})")
 
-    # what the corrections changed: corrected pixels whose old label was another class
+    # What the corrections say: rows the verified class, columns the old label under it.
     conf = held_out.confusion
     if conf is None or conf.shape != (k + 1, k + 1):
         conf = np.zeros((k + 1, k + 1), np.int64)
-    off = conf.copy()
-    np.fill_diagonal(off, 0)
-    off[:, 0] = 0
-    off[0, :] = 0
-    grown = off.sum(axis=1)  # corrected into class c from another class
-    shrunk = off.sum(axis=0)  # corrected away from class c
-    changed_px = int(off.sum())
 
-    # (b) and (c) over the compared pixels of every region
+    # What the new model would change where nothing is verified (shown, not judged)
     before = np.zeros(k + 1, np.int64)
     after = np.zeros(k + 1, np.int64)
     region_rows, total, agree_total, both_total = [], 0, 0, 0
@@ -263,25 +246,15 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
         agree_total += agree
         both_total += int(both.sum())
 
-    agreement = bound = None
+    agreement = None
     shares: dict[str, dict] = {}
     if total:
-        e = changed_px / total
-        bound = max(0.0, 1.0 - (SLACK_AGREEMENT + GENERALISE * e))
         agreement = agree_total / both_total if both_total else None
         for name, n, agree, both in per_region:
-            a = agree / both if both else None
-            region_rows.append({"name": name, "pixels": n, "agreement": a, "bound": bound})
+            region_rows.append({"name": name, "pixels": n, "agreement": agree / both if both else None})
         for c in range(1, k + 1):
-            name = new_names[c - 1]
-            b, a = before[c] / total, after[c] / total
-            high = min(1.0, b + SLACK_SHARE + GENERALISE * grown[c] / total)
-            low = max(0.0, b - SLACK_SHARE - GENERALISE * shrunk[c] / total)
-            low = max(low, KEEP_UNCORRECTED * (b - GENERALISE * shrunk[c] / total))
-            if conf[c, 1:].sum() > 0:  # painted somewhere: it may shrink, not vanish
-                low = max(low, KEEP_PAINTED * b)
-            shares[name] = {"before": float(b), "after": float(a), "low": float(low), "high": float(high),
-                            "new_class": not bool(known_new[c])}
+            shares[new_names[c - 1]] = {"before": float(before[c] / total), "after": float(after[c] / total),
+                                        "new_class": not bool(known_new[c])}
 
     too_few = {n: px for n, px in held_out.too_few.items()}
     verified = [new_names[c - 1] for c in range(1, k + 1) if conf[c, :].sum() > 0]
@@ -323,6 +296,6 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                   f"{old_mean:.2f} → {new_mean:.2f}: {per}), and no verified class got worse.{where}")
     verdict = GuardVerdict(status=status, reason=reason, problems=problems, held_out=held_out,
                            held_out_old=old_mean, held_out_new=new_mean, agreement=agreement,
-                           agreement_bound=bound, regions=region_rows, shares=shares, compared_pixels=total)
+                           regions=region_rows, shares=shares, compared_pixels=total)
     logger.info("guard: %s (%s)", status, reason)
     return verdict

@@ -156,7 +156,7 @@ class FinetuneOutcome:
             "held_out_mean": {"old": _num(r.old_score), "new": _num(r.new_score)},
             "held_out_too_few": dict(r.too_few),
             "agreement_outside_corrections": v["agreement_outside_corrections"],
-            "agreement_bound": v["agreement_bound"], "regions": v["regions"],
+            "regions": v["regions"],
             "class_shares": v["class_shares"], "problems": v["problems"],
             "method": r.method, "other_method": r.alternative, "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
             "look_next": [{"region": [y, x, h, w], "changed_pixels": px} for y, x, h, w, px in self.look_next()],
