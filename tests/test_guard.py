@@ -253,3 +253,15 @@ def test_what_the_old_model_had_right_by_the_pathologists_word_stays_right(kept,
     assert v.status == status, v.reason
     if status == REJECTED:
         assert "of the held-back a you verified wrong where the old model had it right" in v.reason
+
+
+@pytest.mark.parametrize("held, status", [(1900, REJECTED), (2100, PROMOTED)])
+def test_a_class_the_old_model_mostly_got_wrong_is_not_protected_by_its_chance_hits(held, status):
+    """The rule protects a class the old model knew: of ``held`` held-back verified pixels of "a" it
+    had 1000 right and the new model loses 30 % of them; with most of them right (1900 held back)
+    that rejects, with most of them wrong (2100) the pixels it had right by chance say nothing."""
+    old, corrected, _ = _a_corrected_to_c()
+    scores = HeldOut(old={"c": 0.2, "a": 0.5}, new={"c": 0.9, "a": 0.55}, pixels={"c": 150, "a": held},
+                     confusion=_verified({(3, 1): 100, (1, 1): 1000}), right_kept={1: (1000, 700), 3: (0, 0)})
+    v = judge(scores, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == status, v.reason
