@@ -57,9 +57,11 @@ def test_demo_model_records_its_training_data(demo):
 def test_a_real_ihc_scan_is_flagged(demo):
     report = domain_check(demo, [ihc()])
     assert report.far and report.distance > 1.2
-    assert "unlike the model's training data" in report.message
-    assert "trained on synthetic tissue only" in report.message
+    # said for what it is (tests/test_stain_kind.py), not as one more slide beyond the model
+    assert report.message.startswith("this looks like an IHC (DAB) stain, not H&E")
+    assert "trained on H&E (synthetic tissue only)" in report.message
     assert report.groups["stain"] > 1  # hematoxylin + DAB is not H&E
+    assert not report.stain_far  # ... so matching the stain is not suggested
 
 
 def test_real_tissue_in_h_and_e_colours_is_flagged(demo):
@@ -124,7 +126,7 @@ def test_predict_warns_on_a_real_looking_slide_and_not_on_the_sample(tmp_path, c
         assert cli.main(["predict", str(real), "--model", "demo", "--out", str(tmp_path / "out"),
                          "--device", "cpu"]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("colon_ihc.tif" in w and "unlike the model's training data" in w for w in warnings), warnings
+    assert any("colon_ihc.tif" in w and "not H&E" in w for w in warnings), warnings
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="napari_dfa"):
         assert cli.main(["predict", str(sample_slide_path()), "--model", "demo", "--out", str(tmp_path / "out2"),
@@ -134,9 +136,12 @@ def test_predict_warns_on_a_real_looking_slide_and_not_on_the_sample(tmp_path, c
 
 def test_a_model_without_statistics_cannot_tell(demo):
     seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=2))
-    report = domain_check(seg, [ihc()])
+    report = domain_check(seg, [ihc_as_he()])
     assert not report.far and np.isnan(report.distance)
     assert "does not record" in report.message
+    # ... except that a slide is not H&E at all, which needs no statistics
+    report = domain_check(seg, [ihc()])
+    assert report.far and report.not_he and "not H&E" in report.message
 
 
 def test_no_tissue_is_said(demo):

@@ -225,8 +225,8 @@ def test_bad_states_are_messages_not_tracebacks(make_napari_viewer, qtbot, tmp_p
 
 
 def test_grey_16bit_layer_and_recent_models(make_napari_viewer, qtbot, tiny_model_path):
-    """A grey 16-bit image (e.g. a fluorescence reader's layer) is segmented as RGB; a model opened
-    from a file is offered again by the next Segment widget (recent files)."""
+    """A grey 16-bit image (e.g. a fluorescence reader's layer) is segmented as RGB, and said not to
+    be H&E; a model opened from a file is offered again by the next Segment widget (recent files)."""
     from napari_dfa._widgets.segment import SegmentWidget
 
     viewer = make_napari_viewer(show=True)
@@ -241,6 +241,10 @@ def test_grey_16bit_layer_and_recent_models(make_napari_viewer, qtbot, tiny_mode
     assert widget.status.text().startswith("Done"), widget.status.text()
     labels = viewer.layers["tiny · view"]
     assert labels.data.shape == (300, 400)
+    # the check runs for a model without training statistics too: no stain colours is not H&E
+    qtbot.waitUntil(lambda: widget.domain_checks_done == 1, timeout=600_000)
+    assert widget.domain_warning.startswith("this is a greyscale image (no stain colours), not H&E")
+    assert not widget.match_stain.isEnabled()
     rgb = np.repeat((grey // 257).astype(np.uint8)[..., None], 3, axis=2)
     expected = segment(rgb, load_model(tiny_model_path), region=(0, 0, 300, 400)).labels
     np.testing.assert_array_equal(labels.data, expected)
@@ -289,6 +293,13 @@ def test_demo_model_says_so_and_warns_on_a_slide_beyond_it(make_napari_viewer, q
     assert viewer.layers[-1].name == "ihc · demo · slide" and "demo · slide" in viewer.layers
     assert widget.domain_warning is not None and "synthetic" in widget.domain_warning
     assert "Warning" in widget.status.text()
+    # said for what it is, with no advice to match its stain, and the Stain box not offered for it
+    assert widget.domain_warning.startswith("this looks like an IHC (DAB) stain, not H&E")
+    assert "Tick Stain" not in widget.domain_warning
+    assert not widget.match_stain.isEnabled() and not widget.match_stain.isChecked()
+    assert "Not offered" in widget.match_stain.toolTip()
+    widget.image_combo.setCurrentText("synthetic")  # an H&E slide: offered again
+    assert widget.match_stain.isEnabled() and "Not offered" not in widget.match_stain.toolTip()
 
 
 def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewer, qtbot, tmp_path, notes):

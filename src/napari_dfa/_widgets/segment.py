@@ -39,6 +39,9 @@ SCOPES = {"Visible region": "visible", "Whole slide": "whole", "Shapes ROI": "ro
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OPEN_ITEM = "Open…"
 READY = "Ready: choose what to segment (Scope) and click Segment."
+STAIN_TIP = ("Recolour the slide to the stain the model was trained on before segmenting it (Macenko's "
+             "method, fitted once on the whole slide's tissue): for H&E slides from another lab or scanner. "
+             "Off: the pixels as stored.")
 
 
 class SegmentWidget(DFAWidget):
@@ -71,10 +74,8 @@ class SegmentWidget(DFAWidget):
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.match_stain = QCheckBox("Match to the model")
-        self.match_stain.setToolTip(
-            "Recolour the slide to the stain the model was trained on before segmenting it (Macenko's "
-            "method, fitted once on the whole slide's tissue): for slides from another lab or scanner. "
-            "Off: the pixels as stored.")
+        self.match_stain.setToolTip(STAIN_TIP)
+        self._not_he: dict = {}  # image path -> why it is not H&E (found by the domain check)
         self.segment_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -103,6 +104,7 @@ class SegmentWidget(DFAWidget):
 
         self._fill_models()
         self.model_combo.activated.connect(self._on_model_activated)
+        self.image_combo.currentTextChanged.connect(self._offer_stain_match)
         self.segment_button.clicked.connect(self.segment)
         self.cancel_button.clicked.connect(self.cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -336,7 +338,8 @@ class SegmentWidget(DFAWidget):
         """Once per (image, model), after the result is on screen: does this slide look like the
         model's training tissue? A separate worker, so the first result is not delayed by it."""
         key = (pyramid.path, seg.fingerprint())
-        if key in self._domain_checked or not seg.metadata.get("domain"):
+        # Every model: whether the slide is H&E at all needs no training statistics.
+        if key in self._domain_checked:
             return
         self._domain_checked.add(key)
 
@@ -349,6 +352,9 @@ class SegmentWidget(DFAWidget):
 
         def done(report):
             self.domain_checks_done += 1
+            if report.not_he:
+                self._not_he[pyramid.path] = report.message
+                self._offer_stain_match()
             if report.far:
                 if report.stain_far and not self.match_stain.isChecked():
                     report.message += (". Tick Stain: 'Match to the model' to recolour it to the model's "
@@ -361,6 +367,19 @@ class SegmentWidget(DFAWidget):
             logger.info("domain check skipped: %s", exc)
 
         self._domain_worker = start_worker(work, on_done=done, on_error=failed)
+
+    def _offer_stain_match(self, *_) -> None:
+        """The Stain box for the image chosen: not offered for a slide found not to be H&E (matching
+        would dress another stain up as H&E)."""
+        try:
+            path = layer_pyramid(self.viewer, pick_image_layer(self.viewer, self.image_combo.currentText() or None)).path
+        except DataError:
+            path = None
+        why = self._not_he.get(path)
+        if why:
+            self.match_stain.setChecked(False)
+        self.match_stain.setEnabled(not why)
+        self.match_stain.setToolTip(f"Not offered: {why}." if why else STAIN_TIP)
 
     def _set_busy(self, busy: bool) -> None:
         self.segment_button.setEnabled(not busy)

@@ -19,6 +19,10 @@ also their main axes) and a threshold: the 99th percentile of the training tiles
 new slide; a group's distance is the median over those tiles divided by its threshold, and the
 slide is *far* when any group exceeds 1.
 
+Before any of that, a slide that is not H&E at all (IHC, haematoxylin alone, greyscale,
+fluorescence: :mod:`napari_dfa.model.stain_kind`) is said to be so, whatever the groups say, also
+by a model without statistics; matching its stain is not suggested.
+
 Reading tiles from a slide is not the model's business: ``napari_dfa.inference.domain`` samples
 tissue tiles from a slide and calls :func:`domain_check`.
 """
@@ -38,6 +42,7 @@ import torch
 
 from ..errors import CheckpointError, DataError
 from .stain import OD_TISSUE, StainFit, optical_density, stain_vectors  # noqa: F401 - stain_vectors: public here too
+from .stain_kind import StainKind, stain_kind
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class DomainReport:
       message: plain words for the user (empty when nothing is to be said).
       groups: distance per group (``colour``, ``stain``, ``features``).
       tiles: tiles measured.
+      stain: what the tiles' colours say the stain is (:class:`~napari_dfa.model.stain_kind.StainKind`).
     """
 
     distance: float
@@ -75,11 +81,18 @@ class DomainReport:
     message: str
     groups: dict = field(default_factory=dict)
     tiles: int = 0
+    stain: StainKind | None = None
+
+    @property
+    def not_he(self) -> bool:
+        """The slide is not H&E (IHC, haematoxylin alone, grey, fluorescence)."""
+        return self.stain is not None and not self.stain.he
 
     @property
     def stain_far(self) -> bool:
-        """The stain group alone lies outside the training data (matching the stain may help)."""
-        return self.groups.get("stain", 0) > 1.0
+        """The stain group alone lies outside the training data and the slide is H&E: matching
+        the stain may help (it cannot turn another stain into H&E)."""
+        return self.groups.get("stain", 0) > 1.0 and not self.not_he
 
 
 # -- descriptors -------------------------------------------------------------------------------
@@ -238,12 +251,18 @@ def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
     data. A model without ``metadata["domain"]`` gives distance NaN, ``far`` False and a message
     saying it cannot tell."""
     domain = segmenter.metadata.get("domain")
+    kind = stain_kind([np.asarray(t) for t in rgb_tiles])
+    trained_on = (domain or {}).get("trained_on") if isinstance(domain, dict) else None
     if not isinstance(domain, dict) or not isinstance(domain.get("groups"), dict):
+        if not kind.he:  # no statistics needed to see that a slide is not H&E
+            return DomainReport(float("nan"), True, kind.message(), stain=kind)
         return DomainReport(float("nan"), False, "this model does not record what its training data looked "
-                            "like, so it cannot say whether this slide resembles it")
+                            "like, so it cannot say whether this slide resembles it", stain=kind)
     tiles = cut_tiles(rgb_tiles, int(domain.get("tile", TILE)))
     if not tiles:
-        return DomainReport(float("nan"), False, "no tissue found to compare with the training data")
+        if not kind.he:  # e.g. fluorescence: dark, no stained tissue in the OD sense
+            return DomainReport(float("nan"), True, kind.message(trained_on), stain=kind)
+        return DomainReport(float("nan"), False, "no tissue found to compare with the training data", stain=kind)
     d = descriptors(segmenter, tiles, _feature_stage(domain))
     groups = {}
     for name, values in d.items():
@@ -256,6 +275,8 @@ def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
     distance = max(finite) if finite else float("nan")
     far = bool(finite) and distance > 1.0
     trained_on = domain.get("trained_on") or "other data"
+    if not kind.he:  # the first thing to say, and no advice to match the stain
+        return DomainReport(distance, True, kind.message(trained_on), groups, len(tiles), stain=kind)
     if far:
         words = [GROUP_WORDS[n] for n, v in groups.items() if v > 1.0]
         what = ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
@@ -264,7 +285,7 @@ def domain_check(segmenter, rgb_tiles: Sequence[np.ndarray]) -> DomainReport:
                    "result closely and correct it")
     else:
         message = ""
-    return DomainReport(distance, far, message, groups, len(tiles))
+    return DomainReport(distance, far, message, groups, len(tiles), stain=kind)
 
 
 # -- stamping a checkpoint --------------------------------------------------------------------
