@@ -3,6 +3,9 @@ layer, cancel, bad states."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from widget_fixtures import (  # noqa: F401  (fixtures)
@@ -332,6 +335,13 @@ def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewe
     # one cause, one warning (it came twice: a notification of its own and the status line's)
     assert sum("stain looks unlike" in text for _, text in notes) == 1, notes
     stored = labels()
+    # The warning travels with the result: napari's Save layer writes it into the file.
+    result = viewer.layers[widget.session.result.labels_layer]
+    caveat = result.metadata["napari_dfa"]["caveat"]
+    assert caveat.startswith("Caution: this slide's stain looks unlike") and "Tick" not in caveat
+    (saved,) = result.save(str(tmp_path / "labels.geojson"), plugin="napari-dfa")
+    features = json.loads(Path(saved).read_text())["features"]
+    assert features and all(f["properties"]["caveat"] == caveat for f in features)
 
     widget.match_stain.setChecked(True)
     widget.scope_combo.setCurrentText("Whole slide")
@@ -342,6 +352,31 @@ def test_another_labs_stain_is_flagged_and_matched_when_ticked(make_napari_viewe
     expected = segment(rgb, demo, stain=slide_stain_match(rgb, demo)).labels
     assert (labels() == np.asarray(expected)).mean() >= 0.999
     assert (labels() != stored).mean() > 0.02
+    assert viewer.layers[-1].metadata["napari_dfa"]["caveat"] == caveat  # the slide's, matched or not
+
+    # What the model saw: the slide recoloured to its training stain, aligned, under the labels,
+    # and not offered as a slide to segment.
+    widget.show_matched.setChecked(True)
+    res = widget.session.result
+    seen = viewer.layers["what the model saw"]
+    np.testing.assert_array_equal(np.asarray(seen.data), res.stain(rgb))
+    assert np.abs(np.asarray(seen.data, int) - slide_stain_match(rgb, demo)(rgb)).mean() < 1
+    assert (np.asarray(seen.data, int) != rgb).mean() > 0.5  # recoloured, not the slide as stored
+    assert viewer.layers.index(seen) == viewer.layers.index(res.labels_layer) - 1
+    assert "what the model saw" not in [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    # It follows the next result: a matched view of a region.
+    widget.scope_combo.setCurrentText("Visible region")
+    view_region(viewer, viewer.layers["another lab"], 200, 300, 256, 256)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    res = widget.session.result
+    seen = viewer.layers["what the model saw"]
+    y0, x0, h, w = res.region
+    np.testing.assert_array_equal(np.asarray(seen.data), res.stain(rgb[y0:y0 + h, x0:x0 + w]))
+    np.testing.assert_allclose(seen.translate, viewer.layers[res.labels_layer].translate)
+    np.testing.assert_allclose(seen.scale, viewer.layers[res.labels_layer].scale)
+    widget.show_matched.setChecked(False)
+    assert "what the model saw" not in viewer.layers
 
 
 def test_closing_napari_while_the_domain_check_runs_does_not_abort(small_slide, tmp_path):

@@ -4,6 +4,10 @@ Class names come from the layer's ``features`` (a ``class`` column indexed by la
 Segment widget sets) or ``metadata["napari_dfa"]["class_names"]``; colours are the ones the layer
 shows (its label colormap). The layer's ``scale`` and ``translate`` (level-0 pixels for layers over our slides) place
 the output in level-0 coordinates. Multiscale data is written from its finest level.
+
+A result the Segment widget found beyond its model (``metadata["napari_dfa"]["caveat"]``, set
+when the domain check warns) carries that caveat into the file: GeoJSON properties, the TIFF's
+description, the OME-Zarr's attributes.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def _classes(data, meta: dict) -> ClassSet:
     return ClassSet.of(out_names, out_colors, name="layer")
 
 
+def _caveat(meta: dict) -> str | None:
+    return ((meta.get("metadata") or {}).get("napari_dfa", {}) or {}).get("caveat") or None
+
+
 def _placement(meta: dict) -> tuple[float, tuple[float, float]]:
     scale = meta.get("scale") or (1.0, 1.0)
     translate = meta.get("translate") or (0.0, 0.0)
@@ -53,7 +61,10 @@ def _placement(meta: dict) -> tuple[float, tuple[float, float]]:
 
 
 def _finest(data):
-    arr = data[0] if isinstance(data, (list, tuple)) else data
+    from collections.abc import Sequence
+
+    # a pyramid: a list, or napari's MultiScaleData (a Sequence) for a multiscale layer
+    arr = data[0] if isinstance(data, Sequence) else data
     if arr.ndim != 2:
         raise ValueError(f"only 2-D labels can be exported, this layer has shape {arr.shape}")
     return arr
@@ -63,18 +74,24 @@ def write_labels_zarr(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_ome_zarr_labels(path, arr, classes, downsample=ds, offset=off))]
+    out = labels.write_ome_zarr_labels(path, arr, classes, downsample=ds, offset=off)
+    if _caveat(meta):
+        labels.add_caveat(out, _caveat(meta))
+    return [str(out)]
 
 
 def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_labels_tiff(path, arr, classes, downsample=ds, offset=off))]
+    out = labels.write_labels_tiff(path, arr, classes, downsample=ds, offset=off)
+    if _caveat(meta):
+        labels.add_caveat(out, _caveat(meta))
+    return [str(out)]
 
 
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     arr = _finest(data)
     classes = _classes(arr, meta)
     ds, off = _placement(meta)
-    return [str(labels.write_geojson(path, arr, classes, downsample=ds, offset=off))]
+    return [str(labels.write_geojson(path, arr, classes, downsample=ds, offset=off, caveat=_caveat(meta)))]

@@ -28,9 +28,12 @@ MAX_REGION_PIXELS = 64_000_000  # a visible/ROI region larger than this at full 
 
 
 def image_layers(viewer) -> list:
+    """The image layers a user can segment: not the ones napari-dfa derived from a result (the
+    stain-matched view, ``metadata["napari_dfa"]["derived"]``)."""
     from napari.layers import Image
 
-    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+    return [layer for layer in viewer.layers if isinstance(layer, Image)
+            and not ((layer.metadata or {}).get("napari_dfa") or {}).get("derived")]
 
 
 def pick_image_layer(viewer, name: str | None = None):
@@ -325,6 +328,22 @@ class SplitChannelPyramid(LayerPyramid):
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.channels]
+
+
+def recoloured_levels(pyramid: LayerPyramid, level: int, region, stain, *, whole: bool = False) -> list:
+    """What the model saw of a stain-matched result: ``region`` (y0, x0, h, w at ``level``) of
+    ``pyramid`` recoloured by ``stain`` (a :class:`~napari_dfa.model.stain.StainMatch`), lazily
+    (dask, block by block, as napari asks for them). ``whole``: with the coarser levels after it,
+    for a multiscale layer of a whole-slide result."""
+    import math
+
+    y0, x0, h, w = (int(v) for v in region)
+    out = []
+    for i in range(level, len(pyramid.raw) if whole else level + 1):
+        f = pyramid.downsamples[i] / pyramid.downsamples[level]
+        a = pyramid.level(i)[int(y0 // f):math.ceil((y0 + h) / f), int(x0 // f):math.ceil((x0 + w) / f)]
+        out.append(a.map_blocks(stain, dtype=np.uint8))
+    return out
 
 
 def visible_region(viewer, pyramid: LayerPyramid) -> tuple[int, int, int, int]:

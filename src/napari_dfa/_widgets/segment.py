@@ -30,7 +30,15 @@ from ..labels import LabelsStore
 from ..paths import region_labels_store_path
 from ._base import DFAWidget, start_worker
 from ._labels_layer import put_labels_layer, result_layer_name
-from ._layers import LayerPyramid, image_layers, layer_pyramid, pick_image_layer, shapes_roi, visible_region
+from ._layers import (
+    LayerPyramid,
+    image_layers,
+    layer_pyramid,
+    pick_image_layer,
+    recoloured_levels,
+    shapes_roi,
+    visible_region,
+)
 from ._session import DEMO, RegionResult, add_recent_model, forget_recent_model, recent_models
 
 logger = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ SCOPES = {"Visible region": "visible", "Whole slide": "whole", "Shapes ROI": "ro
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OPEN_ITEM = "Open…"
 READY = "Ready: choose what to segment (Scope) and click Segment."
+MODEL_VIEW = "what the model saw"  # the image layer of the stain-matched pixels
 STAIN_TIP = ("Recolour the slide to the stain the model was trained on before segmenting it (Macenko's "
              "method, fitted once on the whole slide's tissue): for H&E slides from another lab or scanner. "
              "Off: the pixels as stored.")
@@ -76,6 +85,11 @@ class SegmentWidget(DFAWidget):
         self.match_stain = QCheckBox("Match to the model")
         self.match_stain.setToolTip(STAIN_TIP)
         self._not_he: dict = {}  # image path -> why it is not H&E (found by the domain check)
+        self._caveats: dict = {}  # (image path, model fingerprint) -> what exports of its results say
+        self.show_matched = QCheckBox("Show what the model saw")
+        self.show_matched.setToolTip(
+            "Add the slide as the model segmented it: recoloured to its training stain when 'Match to the "
+            "model' was ticked for the result, as an image layer under the labels.")
         self.segment_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -91,6 +105,7 @@ class SegmentWidget(DFAWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Scope", self.scope_combo)
         form.addRow("Stain", self.match_stain)
+        form.addRow("", self.show_matched)
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
@@ -105,6 +120,8 @@ class SegmentWidget(DFAWidget):
         self._fill_models()
         self.model_combo.activated.connect(self._on_model_activated)
         self.image_combo.currentTextChanged.connect(self._offer_stain_match)
+        self.show_matched.toggled.connect(lambda on: self.show_model_view(on))
+        self.session.result_changed.connect(lambda: self.show_model_view(quiet=True))
         self.segment_button.clicked.connect(self.segment)
         self.cancel_button.clicked.connect(self.cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -309,6 +326,9 @@ class SegmentWidget(DFAWidget):
         meta = {"napari_dfa": {"image_layer": layer_name, "level": level, "region": list(region),
                                "model": source, "scope": scope,
                                "completed": bool(getattr(res, "completed", True))}}
+        caveat = self._caveats.get((pyramid.path, seg.fingerprint()))
+        if caveat:  # the domain check warned about this slide and model: its exports say so
+            meta["napari_dfa"]["caveat"] = caveat
         if whole:
             data = open_label_pyramid(res)
             data = data if len(data) > 1 else data[0]  # a cancelled run has no display pyramid yet
@@ -355,18 +375,61 @@ class SegmentWidget(DFAWidget):
             if report.not_he:
                 self._not_he[pyramid.path] = report.message
                 self._offer_stain_match()
+            if report.caveat:
+                self._caveats[key] = report.caveat
+                self._mark_caveat(pyramid.layer.name, seg, report.caveat)
             if report.far:
+                text = report.message
                 if report.stain_far and not self.match_stain.isChecked():
-                    report.message += (". Tick Stain: 'Match to the model' to recolour it to the model's "
-                                       "training stain")
-                self.domain_warning = report.message
-                self._say(f"Warning: {report.message}", error=True)  # shown and notified once
+                    text += ". Tick Stain: 'Match to the model' to recolour it to the model's training stain"
+                self.domain_warning = text
+                self._say(f"Warning: {text}", error=True)  # shown and notified once
 
         def failed(exc):  # a check that cannot run must never cost the user their result
             self.domain_checks_done += 1
             logger.info("domain check skipped: %s", exc)
 
         self._domain_worker = start_worker(work, on_done=done, on_error=failed)
+
+    def _mark_caveat(self, image_layer: str, seg, caveat: str) -> None:
+        """Put ``caveat`` on the results of ``image_layer`` by ``seg`` already shown: napari's
+        writers (Save layer: GeoJSON, TIFF, OME-Zarr) carry it into the file."""
+        from napari.layers import Labels
+
+        for layer in self.viewer.layers:
+            md = (layer.metadata or {}).get("napari_dfa") or {}
+            if (isinstance(layer, Labels) and md.get("image_layer") == image_layer
+                    and self.session.segmenter_for(md.get("model")) is seg):
+                md["caveat"] = caveat
+
+    def show_model_view(self, show: bool | None = None, *, quiet: bool = False) -> None:
+        """Show the pixels the model segmented for the last result as the image layer
+        :data:`MODEL_VIEW` under its labels: the slide recoloured to the model's training stain when
+        the result was stain-matched (lazily, level by level), else nothing to add (the model saw
+        the slide as stored). ``show`` False (or the box unticked) removes the layer."""
+        show = self.show_matched.isChecked() if show is None else show
+        if MODEL_VIEW in self.viewer.layers:
+            self.viewer.layers.remove(MODEL_VIEW)
+        res = self.session.result
+        if not show or res is None or res.image_layer not in self.viewer.layers:
+            if show and not quiet:
+                self._say("Segment first: the layer shows the pixels the model saw for a result.")
+            return
+        if res.stain is None:
+            if not quiet:
+                self._say("The model saw this slide as stored (Stain: 'Match to the model' was off for this "
+                          "result): what you see is what it segmented.")
+            return
+        pyramid = layer_pyramid(self.viewer, self.viewer.layers[res.image_layer])
+        levels = recoloured_levels(pyramid, res.level, res.region, res.stain, whole=res.whole_slide)
+        layer = self.viewer.add_image(levels if len(levels) > 1 else levels[0], name=MODEL_VIEW, rgb=True,
+                                      multiscale=len(levels) > 1, scale=res.scale, translate=res.translate,
+                                      units=pyramid.units, metadata={"napari_dfa": {"derived": True}})
+        if res.labels_layer in self.viewer.layers:  # under the labels, over the slide
+            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(res.labels_layer))
+        if not quiet:
+            self._say(f"Layer '{MODEL_VIEW}': the slide recoloured to the model's training stain, as it was "
+                      "segmented.")
 
     def _offer_stain_match(self, *_) -> None:
         """The Stain box for the image chosen: not offered for a slide found not to be H&E (matching

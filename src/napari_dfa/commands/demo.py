@@ -144,19 +144,23 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
             res = segment(sl, seg, level=lv, device=device, out=out / f"{slide_stem(path)}.labels.zarr",
                           progress=progress)
         labels = np.asarray(res.labels[...])
+        from ..inference.domain import check_slide
+
+        # A slide beyond the model: the overlay title and the areas CSV say so.
+        caveat = check_slide(sl, seg, level=lv).caveat
         place = dict(downsample=res.downsample, mpp=sl.mpp)
         outputs = {"labels": Path(res.path)}
         outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.classes,
                                                    offset=res.translate, **place)
         outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg,
-                                           palette=palette)
-        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.classes, **place)
+                                           palette=palette, caveat=caveat)
+        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.classes, **place, caveat=caveat)
     logger.info("demo outputs in %s", out)
     return outputs
 
 
 def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha: float = 0.5,
-                  palette: str = "auto", date: str | None = None) -> Path:
+                  palette: str = "auto", date: str | None = None, caveat: str | None = None) -> Path:
     """The slide under its labels, as a figure a pathologist can read on its own.
 
     From top to bottom: a title (slide, model, date, level and pixel size), the slide at ``level``
@@ -164,8 +168,10 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     bar in µm, and a legend with each class's area (mm² when the pixel size is known) and share of
     the labelled tissue. ``palette``: ``"auto"`` (the model's colours, with any that would pass for
     unlabelled H&E swapped: see :mod:`napari_dfa.labels.palette`), ``"model"`` or ``"cb"``
-    (colour-blind safe). The title and legend are also kept as PNG text (``Title``,
-    ``Description``)."""
+    (colour-blind safe). ``caveat`` (the slide lies beyond the model: :attr:`DomainReport.caveat
+    <napari_dfa.model.domain.DomainReport.caveat>`) follows the title in red, whole, over as many
+    lines as it needs. The title and legend are also kept as PNG text (``Title``, ``Description``,
+    ``Caveat``)."""
     import datetime as dt
 
     from PIL import Image, ImageDraw
@@ -198,10 +204,14 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     pixel = f"{slide.level_mpp(level):g} µm/px" if um_per_px else "pixel size unknown"
     lines = [f"{slide_stem(slide.path)}  —  {model_name}",
              f"segmented {date}, level {level} ({pixel}), napari-dfa {__version__}"]
-    header = Image.new("RGB", (W, row * 2 + row // 2), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    warning = _wrap(measure, caveat, font, W - row // 2) if caveat else []  # never cut: it is the point
+    header = Image.new("RGB", (W, row * (len(lines) + len(warning)) + row // 2), "white")
     draw = ImageDraw.Draw(header)
     for i, text in enumerate(lines):
         draw.text((row // 3, row // 4 + i * row), _fit(draw, text, font, W - row // 2), fill="black", font=font)
+    for i, text in enumerate(warning, start=len(lines)):
+        draw.text((row // 3, row // 4 + i * row), text, fill=(190, 0, 0), font=font)
 
     counts = np.bincount(np.asarray(labels).ravel(), minlength=len(colors) + 1)[: len(colors) + 1]
     tissue = max(1, int(counts[1:].sum()))
@@ -226,6 +236,8 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     info = PngInfo()
     info.add_text("Title", " | ".join(lines))
     info.add_text("Description", "\n".join(entries))
+    if caveat:
+        info.add_text("Caveat", caveat)
     info.add_text("Software", f"napari-dfa {__version__}")
     canvas.save(path, pnginfo=info)
     return path
@@ -270,6 +282,18 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
         return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: float) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken between words."""
+    lines, line = [], ""
+    for word in text.split():
+        wider = f"{line} {word}".strip()
+        if line and draw.textlength(wider, font=font) > width:
+            lines.append(line)
+            wider = word
+        line = wider
+    return lines + ([line] if line else [])
 
 
 def _fit(draw, text: str, font, width: float) -> str:

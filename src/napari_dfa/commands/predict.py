@@ -177,14 +177,17 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                               outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
                               chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")))
                 report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
+                res.caveat = beyond.caveat  # a slide beyond the model: every file of it says so
+                if beyond.caveat and res.completed:
+                    label_files.add_caveat(res.path, beyond.caveat)
                 if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
                     with atomic_output(paths["geojson"]) as tmp:
                         label_files.write_geojson(tmp, res.labels, res.classes,
-                                                  downsample=res.downsample, offset=res.translate)
+                                                  downsample=res.downsample, offset=res.translate, caveat=res.caveat)
                 if res.completed and paths["areas"] is not None:
                     with atomic_output(paths["areas"]) as tmp:
                         label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample,
-                                                   mpp=slide.mpp)
+                                                   mpp=slide.mpp, caveat=res.caveat)
         report["ok"] = res.completed
     except DFAError as exc:
         report["error"] = str(exc)

@@ -9,12 +9,13 @@ top-left in level-0 pixels, (y, x)) so that everything written is in level-0 coo
 from __future__ import annotations
 
 from .areas import class_areas, write_area_csv
+from .caveat import add_caveat, read_caveat
 from .geojson import labels_to_geojson, write_geojson
 from .io import export_labels, read_labels, write_ome_zarr_labels
 from .store import LabelsStore
 from .tiff import write_labels_tiff
 
 __all__ = [
-    "LabelsStore", "class_areas", "export_labels", "labels_to_geojson", "read_labels",
-    "write_area_csv", "write_geojson", "write_labels_tiff", "write_ome_zarr_labels",
+    "LabelsStore", "add_caveat", "class_areas", "export_labels", "labels_to_geojson", "read_caveat",
+    "read_labels", "write_area_csv", "write_geojson", "write_labels_tiff", "write_ome_zarr_labels",
 ]

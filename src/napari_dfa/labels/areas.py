@@ -33,16 +33,22 @@ def class_areas(labels, classes, *, downsample: float = 1.0, mpp: float | None =
     return rows
 
 
-def write_area_csv(path, labels, classes, *, downsample: float = 1.0, mpp: float | None = None) -> Path:
-    """Write :func:`class_areas` as CSV (e.g. a tumour–stroma ratio is two rows of it)."""
+def write_area_csv(path, labels, classes, *, downsample: float = 1.0, mpp: float | None = None,
+                   caveat: str | None = None) -> Path:
+    """Write :func:`class_areas` as CSV (e.g. a tumour–stroma ratio is two rows of it).
+
+    ``caveat`` (e.g. the slide lies outside the model's training data) adds a ``caveat`` column
+    holding it on every row: a comment line would break CSV readers, and a row copied alone into
+    a spreadsheet keeps its warning."""
     path = Path(path)
     rows = class_areas(labels, classes, downsample=downsample, mpp=mpp)
+    fields = ["class", "label", "pixels", "area_px0", "area_mm2", "percent"] + (["caveat"] if caveat else [])
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["class", "label", "pixels", "area_px0", "area_mm2", "percent"])
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow({**r, "area_mm2": "" if r["area_mm2"] is None else f"{r['area_mm2']:.6g}",
-                             "percent": f"{r['percent']:.4f}"})
+                             "percent": f"{r['percent']:.4f}", **({"caveat": caveat} if caveat else {})})
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ..classes import ClassSet
 from ._common import ROWS, check_classes, row_blocks
 from .areas import write_area_csv
+from .caveat import add_caveat, read_caveat
 from .geojson import labels_to_geojson, write_geojson
 from .outputs import atomic_output, check_destination
 from .store import ATTR, LabelsStore, completeness, multiscale_datasets, multiscale_levels, ome_block
@@ -60,6 +61,7 @@ def read_labels(path, *, level: int = 0):
         raise DataError(f"{path}: unsupported labels file; give an OME-Zarr labels store (.zarr) or a TIFF")
     info["classes"] = ClassSet.of(info["class_names"], info["class_colors"], name=path.name)
     info.update(_completeness_marker(path))
+    info["caveat"] = read_caveat(path)  # a result beyond its model says so in every export
     if not info["completed"]:
         logger.warning("%s: %s", path, describe_incomplete(info))
     return labels, info
@@ -166,11 +168,13 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
     with atomic_output(dst) as tmp:
         if suffix in (".geojson", ".json"):
             if mark is None:
-                write_geojson(tmp, labels, info["classes"], split=split, **kw)
+                write_geojson(tmp, labels, info["classes"], split=split, caveat=info["caveat"], **kw)
             else:
                 _write_partial_geojson(tmp, labels, info, mark, split=split)
         elif suffix in (".tif", ".tiff"):
             write_labels_tiff(tmp, labels, info["classes"], mpp=info["mpp"], **kw)
+            if info["caveat"]:
+                add_caveat(tmp, info["caveat"])
             if mark is not None:
                 _mark_tiff(tmp, mark)
         elif suffix == ".zarr":
@@ -179,8 +183,11 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
             _rename_multiscale(store.group, dst.name)  # it was written under the temporary name
             if mark is not None:
                 store.update_info(**mark)
+            if info["caveat"]:
+                store.update_info(caveat=info["caveat"])
         else:
-            write_area_csv(tmp, labels, info["classes"], downsample=info["downsample"], mpp=info["mpp"])
+            write_area_csv(tmp, labels, info["classes"], downsample=info["downsample"], mpp=info["mpp"],
+                           caveat=info["caveat"])
             if mark is not None:
                 _mark_csv(tmp, mark)
     if mark is not None:
@@ -206,7 +213,7 @@ def _write_partial_geojson(path: Path, labels, info: dict, mark: dict, *, split:
     import json
 
     fc = labels_to_geojson(labels, info["classes"], None, info["downsample"], info["offset"],
-                           split=split)
+                           split=split, caveat=info.get("caveat"))
     fc[ATTR] = mark  # a foreign member (RFC 7946 6.1): QuPath ignores it, our tools read it
     for feat in fc["features"]:  # what QuPath shows in its annotation list
         feat["properties"]["name"] = f"{feat['properties']['classification']['name']} ({_partial_words(mark)})"

@@ -84,6 +84,12 @@ class DomainReport:
     stain: StainKind | None = None
 
     @property
+    def caveat(self) -> str | None:
+        """What every export of a result on this slide carries (GeoJSON, areas CSV, overlay title)
+        when the slide is beyond the model; None when it is not."""
+        return f"Caution: {self.message}" if self.far and self.message else None
+
+    @property
     def not_he(self) -> bool:
         """The slide is not H&E (IHC, haematoxylin alone, grey, fluorescence)."""
         return self.stain is not None and not self.stain.he
