@@ -208,3 +208,57 @@ def test_strokes_the_old_model_was_trained_on_are_never_held_back():
     # class 3 has one stroke the old model saw and one it did not: the new one is held back
     (tr, va), _ = split_holdout_by_stroke([a, b], 5, 0.5, np.random.default_rng(0), images=images, seen=seen)
     assert (va == 3).sum() == 30 * 40 and (tr == 3).sum() == 30 * 30
+
+
+def _two_classes_four_strokes_each(size=128):
+    """A real-looking tile with four separate 20² strokes of each of two classes."""
+    rgb, _ = synth.generate_tile(seed=11, size=size)
+    mask = np.zeros((size, size), np.uint8)
+    for i, (y, x) in enumerate([(8, 8), (8, 70), (70, 8), (70, 70)]):
+        mask[y:y + 20, x:x + 20] = 2
+        mask[y + 30:y + 50, x + 30:x + 50] = 4
+    return rgb, mask
+
+
+def test_held_back_strokes_never_train_the_head_that_is_scored_on_them(tiny, monkeypatch):
+    """Cross-validation by whole strokes: each fold's head trains without that fold's strokes, so
+    over the folds every labelled vector is left out exactly once (a head trained on its own
+    held-back strokes would score itself perfect and promote anything)."""
+    from napari_dfa.training import head as H
+
+    sizes = []
+    real = H._fit
+
+    def spy(hd, data, *args, **kwargs):
+        sizes.append(len(data[2]))
+        return real(hd, data, *args, **kwargs)
+
+    monkeypatch.setattr(H, "_fit", spy)
+    result = H.fit_head(tiny, [_two_classes_four_strokes_each()], steps=5, folds=4)
+    *folds, final = sizes
+    assert len(folds) == 4 and all(0 < n < final for n in folds)
+    assert sum(final - n for n in folds) == final  # each stroke held back once, in one fold
+    assert set(result.new_class_scores) == {"tumour", "other"}
+    assert result.held_out_per_class == result.corrected_per_class
+
+
+def test_held_back_strokes_never_train_the_deep_finetune(tiny, monkeypatch):
+    """The deep fine-tune's held-back strokes stay out of every training crop."""
+    import importlib
+
+    FT = importlib.import_module("napari_dfa.training.finetune")  # the module, not the function
+
+    sample = _two_classes_four_strokes_each()
+    plan = FT.plan_holdout(tiny, [sample], 0.2, 1)
+    held = plan.splits[0][1] > 0
+    assert held.any()
+    seen = []
+    real = FT._crop_box_around
+
+    def spy(mask, size, shape, rng):
+        seen.append(np.asarray(mask).copy())
+        return real(mask, size, shape, rng)
+
+    monkeypatch.setattr(FT, "_crop_box_around", spy)
+    FT.finetune(tiny, [sample], steps=3, batch_size=2, crop=96, seed=1, frozen_encoder=True)
+    assert seen and all(not (m[held] > 0).any() for m in seen)
