@@ -2,9 +2,13 @@
 time in a thread worker, carry its progress to the UI thread, cancel it, and say what happened in a
 status line (errors in red, and as a notification) that clears itself once the problem is gone.
 
-Layout: the status line sits at the top, always in view; everything else goes into ``self.body``
-inside a scroll area, so the three widgets docked together fit a 1280 × 800 screen (each one is as
-small as its status line and a scroll bar needs) and no message is pushed below a plot.
+Layout: the status line sits at the top, always in view (a long message scrolls in its box of a
+few lines: see :mod:`._status`); under it ``self.pinned`` holds the main
+buttons (never scrolled away); everything else goes into ``self.body`` inside a scroll area that
+scrolls up and down, never sideways. The scroll area is as wide as the body's narrowest layout, so a
+dock can never be dragged narrower than its controls, and the widgets are laid out to fit napari's
+default dock (about 234 px in a 1280 × 800 window): the three docked together fit a laptop screen
+and no message is pushed below a plot.
 
 Nothing here computes anything about tissue: that is :mod:`napari_dfa.inference` and
 :mod:`napari_dfa.corrections.workflow`.
@@ -17,16 +21,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from qtpy.QtCore import QObject, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtCore import Signal as QtSignal
 from qtpy.QtWidgets import QApplication, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import Cancelled, DFAError
 from ._session import session_for
+from ._status import StatusBox
 
 logger = logging.getLogger(__name__)
 
 ERROR_STYLE = "color: #e05050;"
+MARGIN = 4  # px left and right of the controls: a narrow dock keeps its width for them
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -154,14 +160,78 @@ def warm_up() -> None:
     _warm.start()
 
 
+# --- layout ---------------------------------------------------------------------------------------
+class BodyScroll(QScrollArea):
+    """Scrolls a widget's body up and down, never sideways: its width hints are the body's minimum
+    width plus the scroll bar's, so the dock is as wide as the controls need and no wider."""
+
+    MIN_HEIGHT = 60  # a dock squeezed by others still shows a few rows and the scroll bar
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._keep = None  # the layout at the top of the body that is never scrolled out of view
+
+    def keep_in_view(self, layout) -> None:
+        """Make the dock at least as tall as ``layout`` (the first in the body) needs: the
+        choices a click depends on (Segment's image, model, scope) are then always visible."""
+        self._keep = layout
+        self.updateGeometry()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        body = self.widget()
+        need = body.minimumSizeHint().width() if body is not None else 0
+        height = self.MIN_HEIGHT
+        if self._keep is not None and body is not None and body.layout() is not None:
+            height = max(height, self._keep.sizeHint().height() + body.layout().contentsMargins().top())
+        return QSize(need + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth(),
+                     height + 2 * self.frameWidth())
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        # As tall as the whole body: a dock that has the room shows it all without scrolling.
+        body = self.widget()
+        height = body.heightForWidth(max(1, self.viewport().width())) if body.hasHeightForWidth() else -1
+        height = height if height > 0 else body.sizeHint().height()
+        return QSize(self.minimumSizeHint().width(), height + 2 * self.frameWidth())
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        # The body was laid out (shown, a section folded open, a longer text): the dock asks again.
+        if obj is self.widget() and event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def viewportEvent(self, event) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.LayoutRequest:  # the body's size hint changed
+            self.updateGeometry()
+        return super().viewportEvent(event)
+
+
+def narrow_combo(combo, chars: int = 8):
+    """A combo box that does not widen the dock to its longest item (a slide or model file name):
+    it takes the width it is given, and its tooltip holds the whole current text."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    combo.currentTextChanged.connect(combo.setToolTip)
+    return combo
+
+
+def body_layout(body: QWidget) -> QVBoxLayout:
+    """The vertical layout of a widget's scrolled body, with the narrow margins a dock needs."""
+    layout = QVBoxLayout(body)
+    layout.setContentsMargins(MARGIN, 2, MARGIN, MARGIN)
+    return layout
+
+
 # --- the base class -------------------------------------------------------------------------------
 class DFAWidget(QWidget):
     """A dock widget of one viewer: ``viewer``, ``session``, ``status`` (a QLabel to lay out),
     ``worker`` (the running job or None), and a progress bridge from the job's thread.
 
-    Subclasses lay out their controls, start jobs with :meth:`run_job`, and override
-    :meth:`_on_progress` (UI thread, values sent by :meth:`report_progress`) and
-    :meth:`_set_busy` (enable/disable their buttons).
+    Subclasses put their main buttons in ``pinned`` (a QVBoxLayout under the status line, always
+    in view) and lay out the rest in ``body`` (scrolled; see :func:`body_layout`), start jobs with
+    :meth:`run_job`, and override :meth:`_on_progress` (UI thread, values sent by
+    :meth:`report_progress`) and :meth:`_set_busy` (enable/disable their buttons).
 
     Arguments:
       napari_viewer: the viewer (napari passes it when the widget is docked).
@@ -185,19 +255,22 @@ class DFAWidget(QWidget):
         self.status = QLabel(self.hint)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.status.setContentsMargins(4, 2, 4, 2)
-        # Subclasses lay out their controls in `body`; the scroll area lets the dock shrink.
+        self.status.setContentsMargins(MARGIN, 2, MARGIN, 2)
+        # The main buttons, in view however short the dock; the rest scrolls in `body`.
+        self.pinned = QVBoxLayout()
+        self.pinned.setContentsMargins(MARGIN, 0, MARGIN, 0)
         self.body = QWidget()
-        self.scroll = QScrollArea()
+        self.scroll = BodyScroll()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(self.body)
-        self.scroll.setMinimumHeight(60)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(2)
-        outer.addWidget(self.status)
+        self.status_box = StatusBox(self.status)  # a long message scrolls, never pushes the buttons away
+        outer.addWidget(self.status_box)
+        outer.addLayout(self.pinned)
         outer.addWidget(self.scroll, 1)
         # A red message stays only while its problem does: re-checked when layers or the model change.
         self._problem = None
@@ -257,6 +330,7 @@ class DFAWidget(QWidget):
         layers are added or removed and when the model or the segmented region changes)."""
         self.status.setText(text)
         self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self.status_box.set_text_changed()
         self._problem = until if error else None
         if error:
             notify(text, severity="warning")

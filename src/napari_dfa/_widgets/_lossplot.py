@@ -51,7 +51,7 @@ class LossPlot(QWidget):
         p.drawRect(box)
         points = self.train + self.val
         if not points:
-            p.drawText(box, Qt.AlignmentFlag.AlignCenter, "loss per step appears here")
+            p.drawText(box, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, "loss per step appears here")
             p.end()
             return
         lo = min(v for _, v in points)
@@ -67,7 +67,15 @@ class LossPlot(QWidget):
         p.drawText(QRectF(0, box.bottom() - fm.height() + 2, left - 4, fm.height()),
                    Qt.AlignmentFlag.AlignRight, f"{lo:.3f}")
         p.drawText(QRectF(box.left(), box.bottom() + 2, box.width(), fm.height()),
-                   Qt.AlignmentFlag.AlignCenter, f"step (of {self.total}) — train: line, held-out: dots")
+                   Qt.AlignmentFlag.AlignCenter, f"step (of {self.total})")
+        # The legend in the curves' own colours, top right inside the box (a narrow dock has no
+        # room for a sentence under it).
+        x = box.right() - 4
+        for word, color in (("held-out", HELD_OUT), ("train", TRAIN)):
+            x -= fm.horizontalAdvance(word)
+            p.setPen(QPen(color, 1))
+            p.drawText(QPointF(x, box.top() + fm.ascent() + 2), word)
+            x -= fm.horizontalAdvance("  ")
         if len(self.train) > 1:
             p.setPen(QPen(TRAIN, 1.5))
             p.drawPolyline(QPolygonF([at(s, v) for s, v in self.train]))

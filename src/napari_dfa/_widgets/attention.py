@@ -23,10 +23,10 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from ..errors import DataError
-from ._base import DFAWidget
+from ._base import DFAWidget, body_layout
 from ._layers import layer_pyramid
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ class AttentionWidget(DFAWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.focus_button)
         buttons.addWidget(self.uncertainty_button)
-        # Text and buttons above the plot, never below it: a short dock hides what is below.
-        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
+        # The buttons in view under the status line, the text above the plot (a short dock
+        # scrolls what is below, never these).
+        self.pinned.addLayout(buttons)
+        layout = body_layout(self.body)
         layout.addWidget(self.values)
-        layout.addLayout(buttons)
         layout.addWidget(self.canvas, 1)
 
         self.focus_button.clicked.connect(lambda: self.add_maps(("focus",)))

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
@@ -45,7 +46,6 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
     QTreeWidget,
     QTreeWidgetItem,
-    QVBoxLayout,
 )
 
 from ..classes import default_colors
@@ -56,7 +56,8 @@ from ..errors import DataError
 from ..inference.background import gui_tile_workers
 from ..labels import LabelsStore
 from ..paths import accepted_labels_store_path
-from ._base import DFAWidget, error_text
+from ._base import DFAWidget, body_layout, error_text, narrow_combo
+from ._fold import Fold
 from ._labels_layer import class_colormap, class_features, result_layer_name
 from ._layers import (
     labels_shown,
@@ -95,6 +96,13 @@ def _section(text: str) -> QLabel:
     return label
 
 
+def _source_word(source: str) -> str:
+    """Where a saved correction came from, in a word (the saved list's first column)."""
+    if source.startswith("geojson:"):
+        return "QuPath"
+    return {"paint": "painted"}.get(source, source)
+
+
 def _swatch(color) -> QIcon:
     pix = QPixmap(12, 12)
     pix.fill(QColor(*[int(v) for v in color[:3]]))
@@ -131,10 +139,12 @@ class FinetuneWidget(DFAWidget):
         self._classes_of = None  # the model the class list was taken from
 
         # --- corrections and classes
-        self.start_button = QPushButton("Correct the segmented region")
+        self.start_button = QPushButton("Correct labels")
+        self.start_button.setToolTip("Correct the segmented region: a layer over it to paint the right class where "
+                                     "the labels are wrong (every stroke is saved as you paint)")
         self.confirm_button = QPushButton("Looks right")
         self.confirm_button.setToolTip(CONFIRM_TIP)
-        self.class_combo = QComboBox()
+        self.class_combo = narrow_combo(QComboBox(), chars=4)
         self.class_list = QListWidget()
         self.class_list.setMaximumHeight(110)
         self.add_class_button = QPushButton("Add…")
@@ -158,11 +168,18 @@ class FinetuneWidget(DFAWidget):
         self.saved_list = QTreeWidget()
         self.saved_list.setHeaderLabels(["Use", "Classes (px)", "When", "From"])
         self.saved_list.setRootIsDecorated(False)
+        # Narrow dock: the tick and where a patch came from, then its classes (wrapped); when it
+        # was saved and its full source are in the row's tooltip (columns 2-3 keep them as data).
+        self.saved_list.setWordWrap(True)
+        self.saved_list.setColumnHidden(2, True)
+        self.saved_list.setColumnHidden(3, True)
         self.saved_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.saved_list.setMaximumHeight(110)
         self.saved_list.setToolTip("Every correction saved for this slide. Untick to hide one (a hidden correction "
                                    "does not train); select and Delete to drop it for good.")
-        self.saved_list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.saved_list.header().setStretchLastSection(False)
+        self.saved_list.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.saved_list.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.load_button = QPushButton("Show")
         self.delete_button = QPushButton("Delete")
         self.export_button = QPushButton("Export GeoJSON…")
@@ -176,16 +193,16 @@ class FinetuneWidget(DFAWidget):
         self.deep = QCheckBox("Deep fine-tune instead")
         self.deep.setToolTip(DEEP_TIP)
         self.deep.toggled.connect(self._on_deep)
-        self.replay = QCheckBox("Replay the current labels elsewhere")
+        self.replay = QCheckBox("Replay current labels")
         self.replay.setChecked(True)
         self.replay.setToolTip(REPLAY_TIP)
-        self.guard = QCheckBox("Guard: offer only a model that passes the checks")
+        self.guard = QCheckBox("Guard: test it first")
         self.guard.setChecked(True)
         self.guard.setToolTip(GUARD_TIP)
-        self.train_encoder = QCheckBox("Train the encoder too (slower)")
+        self.train_encoder = QCheckBox("Train the encoder too")
         self.train_encoder.setToolTip(
-            "Deep fine-tune only (ticking it ticks that). Off: only the layers after the encoder train, on its "
-            "cached features. On: the encoder trains too, on 512-px crops, about 4x the time.")
+            "Slower. Deep fine-tune only (ticking it ticks that). Off: only the layers after the encoder train, "
+            "on its cached features. On: the encoder trains too, on 512-px crops, about 4x the time.")
         self.train_encoder.toggled.connect(lambda on: on and self.deep.setChecked(True))
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
@@ -199,8 +216,11 @@ class FinetuneWidget(DFAWidget):
         self.area_table.setHorizontalHeaderLabels(["Class", "Before", "After"])
         self.area_table.verticalHeader().setVisible(False)
         self.area_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.area_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.area_table.setMaximumHeight(150)
+        # Shares in the cells (what changed), pixel counts in their tooltips: three columns fit a narrow dock.
+        self.area_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        for j in (1, 2):
+            self.area_table.horizontalHeader().setSectionResizeMode(j, QHeaderView.ResizeMode.Stretch)
+        self.area_table.verticalHeader().setDefaultSectionSize(self.area_table.fontMetrics().height() + 8)
         self.look_list = QListWidget()
         self.look_list.setMaximumHeight(90)
         self.look_list.setToolTip("Where the new model changed most: click one to go there, then confirm it "
@@ -212,7 +232,8 @@ class FinetuneWidget(DFAWidget):
         self.reject_button.setEnabled(False)
         # --- versions
         self.save_button = QPushButton("Save model…")
-        self.version_combo = QComboBox()
+        self.version_combo = narrow_combo(QComboBox(), chars=4)
+        self.version_combo.setToolTip("Model versions of this session: pick one, then Roll back")
         self.rollback_button = QPushButton("Roll back")
         self.rollback_button.setToolTip("Use the version picked in the list again, in every widget")
         # Refresh the "saved on disk" list shortly after the last stroke, not on every one.
@@ -222,62 +243,68 @@ class FinetuneWidget(DFAWidget):
         self._saved_timer.timeout.connect(self.refresh_saved)
         self._total_steps = 1
 
-        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
+        # In view whatever the dock's height: Fine-tune, what to do with its result, and the
+        # versions to go back to. The rest scrolls, in the order of the work; what is used now and
+        # then (options, class editing, QuPath files) is folded.
+        for row in ((self.finetune_button, self.cancel_button), (self.accept_button, self.reject_button),
+                    (self.version_combo, self.rollback_button)):
+            line = QHBoxLayout()
+            for i, w in enumerate(row):
+                line.addWidget(w, 1 if i == 0 else 0)
+            self.pinned.addLayout(line)
+        layout = body_layout(self.body)
         start = QHBoxLayout()
         start.addWidget(self.start_button, 1)
         start.addWidget(self.confirm_button)
         layout.addLayout(start)
-        form = QFormLayout()
-        form.addRow("Paint class", self.class_combo)
-        layout.addLayout(form)
-        layout.addWidget(_section("Classes"))
-        layout.addWidget(self.class_list)
-        edits = QHBoxLayout()
-        for b in (self.add_class_button, self.rename_class_button, self.color_class_button, self.remove_class_button):
-            edits.addWidget(b)
-        layout.addLayout(edits)
-        layout.addWidget(self.classes_note)
-        layout.addWidget(self.apply_classes_button)
-        imports = QHBoxLayout()
-        imports.addWidget(self.import_button)
-        imports.addWidget(self.add_missing)
-        layout.addLayout(imports)
-        layout.addWidget(_section("Saved corrections"))
-        layout.addWidget(self.saved_label)
-        layout.addWidget(self.saved_list)
-        saved = QHBoxLayout()
-        for b in (self.load_button, self.delete_button, self.export_button):
-            saved.addWidget(b)
-        layout.addLayout(saved)
-        layout.addWidget(_section("Fine-tune"))
-        form2 = QFormLayout()
-        form2.addRow("Steps", self.steps)
-        layout.addLayout(form2)
-        layout.addWidget(self.guard)
-        layout.addWidget(self.deep)
-        layout.addWidget(self.replay)
-        layout.addWidget(self.train_encoder)
-        run = QHBoxLayout()
-        run.addWidget(self.finetune_button)
-        run.addWidget(self.cancel_button)
-        layout.addLayout(run)
-        layout.addWidget(self.loss_plot)
+        paint = QHBoxLayout()
+        paint.addWidget(QLabel("Paint"))
+        paint.addWidget(self.class_combo, 1)
+        layout.addLayout(paint)
         layout.addWidget(_section("Review"))
         layout.addWidget(self.review_label)
         layout.addWidget(self.area_table)
-        layout.addWidget(QLabel("Where to look next:"))
+        self.look_label = QLabel("Where it changed most (click to go there):")
+        self.look_label.setWordWrap(True)
+        layout.addWidget(self.look_label)
         layout.addWidget(self.look_list)
-        review = QHBoxLayout()
-        review.addWidget(self.accept_button)
-        review.addWidget(self.reject_button)
-        layout.addLayout(review)
-        layout.addWidget(_section("Model versions"))
-        versions = QHBoxLayout()
-        versions.addWidget(self.version_combo, 1)
-        versions.addWidget(self.rollback_button)
-        layout.addLayout(versions)
+        layout.addWidget(_section("Training"))
+        layout.addWidget(self.guard)
+        layout.addWidget(self.loss_plot)
+        self.options_fold = Fold("More options", tip="How the model learns: method, steps, replay")
+        steps = QFormLayout()
+        steps.addRow("Steps", self.steps)
+        for w in (self.deep, self.train_encoder, self.replay):
+            self.options_fold.addWidget(w)
+        self.options_fold.addLayout(steps)
+        layout.addWidget(self.options_fold)
+        self.saved_fold = Fold("Saved corrections", open=True, tip="Every correction saved for this slide")
+        self.saved_fold.addWidget(self.saved_label)
+        self.saved_fold.addWidget(self.saved_list)
+        saved = QHBoxLayout()
+        for b in (self.load_button, self.delete_button):
+            saved.addWidget(b)
+        self.saved_fold.addLayout(saved)
+        layout.addWidget(self.saved_fold)
+        self.classes_fold = Fold("Classes", tip="Add, rename, recolour or remove classes")
+        self.classes_fold.addWidget(self.class_list)
+        edits = QGridLayout()
+        for i, b in enumerate((self.add_class_button, self.rename_class_button, self.color_class_button,
+                               self.remove_class_button)):
+            edits.addWidget(b, i // 2, i % 2)
+        self.classes_fold.addLayout(edits)
+        self.classes_fold.addWidget(self.classes_note)
+        self.classes_fold.addWidget(self.apply_classes_button)
+        layout.addWidget(self.classes_fold)
+        self.qupath_fold = Fold("QuPath GeoJSON", tip="Import annotations from QuPath, export corrections to it")
+        for w in (self.import_button, self.add_missing, self.export_button):
+            self.qupath_fold.addWidget(w)
+        layout.addWidget(self.qupath_fold)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
+        # Empty until the first fine-tuning: the review says so in words, the table and list wait.
+        self.area_table.setVisible(False)
+        self._show_look_list(False)
 
         self.class_combo.currentIndexChanged.connect(self._on_class)
         self.start_button.clicked.connect(self.start_corrections)
@@ -712,8 +739,12 @@ class FinetuneWidget(DFAWidget):
         self.saved_list.blockSignals(True)
         self.saved_list.clear()
         for info in infos:
-            item = QTreeWidgetItem(["", ", ".join(f"{n} {px}" for n, px in info["pixels"].items()) or "(empty)",
-                                    str(info["updated"] or "")[:16].replace("T", " "), info["source"]])
+            when = str(info["updated"] or "")[:16].replace("T", " ")
+            item = QTreeWidgetItem([_source_word(info["source"]),
+                                    ", ".join(f"{n} {px}" for n, px in info["pixels"].items()) or "(empty)",
+                                    when, info["source"]])
+            for j in (0, 1):
+                item.setToolTip(j, f"{info['source']}, saved {when}" if when else info["source"])
             item.setData(0, Qt.ItemDataRole.UserRole, info["key"])
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(0, Qt.CheckState.Unchecked if info["hidden"] else Qt.CheckState.Checked)
@@ -738,7 +769,8 @@ class FinetuneWidget(DFAWidget):
                     used[n] = used.get(n, 0) + px
         total = sum(used.values())
         hidden = sum(i["hidden"] for i in infos)
-        self.saved_label.setText(f"Saved on disk ({store.path.name}): {total} px in use"
+        self.saved_label.setToolTip(str(store.path))  # the label itself stays short: a narrow dock
+        self.saved_label.setText(f"Saved on disk: {total} px in use"
                                  + (f" — {', '.join(f'{n}: {px}' for n, px in used.items())}" if used else "")
                                  + (f"; {hidden} hidden" if hidden else ""))
         return total
@@ -899,10 +931,16 @@ class FinetuneWidget(DFAWidget):
             return
         level, (ry, rx, _, _) = target
         for y, x, h, w, px in outcome.look_next():
-            item = QListWidgetItem(f"{px} px changed at ({(rx + x) * pyramid.downsamples[level]:.0f}, "
+            item = QListWidgetItem(f"{px} px at ({(rx + x) * pyramid.downsamples[level]:.0f}, "
                                    f"{(ry + y) * pyramid.downsamples[level]:.0f})")
+            item.setToolTip(f"{px} pixels changed there (level-0 x, y of the place); click to go there")
             item.setData(Qt.ItemDataRole.UserRole, (level, (ry + y, rx + x, h, w)))
             self.look_list.addItem(item)
+        self._show_look_list(self.look_list.count() > 0)
+
+    def _show_look_list(self, on: bool) -> None:
+        self.look_label.setVisible(on)
+        self.look_list.setVisible(on)
 
     def _go_to(self, item) -> None:
         level, (y, x, h, w) = item.data(Qt.ItemDataRole.UserRole)
@@ -956,8 +994,14 @@ class FinetuneWidget(DFAWidget):
         total_a = max(1, sum(a for _, _, a in rows))
         self.area_table.setRowCount(len(rows))
         for i, (name, b, a) in enumerate(rows):
-            for j, text in enumerate((name, f"{b} px ({100 * b / total_b:.1f} %)", f"{a} px ({100 * a / total_a:.1f} %)")):
-                self.area_table.setItem(i, j, QTableWidgetItem(text))
+            self.area_table.setItem(i, 0, QTableWidgetItem(name))
+            for j, (px, total) in ((1, (b, total_b)), (2, (a, total_a))):
+                item = QTableWidgetItem(f"{100 * px / total:.1f} %")
+                item.setToolTip(f"{px} px of {total}")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.area_table.setItem(i, j, item)
+        self.area_table.setVisible(True)
+        self._fit_area_table()
         changed = outcome.changed()
         target, pyramid = getattr(self, "_review_target", (None, None))
         if changed is None or target is None:
@@ -973,9 +1017,16 @@ class FinetuneWidget(DFAWidget):
                                                                         1: CHANGED_COLOR}),
                                features={"index": [0, 1], "change": ["unchanged", "changed by fine-tuning"]})
 
+    def _fit_area_table(self, most: int = 10) -> None:
+        """As tall as its rows (up to ``most``; more scroll): no scroll bar for a few classes."""
+        table = self.area_table
+        rows = sum(table.rowHeight(i) for i in range(min(table.rowCount(), most)))
+        table.setFixedHeight(rows + table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth())
+
     def _clear_review(self) -> None:
         self.pending = None
         self.look_list.clear()
+        self._show_look_list(False)
         self.accept_button.setEnabled(False)
         self.reject_button.setEnabled(False)
         if REVIEW_LAYER in self.viewer.layers:

@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
 )
 
 from ..errors import CheckpointError, ConfigError, DataError
@@ -28,7 +27,8 @@ from ..inference.region_cache import CachedRegion, RegionCache
 from ..inference.tile_cache import TileCache
 from ..labels import LabelsStore
 from ..paths import region_labels_store_path
-from ._base import DFAWidget, start_worker
+from ._base import DFAWidget, body_layout, narrow_combo, start_worker
+from ._fold import Fold
 from ._labels_layer import put_labels_layer, result_layer_name
 from ._layers import (
     LayerPyramid,
@@ -99,20 +99,29 @@ class SegmentWidget(DFAWidget):
         self.legend = QLabel()
         self.legend.setWordWrap(True)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Scope", self.scope_combo)
-        form.addRow("Stain", self.match_stain)
-        form.addRow("", self.show_matched)
+        for combo in (self.image_combo, self.model_combo, self.device_combo, self.scope_combo):
+            narrow_combo(combo, chars=4)
+        # Segment / Cancel and the progress stay in view under the status line; the choices scroll.
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self.body)  # the status line is the base class's, above
+        self.pinned.addLayout(buttons)
+        self.pinned.addWidget(self.progress)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Scope", self.scope_combo)
+        form.addRow("Stain", self.match_stain)
+        form.addRow(self.show_matched)  # the whole row: under the label column it did not fit the dock
+        # The device is chosen once if ever ('auto' picks the GPU when there is one).
+        self.more_fold = Fold("More options", tip="Where the model runs")
+        device = QFormLayout()
+        device.addRow("Device", self.device_combo)
+        self.more_fold.addLayout(device)
+        layout = body_layout(self.body)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
+        self.scroll.keep_in_view(form)  # what Segment will do is never scrolled away from its button
+        layout.addWidget(self.more_fold)
         layout.addWidget(QLabel("<b>Classes</b>"))
         layout.addWidget(self.legend)
         layout.addStretch(1)
@@ -134,7 +143,7 @@ class SegmentWidget(DFAWidget):
     def _fill_models(self, select: str | None = None) -> None:
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        self.model_combo.addItem("Demo model (bundled)", DEMO)
+        self.model_combo.addItem("Demo (bundled)", DEMO)
         versions = [v["source"] for v in self.session.versions]  # fine-tuned ones too (in memory)
         sources = [s for s in [*versions, self.session.model_source, *recent_models()] if s and s != DEMO]
         for src in dict.fromkeys(sources):

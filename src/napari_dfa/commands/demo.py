@@ -86,10 +86,7 @@ def build_viewer(viewer, *, model: str = "demo", slide: str | None = None) -> di
     else:
         layers = viewer.open(str(slide or sample_slide_path()), plugin="napari-dfa")
     image = next(layer for layer in layers if layer.__class__.__name__ == "Image")
-    widgets = {}
-    for name in WIDGETS:
-        _dock, widget = viewer.window.add_plugin_dock_widget("napari-dfa", name)
-        widgets[name] = widget
+    widgets = dock_widgets(viewer)
     widgets["Segment"].set_model_source(str(model))
     try:
         load_into_session(viewer, str(model))
@@ -98,6 +95,25 @@ def build_viewer(viewer, *, model: str = "demo", slide: str | None = None) -> di
     viewer.layers.selection.active = image
     _zoom_on_centre(viewer, image, DEMO_VIEW)
     return widgets
+
+
+def dock_widgets(viewer) -> dict:
+    """Dock the three widgets for a laptop screen (1280 × 800): Segment on top; Fine-tune and
+    Attention bias as tabs under it (Fine-tune in front) with the height left. Each has the
+    dock's full width, and its main buttons are in view without scrolling.
+    Returns the widgets by name, in the order of ``WIDGETS``."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QTabWidget
+
+    window = viewer.window._qt_window
+    window.setTabPosition(Qt.DockWidgetArea.RightDockWidgetArea, QTabWidget.TabPosition.North)
+    docks, widgets = {}, {}
+    for name in ("Segment", "Attention bias", "Fine-tune"):  # the last tab added is the one in front
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(
+            "napari-dfa", name, tabify=name == "Fine-tune")
+        # The tab shows the widget's name alone: "… (napari-dfa)" made two tabs wider than the dock.
+        docks[name].setWindowTitle(name)
+    return {name: widgets[name] for name in WIDGETS}
 
 
 def _zoom_on_centre(viewer, image, size: int) -> None:
