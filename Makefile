@@ -58,7 +58,7 @@ demo: setup
 	else \
 		echo "No display found (DISPLAY is unset): running the headless demo instead."; \
 		echo "On a desktop, 'make demo' opens napari; here, 'napari-dfa demo --headless' segments the sample."; \
-		$(VENV)/bin/napari-dfa demo --headless --out out/demo; \
+		$(VENV)/bin/napari-dfa demo --headless --out out/demo --overwrite; \
 	fi
 
 bench: setup

@@ -105,7 +105,7 @@ def test_not_promoted_is_not_written_unless_forced(case, tmp_path):
     assert r["reason"].startswith(("All your verified pixels are inflammatory: ", "Kept the old model: ")), r["reason"]
     assert not out.exists()
     assert main(["finetune", str(slide), "--model", "demo", "--corrections", str(one), "--out", str(out),
-                 "--steps", "40", "--force", "--json", str(report)]) == 0
+                 "--steps", "40", "--force", "--json", str(report), "--overwrite"]) == 0  # the report exists
     r = json.loads(report.read_text())
     assert out.exists() and r["forced"] is True and r["promoted"] is False
 

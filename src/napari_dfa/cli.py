@@ -34,9 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that name files or folders: "~" is expanded in every one of them, in one place (the
+# shell does it only at the start of a word, so "--out=~/x" used to create a folder named "~").
+PATH_ARGS = ("slide", "slides", "model", "out", "json", "corrections", "also", "data", "config", "init", "labels",
+             "to", "bioimageio", "truth", "markdown")
+
+
+def expand_paths(args) -> None:
+    """``~`` expanded in the path arguments of ``args`` (strings, lists, and lists of pairs)."""
+    import os
+
+    def expand(value):
+        if isinstance(value, str):
+            return os.path.expanduser(value) if value.startswith("~") else value
+        if isinstance(value, (list, tuple)):
+            return type(value)(expand(v) for v in value)
+        return value
+
+    for name in PATH_ARGS:
+        if hasattr(args, name):
+            setattr(args, name, expand(getattr(args, name)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    expand_paths(args)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from .commands._args import quiet_dask

@@ -36,12 +36,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--palette", default="auto", choices=("auto", "model", "cb"),
                         help="overlay colours of --headless: auto (the model's, any that looks like "
                              "unlabelled H&E swapped), model, or cb (colour-blind safe)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--headless: replace the outputs of an earlier run in --out")
 
 
 def run(args) -> int:
     if args.headless:
         outputs = run_headless(out=args.out, model=args.model, device=args.device, level=args.level,
-                               slide=args.slide, palette=args.palette)
+                               slide=args.slide, palette=args.palette, overwrite=args.overwrite)
         for what, path in outputs.items():
             print(f"{what}: {path}")
         return 0
@@ -127,28 +129,41 @@ def _zoom_on_centre(viewer, image, size: int) -> None:
 
 
 def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
-                 palette: str = "auto") -> dict[str, Path]:
+                 palette: str = "auto", overwrite: bool = False) -> dict[str, Path]:
     """Segment the sample slide (or ``slide``) and write labels, an overlay PNG and class areas.
 
     Returns the written files by kind: ``labels`` (OME-Zarr), ``labels_tiff`` (pyramidal TIFF),
     ``overlay`` (PNG: title, slide with class colours and a scale bar, legend with areas; see
     :func:`write_overlay`), ``areas`` (CSV: pixels, mm², % per
-    class) — the files are written by :mod:`napari_dfa.export`.
+    class) — the files are written by :mod:`napari_dfa.export`. Every output follows the shared
+    policy (:mod:`napari_dfa.outputs`): checked before the model is loaded, an earlier run's only
+    replaced with ``overwrite``, each written whole and renamed into place.
     """
     from tqdm import tqdm
 
     from .._sample_data import sample_slide_path
     from ..paths import slide_stem
     from ..labels import write_area_csv, write_labels_tiff
+    from ..labels.io import rename_multiscale
+    from ..labels.outputs import atomic_output, check_destination
+    from ..labels.store import LabelsStore
     from ..inference import segment
     from ..model import load_model
+    from ..outputs import check_output, claims
     from ..slide import open_slide
 
-    out = Path(out)
+    path = Path(slide) if slide else sample_slide_path()
+    inputs = [("--slide", path), ("--model", model)]
+    out = check_output(out, folder=True, what="--out", inputs=inputs)
+    stem = slide_stem(path)
+    files = {"labels": out / f"{stem}.labels.zarr", "labels_tiff": out / f"{stem}_labels.tif",
+             "overlay": out / f"{stem}_overlay.png", "areas": out / f"{stem}_areas.csv"}
+    if out.is_dir():
+        for dst in files.values():
+            check_destination(dst, overwrite=overwrite, inputs=inputs)
     out.mkdir(parents=True, exist_ok=True)
     seg = load_model(model)
-    path = Path(slide) if slide else sample_slide_path()
-    with open_slide(path) as sl:
+    with claims(files.values()), open_slide(path) as sl:
         lv = sl.best_level_for_mpp(seg.mpp) if level == "auto" and seg.mpp and sl.mpp else (
             0 if level == "auto" else int(level))
         with tqdm(desc=f"segmenting {path.name} (level {lv})", unit="tile") as bar:
@@ -157,20 +172,23 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
                 bar.n = done
                 bar.refresh()
 
-            res = segment(sl, seg, level=lv, device=device, out=out / f"{slide_stem(path)}.labels.zarr",
-                          progress=progress)
-        labels = np.asarray(res.labels[...])
+            with atomic_output(files["labels"], claimed=True) as tmp:  # a new store replaces the old one whole
+                res = segment(sl, seg, level=lv, device=device, out=tmp, progress=progress)
+                labels = np.asarray(res.labels[...])
+                rename_multiscale(LabelsStore.open(tmp).group, files["labels"].name)  # written under the twin's
         from ..inference.domain import check_slide
 
         # A slide beyond the model: the overlay title and the areas CSV say so.
         caveat = check_slide(sl, seg, level=lv).caveat
         place = dict(downsample=res.downsample, mpp=sl.mpp)
-        outputs = {"labels": Path(res.path)}
-        outputs["labels_tiff"] = write_labels_tiff(out / f"{slide_stem(path)}_labels.tif", labels, seg.classes,
-                                                   offset=res.translate, **place)
-        outputs["overlay"] = write_overlay(out / f"{slide_stem(path)}_overlay.png", sl, lv, labels, seg,
-                                           palette=palette, caveat=caveat)
-        outputs["areas"] = write_area_csv(out / f"{slide_stem(path)}_areas.csv", labels, seg.classes, **place, caveat=caveat)
+        outputs = {"labels": files["labels"]}
+        with atomic_output(files["labels_tiff"], claimed=True) as tmp:
+            write_labels_tiff(tmp, labels, seg.classes, offset=res.translate, **place)
+        with atomic_output(files["overlay"], claimed=True) as tmp:
+            write_overlay(tmp, sl, lv, labels, seg, palette=palette, caveat=caveat)
+        with atomic_output(files["areas"], claimed=True) as tmp:
+            write_area_csv(tmp, labels, seg.classes, **place, caveat=caveat)
+        outputs.update({k: files[k] for k in ("labels_tiff", "overlay", "areas")})
     logger.info("demo outputs in %s", out)
     return outputs
 

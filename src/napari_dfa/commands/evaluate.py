@@ -52,9 +52,10 @@ def run(args) -> int:
     if not data.exists():
         raise DataError(f"--data {args.data}: dataset folder not found"
                         + (f" (the name is a slide's; {wanted})" if slide_like else ""))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        check_destination(args.json, overwrite=args.overwrite)
+    if args.json:  # a file output's folder must exist, as for every command (napari_dfa.outputs)
+        check_destination(args.json, overwrite=args.overwrite,
+                          inputs=[("--model", resolve_model(args.model)), ("--data", args.data),
+                                  ("--config", args.config)])
     seg = load_model(resolve_model(args.model), device=args.device)
     csv, shift = "", 0
     if args.config:
@@ -88,7 +89,7 @@ def run(args) -> int:
     if args.json:
         from ..labels.outputs import atomic_output
 
-        with atomic_output(args.json) as tmp:
+        with atomic_output(args.json, overwrite=args.overwrite) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0

@@ -49,24 +49,39 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..model import load_model
+    from ..outputs import claim
+    from ._args import resolve_model
 
-    out = export_bioimageio(load_model(args.model), args.bioimageio, license=args.license, tile=args.tile,
-                            overwrite=args.overwrite)
+    # Where it goes is checked before the model is loaded and traced (seconds to minutes).
+    out = check_package_path(args.bioimageio, overwrite=args.overwrite, model=resolve_model(args.model))
+    with claim(out):
+        out = export_bioimageio(load_model(resolve_model(args.model)), out, license=args.license, tile=args.tile,
+                                overwrite=args.overwrite, claimed=True)
     print(f"wrote {out}")
     return 0
 
 
-def export_bioimageio(seg, out, *, license: str | None = None, tile: int = 256, overwrite: bool = False,
-                      seed: int = 0) -> Path:
-    """Write ``seg`` (a :class:`~napari_dfa.model.Segmenter`) as a bioimage.io package ``out``."""
+def check_package_path(out, *, overwrite: bool, model=None) -> Path:
+    """The package path by the shared output policy (:func:`napari_dfa.outputs.check_output`): a
+    .zip, its folder existing, not the model itself, an existing one only with --overwrite."""
     from ..errors import ConfigError
-    from ..model.card import build_card, card_markdown
+    from ..outputs import check_output
 
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise ConfigError(f"--bioimageio {out}: give a .zip file name (a bioimage.io package is a zip)")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    return check_output(out, inputs=[("--model", model)], overwrite=overwrite, what="--bioimageio")
+
+
+def export_bioimageio(seg, out, *, license: str | None = None, tile: int = 256, overwrite: bool = False,
+                      seed: int = 0, claimed: bool = False) -> Path:
+    """Write ``seg`` (a :class:`~napari_dfa.model.Segmenter`) as a bioimage.io package ``out``
+    (``claimed``: the caller holds ``out``'s lock, :func:`napari_dfa.outputs.claim`)."""
+    from ..errors import ConfigError
+    from ..model.card import build_card, card_markdown
+    from ..outputs import atomic_output
+
+    out = check_package_path(out, overwrite=overwrite, model=seg.metadata.get("source"))
     if tile < 64 or tile % seg.input_multiple:
         raise ConfigError(f"--tile {tile}: give a multiple of {seg.input_multiple} of at least 64")
     card = dict(seg.metadata.get("model_card") or build_card(
@@ -76,7 +91,6 @@ def export_bioimageio(seg, out, *, license: str | None = None, tile: int = 256, 
     if not _SPDX.match(str(card.get("license", ""))) or card["license"] == "unspecified":
         raise ConfigError(f"{seg.metadata.get('source', 'the model')}: the model card has no SPDX licence "
                           f"({card.get('license')!r}); pass --license, e.g. --license CC-BY-4.0")
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="napari-dfa-bioimageio-") as tmp:
         root = Path(tmp)
         rgb = _test_tile(tile, seed)
@@ -87,12 +101,12 @@ def export_bioimageio(seg, out, *, license: str | None = None, tile: int = 256, 
         import yaml
 
         (root / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        partial = out.with_name(f".{out.name}.partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in ("rdf.yaml", "README.md", "cover.png", "weights.pt", "test_input.npy", "test_output.npy",
-                         "sample_input.png", "sample_output.tif"):
-                zf.write(root / name, arcname=name)
-        partial.replace(out)  # never half a package under the final name
+        # never half a package under the final name
+        with atomic_output(out, overwrite=overwrite, claimed=claimed) as partial:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for name in ("rdf.yaml", "README.md", "cover.png", "weights.pt", "test_input.npy",
+                             "test_output.npy", "sample_input.png", "sample_output.tif"):
+                    zf.write(root / name, arcname=name)
     logger.info("bioimage.io package %s written (%s, licence %s)", out, card.get("name"), card["license"])
     return out
 

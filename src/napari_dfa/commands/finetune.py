@@ -12,6 +12,8 @@ the command exits 0 either way, and writes the new model only when it was promot
 
 from __future__ import annotations
 
+import os
+
 HELP = "fine-tune a model on QuPath GeoJSON corrections of a slide; keep it only if the guard promotes it"
 
 
@@ -52,6 +54,9 @@ def add_arguments(parser) -> None:
                         help="read and rasterise the corrections and report them; no training")
     parser.add_argument("--json", metavar="REPORT", help="write the report (guard verdict and numbers) as JSON")
     parser.add_argument("--force", action="store_true", help="write NEW even when the guard did not promote it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace NEW and REPORT if they exist (never an input of this command, nor a "
+                             "training run's own checkpoints)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "mps", "cpu"),
                         help="where to train (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the hold-out split, crops and check regions")
@@ -66,6 +71,76 @@ def _class_list(text: str | None, model_names: list[str]) -> list[str]:
 
 
 def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from ..errors import DataError
+    from ..outputs import claims
+
+    t0 = time.monotonic()
+    corrections = Path(args.corrections)
+    if not corrections.is_file():
+        raise DataError(f"--corrections {corrections}: no such file")
+    for sp, cp in args.also:
+        if not Path(cp).is_file():
+            raise DataError(f"--also {cp}: no such file")
+    out, report_path = check_finetune_outputs(args)
+    if out is None and not args.dry_run:
+        raise DataError("--out NEW.safetensors is needed (where the fine-tuned model goes when promoted)")
+    # Held from here to the end: a second finetune to the same NEW or REPORT stops now, not after
+    # training, and the leftovers of an interrupted one are cleared.
+    with claims([out, report_path]):
+        return _run(args, t0, corrections, out, report_path)
+
+
+def check_finetune_outputs(args):
+    """NEW and REPORT checked before any slide or model is opened: never an input of this command
+    (the slide, the model and, for a training run's checkpoint, the run's files, the corrections),
+    never a training run's own checkpoint, an existing one only with --overwrite."""
+    from pathlib import Path
+
+    from ..errors import DataError
+    from ..outputs import check_distinct, check_output
+    from ._args import resolve_model
+    from .train import RUN_FILES
+
+    out = Path(args.out) if args.out else None
+    if args.out and str(args.out).endswith(("/", os.sep)):
+        raise DataError(f"--out {args.out}: a folder; give the new model's file name, e.g. {Path(args.out) / 'new.safetensors'}")
+    if out is not None and out.suffix != ".safetensors":
+        raise DataError(f"--out {out}: give a .safetensors file")
+    model = resolve_model(args.model)
+    inputs = [("the slide", args.slide), ("--model", model), ("--corrections", args.corrections)]
+    inputs += [(f"--also {sp}", sp) for sp, _ in args.also] + [(f"--also {cp}", cp) for _, cp in args.also]
+    run_dir = training_run_of(model)
+    if run_dir is not None:  # the parent's run: its other checkpoints and state are its inputs too
+        inputs += [(f"a file of the training run {run_dir}", run_dir / n) for n in RUN_FILES]
+    report = Path(args.json) if args.json else None
+    for path, what in ((out, "--out"), (report, "--json")):
+        if path is None:
+            continue
+        owner = training_run_of(path)
+        if owner is not None and path.name in RUN_FILES:
+            raise DataError(f"{what} {path}: a file of the training run in {owner} (it has a recipe.json); "
+                            "napari-dfa train writes it, finetune never replaces it. Choose another name")
+        check_output(path, inputs=inputs, overwrite=args.overwrite, what=what)
+    check_distinct([("--out", out), ("--json", report)])
+    return out, report
+
+
+
+
+def training_run_of(path):
+    """The run folder ``path`` is a checkpoint of (it holds a recipe.json), or None."""
+    from pathlib import Path
+
+    if path is None or str(path) == "demo":
+        return None
+    folder = Path(path).expanduser().parent
+    return folder if (folder / "recipe.json").is_file() else None
+
+
+def _run(args, t0, corrections, out, report_path) -> int:
     import sys
     import tempfile
     import time
@@ -84,30 +159,16 @@ def run(args) -> int:
     )
     from ..errors import DataError
     from ..model import load_model
+    from ..outputs import atomic_output
     from ..slide import nearest_level, open_slide
     from ._args import resolve_model
 
-    t0 = time.monotonic()
-    corrections = Path(args.corrections)
-    if not corrections.is_file():
-        raise DataError(f"--corrections {corrections}: no such file")
-    out = Path(args.out) if args.out else None
-    if out is None and not args.dry_run:
-        raise DataError("--out NEW.safetensors is needed (where the fine-tuned model goes when promoted)")
-    if out is not None and out.suffix != ".safetensors":
-        raise DataError(f"--out {out}: give a .safetensors file")
-    for path, what in ((out, "--out"), (Path(args.json) if args.json else None, "--json")):
-        if path is not None and not path.parent.is_dir():
-            raise DataError(f"{what} {path}: the folder {path.parent} does not exist")
     slide = open_slide(args.slide)
     seg = load_model(resolve_model(args.model), device=args.device)
     names = _class_list(args.classes, seg.class_names)
 
     # Every class of every file must be in the new class list: an unknown one is named, not skipped.
     extra = [(open_slide(sp), Path(cp)) for sp, cp in args.also]
-    for _, cp in extra:
-        if not cp.is_file():
-            raise DataError(f"--also {cp}: no such file")
     colors = {}
     for path in [corrections, *[cp for _, cp in extra]]:
         found = geojson_classes(path)
@@ -150,7 +211,7 @@ def run(args) -> int:
             report.update(promoted=False, status="dry_run", written=None, steps=0,
                           reason="dry run: the corrections were read and rasterised; nothing was trained",
                           seconds=round(time.monotonic() - t0, 2))
-            _write_json(args.json, report)
+            _write_json(report_path, report, overwrite=args.overwrite)
             print("dry run: nothing trained")
             return 0
 
@@ -186,13 +247,15 @@ def run(args) -> int:
     written = None
     if outcome.promoted or args.force:
         new = outcome.candidate
-        written = str(new.save(out, provenance=dict(new.metadata.get("provenance") or {})))
+        with atomic_output(out, overwrite=args.overwrite, claimed=True) as tmp:
+            new.save(tmp, provenance=dict(new.metadata.get("provenance") or {}))
+        written = str(out)
     report.update(outcome.report())
     report.update(written=written, forced=bool(args.force and not outcome.promoted),
                   reviewed_regions=[{"level": level, "region": list(r)} for level, r in reviewed],
                   check_regions=[{"level": level, "region": list(r)} for level, r in checks],
                   seconds=round(time.monotonic() - t0, 2))
-    _write_json(args.json, report)
+    _write_json(report_path, report, overwrite=args.overwrite)
     print(("promoted: " if outcome.promoted else f"not promoted ({outcome.verdict.status}): ") + outcome.verdict.reason)
     for n, s in report["held_out_scores"].items():
         print(f"  held-out {n}: {_fmt(s['old'])} -> {_fmt(s['new'])}")
@@ -207,12 +270,14 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _write_json(path, report: dict) -> None:
+def _write_json(path, report: dict, *, overwrite: bool) -> None:
     import json
-    from pathlib import Path
+
+    from ..outputs import atomic_output
 
     if path:
-        Path(path).write_text(json.dumps(report, indent=1, default=_jsonable))
+        with atomic_output(path, overwrite=overwrite, claimed=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=1, default=_jsonable), encoding="utf-8")
 
 
 def _jsonable(value):

@@ -41,25 +41,23 @@ def _common(p) -> None:
 
 
 def check_output(args) -> None:
-    """Refuse an output that exists (without --overwrite) or whose folder is missing, before any work."""
+    """Refuse an output that exists (without --overwrite), whose folder is missing, or that is the
+    --config it reads, before any work (the shared policy, napari_dfa.outputs)."""
     from pathlib import Path
 
     from ..errors import ConfigError
+    from ..outputs import check_output as check
 
     out = Path(args.out)
+    inputs = [("--config", args.config)]
     if args.what == "slide":
-        from ..labels.outputs import check_destination
-
-        check_destination(out, overwrite=args.overwrite)
         from ..synth.writers import truth_path_for
 
-        truth = truth_path_for(out)
-        if truth.exists() and not args.overwrite:
-            raise ConfigError(f"{truth}: exists; pass --overwrite to replace it")
-    elif out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{out}: a file, not a dataset folder")
-        if any(out.iterdir()) and not args.overwrite:
+        check(out, overwrite=args.overwrite, inputs=inputs)
+        check(truth_path_for(out), overwrite=args.overwrite, inputs=inputs)
+    else:
+        check(out, folder=True, inputs=inputs)
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
             raise ConfigError(f"{out}: the folder is not empty; pass --overwrite to write the dataset into it")
 
 
@@ -94,18 +92,24 @@ def run(args) -> int:
         bar.n = done
         bar.refresh()
 
+    from ..outputs import claims
+    from ..synth.writers import truth_path_for
+
+    # one writer per output; leftovers of an interrupted run of it cleared (the slide and its truth)
+    held = [args.out, truth_path_for(args.out)] if args.what == "slide" else []
     try:
-        if args.what == "dataset":
-            root = synth.write_dataset(args.out, config, n_train=args.train, n_val=args.val, n_test=args.test,
-                                       tile=args.tile, seed=args.seed, progress=progress)
-            bar.close()
-            print(f"wrote {args.train + args.val + args.test} tiles to {root} "
-                  f"(img/, mask/, {synth.DATASET_CSV}, {synth.DATASET_JSON})")
-        else:
-            slide, truth = synth.write_slide(args.out, config, size=size, seed=args.seed, mpp=args.mpp,
-                                             compression=args.compression, progress=progress)
-            bar.close()
-            print(f"wrote {slide} ({size[0]}x{size[1]} px) and its truth labels {truth}")
+        with claims(held):
+            if args.what == "dataset":
+                root = synth.write_dataset(args.out, config, n_train=args.train, n_val=args.val, n_test=args.test,
+                                           tile=args.tile, seed=args.seed, progress=progress)
+                bar.close()
+                print(f"wrote {args.train + args.val + args.test} tiles to {root} "
+                      f"(img/, mask/, {synth.DATASET_CSV}, {synth.DATASET_JSON})")
+            else:
+                slide, truth = synth.write_slide(args.out, config, size=size, seed=args.seed, mpp=args.mpp,
+                                                 compression=args.compression, progress=progress)
+                bar.close()
+                print(f"wrote {slide} ({size[0]}x{size[1]} px) and its truth labels {truth}")
     finally:
         bar.close()
     return 0

@@ -241,13 +241,9 @@ def with_folder_classes(config, args):
 
 
 def run(args) -> int:
-    import sys
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from ..errors import ConfigError
-    from ..training.trainer import train
 
     if args.config is None and not (args.resume and args.out):
         raise ConfigError("--config is required (with --resume, --out RUN_FOLDER alone is enough)")
@@ -264,8 +260,52 @@ def run(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         what = "a file" if Path(args.data).is_file() else "not found"
         raise ConfigError(f"--data {args.data}: dataset folder {what} (SAM-Path layout: img/, mask/, CSV img_id,fold)")
+    from ..outputs import check_output
+
+    check_output(out_dir, folder=True, what="--out",
+                 inputs=[("--config", args.config), ("--data", args.data), ("--init", config.init or None)])
     config = with_folder_classes(config, args)
+    if config.data.class_names:  # checked (names, count) before any training, not at the first save
+        from ..classes import check_class_names
+
+        check_class_names(config.data.class_names, what=f"the class list of {args.data or config.source or 'the recipe'}")
     main = int(os.environ.get("RANK", "0")) == 0
+    with _claim_run(out_dir, main):
+        return _train(config, args, out_dir, main)
+
+
+# What napari-dfa train keeps in a run folder (another command never replaces these).
+RUN_FILES = ("best.safetensors", "last.safetensors", "last_state.safetensors", "recipe.json", "history.json",
+             "history.csv")
+
+
+def _claim_run(out_dir, main: bool):
+    """One training process per run folder (rank 0 holds ``<run>.lock``), and the hidden files
+    an interrupted run left beside its checkpoints cleared."""
+    import contextlib
+
+    from ..outputs import claim, clear_leftovers
+
+    if not main:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(claim(out_dir))
+    try:
+        for name in RUN_FILES:
+            clear_leftovers(out_dir / name)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _train(config, args, out_dir, main: bool) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from ..training.trainer import train
+
     bar = tqdm(total=0, unit="batch", desc=f"train {config.name}", disable=not main, file=sys.stderr)
 
     def progress(done, total, epoch=None, loss=None):

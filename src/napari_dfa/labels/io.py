@@ -165,7 +165,7 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
         "partial": True, "completed": False, "rows_done": info["rows_done"], "rows_total": info["rows_total"],
         "segmented_fraction": round(float(info["fraction"]), 6), "source": str(src)}
     kw = dict(downsample=info["downsample"], offset=info["offset"])
-    with atomic_output(dst) as tmp:
+    with atomic_output(dst, overwrite=overwrite) as tmp:
         if suffix in (".geojson", ".json"):
             if mark is None:
                 write_geojson(tmp, labels, info["classes"], split=split, caveat=info["caveat"], **kw)
@@ -180,7 +180,7 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
         elif suffix == ".zarr":
             write_ome_zarr_labels(tmp, labels, info["classes"], mpp=info["mpp"], **kw)
             store = LabelsStore.open(tmp)
-            _rename_multiscale(store.group, dst.name)  # it was written under the temporary name
+            rename_multiscale(store.group, dst.name)  # it was written under the temporary name
             if mark is not None:
                 store.update_info(**mark)
             if info["caveat"]:
@@ -195,7 +195,7 @@ def export_labels(src, dst, *, level: int = 0, split: bool = False, partial: boo
     return dst
 
 
-def _rename_multiscale(group, name: str) -> None:
+def rename_multiscale(group, name: str) -> None:
     attrs = group.attrs.asdict()
     key = "ome" if "ome" in attrs else None
     block = dict(attrs[key]) if key else attrs

@@ -38,6 +38,7 @@ import zarr
 from .. import ngff
 from ..ngff import ome_block
 from ..errors import ConfigError, DataError
+from ..outputs import OutputBusy, OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -492,79 +493,17 @@ def refuse_foreign(path) -> None:
                         "Choose another name, or move it away yourself")
 
 
-class StoreLocked(DataError):
+class StoreLocked(OutputBusy):
     """Another process is writing the same store."""
 
 
-def lock_path(path) -> Path:
-    """``<store>.lock``, beside the store (a lock inside would go with a replaced store)."""
-    path = Path(path)
-    return path.with_name(path.name + ".lock")
+class store_lock(OutputLock):  # noqa: N801 - used as a context manager, like open()
+    """Keeps two writers off one store: ``with store_lock(path): ...`` (see
+    :class:`napari_dfa.outputs.OutputLock`: an ``flock`` on ``<store>.lock`` that a killed run
+    does not leave held; once held, the leftovers of an interrupted write of the store are cleared)."""
 
+    busy = StoreLocked
 
-class store_lock:  # noqa: N801 - used as a context manager, like open()
-    """Keeps two writers off one store: ``with store_lock(path): ...``.
-
-    An advisory ``flock`` on ``<store>.lock`` (released by the OS when the process dies, so a
-    killed run leaves no stale lock); the file names the holder (pid, host, start) for the
-    message the second writer gets. Without ``fcntl`` (Windows) the file is created exclusively
-    and a stale one must be removed by hand (the message says so)."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.file = lock_path(self.path)
-        self._fd = None
-
-    def __enter__(self):
-        import datetime as _dt
-        import os
-        import socket
-
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since " \
-                 f"{_dt.datetime.now().isoformat(timespec='seconds')}"
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            try:
-                self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                raise StoreLocked(f"{self.path}: another napari-dfa process is writing this store "
-                                  f"({self._holder()}); wait for it, or delete {self.file} if none runs") from None
-        else:
-            while True:
-                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise StoreLocked(f"{self.path}: another napari-dfa process is writing this store "
-                                      f"({self._holder()}); wait for it to finish or choose another --out") from None
-                try:  # the previous holder may have removed the file between our open and lock
-                    same = os.fstat(fd).st_ino == os.stat(self.file).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    self._fd = fd
-                    break
-                os.close(fd)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, holder.encode())
-        return self
-
-    def _holder(self) -> str:
-        try:
-            return self.file.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
-        except OSError:
-            return "unknown"
-
-    def __exit__(self, *exc) -> None:
-        import os
-
-        if self._fd is not None:
-            try:
-                os.unlink(self.file)
-            except OSError:
-                pass
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
+    def message(self, holder: str) -> str:
+        return (f"{self.path}: another napari-dfa process is writing this store ({holder}); wait for it to "
+                "finish or choose another --out")

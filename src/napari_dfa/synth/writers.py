@@ -34,6 +34,7 @@ from .config import GLASS, SynthConfig
 from .layout import class_layout, tissue_region, upsample_labels
 from .render import margin_for, pixel_noise, render, sample_stain
 from ..errors import Cancelled, ConfigError, DataError
+from ..outputs import temp_twin
 from .tiles import (
     DATASET_CSV,
     DATASET_JSON,
@@ -234,15 +235,18 @@ def write_slide(path, config: SynthConfig, *, size=(8192, 8192), seed: int = 0, 
     plan = _SlidePlan(config, (h, w), seed)
     shapes = _level_shapes(h, w, tile)
     scratch = Path(tempfile.mkdtemp(prefix=".synth-", dir=path.parent))
+    # Both files are written as hidden twins and renamed into place when complete (the truth first:
+    # the slide's presence means both are whole); an interrupted run leaves any old pair as it was.
+    tmp_path, tmp_truth = temp_twin(path), temp_twin(truth)
     try:
-        _write_rgb(path, plan, shapes, scratch, tile=tile, codec=codec, quality=quality, mpp=mpp,
-                   progress=progress, cancel=cancel)
-        _write_truth(truth, plan, shapes, tile=tile, mpp=mpp, config=config, seed=seed)
-    except BaseException:
-        for p in (path, truth):
-            p.unlink(missing_ok=True)
-        raise
+        _write_rgb(tmp_path, plan, shapes, scratch, tile=tile, codec=codec, quality=quality, mpp=mpp,
+                   progress=progress, cancel=cancel, name=path.stem)
+        _write_truth(tmp_truth, plan, shapes, tile=tile, mpp=mpp, config=config, seed=seed)
+        os.replace(tmp_truth, truth)
+        os.replace(tmp_path, path)
     finally:
+        for p in (tmp_path, tmp_truth):
+            p.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("wrote synthetic slide %s (%dx%d, %d levels) and truth %s", path, h, w, len(shapes), truth)
     return path, truth
@@ -283,7 +287,7 @@ class _Scratch:
             yield self.read(y0, n)
 
 
-def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progress, cancel) -> None:
+def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progress, cancel, name=None) -> None:
     h, w = shapes[0]
     band = 2 * tile  # rows rendered at once: big windows amortise the render margin
     n_bands = math.ceil(h / band)
@@ -313,7 +317,7 @@ def _write_rgb(path, plan, shapes, scratch, *, tile, codec, quality, mpp, progre
     description = (
         f"Aperio Image Library v12.0.0 napari-dfa synthetic\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) "
         f"{'JPEG' if codec == 'jpeg' else 'Deflate'}/RGB Q={quality}|AppMag = {10.0 / mpp:g}|MPP = {mpp:g}"
-        f"|Filename = {path.stem}|Generator = napari-dfa {__version__}|Seed = {plan.seed[0]}"
+        f"|Filename = {name or Path(path).stem}|Generator = napari-dfa {__version__}|Seed = {plan.seed[0]}"
     )
     common = {"photometric": "rgb", "compression": codec, "metadata": None}
     if codec == "jpeg":
