@@ -16,16 +16,28 @@ def default_colors(k: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * v) for v in colorsys.hsv_to_rgb(i / max(k, 1), 0.7, 0.95)) for i in range(k)]
 
 
+MAX_CLASSES = 255  # labels are 8-bit and 0 is "no class"
+MAX_NAME_CHARS = 256  # what a checkpoint accepts (napari_dfa.model.validate)
+
+
 def check_class_names(names, *, what: str = "the class list") -> list[str]:
-    """``names`` stripped, refused (DataError naming ``what``) when empty, with an empty name, or
-    with a name twice (case-insensitive): the one check of a class list a user typed or edited."""
+    """``names`` stripped, refused (DataError naming ``what``) when empty, with an empty name, a
+    name twice (case-insensitive), more than :data:`MAX_CLASSES` names or a name longer than
+    :data:`MAX_NAME_CHARS`: the one check of a class list a user typed, edited or a dataset
+    gave, made before any training (a checkpoint would refuse it only once written)."""
     from .errors import DataError
 
     names = [str(n).strip() for n in names]
     if not names:
         raise DataError(f"{what} is empty: give at least one class name")
     if any(not n for n in names):
-        raise DataError(f"{what}: an empty class name; give names separated by commas")
+        where = ", ".join(str(i + 1) for i, n in enumerate(names) if not n)
+        raise DataError(f"{what}: an empty class name (class {where}); give names separated by commas")
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{what}: {len(names)} classes; labels are 8-bit, so at most {MAX_CLASSES} classes")
+    long = [n for n in names if len(n) > MAX_NAME_CHARS]
+    if long:
+        raise DataError(f"{what}: a class name longer than {MAX_NAME_CHARS} characters ({long[0][:40]!r}...)")
     lowered = [n.lower() for n in names]
     dup = sorted({n for n in names if lowered.count(n.lower()) > 1})
     if dup:

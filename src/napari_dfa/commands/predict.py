@@ -104,75 +104,167 @@ def output_paths(slide_path, out_dir, options: dict) -> dict:
             "areas": out_dir / f"{stem}.areas.csv" if options.get("areas") else None}
 
 
-def check_outputs(slide_path, out_dir, options: dict) -> dict:
-    """Refuse, before any work, outputs that would destroy something: an existing store without
-    --resume/--overwrite, a folder in its place that is not a labels store (never replaced), an
-    existing GeoJSON/CSV without --overwrite (--resume rewrites them from the store it finishes)."""
+def check_outputs(slide_path, out_dir, options: dict, *, model=None, slides=()) -> dict:
+    """Refuse, before any work, outputs that would destroy something (the shared policy,
+    :mod:`napari_dfa.outputs`): an existing store without --resume/--overwrite, a folder in its
+    place that is not a labels store (never replaced), an existing GeoJSON/CSV without --overwrite
+    (--resume rewrites them from the store it finishes), any output that is an input (a slide,
+    the model), a name too long for its hidden temporary twin; with --resume, a store made from
+    another slide (its content key)."""
     from ..errors import ConfigError
     from ..labels.outputs import check_destination
     from ..labels.store import refuse_foreign
+    from ..outputs import check_name_length, check_not_input, recover
 
     paths = output_paths(slide_path, out_dir, options)
     store = paths["store"]
+    recover(store)  # a store an interrupted --overwrite moved aside is back before it is judged
+    inputs = [("the model", model), *[("a slide", s) for s in (slides or [slide_path])]]
+    if not options.get("into_image"):  # --into-image writes inside the slide on purpose
+        check_not_input(store, inputs)
+    check_name_length(store)
     if store.exists() or store.is_symlink():
         refuse_foreign(store)
         if not (options.get("resume") or options.get("overwrite")):
-            raise ConfigError(f"{store} exists; pass --resume to continue it or --overwrite to start over")
+            raise ConfigError(f"{store} exists ({describe_store(store)}); pass --resume to continue it (the same "
+                              "slide only) or --overwrite to replace it")
+        if options.get("resume"):
+            check_resume_source(store, slide_path)
     for key in ("geojson", "areas"):
         if paths[key] is not None and paths[key].parent.is_dir():
-            check_destination(paths[key], overwrite=bool(options.get("overwrite") or options.get("resume")))
+            check_destination(paths[key], overwrite=bool(options.get("overwrite") or options.get("resume")),
+                              inputs=inputs)
     return paths
+
+
+def describe_store(store) -> str:
+    """What an existing store holds, for the message that asks what to do with it."""
+    from ..labels.store import LabelsStore
+
+    try:
+        info = LabelsStore.open(store, mode="r").info
+    except Exception:  # noqa: BLE001 - described as unreadable; the caller refuses it anyway
+        return "unreadable"
+    done = "complete" if info.get("completed") else f"incomplete, {info.get('rows_done', 0)} rows"
+    return f"labels of {Path(str(info.get('source', '?'))).name}, {done}"
+
+
+def check_resume_source(store, slide_path) -> None:
+    """--resume of a store made from another slide is refused before any work (content keys)."""
+    from ..inference.segment import check_same_source
+    from ..labels.store import LabelsStore
+    from ..slide import open_slide
+    from ..slide.content import key_of_slide
+
+    info = LabelsStore.open(store, mode="r").info
+    if not info.get("content_key"):
+        return
+    with open_slide(slide_path) as slide:
+        check_same_source(store, info, key_of_slide(slide), str(slide_path))
+
+
+def check_unique_outputs(slides, out_dir, options: dict) -> None:
+    """Two slides never write one store: the same file given twice, or two files of one name in
+    different folders (``a/s.tif b/s.tif``: both would be OUT/s.labels.zarr), are refused before
+    anything runs."""
+    import os
+
+    from ..errors import ConfigError
+
+    seen: dict[str, str] = {}
+    clashes = []
+    for slide in slides:
+        store = output_paths(slide, out_dir, options)["store"]
+        key = os.path.realpath(store)
+        if key in seen:
+            same = os.path.realpath(seen[key]) == os.path.realpath(slide)
+            clashes.append(f"{slide} is given twice" if same else
+                           f"{seen[key]} and {slide} would both write {store}")
+        else:
+            seen[key] = slide
+    if clashes:
+        raise ConfigError("; ".join(clashes) + " (nothing was run); predict slides of the same name into separate "
+                                               "--out folders, or give each its own name")
 
 
 def predict_one(slide_path, model, out_dir, options: dict, progress=None, threads: int | None = None) -> dict:
     """Segment one slide into ``out_dir``; never raises for a bad slide (dask tasks report back).
 
     ``model`` is a Segmenter or a checkpoint path/"demo" (loaded here: what a dask task gets).
+    With ``overwrite``, an existing store is replaced only when the new one is complete: the new
+    store is written beside it (a hidden twin) and swapped in at the end, its GeoJSON/areas with
+    it, so an interrupted run leaves the old results whole and nothing stale beside them.
     Returns ``{"slide", "ok", "path", "error", "seconds", "completed", "tiles"}``."""
-    from .. import labels as label_files
     from ..errors import DFAError
-    from ..inference import segment
-    from ..labels.outputs import atomic_output
 
     t0 = time.perf_counter()
     report = {"slide": str(slide_path), "ok": False, "path": None, "error": None, "seconds": 0.0,
               "completed": False, "tiles": 0}
     try:
-        from ..model.device import torch_threads
+        _predict_one(slide_path, model, out_dir, options, progress, threads, report)
+    except DFAError as exc:
+        report["error"] = str(exc)
+    except OSError as exc:  # disk full, read-only, a name the file system refuses: one line, no traceback
+        where = exc.filename or out_dir
+        logger.info("predict failed on %s", slide_path, exc_info=True)
+        report["error"] = f"{slide_path}: cannot write {where}: {exc.strerror or exc}"
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort
+        logger.info("predict failed on %s", slide_path, exc_info=True)  # the traceback with -v
+        report["error"] = (f"{slide_path}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback, "
+                           "and please report it)")
+    report["seconds"] = time.perf_counter() - t0
+    return report
 
-        with torch_threads(threads):
-            if isinstance(model, (str, os.PathLike)):
-                from ..model import load_model
 
-                model = load_model(model)
-            out_dir = Path(out_dir)
-            paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
-            store = paths["store"]
-            out_dir.mkdir(parents=True, exist_ok=True)
-            from ..labels.store import store_lock
-            from ..slide import open_slide
+def _predict_one(slide_path, model, out_dir, options, progress, threads, report) -> None:
+    import shutil
 
-            # One writer per store: a second predict on the same --out stops here with a message.
-            with store_lock(store), open_slide(slide_path) as slide:
-                level, region = options.get("level", 0), options.get("region")
-                if level == "auto":
-                    level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
-                    if region is not None:  # given in level-0 pixels: convert to the chosen level
-                        ds = slide.downsamples[level]
-                        y0, x0 = int(region[0] // ds), int(region[1] // ds)
-                        region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
-                                  max(1, round((region[1] + region[3]) / ds) - x0))
-                from ..inference.domain import check_slide
+    from .. import labels as label_files
+    from ..inference import segment
+    from ..labels.outputs import atomic_output
+    from ..model.device import torch_threads
+    from ..outputs import temp_twin
 
-                beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
-                if beyond.far:
-                    logger.warning("%s: %s%s", slide_path, beyond.message,
-                                   "" if options.get("match_stain") or not beyond.stain_far
-                                   else " (--match-stain recolours it to the model's training stain)")
+    with torch_threads(threads):
+        if isinstance(model, (str, os.PathLike)):
+            from ..model import load_model
+
+            model = load_model(model)
+        out_dir = Path(out_dir)
+        paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
+        store = paths["store"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from ..labels.store import store_lock
+        from ..slide import open_slide
+
+        # Replacing: the new store is built beside the old one and swapped in when complete.
+        swap = bool(options.get("overwrite") and not options.get("resume") and not options.get("into_image")
+                    and store.exists())
+        target = temp_twin(store) if swap else store
+        # One writer per store (a second predict on the same --out stops here with a message); the
+        # lock also clears what an interrupted run left (a half store's twin, a moved-aside old one).
+        with store_lock(store), open_slide(slide_path) as slide:
+            level, region = options.get("level", 0), options.get("region")
+            if level == "auto":
+                level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
+                if region is not None:  # given in level-0 pixels: convert to the chosen level
+                    ds = slide.downsamples[level]
+                    y0, x0 = int(region[0] // ds), int(region[1] // ds)
+                    region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
+                              max(1, round((region[1] + region[3]) / ds) - x0))
+            from ..inference.domain import check_slide
+
+            beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?
+            if beyond.far:
+                logger.warning("%s: %s%s", slide_path, beyond.message,
+                               "" if options.get("match_stain") or not beyond.stain_far
+                               else " (--match-stain recolours it to the model's training stain)")
+            extras: dict = {}  # with swap: the new GeoJSON/areas, held back until the store is in place
+            try:
                 res = segment(slide, model, level=level, region=region,
                               tile=options.get("tile"), overlap=options.get("overlap"),
                               device=options.get("device", "auto"), precision=options.get("precision"),
-                              out=store, progress=progress,
+                              out=target, progress=progress,
                               resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
                               outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
                               chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")))
@@ -180,22 +272,50 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
                 res.caveat = beyond.caveat  # a slide beyond the model: every file of it says so
                 if beyond.caveat and res.completed:
                     label_files.add_caveat(res.path, beyond.caveat)
-                if res.completed and paths["geojson"] is not None:  # written whole, then renamed into place
-                    with atomic_output(paths["geojson"]) as tmp:
-                        label_files.write_geojson(tmp, res.labels, res.classes,
-                                                  downsample=res.downsample, offset=res.translate, caveat=res.caveat)
-                if res.completed and paths["areas"] is not None:
-                    with atomic_output(paths["areas"]) as tmp:
-                        label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample,
-                                                   mpp=slide.mpp, caveat=res.caveat)
-        report["ok"] = res.completed
-    except DFAError as exc:
-        report["error"] = str(exc)
-    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort
-        logger.exception("predict failed on %s", slide_path)
-        report["error"] = f"{slide_path}: unexpected {type(exc).__name__}: {exc}"
-    report["seconds"] = time.perf_counter() - t0
-    return report
+                if res.completed:  # the GeoJSON/areas written whole, then renamed into place
+                    for key, write in (("geojson", _write_geojson), ("areas", _write_areas)):
+                        if paths[key] is None:
+                            continue
+                        if swap:
+                            extras[key] = temp_twin(paths[key])
+                            write(extras[key], res, slide, label_files)
+                        else:
+                            with atomic_output(paths[key]) as tmp:
+                                write(tmp, res, slide, label_files)
+                if swap and res.completed:
+                    _swap_in(target, store, extras, paths)
+            finally:
+                if swap:
+                    shutil.rmtree(target, ignore_errors=True)
+                    for tmp in extras.values():
+                        tmp.unlink(missing_ok=True)
+    report["ok"] = res.completed
+
+
+def _write_geojson(tmp, res, slide, label_files) -> None:
+    label_files.write_geojson(tmp, res.labels, res.classes, downsample=res.downsample, offset=res.translate,
+                              caveat=res.caveat)
+
+
+def _write_areas(tmp, res, slide, label_files) -> None:
+    label_files.write_area_csv(tmp, res.labels, res.classes, downsample=res.downsample, mpp=slide.mpp,
+                               caveat=res.caveat)
+
+
+def _swap_in(new_store, store, extras: dict, paths: dict) -> None:
+    """The complete new store in place of the old one, then its GeoJSON/areas. The old GeoJSON and
+    areas go first: a kill in between leaves files missing (``--resume`` writes them from the
+    complete store), never the old model's beside the new labels."""
+    from ..labels.io import rename_multiscale
+    from ..labels.store import LabelsStore
+    from ..outputs import publish
+
+    rename_multiscale(LabelsStore.open(new_store).group, store.name)  # it was written under the twin's name
+    for key in extras:
+        paths[key].unlink(missing_ok=True)
+    publish(new_store, store)
+    for key, tmp in extras.items():
+        os.replace(tmp, paths[key])
 
 
 def _run_local(args, options) -> list[dict]:
@@ -297,14 +417,17 @@ def run(args) -> int:
     missing = [s for s in args.slides if not Path(s).exists()]
     if missing:
         raise ConfigError(f"no such slide: {', '.join(missing)}" + (" (nothing was run)" if len(args.slides) > 1 else ""))
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out}: a file, not a folder")
+    from ..outputs import check_output
+
+    check_output(args.out, folder=True, what="--out",
+                 inputs=[("the model", args.model), *[("a slide", s) for s in args.slides]])
     if args.scheduler is not None and not args.scheduler.strip():
         raise ConfigError("--scheduler: give the scheduler's address, e.g. tcp://host:8786")
+    check_unique_outputs(args.slides, args.out, options)
     problems = []
     for slide in args.slides:
         try:
-            check_outputs(slide, args.out, options)
+            check_outputs(slide, args.out, options, model=args.model, slides=args.slides)
         except DFAError as exc:
             problems.append(str(exc))
     if problems:

@@ -36,36 +36,25 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..arrays import compute_local
 from ..errors import DataError
-from ..paths import content_key, corrections_store_path
+from ..paths import corrections_store_path
+from ..slide.content import KEY_TILE, slide_content_key
 from .geojson import CONFIRMED, GeoJSONImport, rasterise_polygons, read_class_polygons
 
 logger = logging.getLogger(__name__)
 
+# slide_content_key and KEY_TILE live with the slides (labels stores record the key too); kept here
+# by name, where the stores named by it are.
+__all__ = ["CHUNK", "FORMAT", "KEY_TILE", "CorrectionPatch", "CorrectionStore", "slide_content_key"]
+
 FORMAT = "napari-dfa-corrections/1"
 CHUNK = 256
-KEY_TILE = 512  # side of the level-0 tiles hashed into a slide's content key
 SAMPLE_CELL = 1024  # a training sample covers at most this many pixels per side (plus context)
 SAMPLE_MARGIN = 64  # context around the strokes: the model sees what surrounds them
 # A training sample is read with at least this much of the slide around it (per side, in level
 # pixels): a model's labels depend on the context it is given, and scoring it on small crops scored
 # the demo model at 0.27 agreement with its own labels on a 256² block (0.68 at 512, 1.00 at 1024).
 SAMPLE_CONTEXT = 1024
-
-
-def slide_content_key(level0, mpp: float | None) -> str:
-    """The content key of a slide from its level-0 pixels (an H×W×3 array, numpy, zarr or dask):
-    the top-left and the central :data:`KEY_TILE` tiles, decoded, with the shape and mpp. The
-    central tile is there because the top-left one is blank glass on most scans."""
-    h, w = int(level0.shape[0]), int(level0.shape[1])
-    t = KEY_TILE
-    cy, cx = max(0, h // 2 - t // 2), max(0, w // 2 - t // 2)
-    tiles = []
-    for y, x in ((0, 0), (cy, cx)):
-        block = compute_local(level0[y:y + t, x:x + t])
-        tiles.append(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
-    return content_key(tiles, (h, w), mpp)
 
 
 @dataclass(frozen=True)

@@ -325,9 +325,11 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     from ..labels.store import LabelsStore  # here: zarr (~0.2-5 s to import) only when writing a store
 
     path = Path(out)
+    key = source_key(src)
     if resume and path.exists():
         store = LabelsStore.open(path)
         info = store.info
+        check_same_source(path, info, key, src.name)
         keys = set(settings) | {"precision", "stain"}  # absent: float32, stain as stored
         stored = {key: info.get(key) for key in keys}
         if stored != {key: settings.get(key) for key in keys} or sorted(info.get("extras", [])) != sorted(extras):
@@ -339,11 +341,31 @@ def _open_store(out, resume, src, region, model, extras, settings, chunk):
     store = LabelsStore.create(path, shape=(region[2], region[3]), class_names=model.class_names,
                                class_colors=model.class_colors, chunk=chunk, downsample=src.downsample,
                                translate=translate, extras=extras,
-                               info=dict(settings, source=src.name,
+                               info=dict(settings, source=src.name, content_key=key,
                                          mpp=getattr(src.slide, "mpp", None),
                                          # the label levels then match the slide's (NGFF labels)
                                          image_downsamples=getattr(src.slide, "downsamples", None)))
     return store, 0
+
+
+def source_key(src) -> str | None:
+    """The content key of the slide a LevelReader reads (None for an array): what a store records,
+    so that ``resume`` never continues one slide's store with another slide."""
+    if src.slide is None:
+        return None
+    from ..slide.content import key_of_slide
+
+    return key_of_slide(src.slide)
+
+
+def check_same_source(path, info: dict, key: str | None, name: str) -> None:
+    """ConfigError when the store at ``path`` (its attributes ``info``) was made from another
+    slide than the one of content key ``key``. Stores written before keys were recorded pass."""
+    stored = info.get("content_key")
+    if key and stored and stored != key:
+        raise ConfigError(f"{path}: cannot resume, the store was made from another slide ({info.get('source')}, "
+                          f"content key {stored}; {name} has {key}); pass --overwrite to replace it with this "
+                          "slide's labels, or write to another --out")
 
 
 def _result(src, region, model, grid, *, store, sink, done, total, skipped, completed, seconds) -> SegmentResult:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..classes import CLASS_SETS, ClassSet, default_colors
+from ..classes import CLASS_SETS, ClassSet, check_class_names, default_colors
 from ..errors import ConfigError, DataError
 from .augment import augment, center_crop, rng_for
 from .config import AugmentConfig, DataConfig
@@ -45,6 +45,7 @@ def class_set_for(data: DataConfig) -> ClassSet:
             f"(--data <folder>) holding {CLASSES_JSON} (the names of labels 1..K), or pass --classes A,B,..."
         )
     if data.class_names:
+        check_class_names(data.class_names, what="the class list")  # before training, not at the first save
         colors = data.class_colors or default_colors(len(data.class_names))
         if len(colors) != len(data.class_names):
             raise ConfigError("[data] class_colors needs one colour per entry of class_names")
@@ -268,10 +269,12 @@ def class_frequencies(dataset: SamPathDataset) -> np.ndarray:
 
 def parse_class_names(text, *, argument: str = "--classes") -> ClassSet:
     """``"A,B,C"`` (or a list) as the classes of labels 1..K, with default colours."""
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if str(n).strip()]
-    if not names or len({n.casefold() for n in names}) != len(names):
-        raise ConfigError(f"{argument} {text!r}: give the K class names of labels 1..K, unique, comma-separated "
-                          "(e.g. --classes tumour,stroma,fat)")
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:  # an empty name, a repeated one or too many: refused here, before any training
+        names = check_class_names(items, what=f"{argument} {text!r}")
+    except DataError as exc:
+        raise ConfigError(f"{exc} (give the K class names of labels 1..K, unique, comma-separated, e.g. "
+                          "--classes tumour,stroma,fat)") from None
     return ClassSet(name="custom", names=tuple(names), colors=tuple(default_colors(len(names))))
 
 
@@ -298,8 +301,10 @@ def _class_file(folder: Path) -> tuple[ClassSet, Path, bool] | None:
         else:
             raise ConfigError(f'{path}: expected a list of class names (labels 1..K) or '
                               f'{{"names": [...], "colors": [[R, G, B], ...]}}')
-        if not names or len({n.casefold() for n in names}) != len(names):
-            raise ConfigError(f"{path}: the class names must be a non-empty list of unique names, got {names}")
+        try:
+            names = check_class_names(names, what=str(path))
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
         given = colors is not None and all(c is not None for c in colors)
         if not given:
             colors = default_colors(len(names))
