@@ -2,8 +2,9 @@
 
     python examples/screenshots.py [--out docs/images] [--model demo] [--steps 30]
 
-Runs napari for real (re-executes itself under ``xvfb-run`` when there is no display): opens the
-sample slide with the demo model as ``napari-dfa demo`` does, then
+Runs napari for real (re-executes itself under ``xvfb-run`` when there is no display) in a
+1280 × 800 window, a laptop screen: opens the sample slide with the demo model and docks the widgets
+as ``napari-dfa demo`` does (Segment on top, Fine-tune and Attention bias as tabs), then
 
 1. Segment: segments the visible region           -> segment.png
 2. Attention bias: adds focus maps and uncertainty -> attention.png
@@ -48,13 +49,16 @@ def settle(app, seconds=0.7) -> None:
     wait(app, lambda: time.monotonic() > end)
 
 
-def show_only(viewer, widgets, name) -> None:
+SCREEN = (1280, 800)  # the README shows what a laptop shows
+
+
+def show_tab(viewer, widget) -> None:
+    """Bring ``widget``'s dock to the front of its tab group (Segment, on its own, stays)."""
     from qtpy.QtWidgets import QDockWidget
 
     for dock in viewer.window._qt_window.findChildren(QDockWidget):
-        for key, w in widgets.items():
-            if dock.isAncestorOf(w):
-                dock.setVisible(key == name)
+        if dock.isAncestorOf(widget):
+            dock.raise_()
 
 
 def save(viewer, path: Path) -> None:
@@ -86,13 +90,14 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-dfa")
     app = QApplication.instance()
-    viewer.window._qt_window.resize(1500, 950)
     widgets = build_viewer(viewer, model=args.model)
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.resize(*SCREEN)
     image = viewer.layers["synthetic H&E"]
     seg_w, att_w, ft_w = widgets["Segment"], widgets["Attention bias"], widgets["Fine-tune"]
 
     # 1. Segment the visible region.
-    show_only(viewer, widgets, "Segment")
     settle(app)
     _zoom_on_centre(viewer, image, DEMO_VIEW)
     settle(app)
@@ -103,7 +108,7 @@ def main() -> int:
     save(viewer, out / "segment.png")
 
     # 2. Attention bias: b_c vs prior, focus map of one class, uncertainty.
-    show_only(viewer, widgets, "Attention bias")
+    show_tab(viewer, att_w)
     att_w.add_maps(("focus", "uncertainty"))
     wait(app, lambda: att_w.worker is None)
     viewer.layers[seg_w.session.result.labels_layer].visible = False
@@ -120,7 +125,7 @@ def main() -> int:
             layer.visible = False
     labels = viewer.layers[seg_w.session.result.labels_layer]
     labels.visible = True
-    show_only(viewer, widgets, "Fine-tune")
+    show_tab(viewer, ft_w)
     corrections = ft_w.start_corrections()
     ft_w.set_class("stroma")
     h, w = corrections.data.shape
@@ -132,6 +137,8 @@ def main() -> int:
     ft_w.finetune_button.click()
     wait(app, lambda: ft_w.worker is None)
     corrections.opacity = 0.35
+    settle(app)
+    ft_w.scroll.ensureWidgetVisible(ft_w.area_table)  # the review: areas before → after
     settle(app)
     save(viewer, out / "finetune.png")
     viewer.close()
