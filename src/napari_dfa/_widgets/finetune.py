@@ -889,7 +889,9 @@ class FinetuneWidget(DFAWidget):
 
         def work():
             return finetune_on_corrections(
-                seg, store, read, steps=steps, guard=guard, replay=replay, resegment=resegment,
+                # The head fits in its own steps (HEAD_STEPS); the Steps box is the deep fine-tune's.
+                seg, store, read, steps=steps if method == "deep" else None, guard=guard, replay=replay,
+                resegment=resegment,
                 parent_source=parent, slide=pyramid.path, cancel=self.cancelled,
                 replay_training=use_replay, frozen_encoder=frozen, method=method, more=more, **classes,
                 progress=lambda step, total, **info: self.report_progress(
