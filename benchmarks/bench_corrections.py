@@ -13,11 +13,10 @@ and strokes painted where the model erred cannot show that it got worse where it
 same accumulated corrections then train three methods:
 
 (a) fine-tuning the demo model, the way the Fine-tune widget does it
-    (``napari_dfa.corrections.workflow.finetune_on_corrections``: the pixel head and the deep
-    fine-tune, the better on the held-back strokes; the guard; segment again; a model the guard does
-    not promote is not used);
+    (``napari_dfa.corrections.workflow.finetune_on_corrections`` at its defaults: the pixel head,
+    the guard, segment again; a model the guard does not promote is not used);
 (b) the same model configuration trained from scratch on the same corrections (its own model
-    carried from round to round, the same steps per round, a training learning rate of 2e-3);
+    carried from round to round, ``--steps`` per round, a training learning rate of 2e-3);
 (c) a QuPath-style pixel classifier: a random forest on multi-scale pixel features
     (``skimage.feature.multiscale_basic_features``: Gaussian intensity, edges and texture at
     sigmas 1-16), as QuPath's pixel classifier, napari-apoc and convpaint do, retrained every round.
@@ -246,7 +245,7 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
                 model_a = start_model(demo, setup, counts)
             # (a) the Fine-tune widget's loop (segment again: the whole slide, for the held-out half)
             outcome = finetune_on_corrections(
-                model_a, store, read_rgb, steps=settings.steps, guard=True,
+                model_a, store, read_rgb, guard=True,  # the Fine-tune click's defaults (its own steps)
                 replay=ReplaySpec(level=0, region=review, labels=pred_a[:, :half], corrected=view),
                 resegment=Resegment(source=rgb, level=0, region=(0, 0, h, w)))
             model_a = outcome.segmenter

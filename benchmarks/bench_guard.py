@@ -14,8 +14,8 @@ of them, as another lab's would), a simulated pathologist corrects the demo mode
 With ``--confirm`` the pathologist also confirms two 256² blocks as right ("Looks right": the
 blocks where the model is most often right, its few errors there fixed first), as a careful one would; without it
 the strokes are all the guard has. Each runs the Fine-tune click's workflow
-(``finetune_on_corrections``: the pixel head and the deep fine-tune of 40 steps, the better on the
-held-back strokes; the reviewed region replayed in the deep one) and records the guard's verdict and the mean Dice against the truth
+(``finetune_on_corrections`` at the click's defaults: the pixel head; ``--method auto`` adds the
+deep fine-tune, the reviewed region replayed in it, and keeps the one the guard promotes) and records the guard's verdict and the mean Dice against the truth
 where nothing was corrected, before and after. A careless correction the guard promotes while the
 model got worse there is what the guard exists to stop. Prints a Markdown table; ``--out`` keeps
 every verdict as JSON lines. Nothing here is timed.
@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="demo", help="comma-separated models (demo or .safetensors paths)")
     ap.add_argument("--out", help="JSON lines, one per fine-tuning")
+    ap.add_argument("--method", default="head", choices=("head", "deep", "auto"), help="the fine-tuning method")
     ap.add_argument("--confirm", action="store_true", help="also confirm two 256² blocks as right (Looks right)")
     args = ap.parse_args(argv)
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                     for y, x in _best_blocks(truth, before):
                         # what looks right after fixing what did not: the truth there
                         store.confirm_region(level=0, region=(y, x, 256, 256), labels=truth[y:y + 256, x:x + 256])
-                o = finetune_on_corrections(seg, store, slide.read_region, steps=40,
+                o = finetune_on_corrections(seg, store, slide.read_region, method=args.method,
                                             replay=ReplaySpec(0, REGION, before, painted),
                                             resegment=Resegment(slide, 0, REGION))
                 where = (painted == 0) & (truth > 0)
