@@ -205,14 +205,15 @@ class BodyScroll(QScrollArea):
         return super().viewportEvent(event)
 
 
-def narrow_combo(combo, chars: int = 8):
+def narrow_combo(combo, chars: int = 8, tip: str = ""):
     """A combo box that does not widen the dock to its longest item (a slide or model file name):
-    it takes the width it is given, and its tooltip holds the whole current text."""
+    it takes the width it is given, and its tooltip holds the whole current text (after ``tip``)."""
     from qtpy.QtWidgets import QComboBox
 
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
-    combo.currentTextChanged.connect(combo.setToolTip)
+    combo.setToolTip(tip)
+    combo.currentTextChanged.connect(lambda text: combo.setToolTip(f"{tip}\n{text}" if tip else text))
     return combo
 
 

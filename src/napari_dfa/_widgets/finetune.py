@@ -232,8 +232,8 @@ class FinetuneWidget(DFAWidget):
         self.reject_button.setEnabled(False)
         # --- versions
         self.save_button = QPushButton("Save model…")
-        self.version_combo = narrow_combo(QComboBox(), chars=4)
-        self.version_combo.setToolTip("Model versions of this session: pick one, then Roll back")
+        self.version_combo = narrow_combo(QComboBox(), chars=4,
+                                          tip="Model versions of this session: pick one, then Roll back")
         self.rollback_button = QPushButton("Roll back")
         self.rollback_button.setToolTip("Use the version picked in the list again, in every widget")
         # Refresh the "saved on disk" list shortly after the last stroke, not on every one.
