@@ -40,6 +40,7 @@ from ..errors import DataError
 from ..paths import corrections_store_path
 from ..slide.content import KEY_TILE, slide_content_key
 from .geojson import CONFIRMED, GeoJSONImport, rasterise_polygons, read_class_polygons
+from .writelock import write_lock
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,17 @@ class CorrectionStore:
         attrs = self._group.attrs.asdict()
         if attrs and attrs.get("format") not in (None, FORMAT):
             raise DataError(f"{self.path}: not a napari-dfa correction store (format {attrs.get('format')!r})")
-        update = {"format": FORMAT}
-        if slide_path is not None and "slide_path" not in attrs:
-            update["slide_path"] = str(slide_path)
-        if class_names is not None:
-            update["class_names"] = list(class_names)
-        self._group.attrs.update(update)
-        self._patches = self._group.require_group("patches")
+        # What this handle's writers last saw of each patch (set by read(), moved by write()):
+        # a write changes only the pixels its writer changed, so another process's strokes stay.
+        self._seen: dict[str, np.ndarray] = {}
+        with write_lock(self.path):
+            update = {"format": FORMAT}
+            if slide_path is not None and "slide_path" not in attrs:
+                update["slide_path"] = str(slide_path)
+            self._group.attrs.update(update)
+            self._patches = self._group.require_group("patches")
+            if class_names is not None:
+                self._bind_classes([str(n) for n in class_names])
 
     @classmethod
     def for_slide(
@@ -147,8 +152,28 @@ class CorrectionStore:
 
     def _set_attrs(self, **values) -> None:
         """Update attributes on a fresh handle, so that a stale copy never overwrites newer ones."""
-        self._group = zarr.open_group(str(self.path), mode="a")
-        self._group.attrs.update(values)
+        with write_lock(self.path):
+            self._group = zarr.open_group(str(self.path), mode="a")
+            self._group.attrs.update(values)
+
+    def _bind_classes(self, names: list[str]) -> None:
+        """Open the store with the class list ``names``: the same list (case aside) as stored, or a
+        store without corrections, takes it as given; otherwise the corrections are renumbered by
+        class name, and a class that has corrections but is missing from ``names`` is refused —
+        never new names over old numbers (tumour strokes read as inflammatory)."""
+        stored = self.class_names
+        if [n.lower() for n in stored] == [n.lower() for n in names] or not stored:
+            self._set_attrs(class_names=names)
+            return
+        used = {n for n, px in self.counts_by_name(include_hidden=True).items() if px}
+        missing = [n for n in stored if n in used and n.lower() not in {m.lower() for m in names}]
+        if missing:
+            raise DataError(f"{self.path}: holds corrections of {', '.join(repr(n) for n in missing)}, which the "
+                            f"class list {names} lacks; open it with a list that has them (the store's: "
+                            f"{stored}), or delete those corrections first")
+        if used:
+            logger.warning("%s: corrections renumbered by class name from %s to %s", self.path, stored, names)
+        self.remap_classes(names)
 
     @property
     def slide_path(self) -> str | None:
@@ -184,7 +209,8 @@ class CorrectionStore:
 
     def set_hidden(self, key: str, hidden: bool = True) -> None:
         """Hide a patch (kept on disk, neither shown nor trained on) or show it again."""
-        self._array(key).attrs["hidden"] = bool(hidden)
+        with write_lock(self.path):
+            self._array(key).attrs["hidden"] = bool(hidden)
 
     def hidden(self, key: str) -> bool:
         return bool(self._array(key).attrs.get("hidden", False))
@@ -203,17 +229,18 @@ class CorrectionStore:
         region = tuple(int(v) for v in region)
         if region[2] <= 0 or region[3] <= 0:
             raise DataError(f"{self.path}: empty correction region {region}")
-        existing = self.find(level, region)
-        if existing is not None and existing.source == source:
-            return existing
-        key = f"p{len(list(self._patches.array_keys()))}"
-        while key in self._patches:
-            key = f"{key}_"
-        arr = self._patches.create_array(key, shape=(region[2], region[3]), dtype="uint8",
-                                         chunks=(min(CHUNK, region[2]), min(CHUNK, region[3])),
-                                         fill_value=0)
-        arr.attrs.update(level=int(level), region=list(region), downsample=float(downsample),
-                         source=source, created=_now())
+        with write_lock(self.path):  # two processes never start the same patch, nor one key twice
+            existing = self.find(level, region)
+            if existing is not None and existing.source == source:
+                return existing
+            key = f"p{len(list(self._patches.array_keys()))}"
+            while key in self._patches:
+                key = f"{key}_"
+            arr = self._patches.create_array(key, shape=(region[2], region[3]), dtype="uint8",
+                                             chunks=(min(CHUNK, region[2]), min(CHUNK, region[3])),
+                                             fill_value=0)
+            arr.attrs.update(level=int(level), region=list(region), downsample=float(downsample),
+                             source=source, created=_now())
         logger.info("%s: new correction patch %s at level %d over %s", self.path, key, level, region)
         return CorrectionPatch(key, int(level), region, float(downsample), source)
 
@@ -227,38 +254,76 @@ class CorrectionStore:
         labels = np.asarray(labels)
         if labels.shape != (int(region[2]), int(region[3])):
             raise DataError(f"{self.path}: confirmed labels {labels.shape} do not match the region {tuple(region)}")
-        patch = self.create_patch(level=level, region=region, downsample=downsample, source="confirmed")
-        self.write(patch.key, (0, 0), labels)
+        with write_lock(self.path):
+            patch = self.create_patch(level=level, region=region, downsample=downsample, source="confirmed")
+            self._seen.pop(patch.key, None)  # replaced whole: not merged with what was there
+            self.write(patch.key, (0, 0), labels)
         return patch
 
     # --- pixels -----------------------------------------------------------------------------
-    def write(self, key: str, offset: tuple[int, int], block: np.ndarray) -> None:
+    def write(self, key: str, offset: tuple[int, int], block: np.ndarray, *,
+              class_names: Iterable[str] | None = None) -> None:
         """Write ``block`` (labels, 0 = not corrected) at ``offset`` (y, x) inside patch ``key``.
 
         Goes straight to disk (only the zarr chunks the block touches), so a crash after this
-        call loses nothing.
+        call loses nothing. Safe beside other writers (:mod:`.writelock`): after this handle
+        ``read`` the patch, only the pixels that differ from what it read (or last wrote) are
+        written, so strokes another process painted meanwhile inside the block stay. With
+        ``class_names`` (the list the block's labels mean) they are mapped to the store's list
+        by name, should it have changed meanwhile.
         """
         block = np.asarray(block)
         if block.ndim != 2:
             raise DataError(f"{self.path}: a correction block must be 2-D, got shape {block.shape}")
-        k = len(self.class_names)
-        if k and block.size and int(block.max()) > k:
-            raise DataError(f"{self.path}: label {int(block.max())} is not a class "
-                            f"(classes are 1..{k}: {', '.join(self.class_names)})")
-        arr = self._array(key)
-        y, x = int(offset[0]), int(offset[1])
-        h, w = block.shape
-        if y < 0 or x < 0 or y + h > arr.shape[0] or x + w > arr.shape[1]:
-            raise DataError(f"{self.path}: block {block.shape} at {offset} falls outside patch {key} {arr.shape}")
-        arr[y:y + h, x:x + w] = block.astype(np.uint8, copy=False)
-        arr.attrs["updated"] = _now()
+        block = block.astype(np.uint8, copy=False)
+        with write_lock(self.path):
+            names = self.class_names
+            if class_names is not None and [str(n) for n in class_names] != names:
+                block = self._mapping(list(class_names), names)[block]
+            k = len(names)
+            if k and block.size and int(block.max()) > k:
+                raise DataError(f"{self.path}: label {int(block.max())} is not a class "
+                                f"(classes are 1..{k}: {', '.join(names)})")
+            arr = self._array(key)
+            y, x = int(offset[0]), int(offset[1])
+            h, w = block.shape
+            if y < 0 or x < 0 or y + h > arr.shape[0] or x + w > arr.shape[1]:
+                raise DataError(f"{self.path}: block {block.shape} at {offset} falls outside patch {key} {arr.shape}")
+            seen = self._seen.get(key)
+            if seen is not None and seen.shape == arr.shape:
+                mine = block != seen[y:y + h, x:x + w]
+                merged = np.where(mine, block, np.asarray(arr[y:y + h, x:x + w]))
+                seen[y:y + h, x:x + w] = block
+            else:
+                merged = block
+            arr[y:y + h, x:x + w] = merged
+            arr.attrs["updated"] = _now()
+
+    def _mapping(self, source: list[str], target: list[str]) -> np.ndarray:
+        """Label in ``source`` → label in ``target`` by name (case aside); unknown names refused."""
+        index = {n.lower(): i + 1 for i, n in enumerate(target)}
+        lut = np.zeros(256, np.uint8)
+        for v, n in enumerate(source, start=1):
+            if str(n).lower() not in index:
+                raise DataError(f"{self.path}: class {n!r} is no longer in the store's class list {target}; "
+                                "add it back, or paint with a class the list has")
+            lut[v] = index[str(n).lower()]
+        return lut
 
     def read(self, key: str) -> np.ndarray:
-        """All labels of patch ``key`` (uint8, 0 = not corrected)."""
+        """All labels of patch ``key`` (uint8, 0 = not corrected). What is read is what this
+        handle's later writes to the patch are measured against (see :meth:`write`)."""
+        data = self._load(key)
+        self._seen[key] = data.copy()
+        return data
+
+    def _load(self, key: str) -> np.ndarray:
         return np.asarray(self._array(key)[...])
 
     def delete(self, key: str) -> None:
-        del self._patches[key]
+        with write_lock(self.path):
+            del self._patches[key]
+        self._seen.pop(key, None)
 
     def counts(self, *, include_hidden: bool = True) -> dict[int, int]:
         """Corrected pixels per label over all patches (hidden ones too unless told)."""
@@ -266,7 +331,7 @@ class CorrectionStore:
         for p in self.patches():
             if not include_hidden and self.hidden(p.key):
                 continue
-            values, n = np.unique(self.read(p.key), return_counts=True)
+            values, n = np.unique(self._load(p.key), return_counts=True)
             for v, c in zip(values.tolist(), n.tolist()):
                 if v:
                     total[v] = total.get(v, 0) + c
@@ -280,7 +345,7 @@ class CorrectionStore:
 
     def corrected_pixels(self, *, include_hidden: bool = False) -> int:
         """Corrected pixels over the patches in use (not hidden)."""
-        return sum(int(np.count_nonzero(self.read(p.key))) for p in self.patches()
+        return sum(int(np.count_nonzero(self._load(p.key))) for p in self.patches()
                    if include_hidden or not self.hidden(p.key))
 
     def samples(self, read_rgb: Callable[[int, tuple[int, int, int, int]], np.ndarray],
@@ -305,7 +370,7 @@ class CorrectionStore:
                 continue
             if not include_hidden and self.hidden(p.key):
                 continue
-            mask = self.read(p.key)
+            mask = self._load(p.key)
             if p.source == "confirmed":
                 # corrections painted over a confirmed region say its labels were wrong there
                 mask = np.where(self.labels_over(p.level, p.region, confirmed=False) > 0, 0, mask).astype(np.uint8)
@@ -338,7 +403,7 @@ class CorrectionStore:
             ty0, tx0, ty1, tx1 = max(y0, qy), max(x0, qx), min(y0 + h, qy + qh), min(x0 + w, qx + qw)
             if ty1 <= ty0 or tx1 <= tx0:
                 continue
-            block = self.read(q.key)[ty0 - qy:ty1 - qy, tx0 - qx:tx1 - qx]
+            block = self._load(q.key)[ty0 - qy:ty1 - qy, tx0 - qx:tx1 - qx]
             if lut is not None:
                 block = lut[block]
             view = out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0]
@@ -365,14 +430,18 @@ class CorrectionStore:
         new = [str(n) for n in class_names]
         renames = {str(k).lower(): str(v).lower() for k, v in (renames or {}).items()}
         target = {n.lower(): i + 1 for i, n in enumerate(new)}
-        lut = np.zeros(256, np.uint8)
-        for v, n in enumerate(self.class_names, start=1):
-            lut[v] = target.get(renames.get(n.lower(), n.lower()), 0)
-        if not np.array_equal(lut[1:len(self.class_names) + 1], np.arange(1, len(self.class_names) + 1)):
-            for p in self.patches():
-                arr = self._array(p.key)
-                arr[...] = lut[np.asarray(arr[...])]
-        self._set_attrs(class_names=new)
+        with write_lock(self.path):  # no stroke lands between the renumbering and the new names
+            old = self.class_names
+            lut = np.zeros(256, np.uint8)
+            for v, n in enumerate(old, start=1):
+                lut[v] = target.get(renames.get(n.lower(), n.lower()), 0)
+            if not np.array_equal(lut[1:len(old) + 1], np.arange(1, len(old) + 1)):
+                for p in self.patches():
+                    arr = self._array(p.key)
+                    arr[...] = lut[np.asarray(arr[...])]
+                    if p.key in self._seen:
+                        self._seen[p.key] = lut[self._seen[p.key]]
+            self._set_attrs(class_names=new)
 
     def export_geojson(self, path: str | os.PathLike, *, keys: Iterable[str] | None = None,
                        class_colors=None, include_hidden: bool = False) -> Path:
@@ -387,7 +456,7 @@ class CorrectionStore:
         for p in self.patches():
             if (wanted is not None and p.key not in wanted) or (not include_hidden and self.hidden(p.key)):
                 continue
-            mask = self.read(p.key)
+            mask = self._load(p.key)
             if not mask.any():
                 continue
             offset = (p.region[0] * p.downsample, p.region[1] * p.downsample)
@@ -426,23 +495,25 @@ class CorrectionStore:
         found: GeoJSONImport = read_class_polygons(path, names)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         ids = set(found.feature_ids)
-        for p in self.patches():
-            a = self._array(p.key).attrs
-            ours = p.source.startswith("geojson:") or (p.source == "confirmed" and "sha256" in a)
-            if ours and (a.get("sha256") == digest or ids & set(a.get("feature_ids", []))):
-                self.delete(p.key)
-                found.replaced.append(p.key)
-        made = []
-        # Regions confirmed as right get a patch of their own, as "Looks right" makes.
-        for polygons, source in ((found.polygons, f"geojson:{path.name}"), (found.confirmed, "confirmed")):
-            if not polygons:
-                continue
-            mask, (y0, x0) = rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape, source=path)
-            patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
-                                      downsample=downsample, source=source)
-            self.write(patch.key, (0, 0), mask)
-            self._array(patch.key).attrs.update(sha256=digest, feature_ids=sorted(ids))
-            made.append(patch)
+        # Regions confirmed as right get a patch of their own, as "Looks right" makes; rasterised
+        # before the lock (seconds for thousands of polygons: another window's strokes wait for none).
+        masks = [(rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape, source=path), source)
+                 for polygons, source in ((found.polygons, f"geojson:{path.name}"), (found.confirmed, "confirmed"))
+                 if polygons]
+        with write_lock(self.path):  # replaced and added as one step beside other writers
+            for p in self.patches():
+                a = self._array(p.key).attrs
+                ours = p.source.startswith("geojson:") or (p.source == "confirmed" and "sha256" in a)
+                if ours and (a.get("sha256") == digest or ids & set(a.get("feature_ids", []))):
+                    self.delete(p.key)
+                    found.replaced.append(p.key)
+            made = []
+            for (mask, (y0, x0)), source in masks:
+                patch = self.create_patch(level=level, region=(y0, x0, mask.shape[0], mask.shape[1]),
+                                          downsample=downsample, source=source)
+                self.write(patch.key, (0, 0), mask, class_names=names)
+                self._array(patch.key).attrs.update(sha256=digest, feature_ids=sorted(ids))
+                made.append(patch)
         patch = made[0]
         logger.info("%s: imported %d polygons from %s into patch %s", self.path, len(found.polygons), path, patch.key)
         return (patch, found) if report else patch
