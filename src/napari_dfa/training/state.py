@@ -1,9 +1,12 @@
 """Training state for ``--resume``: optimizer, LR schedule, RNG, epoch, history — without pickle.
 
-Tensors (optimizer moments, RNG states) go into a ``.safetensors`` file, everything else into its
-JSON metadata, written atomically next to ``last.safetensors``. Together with the model weights in
-``last.safetensors`` this is everything an uninterrupted run carries from one epoch to the next, so
-a resumed run ends with bit-identical weights.
+Tensors (optimizer moments, RNG states, and the model's weights of the same epoch) go into a
+``.safetensors`` file, everything else into its JSON metadata, written atomically next to
+``last.safetensors``. The weights travel with the state because the two files are written one
+after the other: a run killed between them left ``last.safetensors`` an epoch ahead of its state,
+and resume trained that epoch again from the wrong weights. With both in one file (one rename),
+the state is everything an uninterrupted run carries from one epoch to the next, whenever the run
+was killed, so a resumed run ends with bit-identical weights.
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ from ..errors import CheckpointError
 FORMAT = "napari-dfa-train-state"
 
 
-def save_train_state(path, *, optimizer, scheduler, scaler=None, epoch: int, extra: dict) -> None:
-    """Write the resumable state after ``epoch`` (1-based: epochs done)."""
+MODEL_PREFIX = "model."
+
+
+def save_train_state(path, *, optimizer, scheduler, scaler=None, epoch: int, extra: dict, model=None) -> None:
+    """Write the resumable state after ``epoch`` (1-based: epochs done), with ``model``'s weights
+    (a ``torch.nn.Module``) of that epoch when given."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
+    if model is not None:
+        for key, value in model.state_dict().items():
+            tensors[MODEL_PREFIX + key] = value.detach().cpu().contiguous().clone()  # exact, unshared
     opt = optimizer.state_dict()
     opt_state_meta = {}
     for pid, st in opt["state"].items():
@@ -60,8 +70,10 @@ def save_train_state(path, *, optimizer, scheduler, scaler=None, epoch: int, ext
             os.unlink(tmp)
 
 
-def load_train_state(path, *, optimizer, scheduler, scaler=None) -> tuple[int, dict]:
-    """Restore optimizer, scheduler, scaler and RNG from ``path``; returns ``(epochs done, extra)``."""
+def load_train_state(path, *, optimizer, scheduler, scaler=None, model=None) -> tuple[int, dict]:
+    """Restore optimizer, scheduler, scaler and RNG from ``path``, and ``model``'s weights when
+    the state holds them (``extra["weights_in_state"]`` says whether it did); returns
+    ``(epochs done, extra)``."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -76,6 +88,7 @@ def load_train_state(path, *, optimizer, scheduler, scaler=None) -> tuple[int, d
     state: dict = {}
     for pid, m in json.loads(meta["optim_state_meta"]).items():
         state[int(pid)] = dict(m)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
@@ -98,4 +111,12 @@ def load_train_state(path, *, optimizer, scheduler, scaler=None) -> tuple[int, d
     cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-    return int(meta["epoch"]), json.loads(meta["extra"])
+    extra = json.loads(meta["extra"])
+    extra["weights_in_state"] = bool(weights)
+    if weights and model is not None:
+        try:
+            model.load_state_dict(weights)
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: the weights saved with the training state do not fit this model "
+                                  f"({str(exc).splitlines()[0]})") from None
+    return int(meta["epoch"]), extra

@@ -265,7 +265,21 @@ class _Run:
         if ck.config.to_dict() != self.model.config.to_dict():
             raise ConfigError(f"{last}: its model config differs from the recipe's; resume with the same recipe")
         self.model.load_state_dict(ck.state_dict)
-        epoch, extra = load_train_state(state, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        # The state's own weights (when it has them) replace last's: the two files are written one
+        # after the other, and only the state and its weights are one unit.
+        epoch, extra = load_train_state(state, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                                        model=self.model)
+        weights_epoch = ck.provenance.get("epoch")
+        if weights_epoch is not None and int(weights_epoch) != epoch:
+            if not extra["weights_in_state"]:
+                raise ConfigError(
+                    f"{self.out_dir}: cannot resume exactly: {last.name} holds epoch {weights_epoch} but "
+                    f"{state.name} epoch {epoch} (the run was stopped between writing the two, by a version "
+                    f"that kept the weights apart from the state); start over with --overwrite, or begin a new "
+                    f"run from these weights with --init {last}")
+            logger.warning("%s: %s is from epoch %s, its training state from epoch %d (the run was stopped "
+                           "between the two); resuming after epoch %d with the weights saved in the state",
+                           self.out_dir, last.name, weights_epoch, epoch, epoch)
         if extra["recipe"]["seed"] != self.config.seed:
             raise ConfigError(f"{state}: the run used seed {extra['recipe']['seed']}, not {self.config.seed}")
         self.history = extra["history"]
@@ -372,7 +386,7 @@ class _Run:
                 if improved:
                     self._save(best_p, epoch + 1)
                 save_train_state(state_p, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                                 epoch=epoch + 1, extra=self._extra())
+                                 epoch=epoch + 1, extra=self._extra(), model=self.model)
                 _write_logs(self.out_dir, self.history, meta)
                 if self.plots:
                     from .plots import plot_history
