@@ -75,6 +75,9 @@ def run(args) -> int:
                              cache=False)
     if len(dataset) == 0:
         raise ConfigError(f"{dataset.csv_path}: the {args.split} split is empty")
+    notes = converted_images(dataset)
+    for note in notes:
+        print(f"napari-dfa evaluate: note: {note}", file=sys.stderr)
     with tqdm(total=0, unit="batch", desc=f"evaluate {args.split}", file=sys.stderr) as bar:
 
         def progress(done, total):
@@ -83,9 +86,11 @@ def run(args) -> int:
 
         report = evaluate(seg, dataset, batch_size=args.batch_size, crop=args.crop, progress=progress)
     report["_meta"].update(model=str(args.model), data=str(Path(args.data)), split=args.split,
-                           n_images_in_split=len(dataset))
+                           n_images_in_split=len(dataset), notes=notes)
     print(f"{args.model} on {args.data} ({args.split}, {len(dataset)} images)")
     print(format_report(report))
+    for note in notes:  # again under the table it qualifies
+        print(f"note: {note}")
     if args.json:
         from ..labels.outputs import atomic_output
 
@@ -93,3 +98,26 @@ def run(args) -> int:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def converted_images(dataset) -> list[str]:
+    """What the scores rest on that is not an RGB tile as the model was trained on: greyscale tiles
+    (their one channel repeated: an H&E model sees no stain colour, and scores far lower) and
+    tiles with transparency (laid over white). One note per kind, naming a few files."""
+    from ..training.datasets import image_kind
+
+    kinds: dict[str, list] = {}
+    for img, _ in dataset.items:
+        kind = image_kind(img)
+        if kind != "rgb":
+            kinds.setdefault(kind, []).append(img.name)
+    words = {"grey": ("greyscale", "read as grey RGB (the channel repeated); an H&E model sees no stain colour in "
+                                   "them, so their scores are not those of the colour slides it was made for"),
+             "rgba": ("with transparency", "laid over white (glass) before scoring; what lay under transparent "
+                                           "pixels was ignored")}
+    notes = []
+    for kind, names in kinds.items():
+        what, how = words[kind]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        notes.append(f"{len(names)} of {len(dataset.items)} {dataset.split} images are {what} ({shown}): {how}")
+    return notes

@@ -200,6 +200,7 @@ def _run(args, t0, corrections, out, report_path) -> int:
             "slide": str(slide.path), "model": str(args.model), "corrections": str(corrections), "level": lv,
             "class_names": names, "corrected_pixels": store.counts_by_name(),
             "skipped_features": [{"where": w, "why": r} for w, r in imported.skipped],
+            "notes": list(imported.notes),
             "dry_run": bool(args.dry_run),
         }
         print(f"{corrections.name}: {len(imported.polygons)} polygons at level {lv}: "
@@ -207,6 +208,8 @@ def _run(args, t0, corrections, out, report_path) -> int:
               + (f"; skipped {len(imported.skipped)} features" if imported.skipped else ""))
         for where, why in imported.skipped[:20]:
             print(f"  skipped {where}: {why}")
+        for note in imported.notes[:20]:  # kept, but settled by a rule: overlaps, self-crossing outlines
+            print(f"  note: {note}")
         if args.dry_run:
             report.update(promoted=False, status="dry_run", written=None, steps=0,
                           reason="dry run: the corrections were read and rasterised; nothing was trained",

@@ -13,9 +13,14 @@ skipped and why — nothing is dropped silently and one odd feature never aborts
 - Polygon, MultiPolygon and GeometryCollection geometries (lines and points are skipped);
 - annotations only by default: detections, cells and tiles (``properties.objectType``, or the
   ``PathDetectionObject``-style ids of QuPath 0.2) are told apart and skipped unless asked for;
-- an unknown class, a missing class, a ring with fewer than 3 distinct vertices, empty or
-  malformed coordinates, non-finite numbers, a non-object feature or a polygon beyond any slide
-  (:data:`MAX_COORDINATE`) is skipped with its reason.
+- an unknown class, a missing class, a ring with fewer than 3 distinct vertices (or all on one
+  line), empty or malformed coordinates, non-finite numbers, a non-object feature or a polygon
+  beyond any slide (:data:`MAX_COORDINATE`) is skipped with its reason;
+- a ``crs`` member (GeoJSON 2008; QuPath writes none) that names a coordinate system is refused:
+  the coordinates are level-0 pixels, and degrees or metres read as pixels land in a corner;
+- what is kept but settled by a rule is noted (``GeoJSONImport.notes``): a ring that crosses itself
+  so that its loops cancel (a bow tie) is filled by the even-odd rule, and where annotations of
+  two classes overlap the later one in the file wins (:func:`rasterise_polygons` counts the pixels).
 
 Rasterising (:func:`rasterise_polygons`) is pixel-exact: a pixel belongs to a polygon when its
 centre does (QuPath's and GDAL's rule; a centre exactly on a left/top edge is inside, on a
@@ -72,14 +77,16 @@ class GeoJSONImport:
     # regions confirmed as right ("Looks right"; QuPath object metadata napari-dfa = confirmed), as polygons
     confirmed: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # correction patches an import replaced
+    notes: list[str] = field(default_factory=list)  # kept, but settled by a rule the user should know
 
     def report(self, limit: int = 20) -> str:
-        """Human-readable summary: what was imported, then each skipped feature and why."""
+        """Human-readable summary: what was imported, each skipped feature and why, then the notes."""
         got = ", ".join(f"{n} {c}" for n, c in self.per_class.items()) or "nothing"
         lines = [f"{self.source}: imported {len(self.polygons)} polygons ({got}); skipped {len(self.skipped)} features"]
         lines += [f"  {where}: {why}" for where, why in self.skipped[:limit]]
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more")
+        lines += [f"  note: {n}" for n in self.notes[:limit]]
         return "\n".join(lines)
 
 
@@ -116,7 +123,7 @@ def read_class_polygons(path: str | os.PathLike, class_names: list[str]) -> "Geo
     """:func:`read_geojson` for an import: skipped features are logged one per line, and a file
     with no class polygon left raises DataError naming the first reasons."""
     found = read_geojson(path, class_names)
-    if found.skipped:
+    if found.skipped or found.notes:
         logger.warning("%s", found.report())
     if not any(label > 0 for label, _ in found.polygons + found.confirmed):
         why = "".join(f"; {w}: {r}" for w, r in found.skipped[:5])
@@ -134,6 +141,7 @@ def read_geojson(path: str | os.PathLike, class_names: list[str], *,
     lowered = class_matcher(class_names)
     for member, doc in _documents(path):
         prefix = f"{member}: " if member else ""
+        _check_crs(doc, f"{path}{' ' + member if member else ''}")
         if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
             features = doc.get("features")
             if not isinstance(features, list):
@@ -150,6 +158,22 @@ def read_geojson(path: str | os.PathLike, class_names: list[str], *,
         for i, feat in enumerate(features):
             _feature(feat, f"{prefix}feature {i}", lowered, class_names, object_types, found)
     return found
+
+
+def _check_crs(doc, where: str) -> None:
+    """A ``crs`` member that names a coordinate system is refused (see the module notes): QuPath
+    writes none, and napari-dfa reads level-0 pixels. ``null`` and names that say pixels or image
+    coordinates pass."""
+    if not isinstance(doc, dict) or doc.get("crs") is None:
+        return
+    crs = doc["crs"]
+    props = crs.get("properties") if isinstance(crs, dict) else None
+    name = str((props or {}).get("name") or (props or {}).get("href") or crs)
+    if any(word in name.lower() for word in ("pixel", "image")):
+        return
+    raise DataError(f"{where}: declares the coordinate system {name!r} (a 'crs' member); napari-dfa reads "
+                    "annotations in level-0 pixels, as QuPath exports them (File > Export objects as GeoJSON), "
+                    "and coordinates in degrees or metres would land in a corner of the slide")
 
 
 def _documents(path: Path):
@@ -242,6 +266,9 @@ def _own_polygons(feat: dict, props: dict, where: str, lowered, class_names, obj
         found.feature_ids.append(str(fid))
     confirmed = is_confirmed(props)
     for rings in polys:
+        if _area(rings[0]) == 0.0:
+            found.notes.append(f"{where}: its outline crosses itself so that its loops cancel (a bow tie); "
+                               "filled by the even-odd rule, every loop painted")
         (found.confirmed if confirmed else found.polygons).append((label, rings))
         found.per_class[cls] = found.per_class.get(cls, 0) + 1
 
@@ -325,8 +352,9 @@ def _polygon(coords) -> tuple[list[np.ndarray] | None, str]:
             continue  # a broken hole is left out; the shell still counts
         rings.append(arr)
     shell = rings[0]
-    if abs(_area(shell)) == 0.0:
+    if abs(_area(shell)) == 0.0 and np.linalg.matrix_rank(shell - shell[0]) < 2:
         return None, "a polygon with no area (its vertices lie on one line)"
+    # zero area otherwise: loops that cancel (a bow tie), kept and noted by _feature
     lo, hi = shell.min(axis=0), shell.max(axis=0)
     if (hi < 0).any() or (lo > MAX_COORDINATE).any():
         return None, (f"lies outside any slide (x {lo[0]:.0f}..{hi[0]:.0f}, y {lo[1]:.0f}..{hi[1]:.0f} "
@@ -435,14 +463,16 @@ def _qupath_color(color) -> tuple[int, int, int] | None:
 
 
 def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 1.0,
-                       level_shape: tuple[int, int] | None = None, source: object = "polygons"
-                       ) -> tuple[np.ndarray, tuple[int, int]]:
+                       level_shape: tuple[int, int] | None = None, source: object = "polygons",
+                       class_names=None, notes: list | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Draw labelled polygons (level-0 (x, y) vertices) on the grid of a level.
 
     Returns ``(mask, (y0, x0))``: uint8 labels over the polygons' bounding box (clipped to the
     level) and its top-left in level pixels. Pixel-centre rule, holes per polygon, later polygons
     over earlier ones; label 0 (QuPath ``Ignore*``) clears. Polygons outside the level are left
-    out with a warning; none inside, or none covering a pixel centre, is a DataError.
+    out with a warning; none inside, or none covering a pixel centre, is a DataError. Where
+    polygons of two classes overlap, the later wins; with ``notes`` (a list) a line per pair of
+    classes says how many pixels were settled so (named by ``class_names`` when given).
     """
     ds = float(downsample)
     if not (math.isfinite(ds) and ds > 0):
@@ -474,9 +504,17 @@ def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 
     mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     painted = np.zeros(mask.shape, dtype=bool)
     empty = 0
+    overlaps: dict[tuple[int, int], int] = {}
     for label, rings, _, _ in scaled:
-        n = fill_polygon(mask, [r - (x0, y0) for r in rings], label, painted)
+        n = fill_polygon(mask, [r - (x0, y0) for r in rings], label, painted, overlaps=overlaps)
         empty += n == 0
+    if notes is not None:
+        def name(v):
+            return str(class_names[v - 1]) if class_names is not None and 0 < v <= len(class_names) else f"label {v}"
+
+        for (was, now), px in sorted(overlaps.items()):
+            notes.append(f"{px} px where {name(was)} and {name(now)} annotations overlap: {name(now)} kept "
+                         "(the later feature in the file wins)")
     if empty:
         logger.warning("%s: %d polygons cover no pixel centre at this level (smaller than a pixel)", source, empty)
     if not painted.any():
@@ -485,11 +523,13 @@ def rasterise_polygons(polygons: list[tuple[int, list]], *, downsample: float = 
     return mask, (int(y0), int(x0))
 
 
-def fill_polygon(mask: np.ndarray, rings: list[np.ndarray], value: int, painted: np.ndarray | None = None) -> int:
+def fill_polygon(mask: np.ndarray, rings: list[np.ndarray], value: int, painted: np.ndarray | None = None,
+                 overlaps: dict | None = None) -> int:
     """Set the pixels of ``mask`` whose centres lie inside the polygon (exterior + holes, even-odd
     rule) to ``value``; vertices are (x, y) in ``mask``'s pixel units, pixel (r, c) has its centre
     at (c + 0.5, r + 0.5). Returns the number of pixels set. Scanline fill: each edge crosses the
-    pixel-centre rows it spans once, so the work is the edges' height plus the area."""
+    pixel-centre rows it spans once, so the work is the edges' height plus the area. ``overlaps``
+    (a dict) counts the painted pixels of another class this one covers: ``{(old, new): pixels}``."""
     h, w = mask.shape
     xs, ys = [], []
     for ring in rings:
@@ -540,6 +580,10 @@ def fill_polygon(mask: np.ndarray, rings: list[np.ndarray], value: int, painted:
         np.add.at(diff, (row[i0:i1] - b0, c0[i0:i1] - xa0), 1)
         np.add.at(diff, (row[i0:i1] - b0, c1[i0:i1] - xa0), -1)
         inside = np.cumsum(diff[:, :bw], axis=1) > 0
+        if overlaps is not None and painted is not None and value:
+            below = mask[b0:b1, xa0:xa1][inside & painted[b0:b1, xa0:xa1]]
+            for old, px in zip(*np.unique(below[(below > 0) & (below != value)], return_counts=True)):
+                overlaps[(int(old), int(value))] = overlaps.get((int(old), int(value)), 0) + int(px)
         mask[b0:b1, xa0:xa1][inside] = value
         if painted is not None:
             painted[b0:b1, xa0:xa1] |= inside

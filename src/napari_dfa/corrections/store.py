@@ -497,9 +497,13 @@ class CorrectionStore:
         ids = set(found.feature_ids)
         # Regions confirmed as right get a patch of their own, as "Looks right" makes; rasterised
         # before the lock (seconds for thousands of polygons: another window's strokes wait for none).
-        masks = [(rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape, source=path), source)
+        noted = len(found.notes)
+        masks = [(rasterise_polygons(polygons, downsample=downsample, level_shape=level_shape, source=path,
+                                     class_names=names, notes=found.notes), source)
                  for polygons, source in ((found.polygons, f"geojson:{path.name}"), (found.confirmed, "confirmed"))
                  if polygons]
+        for note in found.notes[noted:]:  # overlaps, known only once drawn
+            logger.warning("%s: %s", path, note)
         with write_lock(self.path):  # replaced and added as one step beside other writers
             for p in self.patches():
                 a = self._array(p.key).attrs

@@ -182,8 +182,13 @@ def _sniff(path: Path) -> None:
         raise _refuse_pickle(path, "torch.save zip archive")
     # A safetensors header length whose low byte is 0x80 also starts with 0x80: "{" at byte 8 tells.
     looks_safetensors = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size
-    if (head[:1] == b"\x80" and not looks_safetensors) or path.suffix.lower() in PICKLE_SUFFIXES:
+    # Judged by content, not name: a safetensors file renamed .pt is read (and said so), a pickle
+    # named .safetensors is refused; the suffix decides only for what is neither.
+    if not looks_safetensors and (head[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES):
         raise _refuse_pickle(path, "pickle stream" if head[:1] == b"\x80" else f"{path.suffix} file")
+    if looks_safetensors and path.suffix.lower() in PICKLE_SUFFIXES:
+        logger.warning("%s: a .safetensors file under a %s name; read as safetensors (nothing is unpickled)",
+                       path, path.suffix)
     if size < 10:
         raise CheckpointError(f"{path}: file is {size} bytes, too short to be a .safetensors checkpoint (truncated?)")
     (header_len,) = struct.unpack("<Q", head[:8])

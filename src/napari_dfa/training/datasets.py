@@ -77,7 +77,10 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An RGB uint8 image (grey and RGBA converted); DataError naming the file otherwise."""
+    """An RGB uint8 image; DataError naming the file otherwise. Greyscale has its channel
+    repeated; transparency (RGBA, grey + alpha) is laid over white, the colour of glass, not
+    dropped (what lay under transparent pixels, often black, is not tissue). See
+    :func:`image_kind` for saying so before scoring."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -87,20 +90,50 @@ def read_rgb(path: Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as im:
-                arr = np.array(im.convert("RGB"))
+                if "A" in im.getbands() or "transparency" in im.info:
+                    im = im.convert("RGBA")
+                elif im.mode not in ("RGB", "L"):
+                    im = im.convert("RGB")
+                arr = np.array(im)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a data problem
         raise DataError(f"{path}: cannot read the image ({exc})") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] < 3:
+    if arr.ndim != 3 or arr.shape[2] not in (2, 3, 4):
         raise DataError(f"{path}: expected an RGB image, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if arr.dtype == np.uint16:
-            arr = (arr >> 8).astype(np.uint8)
-        else:
-            raise DataError(f"{path}: unsupported pixel type {arr.dtype}; expected 8-bit RGB")
-    return np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}; expected 8-bit RGB")
+    if arr.shape[2] in (2, 4):  # grey + alpha, RGBA: over white
+        alpha = arr[..., -1:].astype(np.float32) / 255.0
+        colour = arr[..., :-1].astype(np.float32)
+        colour = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+        arr = np.round(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def image_kind(path: Path) -> str:
+    """``"rgb"``, ``"grey"`` or ``"rgba"`` (transparency) from the file's header (nothing decoded):
+    what :func:`read_rgb` converts, for commands that say so."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                samples = int(page.samplesperpixel)
+                if samples in (2, 4):
+                    return "rgba"
+                return "grey" if samples == 1 else "rgb"
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if "A" in im.getbands() or "transparency" in im.info:
+                return "rgba"
+            return "grey" if im.mode in ("L", "1", "I", "I;16", "F") else "rgb"
+    except Exception:  # noqa: BLE001 - unreadable: read_rgb names it when it is read
+        return "rgb"
 
 
 def _label_image(path: Path) -> np.ndarray:
