@@ -169,22 +169,6 @@ def test_folds_hold_back_every_stroke_once_and_leave_each_class_something_to_lea
     assert not (maps[0][:, :100] > 0).any() and (maps[0][a == 3][:, None] > 0).sum() == 30 * 40
 
 
-def test_strokes_in_one_place_are_held_back_together():
-    """Strokes of a class closer than NEAR px are one place: held back in the same fold, so a
-    stroke is never scored by a model fitted on its neighbours; far apart, they are not."""
-    from napari_dfa.training.finetune import NEAR, fold_strokes
-
-    m = np.zeros((900, 900), np.uint8)
-    m[10:30, 10:30] = m[10:30, 60:80] = 1  # one place
-    m[800:820, 800:820] = m[800:820, 850:870] = 1  # another
-    m[10:30, 800:820] = m[800:820, 10:30] = 2  # two places of class 2
-    assert NEAR < 700
-    for seed in range(6):
-        (f,) = fold_strokes([m], 2, 4, np.random.default_rng(seed))
-        assert f[20, 20] == f[20, 70] and f[810, 810] == f[810, 860] and f[20, 20] != f[810, 810]
-        assert f[20, 810] != f[810, 20] and (f[m > 0] > 0).all()
-
-
 def test_frozen_encoder_trains_only_after_the_encoder(tiny):
     rgb, _ = synth.generate_tile(seed=11, size=128)
     before = tiny.predict(rgb)

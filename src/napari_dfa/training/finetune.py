@@ -42,9 +42,6 @@ BLOCK = 32  # margin in pixels of the box a held-out score is decoded in
 # A class needs at least this many held-out pixels to be scored: below it, one block more or less
 # swings its Dice by more than any real difference between two models.
 MIN_HELD_OUT_PIXELS = 100
-# Strokes of a class closer than this (pixels of the level they were painted at) are one place,
-# held back together (128 um at 0.5 um/px): texture and stain are shared within such a patch of tissue.
-NEAR = 256
 FROZEN_LR = 1e-3  # decoder-only fine-tuning tolerates (and needs, for few steps) a larger step
 FULL_LR = 2e-4
 FINETUNE_DELTA_LR = 20.0
@@ -200,24 +197,16 @@ def split_holdout_by_stroke(masks: list[np.ndarray], num_classes: int, fraction:
 
 
 def fold_strokes(masks: list[np.ndarray], num_classes: int, folds: int, rng: np.random.Generator, *,
-                 images: list[np.ndarray] | None = None, seen: set[str] | frozenset = frozenset(),
-                 near: int = NEAR) -> list[np.ndarray]:
+                 images: list[np.ndarray] | None = None, seen: set[str] | frozenset = frozenset()) -> list[np.ndarray]:
     """Every stroke held back once: per mask an int map, 0 where nothing is held back (unlabelled,
     or a stroke that trains in every fold) and ``f`` (1..``folds``) on the strokes held back in
-    fold ``f`` — whole strokes, as :func:`split_holdout_by_stroke` defines them, and whole places:
-    strokes of a class closer than ``near`` pixels are held back together.
+    fold ``f`` — whole strokes, as :func:`split_holdout_by_stroke` defines them.
 
-    Per class, its places go round the folds in random order, so every fold leaves something of
-    the class to train on; when all its strokes lie in one place (and the compared model saw none
-    of the class), its strokes go round the folds instead. A class with a single stroke is never
-    held back (the caller reports it as too few), and neither is a stroke in ``seen`` (the
-    compared model trained on it).
-
-    Why: scoring each stroke by a model fitted without it uses every verified pixel as evidence,
-    where one split held back one or two strokes a class and its verdict flipped with the seed;
-    and a stroke scored by a model fitted on its neighbours in the same field says little about
-    tissue nobody painted (on a real-pixel mosaic, squares held back from tiles whose other
-    squares trained scored 0.85 -> 0.95 while unseen tiles fell 0.75 -> 0.67)."""
+    Per class, its strokes go round the folds in random order, so every fold leaves at least one
+    stroke of the class to train on; a class with a single stroke is never held back (the caller
+    reports it as too few), and neither is a stroke in ``seen`` (the compared model trained on it).
+    Scoring each stroke by a model fitted without it uses every verified pixel as evidence, where
+    one split held back one or two strokes a class and its verdict flipped with the seed (issue 21)."""
     from scipy import ndimage
 
     eight = np.ones((3, 3), bool)
@@ -229,22 +218,10 @@ def fold_strokes(masks: list[np.ndarray], num_classes: int, folds: int, rng: np.
                    if not seen or images is None or stroke_signature(images[i], lab == j, c) not in seen]
         if total < 2 or not strokes:
             continue
-        units: dict[tuple[int, int], list[tuple[int, int]]] = {}  # place -> its strokes
-        places = {}
-        for i, j in strokes:
-            if i not in places:
-                grown = ndimage.maximum_filter(masks[i] == c, size=2 * (near // 2) + 1) if near > 1 else masks[i] == c
-                places[i] = ndimage.label(grown, structure=eight)[0]
-            ys, xs = np.nonzero(comps[i][0] == j)
-            units.setdefault((i, int(places[i][ys[0], xs[0]])), []).append((i, j))
-        groups = list(units.values())
-        if len(groups) < 2 and len(strokes) == total:  # one place, nothing else of the class trains
-            groups = [[s] for s in strokes]
-        n_folds = min(folds, len(groups) + (len(strokes) < total))
         start = int(rng.integers(folds))
-        for t, g in enumerate(rng.permutation(len(groups))):
-            for i, j in groups[int(g)]:
-                out[i][comps[i][0] == j] = (start + t) % n_folds + 1
+        for t, s in enumerate(rng.permutation(len(strokes))):
+            i, j = strokes[int(s)]
+            out[i][comps[i][0] == j] = (start + t) % min(folds, total) + 1
     return out
 
 
