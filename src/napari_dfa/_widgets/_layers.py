@@ -20,7 +20,7 @@ import numpy as np
 from ..arrays import compute_local
 from ..corrections.workflow import ReplaySpec, WriteBack
 from ..errors import DataError
-from ..slide import nearest_level
+from ..slide import level_downsample, nearest_level, region_to_level
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,12 @@ class LayerPyramid:
         self.layer = layer
         self.raw = levels
         self.rgb = rgb
-        y0 = float(levels[0].shape[0])
-        self.downsamples = [y0 / float(a.shape[0]) for a in levels]
         self.shapes = [tuple(int(s) for s in a.shape[:2]) for a in levels]
+        self.slide = self._matching_slide(layer)
+        # Our reader's Slide has the file's own (or, for the levels it built, exact) downsamples:
+        # with them a ROI crops to the pixels the CLI crops it to. Other layers: as a Slide would.
+        self.downsamples = (list(self.slide.downsamples) if self.slide is not None else
+                            [level_downsample(self.shapes[0], shape) for shape in self.shapes])
         self.scale = tuple(float(s) for s in layer.scale[-2:])
         self.translate = tuple(float(t) for t in layer.translate[-2:])
         self.mpp = layer_mpp(layer)
@@ -85,7 +88,6 @@ class LayerPyramid:
             self.units = tuple(layer.units[-2:])
         except (AttributeError, TypeError):
             self.units = None
-        self.slide = self._matching_slide(layer)
 
     def _matching_slide(self, layer):
         """Our reader's Slide behind the layer, when its levels are the layer's levels: inference
@@ -133,15 +135,10 @@ class LayerPyramid:
 
     def to_level(self, index: int, region0, pad: int = 0) -> tuple[int, int, int, int]:
         """A level-0 region in pixels of level ``index``, padded by ``pad`` and clipped to it."""
-        ds = self.downsamples[index]
-        H, W = self.shapes[index]
-        y0 = max(0, int(np.floor(region0[0] / ds)) - pad)
-        x0 = max(0, int(np.floor(region0[1] / ds)) - pad)
-        y1 = min(H, int(np.ceil((region0[0] + region0[2]) / ds)) + pad)
-        x1 = min(W, int(np.ceil((region0[1] + region0[3]) / ds)) + pad)
-        if y1 <= y0 or x1 <= x0:
+        box = region_to_level(region0, self.downsamples[index], self.shapes[index], pad)
+        if box is None:
             raise DataError(f"layer {self.layer.name!r}: the region {tuple(region0)} lies outside the image")
-        return (y0, x0, y1 - y0, x1 - x0)
+        return box
 
     def placement(self, index: int, region) -> tuple[tuple[float, float], tuple[float, float]]:
         """(scale, translate) that put level-``index`` pixels of ``region`` on this layer in the world."""

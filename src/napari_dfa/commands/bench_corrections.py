@@ -93,7 +93,7 @@ def run(args) -> int:
     from ..corrections.simulate import run_curve, write_report
     from ..errors import DataError
     from ..model import load_model
-    from ..slide import nearest_level, open_slide
+    from ..slide import auto_level, open_slide
     from ._args import resolve_model
 
     out = Path(args.out).expanduser()
@@ -102,8 +102,7 @@ def run(args) -> int:
     slide = open_slide(args.slide)
     seg = load_model(resolve_model(args.model))
     if args.level == "auto":
-        mpps = [slide.mpp * d if slide.mpp else None for d in slide.downsamples]
-        lv = nearest_level(mpps, seg.mpp) if slide.mpp and seg.mpp else 0
+        lv = auto_level(slide, seg.mpp)
     else:
         lv = int(args.level)
         if lv >= len(slide.levels):

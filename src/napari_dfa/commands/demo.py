@@ -150,7 +150,7 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
     from ..inference import segment
     from ..model import load_model
     from ..outputs import check_output, claims
-    from ..slide import open_slide
+    from ..slide import auto_level, open_slide
 
     path = Path(slide) if slide else sample_slide_path()
     inputs = [("--slide", path), ("--model", model)]
@@ -164,8 +164,7 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
     out.mkdir(parents=True, exist_ok=True)
     seg = load_model(model)
     with claims(files.values()), open_slide(path) as sl:
-        lv = sl.best_level_for_mpp(seg.mpp) if level == "auto" and seg.mpp and sl.mpp else (
-            0 if level == "auto" else int(level))
+        lv = auto_level(sl, seg.mpp) if level == "auto" else int(level)
         with tqdm(desc=f"segmenting {path.name} (level {lv})", unit="tile") as bar:
             def progress(done, total, **_):
                 bar.total = total

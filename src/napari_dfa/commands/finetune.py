@@ -160,7 +160,7 @@ def _run(args, t0, corrections, out, report_path) -> int:
     from ..errors import DataError
     from ..model import load_model
     from ..outputs import atomic_output
-    from ..slide import nearest_level, open_slide
+    from ..slide import auto_level, open_slide
     from ._args import resolve_model
 
     slide = open_slide(args.slide)
@@ -182,9 +182,8 @@ def _run(args, t0, corrections, out, report_path) -> int:
                        and n.lower() not in {m.lower() for m in seg.class_names} and n not in colors})
 
     def level_of(sl):
-        mpps = [sl.mpp * d if sl.mpp else None for d in sl.downsamples]
         if args.level == "auto":
-            return nearest_level(mpps, seg.mpp) if sl.mpp and seg.mpp else 0
+            return auto_level(sl, seg.mpp)
         if int(args.level) >= len(sl.levels):
             raise DataError(f"--level {args.level}: {sl.path} has levels 0..{len(sl.levels) - 1}")
         return int(args.level)

@@ -216,6 +216,27 @@ def predict_one(slide_path, model, out_dir, options: dict, progress=None, thread
     return report
 
 
+def level_and_region(slide, model_mpp, level, region):
+    """The level predict works at and ``--region`` in its pixels. With ``--level auto``: the level
+    nearest the model's µm/px, and the region, given in level-0 pixels, as the pixels of that level
+    that cover it (:func:`napari_dfa.slide.region_to_level`, as the widgets crop a drawn ROI)."""
+    from ..errors import ConfigError
+    from ..inference.reader import LevelReader
+    from ..slide import auto_level, region_to_level
+
+    if level != "auto":
+        return level, region
+    level = auto_level(slide, model_mpp)
+    if region is None:
+        return level, None
+    # Refused when it reaches beyond level 0, not clipped: the box asked for is the box segmented.
+    region = LevelReader(data=slide, level=0).check_region(region)
+    box = region_to_level(region, slide.downsamples[level], slide.levels[level].shape)
+    if box is None:
+        raise ConfigError(f"{slide.path}: region {region} lies outside level {level}")
+    return level, box
+
+
 def _predict_one(slide_path, model, out_dir, options, progress, threads, report) -> None:
     import shutil
 
@@ -244,14 +265,7 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
         # One writer per store (a second predict on the same --out stops here with a message); the
         # lock also clears what an interrupted run left (a half store's twin, a moved-aside old one).
         with store_lock(store), open_slide(slide_path) as slide:
-            level, region = options.get("level", 0), options.get("region")
-            if level == "auto":
-                level = slide.best_level_for_mpp(model.mpp) if model.mpp else 0
-                if region is not None:  # given in level-0 pixels: convert to the chosen level
-                    ds = slide.downsamples[level]
-                    y0, x0 = int(region[0] // ds), int(region[1] // ds)
-                    region = (y0, x0, max(1, round((region[0] + region[2]) / ds) - y0),
-                              max(1, round((region[1] + region[3]) / ds) - x0))
+            level, region = level_and_region(slide, model.mpp, options.get("level", 0), options.get("region"))
             from ..inference.domain import check_slide
 
             beyond = check_slide(slide, model, level=level, region=region)  # trained on nothing like it?

@@ -314,11 +314,10 @@ class _cudnn_autotune:
 
 
 def _auto_level(data, model) -> int:
-    mpp = getattr(model, "mpp", None)
-    if not _is_slide(data) or mpp is None or getattr(data, "mpp", None) is None:
-        logger.info("level='auto': no microns per pixel known for the model or the image; using level 0")
-        return 0
-    return int(data.best_level_for_mpp(mpp))
+    """The level nearest the model's µm/px (:func:`napari_dfa.slide.auto_level`); 0 for an array."""
+    from ..slide.levels import auto_level
+
+    return auto_level(data if _is_slide(data) else None, getattr(model, "mpp", None))
 
 
 def _open_store(out, resume, src, region, model, extras, settings, chunk):

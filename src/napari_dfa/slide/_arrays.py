@@ -32,6 +32,7 @@ import numpy as np
 
 from ..arrays import compute_local
 from ..errors import SlideError
+from .levels import level_downsample
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +355,6 @@ def coarsen_pyramid(
         levels.append(half(levels[-1]))
         downsamples.append(downsamples[-1] * 2.0)
     return levels, downsamples
-
-
-def level_downsample(level0_shape: tuple, shape: tuple) -> float:
-    """Level-0 pixels per level pixel, averaged over Y and X (as OpenSlide computes it)."""
-    return (level0_shape[0] / shape[0] + level0_shape[1] / shape[1]) / 2.0
 
 
 # --- assembling a backend's result ------------------------------------------------------------

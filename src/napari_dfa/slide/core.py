@@ -25,7 +25,6 @@ a tile — raises :class:`~napari_dfa.errors.SlideError` naming the file and the
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import dask.array as da
@@ -33,11 +32,12 @@ import numpy as np
 
 from ..arrays import compute_local
 from ._arrays import OpenedSlide, SlideLayoutError
+from .levels import nearest_level
 from ..errors import SlideError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Slide", "SlideLayoutError", "open_slide", "nearest_level", "BACKENDS", "SUFFIXES"]
+__all__ = ["Slide", "SlideLayoutError", "open_slide", "BACKENDS", "SUFFIXES"]
 
 BACKENDS = ("auto", "tifffile", "openslide")
 _TIFF = {".svs", ".tif", ".tiff", ".btf", ".tf8", ".tf2", ".ndpi"}
@@ -150,15 +150,6 @@ class Slide:
     def _check_level(self, level: int) -> None:
         if not 0 <= int(level) < len(self.levels):
             raise SlideError(f"{self.path}: level {level} does not exist (the slide has {len(self.levels)}).")
-
-
-def nearest_level(level_mpps: list[float], mpp: float) -> int:
-    """Index of the level whose µm/px is closest to ``mpp`` by ratio; ties go to the finer level.
-
-    The one level chooser: slides, napari layers from any reader and the CLI all pick levels here.
-    """
-    errors = [abs(math.log(m / mpp)) for m in level_mpps]
-    return min(range(len(errors)), key=lambda i: (round(errors[i], 9), i))
 
 
 def open_slide(path, *, backend: str = "auto") -> Slide:
