@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from napari_dfa import labels as export, load_model, open_slide, segment, synth
-from napari_dfa.paths import labels_store_name
+from napari_dfa.files.paths import labels_store_name
 
 
 def main() -> None:

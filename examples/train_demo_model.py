@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from napari_dfa.model import load_model
 from napari_dfa.model.card import DEMO_CARD
-from napari_dfa.paths import cache_dir
+from napari_dfa.files.paths import cache_dir
 from napari_dfa.slide import open_slide
 from napari_dfa.synth import SynthConfig, generate_tile, write_slide
 from napari_dfa.synth.tiles import balance_proportions, tile_proportions

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from napari_dfa.corrections import CorrectionStore, read_geojson_polygons
-from napari_dfa.paths import corrections_store_path as store_path_for
+from napari_dfa.files.paths import corrections_store_path as store_path_for
 from napari_dfa.errors import DataError
 
 NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]

@@ -22,7 +22,7 @@ from napari_dfa.cli import main
 from napari_dfa.errors import DataError
 from napari_dfa.labels import write_geojson
 from napari_dfa.model import ModelConfig, Segmenter
-from napari_dfa.outputs import OutputError, atomic_output, check_output, claim, leftovers
+from napari_dfa.files.outputs import OutputError, atomic_output, check_output, claim, leftovers
 
 NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 
@@ -257,7 +257,7 @@ def test_a_killed_write_leaves_the_old_output_and_the_next_run_clears_its_leftov
         dst.write_text('{"old": true}')
         code = textwrap.dedent(f"""
             import os, signal
-            from napari_dfa.outputs import atomic_output
+            from napari_dfa.files.outputs import atomic_output
             with atomic_output({str(dst)!r}) as tmp:
                 with open(tmp, "w") as fh:
                     if {moment!r} != "opened":

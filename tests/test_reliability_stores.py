@@ -26,7 +26,7 @@ from napari_dfa.inference import segment
 from napari_dfa.labels import LabelsStore
 from napari_dfa.labels.store import store_lock
 from napari_dfa.model import ModelConfig, Segmenter
-from napari_dfa.outputs import claim, leftovers
+from napari_dfa.files.outputs import claim, leftovers
 from napari_dfa.slide import open_slide
 
 NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]

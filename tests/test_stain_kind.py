@@ -90,6 +90,14 @@ def tiles_of(rgb, size=256):
             for x in range(0, rgb.shape[1] - size + 1, size)]
 
 
+def test_the_colour_deconvolution_is_scikit_images(cmu):
+    """The core deconvolves by hand (a headless install has no scikit-image): the same numbers."""
+    from napari_dfa.model.stain_kind import rgb2hed
+
+    for image in (ihc(), cmu, np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)):
+        np.testing.assert_allclose(rgb2hed(image), color.rgb2hed(image), atol=1e-12)
+
+
 def test_a_real_ihc_scan_is_not_he():
     kind = stain_kind([ihc()])
     assert kind.kind == "ihc" and not kind.he, kind

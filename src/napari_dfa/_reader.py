@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlideError
-from .paths import slide_stem
+from .files.paths import slide_stem
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ PLACEHOLDER = "synthetic H&E (generating…)"
 
 
 def _cached_path(size: int, seed: int) -> Path:
-    from .paths import cache_dir
+    from .files.paths import cache_dir
 
     return cache_dir() / f"synthetic_slide_v{SAMPLE_VERSION}_{size}_s{seed}.tif"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from ..paths import cache_dir
+from ..files.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -136,20 +136,20 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
     ``overlay`` (PNG: title, slide with class colours and a scale bar, legend with areas; see
     :func:`write_overlay`), ``areas`` (CSV: pixels, mm², % per
     class) — the files are written by :mod:`napari_dfa.export`. Every output follows the shared
-    policy (:mod:`napari_dfa.outputs`): checked before the model is loaded, an earlier run's only
+    policy (:mod:`napari_dfa.files.outputs`): checked before the model is loaded, an earlier run's only
     replaced with ``overwrite``, each written whole and renamed into place.
     """
     from tqdm import tqdm
 
     from .._sample_data import sample_slide_path
-    from ..paths import slide_stem
+    from ..files.paths import slide_stem
     from ..labels import write_area_csv, write_labels_tiff
     from ..labels.io import rename_multiscale
     from ..labels.outputs import atomic_output, check_destination
     from ..labels.store import LabelsStore
     from ..inference import segment
     from ..model import load_model
-    from ..outputs import check_output, claims
+    from ..files.outputs import check_output, claims
     from ..slide import auto_level, open_slide
 
     path = Path(slide) if slide else sample_slide_path()
@@ -213,7 +213,7 @@ def write_overlay(path: Path, slide, level: int, labels: np.ndarray, seg, alpha:
     from .. import __version__
     from ..arrays import compute_local
     from ..labels.palette import overlay_palette
-    from ..paths import slide_stem
+    from ..files.paths import slide_stem
 
     step = max(1, int(np.ceil(max(labels.shape) / OVERLAY_MAX)))
     lab = np.asarray(labels[::step, ::step])

@@ -52,7 +52,7 @@ def run(args) -> int:
     if not data.exists():
         raise DataError(f"--data {args.data}: dataset folder not found"
                         + (f" (the name is a slide's; {wanted})" if slide_like else ""))
-    if args.json:  # a file output's folder must exist, as for every command (napari_dfa.outputs)
+    if args.json:  # a file output's folder must exist, as for every command (napari_dfa.files.outputs)
         check_destination(args.json, overwrite=args.overwrite,
                           inputs=[("--model", resolve_model(args.model)), ("--data", args.data),
                                   ("--config", args.config)])

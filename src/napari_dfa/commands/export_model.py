@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..model import load_model
-    from ..outputs import claim
+    from ..files.outputs import claim
     from ._args import resolve_model
 
     # Where it goes is checked before the model is loaded and traced (seconds to minutes).
@@ -62,10 +62,10 @@ def run(args) -> int:
 
 
 def check_package_path(out, *, overwrite: bool, model=None) -> Path:
-    """The package path by the shared output policy (:func:`napari_dfa.outputs.check_output`): a
+    """The package path by the shared output policy (:func:`napari_dfa.files.outputs.check_output`): a
     .zip, its folder existing, not the model itself, an existing one only with --overwrite."""
     from ..errors import ConfigError
-    from ..outputs import check_output
+    from ..files.outputs import check_output
 
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -76,10 +76,10 @@ def check_package_path(out, *, overwrite: bool, model=None) -> Path:
 def export_bioimageio(seg, out, *, license: str | None = None, tile: int = 256, overwrite: bool = False,
                       seed: int = 0, claimed: bool = False) -> Path:
     """Write ``seg`` (a :class:`~napari_dfa.model.Segmenter`) as a bioimage.io package ``out``
-    (``claimed``: the caller holds ``out``'s lock, :func:`napari_dfa.outputs.claim`)."""
+    (``claimed``: the caller holds ``out``'s lock, :func:`napari_dfa.files.outputs.claim`)."""
     from ..errors import ConfigError
     from ..model.card import build_card, card_markdown
-    from ..outputs import atomic_output
+    from ..files.outputs import atomic_output
 
     out = check_package_path(out, overwrite=overwrite, model=seg.metadata.get("source"))
     if tile < 64 or tile % seg.input_multiple:

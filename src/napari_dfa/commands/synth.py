@@ -42,11 +42,11 @@ def _common(p) -> None:
 
 def check_output(args) -> None:
     """Refuse an output that exists (without --overwrite), whose folder is missing, or that is the
-    --config it reads, before any work (the shared policy, napari_dfa.outputs)."""
+    --config it reads, before any work (the shared policy, napari_dfa.files.outputs)."""
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..outputs import check_output as check
+    from ..files.outputs import check_output as check
 
     out = Path(args.out)
     inputs = [("--config", args.config)]
@@ -92,7 +92,7 @@ def run(args) -> int:
         bar.n = done
         bar.refresh()
 
-    from ..outputs import claims
+    from ..files.outputs import claims
     from ..synth.writers import truth_path_for
 
     # one writer per output; leftovers of an interrupted run of it cleared (the slide and its truth)

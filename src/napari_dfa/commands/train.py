@@ -260,7 +260,7 @@ def run(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         what = "a file" if Path(args.data).is_file() else "not found"
         raise ConfigError(f"--data {args.data}: dataset folder {what} (SAM-Path layout: img/, mask/, CSV img_id,fold)")
-    from ..outputs import check_output
+    from ..files.outputs import check_output
 
     check_output(out_dir, folder=True, what="--out",
                  inputs=[("--config", args.config), ("--data", args.data), ("--init", config.init or None)])
@@ -284,7 +284,7 @@ def _claim_run(out_dir, main: bool):
     an interrupted run left beside its checkpoints cleared."""
     import contextlib
 
-    from ..outputs import claim, clear_leftovers
+    from ..files.outputs import claim, clear_leftovers
 
     if not main:
         return contextlib.nullcontext()

@@ -6,7 +6,7 @@ zarr group per slide, written block by block as the brush moves, so a process th
 after a stroke loses nothing.
 
 A store belongs to a slide's *content* (:func:`slide_content_key`: a hash of decoded level-0 pixels,
-the shape and the µm per pixel — :func:`napari_dfa.paths.content_key`), not to its path: a moved or
+the shape and the µm per pixel — :func:`napari_dfa.files.paths.content_key`), not to its path: a moved or
 renamed slide finds its corrections, and the same pixels opened through another reader find the
 same store. Nothing in a store is used without being shown: the Fine-tune widget lists the patches
 (class, area, when) as soon as a slide with saved corrections is opened; hidden patches
@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 
 from ..errors import DataError
-from ..paths import corrections_store_path
+from ..files.paths import corrections_store_path
 from ..slide.content import KEY_TILE, slide_content_key
 from .geojson import CONFIRMED, GeoJSONImport, rasterise_polygons, read_class_polygons
 from .writelock import write_lock

@@ -1,6 +1,6 @@
-"""Labels outputs under the shared output policy (:mod:`napari_dfa.outputs`; no Qt).
+"""Labels outputs under the shared output policy (:mod:`napari_dfa.files.outputs`; no Qt).
 
-- :func:`check_destination`: :func:`napari_dfa.outputs.check_output` with the labels rule on top:
+- :func:`check_destination`: :func:`napari_dfa.files.outputs.check_output` with the labels rule on top:
   a ``.zarr`` that is not one of our labels stores is never replaced (not even with ``overwrite``).
 - :func:`atomic_output`: the shared atomic writer (a hidden twin renamed into place when complete).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..outputs import atomic_output, check_output
+from ..files.outputs import atomic_output, check_output
 from .store import is_labels_store
 
 __all__ = ["atomic_output", "check_destination", "foreign_store"]

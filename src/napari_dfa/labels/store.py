@@ -38,7 +38,7 @@ import zarr
 from .. import ngff
 from ..ngff import ome_block
 from ..errors import ConfigError, DataError
-from ..outputs import OutputBusy, OutputLock
+from ..files.outputs import OutputBusy, OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -499,7 +499,7 @@ class StoreLocked(OutputBusy):
 
 class store_lock(OutputLock):  # noqa: N801 - used as a context manager, like open()
     """Keeps two writers off one store: ``with store_lock(path): ...`` (see
-    :class:`napari_dfa.outputs.OutputLock`: an ``flock`` on ``<store>.lock`` that a killed run
+    :class:`napari_dfa.files.outputs.OutputLock`: an ``flock`` on ``<store>.lock`` that a killed run
     does not leave held; once held, the leftovers of an interrupted write of the store are cleared)."""
 
     busy = StoreLocked

@@ -107,11 +107,22 @@ def _pixels(images: Sequence[np.ndarray]) -> np.ndarray:
     return px
 
 
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image's rgb2hed;
+# written out here so that the core needs no scikit-image (a headless install has none).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+
+def rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """Colour deconvolution of RGB uint8 pixels (..., 3) into haematoxylin, eosin and DAB, equal to
+    :func:`skimage.color.rgb2hed` (negative amounts cut to 0, as there)."""
+    arr = np.maximum(np.asarray(rgb, dtype=np.float64) / 255.0, 1e-6)
+    return np.maximum((np.log(arr) / np.log(1e-6)) @ HED_FROM_RGB, 0)
+
+
 def stain_kind(images: Sequence[np.ndarray]) -> StainKind:
     """What stain ``images`` (RGB uint8 tiles of one slide, or a low-resolution view of it) show;
     see the module for the rules and why each threshold is where it is."""
-    from skimage.color import rgb2hed
-
     images = [images] if isinstance(images, np.ndarray) else list(images)
     if not images:
         return StainKind("unknown")
@@ -129,7 +140,7 @@ def stain_kind(images: Sequence[np.ndarray]) -> StainKind:
     measures = {"dark": round(dark, 4), "coloured": round(coloured, 4)}
     if coloured < COLOURED_SHARE or coloured_px.sum() < MIN_PIXELS:
         return StainKind("grey", measures)
-    hed = np.clip(rgb2hed(px[coloured_px][None])[0], 0, None)
+    hed = np.clip(rgb2hed(px[coloured_px]), 0, None)
     total = hed.sum(axis=0)
     eosin = float(total[1] / max(total.sum(), 1e-12))
     brown = float((od[coloured_px, 2] > od[coloured_px, 1]).mean())

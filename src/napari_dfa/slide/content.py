@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arrays import compute_local
-from ..paths import content_key
+from ..files.paths import content_key
 
 KEY_TILE = 512  # side of the level-0 tiles hashed into a slide's content key
 
@@ -15,7 +15,7 @@ KEY_TILE = 512  # side of the level-0 tiles hashed into a slide's content key
 def slide_content_key(level0, mpp: float | None) -> str:
     """The content key of a slide from its level-0 pixels (an H×W×3 array, numpy, zarr or dask):
     the top-left and the central :data:`KEY_TILE` tiles, decoded, with the shape and mpp
-    (:func:`napari_dfa.paths.content_key`). The central tile is there because the top-left one is
+    (:func:`napari_dfa.files.paths.content_key`). The central tile is there because the top-left one is
     blank glass on most scans."""
     h, w = int(level0.shape[0]), int(level0.shape[1])
     t = KEY_TILE

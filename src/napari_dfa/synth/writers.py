@@ -34,7 +34,7 @@ from .config import GLASS, SynthConfig
 from .layout import class_layout, tissue_region, upsample_labels
 from .render import margin_for, pixel_noise, render, sample_stain
 from ..errors import Cancelled, ConfigError, DataError
-from ..outputs import temp_twin
+from ..files.outputs import temp_twin
 from .tiles import (
     DATASET_CSV,
     DATASET_JSON,

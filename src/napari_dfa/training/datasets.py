@@ -456,7 +456,7 @@ def folder_config(base, folder, *, classes=None):
 def synthetic_root(data: DataConfig) -> Path:
     """Generate the synthetic dataset of ``data`` once (atomically) and return its folder."""
     from .. import synth
-    from ..paths import cache_dir
+    from ..files.paths import cache_dir
 
     settings = {
         "n": [data.synth_n_train, data.synth_n_val, data.synth_n_test],

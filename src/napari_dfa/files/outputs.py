@@ -25,7 +25,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
