@@ -24,6 +24,7 @@ from widget_fixtures import (  # noqa: F401  (fixtures)
     wait_worker,
 )
 
+from napari_dfa._widgets._base import full_text
 from napari_dfa.corrections import CorrectionStore
 from napari_dfa.labels import LabelsStore
 from napari_dfa.model import load_model
@@ -135,13 +136,13 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     np.testing.assert_allclose(att_w.current_bias(), ft_w.session.segmenter.class_bias())
     # Versions: the original and the fine-tuned one; roll back (the button, on the version picked
     # in the list) restores the original, and forward again.
-    labels_list = [ft_w.version_combo.itemText(i) for i in range(ft_w.version_combo.count())]
+    labels_list = [full_text(ft_w.version_combo, i) for i in range(ft_w.version_combo.count())]
     assert labels_list == ["tiny.safetensors", "fine-tune 1"]
     new_model = ft_w.session.segmenter
     ft_w.version_combo.setCurrentIndex(0)
     ft_w.rollback_button.click()
     assert ft_w.session.segmenter is old_model
-    assert ft_w.version_combo.currentText() == "tiny.safetensors"  # the list shows what is in use
+    assert full_text(ft_w.version_combo) == "tiny.safetensors"  # the list shows what is in use
     ft_w.version_combo.setCurrentIndex(1)
     ft_w.rollback_button.click()
     assert ft_w.session.segmenter is new_model
@@ -272,7 +273,7 @@ def test_rename_recolour_remove_classes(segmented, qtbot, tmp_path):
     assert ft_w.apply_classes_button.isEnabled() and ft_w.apply_classes()
     new = ft_w.session.segmenter
     assert new is not old and new.class_names == ft_w.class_names() and not ft_w.classes_changed()
-    assert tuple(new.class_colors[0]) == (10, 20, 30) and ft_w.version_combo.currentText() == "classes 1"
+    assert tuple(new.class_colors[0]) == (10, 20, 30) and full_text(ft_w.version_combo) == "classes 1"
     lut = np.array([0, 0, 1, 2, 3, 4], np.uint8)  # inflammatory removed, the rest move down by one
     np.testing.assert_array_equal(labels.data, lut[before])
     assert list(labels.features["class"])[1:] == ft_w.class_names()

@@ -8,8 +8,11 @@ cut, and the main buttons are in view without scrolling (rules in tests/screen_r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QWidget
 from widget_fixtures import (  # noqa: F401  (fixtures)
     open_slide_layer,
@@ -115,8 +118,22 @@ def test_demo_layout_every_control_usable_at_1280_by_800(make_napari_viewer, qtb
             ft_w: [ft_w.start_button, ft_w.confirm_button, ft_w.finetune_button, ft_w.cancel_button,
                    ft_w.accept_button, ft_w.reject_button, ft_w.version_combo, ft_w.rollback_button]}
 
+    # A pathologist's own names are long: a model file and a slide layer, listed beside the demo's.
+    long_model = "/data/models/colon_pathologist_round_12_after_review_final.safetensors"
+    seg_w.model_combo.insertItem(1, Path(long_model).name, long_model)
+    long_layer = "CMU-1 tumour region, second scan after re-staining (2026-11-30)"
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name=long_layer, rgb=True)
+    seg_w.image_combo.setCurrentIndex(seg_w.image_combo.findText("synthetic H&E"))
+    _settle(window, qtbot)
     assert window.width() <= SCREEN[0] and window.height() <= SCREEN[1], (window.width(), window.height())
     problems = _screen_problems(window, docks, order, main, qtbot)
+    # cut in the middle, whole in the tooltip and to the code that reads the choice
+    from napari_dfa._widgets._base import full_text
+
+    shown = [seg_w.model_combo.itemText(1), seg_w.image_combo.itemText(seg_w.image_combo.count() - 1)]
+    assert full_text(seg_w.model_combo, 1) == Path(long_model).name and "…" in shown[0], shown
+    assert full_text(seg_w.image_combo, seg_w.image_combo.count() - 1) == long_layer and "…" in shown[1], shown
+    assert seg_w.image_combo.itemData(seg_w.image_combo.count() - 1, Qt.ItemDataRole.ToolTipRole) == long_layer
     assert not problems, "\n".join(problems)
 
     # A fine-tune under review: the table of areas, the places to look next, Accept / Reject.

@@ -213,8 +213,72 @@ def narrow_combo(combo, chars: int = 8, tip: str = ""):
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
     combo.setToolTip(tip)
-    combo.currentTextChanged.connect(lambda text: combo.setToolTip(f"{tip}\n{text}" if tip else text))
+    combo.currentIndexChanged.connect(
+        lambda _: combo.setToolTip(f"{tip}\n{full_text(combo)}" if tip else full_text(combo)))
     return combo
+
+
+# The whole text of an item whose shown text is cut to its combo box's field (see elide_items).
+FULL_TEXT = Qt.ItemDataRole.UserRole + 1
+
+
+class _Elider(QObject):
+    """Re-cuts a combo box's items to its field whenever the box is resized or items are added."""
+
+    def __init__(self, combo):
+        super().__init__(combo)
+        self.combo = combo
+        combo.installEventFilter(self)
+        combo.model().rowsInserted.connect(lambda *_: elide_items(combo))
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        if obj is self.combo and event.type() in (QEvent.Type.Resize, QEvent.Type.Show):
+            elide_items(self.combo)
+        return False
+
+
+def eliding_combo(combo):
+    """A combo box whose long items (a model file, a slide's layer name: any length) are cut in
+    the middle to fit its text field, so that their start and end both show; the whole text is
+    the item's tooltip and :func:`full_text`."""
+    combo._elider = _Elider(combo)
+    return combo
+
+
+def elide_items(combo) -> None:
+    from qtpy.QtWidgets import QStyle, QStyleOptionComboBox
+
+    opt = QStyleOptionComboBox()
+    combo.initStyleOption(opt)
+    field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, opt,
+                                         QStyle.SubControl.SC_ComboBoxEditField, combo).width()
+    if field <= 0:
+        return
+    metrics = combo.fontMetrics()
+    blocked = combo.blockSignals(True)  # cutting the text changes no choice
+    try:
+        for i in range(combo.count()):
+            full = combo.itemData(i, FULL_TEXT)
+            if full is None:
+                full = combo.itemText(i)
+                combo.setItemData(i, full, FULL_TEXT)
+                combo.setItemData(i, full, Qt.ItemDataRole.ToolTipRole)
+            icon = 0 if combo.itemIcon(i).isNull() else combo.iconSize().width() + 4
+            shown = metrics.elidedText(full, Qt.TextElideMode.ElideMiddle, field - icon)
+            if shown != combo.itemText(i):
+                combo.setItemText(i, shown)
+    finally:
+        combo.blockSignals(blocked)
+    combo.update()
+
+
+def full_text(combo, index: int | None = None) -> str:
+    """The whole text of an item (the current one by default), cut or not."""
+    index = combo.currentIndex() if index is None else index
+    if index < 0:
+        return ""
+    full = combo.itemData(index, FULL_TEXT)
+    return full if full is not None else combo.itemText(index)
 
 
 def body_layout(body: QWidget) -> QVBoxLayout:

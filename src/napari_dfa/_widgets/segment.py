@@ -26,8 +26,8 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
 from ..inference.tile_cache import TileCache
 from ..labels import LabelsStore
-from ..paths import region_labels_store_path
-from ._base import DFAWidget, body_layout, narrow_combo, start_worker
+from ..files.paths import region_labels_store_path
+from ._base import DFAWidget, body_layout, eliding_combo, full_text, narrow_combo, start_worker
 from ._fold import Fold
 from ._labels_layer import put_labels_layer, result_layer_name
 from ._layers import (
@@ -76,8 +76,9 @@ class SegmentWidget(DFAWidget):
         self._stains: dict = {}  # (image, level, model fingerprint) -> the slide's StainMatch
         self._loading: str | None = None  # the model file a running job loads (dropped if it fails)
 
-        self.image_combo = QComboBox()
-        self.model_combo = QComboBox()
+        # Layer and model file names can be any length: cut in the middle to the field, whole in tooltips.
+        self.image_combo = eliding_combo(QComboBox())
+        self.model_combo = eliding_combo(QComboBox())
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.scope_combo = QComboBox()
@@ -175,12 +176,12 @@ class SegmentWidget(DFAWidget):
             self._fill_models()
 
     def _refresh_images(self, event=None) -> None:
-        current = self.image_combo.currentText()
+        current = full_text(self.image_combo)
         self.image_combo.clear()
         names = [layer.name for layer in image_layers(self.viewer)]
         self.image_combo.addItems(names)
         if current in names:
-            self.image_combo.setCurrentText(current)
+            self.image_combo.setCurrentIndex(names.index(current))
         elif names:
             self.image_combo.setCurrentIndex(len(names) - 1)
         if self.status.text() in (self.hint, READY):  # a hint follows what is open; messages stay
@@ -212,7 +213,7 @@ class SegmentWidget(DFAWidget):
         scope = SCOPES[self.scope_combo.currentText()]
         try:
             # an RGB image split into channel layers is segmented as the three together
-            pyramid = layer_pyramid(self.viewer, pick_image_layer(self.viewer, self.image_combo.currentText() or None))
+            pyramid = layer_pyramid(self.viewer, pick_image_layer(self.viewer, full_text(self.image_combo) or None))
             layer = pyramid.layer
             region0 = None
             if scope == "visible":
@@ -444,7 +445,7 @@ class SegmentWidget(DFAWidget):
         """The Stain box for the image chosen: not offered for a slide found not to be H&E (matching
         would dress another stain up as H&E)."""
         try:
-            path = layer_pyramid(self.viewer, pick_image_layer(self.viewer, self.image_combo.currentText() or None)).path
+            path = layer_pyramid(self.viewer, pick_image_layer(self.viewer, full_text(self.image_combo) or None)).path
         except DataError:
             path = None
         why = self._not_he.get(path)
