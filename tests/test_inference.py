@@ -378,7 +378,7 @@ def test_half_precision_logits_are_blended_in_float32(tiny, he_image):
 def test_packed_downloads_are_cut_back_into_tile_boxes():
     """On CUDA a batch's boxes come back as one packed pinned buffer; cutting it back must give
     each tile its boxes (checked here with CPU tensors: the packing is device-independent)."""
-    from napari_dfa.inference.segment import _Pending
+    from napari_dfa.inference.scheduler import _Pending
 
     rng = np.random.default_rng(0)
     boxes = [[(0, 8, 0, 32), (24, 32, 0, 32)], [(0, 32, 0, 4)]]

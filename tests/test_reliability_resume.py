@@ -78,6 +78,7 @@ def whole(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["before_last", "between", "after_state", "in_epoch"])
 def test_resume_after_a_kill_at_any_moment_equals_an_uninterrupted_run(whole, tmp_path, moment):
     out = tmp_path / "run"

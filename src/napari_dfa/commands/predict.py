@@ -71,6 +71,9 @@ def add_arguments(parser) -> None:
                        help="run slides on a local dask cluster of N processes")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run slides on this dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--worker-timeout", type=positive_int, default=120, metavar="SECONDS",
+                        help="with --workers/--scheduler: give up when no dask worker has been connected for "
+                             "this long (default 120); the slides not done are named, --resume continues them")
 
 
 # What segment() can store beside the labels (napari_dfa.inference.segment.OUTPUTS; listed here
@@ -90,7 +93,7 @@ def options_from_args(args) -> dict:
 
 def output_paths(slide_path, out_dir, options: dict) -> dict:
     """``{"store", "geojson", "areas"}`` one slide writes (the last two None when not asked)."""
-    from ..paths import labels_store_name, slide_stem
+    from ..files.paths import labels_store_name, slide_stem
 
     out_dir = Path(out_dir)
     store = out_dir / labels_store_name(slide_path)
@@ -106,7 +109,7 @@ def output_paths(slide_path, out_dir, options: dict) -> dict:
 
 def check_outputs(slide_path, out_dir, options: dict, *, model=None, slides=()) -> dict:
     """Refuse, before any work, outputs that would destroy something (the shared policy,
-    :mod:`napari_dfa.outputs`): an existing store without --resume/--overwrite, a folder in its
+    :mod:`napari_dfa.files.outputs`): an existing store without --resume/--overwrite, a folder in its
     place that is not a labels store (never replaced), an existing GeoJSON/CSV without --overwrite
     (--resume rewrites them from the store it finishes), any output that is an input (a slide,
     the model), a name too long for its hidden temporary twin; with --resume, a store made from
@@ -114,7 +117,7 @@ def check_outputs(slide_path, out_dir, options: dict, *, model=None, slides=()) 
     from ..errors import ConfigError
     from ..labels.outputs import check_destination
     from ..labels.store import refuse_foreign
-    from ..outputs import check_name_length, check_not_input, recover
+    from ..files.outputs import check_name_length, check_not_input, recover
 
     paths = output_paths(slide_path, out_dir, options)
     store = paths["store"]
@@ -123,18 +126,33 @@ def check_outputs(slide_path, out_dir, options: dict, *, model=None, slides=()) 
     if not options.get("into_image"):  # --into-image writes inside the slide on purpose
         check_not_input(store, inputs)
     check_name_length(store)
+    own = own_store(store, options)  # a retried dask task finds the store its first try began
     if store.exists() or store.is_symlink():
         refuse_foreign(store)
-        if not (options.get("resume") or options.get("overwrite")):
+        if not (options.get("resume") or options.get("overwrite") or own):
             raise ConfigError(f"{store} exists ({describe_store(store)}); pass --resume to continue it (the same "
                               "slide only) or --overwrite to replace it")
         if options.get("resume"):
             check_resume_source(store, slide_path)
     for key in ("geojson", "areas"):
         if paths[key] is not None and paths[key].parent.is_dir():
-            check_destination(paths[key], overwrite=bool(options.get("overwrite") or options.get("resume")),
+            check_destination(paths[key], overwrite=bool(options.get("overwrite") or options.get("resume") or own),
                               inputs=inputs)
     return paths
+
+
+def own_store(store, options: dict) -> bool:
+    """Whether ``store`` was made by this very run (its ``run_id``): on a cluster a task whose
+    worker died is run again elsewhere, and continues that store instead of refusing it."""
+    from ..labels.store import LabelsStore
+
+    run_id = options.get("run_id")
+    if not run_id or not Path(store).is_dir():
+        return False
+    try:
+        return LabelsStore.open(store, mode="r").info.get("run_id") == run_id
+    except Exception:  # noqa: BLE001 - not a store of ours: judged by the other checks
+        return False
 
 
 def describe_store(store) -> str:
@@ -244,7 +262,7 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
     from ..inference import segment
     from ..labels.outputs import atomic_output
     from ..model.device import torch_threads
-    from ..outputs import temp_twin
+    from ..files.outputs import temp_twin
 
     with torch_threads(threads):
         if isinstance(model, (str, os.PathLike)):
@@ -259,8 +277,9 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
         from ..slide import open_slide
 
         # Replacing: the new store is built beside the old one and swapped in when complete.
+        own = own_store(store, options)  # a retry of this run's task: continue what its first try wrote
         swap = bool(options.get("overwrite") and not options.get("resume") and not options.get("into_image")
-                    and store.exists())
+                    and store.exists() and not own)
         target = temp_twin(store) if swap else store
         # One writer per store (a second predict on the same --out stops here with a message); the
         # lock also clears what an interrupted run left (a half store's twin, a moved-aside old one).
@@ -279,9 +298,10 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
                               tile=options.get("tile"), overlap=options.get("overlap"),
                               device=options.get("device", "auto"), precision=options.get("precision"),
                               out=target, progress=progress,
-                              resume=bool(options.get("resume")), tissue_mask=options.get("tissue_mask", True),
+                              resume=bool(options.get("resume") or own), tissue_mask=options.get("tissue_mask", True),
                               outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
-                              chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")))
+                              chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")),
+                              store_info={"run_id": options["run_id"]} if options.get("run_id") else None)
                 report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
                 res.caveat = beyond.caveat  # a slide beyond the model: every file of it says so
                 if beyond.caveat and res.completed:
@@ -322,7 +342,7 @@ def _swap_in(new_store, store, extras: dict, paths: dict) -> None:
     complete store), never the old model's beside the new labels."""
     from ..labels.io import rename_multiscale
     from ..labels.store import LabelsStore
-    from ..outputs import publish
+    from ..files.outputs import publish
 
     rename_multiscale(LabelsStore.open(new_store).group, store.name)  # it was written under the twin's name
     for key in extras:
@@ -356,7 +376,7 @@ def _run_distributed(args, options) -> list[dict]:
     from ._args import quiet_dask
 
     quiet_dask(getattr(args, "verbose", 0))
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster
     from tqdm import tqdm
 
     from ..errors import ConfigError
@@ -383,17 +403,85 @@ def _run_distributed(args, options) -> list[dict]:
                                silence_logs=quiet)
         client = Client(cluster)
         threads = args.threads or max(1, (os.cpu_count() or 1) // n)
-    reports = []
+    import uuid
+
+    # The run's id goes into every store it makes: a task retried after its worker died continues
+    # its own store (see own_store) instead of stopping at "exists; pass --resume".
+    options = dict(options, run_id=uuid.uuid4().hex)
+    where = f"--scheduler {args.scheduler}" if args.scheduler else f"the local dask cluster (--workers {args.workers})"
     try:
-        futures = [client.submit(predict_one, s, model, out, options, None, threads, pure=False) for s in slides]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="slides", unit="slide"):
-            reports.append(fut.result())
+        futures = {client.submit(predict_one, s, model, out, options, None, threads, pure=False): s for s in slides}
+        with tqdm(total=len(futures), desc="slides", unit="slide") as bar:
+            reports = watch(client, futures, where=where, timeout=args.worker_timeout, on_done=lambda: bar.update())
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
     order = {s: i for i, s in enumerate(slides)}
     return sorted(reports, key=lambda r: order.get(r["slide"], 0))
+
+
+POLL_SECONDS = 2.0  # how often a distributed run looks at its workers
+
+
+def watch(client, futures: dict, *, where: str, timeout: float, on_done=None) -> list[dict]:
+    """The reports of ``futures`` ({future: slide}) as they finish, with an eye on the workers:
+    a worker that leaves is reported (dask retries its task elsewhere); no worker for ``timeout``
+    seconds, or a scheduler that cannot be reached, ends the run with a message naming the
+    slides not done (a DFAError) instead of waiting at 0 % for ever."""
+    from dask.distributed import wait
+
+    from ..errors import DFAError
+
+    pending, reports = set(futures), []
+    known = set(_workers(client, where))
+    alone_since = None if known else time.monotonic()
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            slide = futures[fut]
+            try:
+                reports.append(fut.result())
+            except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError: that slide failed
+                reports.append({"slide": slide, "ok": False, "path": None, "seconds": 0.0, "completed": False,
+                                "tiles": 0, "error": f"{slide}: its dask task failed on {where} "
+                                                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                                     "rerun with --resume to continue its store"})
+            if on_done is not None:
+                on_done()
+        if not pending:
+            break
+        now = set(_workers(client, where))
+        for gone in sorted(known - now):
+            print(f"napari-dfa predict: lost the dask worker {gone} on {where}; its slide is run again on "
+                  "another worker and continues the store it began", file=sys.stderr)
+        known = now
+        if now:
+            alone_since = None
+        elif alone_since is None:
+            alone_since = time.monotonic()
+        elif time.monotonic() - alone_since > timeout:
+            left = sorted(futures[f] for f in pending)
+            for fut in pending:
+                fut.cancel()
+            raise DFAError(f"{where}: no dask worker connected for {timeout:g} s (all lost, or none started); "
+                           f"{len(left)} slide(s) not done: {', '.join(left)}. Start workers and rerun with "
+                           "--resume: their stores continue where they stopped")
+    return reports
+
+
+def _workers(client, where: str) -> list[str]:
+    """The addresses of the workers the scheduler knows now (asked, not a cached list)."""
+    from ..errors import DFAError
+
+    try:
+        return list(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.workers)))
+    except Exception as exc:  # noqa: BLE001 - the scheduler went away: no task can finish
+        raise DFAError(f"{where}: lost the dask scheduler ({type(exc).__name__}: {exc}); rerun with --resume "
+                       "once it is back: the stores continue where they stopped") from None
 
 
 def _check_reachable(address: str) -> None:
@@ -431,7 +519,7 @@ def run(args) -> int:
     missing = [s for s in args.slides if not Path(s).exists()]
     if missing:
         raise ConfigError(f"no such slide: {', '.join(missing)}" + (" (nothing was run)" if len(args.slides) > 1 else ""))
-    from ..outputs import check_output
+    from ..files.outputs import check_output
 
     check_output(args.out, folder=True, what="--out",
                  inputs=[("the model", args.model), *[("a slide", s) for s in args.slides]])
