@@ -77,7 +77,9 @@ def test_finetune_writes_the_model_only_when_promoted(case, tmp_path):
                 "agreement_outside_corrections", "class_shares", "steps", "seconds"):
         assert key in r, key
     assert isinstance(r["promoted"], bool) and r["seconds"] > 0 and r["frozen_encoder"] is True
-    assert r["method"] == "head" and r["other_method"] is None and r["steps"] == 40  # the default: the pixel head
+    # the default, auto: one method, chosen and said why; --steps are its steps
+    assert r["method"] in ("head", "deep") and r["method_chosen"].startswith(r["method"] + ": ")
+    assert r["other_method"] is None and r["steps"] == 40
     assert set(r["held_out_scores"]) <= set(NAMES) and all({"old", "new"} <= set(v) for v in r["held_out_scores"].values())
     assert set(r["class_shares"]) == set(NAMES)
     assert all({"before", "after"} <= set(v) for v in r["class_shares"].values())

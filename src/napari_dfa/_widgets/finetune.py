@@ -55,8 +55,8 @@ from ..corrections.workflow import Resegment, default_steps, finetune_on_correct
 from ..errors import DataError
 from ..inference.background import gui_tile_workers
 from ..labels import LabelsStore
-from ..paths import accepted_labels_store_path
-from ._base import DFAWidget, body_layout, error_text, narrow_combo
+from ..files.paths import accepted_labels_store_path
+from ._base import DFAWidget, body_layout, eliding_combo, error_text, narrow_combo
 from ._fold import Fold
 from ._labels_layer import class_colormap, class_features, result_layer_name
 from ._layers import (
@@ -85,9 +85,11 @@ GUARD_TIP = ("Guard: offer the new model only if it is better on your strokes an
 CONFIRM_TIP = ("The labels shown over the segmented region (for a whole-slide result: the part in view) are right: "
                "keep them as verified, beside your corrections. They train the next fine-tuning and test it, so "
                "the guard can tell whether the new model got worse where the old one was right.")
-DEEP_TIP = ("Off (default): fit the pixel head on your strokes and confirmed regions, the rest of the model "
-            "fixed: seconds, and it learns tissue and classes the model never saw. On: fine-tune the layers after "
-            "the encoder instead, with the steps above (it can do better on the model's own kind of tissue).")
+DEEP_TIP = ("Off (default): the way to learn is chosen for you. For a class the model never had, or tissue unlike "
+            "its training data, the pixel head is fitted on your strokes and confirmed regions, the rest of the "
+            "model fixed (seconds; it learns tissue and classes the model never saw); on tissue like the model's "
+            "own, in its own classes, the layers after the encoder are fine-tuned. On: always the latter, with "
+            "the steps above.")
 
 
 def _section(text: str) -> QLabel:
@@ -232,7 +234,7 @@ class FinetuneWidget(DFAWidget):
         self.reject_button.setEnabled(False)
         # --- versions
         self.save_button = QPushButton("Save model…")
-        self.version_combo = narrow_combo(QComboBox(), chars=4,
+        self.version_combo = narrow_combo(eliding_combo(QComboBox()), chars=4,
                                           tip="Model versions of this session: pick one, then Roll back")
         self.rollback_button = QPushButton("Roll back")
         self.rollback_button.setToolTip("Use the version picked in the list again, in every widget")
@@ -883,7 +885,7 @@ class FinetuneWidget(DFAWidget):
         self._draw_losses()
         self._say(f"Fine-tuning on {n_px} corrected pixels…")
         self._review_target = (target, pyramid)
-        method = "deep" if self.deep.isChecked() or self.train_encoder.isChecked() else "head"
+        method = "deep" if self.deep.isChecked() or self.train_encoder.isChecked() else "auto"
         use_replay = self.replay.isChecked()
         frozen = not self.train_encoder.isChecked()
 

@@ -1,11 +1,12 @@
 """``napari-dfa finetune``: a model fine-tuned on a pathologist's QuPath corrections, headless.
 
 The same workflow as the Fine-tune widget (:func:`napari_dfa.corrections.workflow.finetune_on_corrections`):
-the GeoJSON annotations are rasterised onto the slide at the model's level, the model's pixel head is
-fitted on them (``--method deep``: the layers after the encoder are trained instead, the regions
-around the annotations replayed against forgetting, the encoder too with ``--train-encoder``;
-``--method auto``: both, the better on the held-back annotations kept), and the guard decides on the
-annotations held back whole. Whether the model was promoted is a result, not an error:
+the GeoJSON annotations are rasterised onto the slide at the model's level, and the model learns from
+them the way ``--method`` says (default ``auto``: the pixel head for a class the model never had or
+tissue unlike its training data, else the deep fine-tune; ``head`` / ``deep`` force one — deep trains
+the layers after the encoder, the regions around the annotations replayed against forgetting, the
+encoder too with ``--train-encoder``; ``both``: the one the guard promotes), and the guard decides on
+the annotations held back whole. Whether the model was promoted is a result, not an error:
 the command exits 0 either way, and writes the new model only when it was promoted (or ``--force``).
 ``--json`` writes everything the guard looked at.
 """
@@ -34,14 +35,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", metavar="A,B,...",
                         help="the exact class list of the new model: names the model has keep their learned "
                              "token, new names get a new one, names left out are removed (default: the model's)")
-    parser.add_argument("--method", choices=("auto", "head", "deep"), default=None,
-                        help="head (default): fit the pixel head on the annotations, the rest of the model fixed "
-                             "(seconds; learns tissue and classes the model never saw); deep: train the layers "
-                             "after the encoder (with --train-encoder the encoder too); auto: both, and the one "
-                             "better on the annotations held back goes to the guard")
+    parser.add_argument("--method", choices=("auto", "head", "deep", "both"), default=None,
+                        help="auto (default): the pixel head for a class the model never had or tissue unlike its "
+                             "training data, else deep; head: fit the pixel head on the annotations, the rest of "
+                             "the model fixed (seconds; learns tissue and classes the model never saw); deep: train "
+                             "the layers after the encoder (with --train-encoder the encoder too); both: both, and "
+                             "the one the guard promotes is kept")
     parser.add_argument("--steps", type=positive_int,
-                        help="optimizer steps (head: 150; deep: 200 with a GPU, 40 on a CPU; auto: the deep "
-                             "fine-tune's)")
+                        help="optimizer steps of the method that runs (head: 150; deep: 200 with a GPU, 40 on a "
+                             "CPU; with both: the deep fine-tune's, the head keeps its own)")
     parser.add_argument("--train-encoder", action="store_true",
                         help="with --method deep (implied): train the encoder too, on 512-px crops (~4x the "
                              "time): for slides whose look the layers after the encoder cannot learn from cached "
@@ -75,7 +77,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import DataError
-    from ..outputs import claims
+    from ..files.outputs import claims
 
     t0 = time.monotonic()
     corrections = Path(args.corrections)
@@ -100,7 +102,7 @@ def check_finetune_outputs(args):
     from pathlib import Path
 
     from ..errors import DataError
-    from ..outputs import check_distinct, check_output
+    from ..files.outputs import check_distinct, check_output
     from ._args import resolve_model
     from .train import RUN_FILES
 
@@ -153,13 +155,12 @@ def _run(args, t0, corrections, out, report_path) -> int:
     from ..corrections.workflow import (
         ReplaySpec,
         check_regions,
-        default_steps,
         finetune_on_corrections,
         regions_around_corrections,
     )
     from ..errors import DataError
     from ..model import load_model
-    from ..outputs import atomic_output
+    from ..files.outputs import atomic_output
     from ..slide import auto_level, open_slide
     from ._args import resolve_model
 
@@ -229,13 +230,13 @@ def _run(args, t0, corrections, out, report_path) -> int:
                                  for (sl, cp), (st, _) in zip(extra, more)]
         reviewed = regions_around_corrections(store, shapes)
         checks = check_regions(slide, lv, [r for _, r in reviewed], seed=args.seed)
-        method = args.method or ("deep" if args.train_encoder else "head")
+        method = args.method or ("deep" if args.train_encoder else "auto")
         if method != "deep" and args.train_encoder:
             raise DataError("--train-encoder trains the deep model: use it with --method deep (or without --method)")
-        steps = args.steps or (default_steps("deep") if method == "auto" else default_steps(method))
+        steps = args.steps  # None: the method's own (auto: the chosen one's; both: each its own)
 
         def progress(step, total, **info):
-            bar.total = total  # the head is fitted twice: without the held-back strokes, then on all
+            bar.total = total  # the head is fitted once per fold of its hold-out, then on all
             bar.n = step
             bar.set_postfix(loss=f"{info.get('loss') or 0:.3f}")
 
@@ -258,6 +259,8 @@ def _run(args, t0, corrections, out, report_path) -> int:
                   check_regions=[{"level": level, "region": list(r)} for level, r in checks],
                   seconds=round(time.monotonic() - t0, 2))
     _write_json(report_path, report, overwrite=args.overwrite)
+    if outcome.method_chosen:
+        print(f"learnt with {outcome.method_chosen}")
     print(("promoted: " if outcome.promoted else f"not promoted ({outcome.verdict.status}): ") + outcome.verdict.reason)
     for n, s in report["held_out_scores"].items():
         print(f"  held-out {n}: {_fmt(s['old'])} -> {_fmt(s['new'])}")
@@ -275,7 +278,7 @@ def _fmt(v) -> str:
 def _write_json(path, report: dict, *, overwrite: bool) -> None:
     import json
 
-    from ..outputs import atomic_output
+    from ..files.outputs import atomic_output
 
     if path:
         with atomic_output(path, overwrite=overwrite, claimed=True) as tmp:

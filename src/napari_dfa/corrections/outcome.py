@@ -143,6 +143,12 @@ class FinetuneOutcome:
                     rows.append((name, int(old_counts[v]), 0))
         return rows
 
+    @property
+    def method_chosen(self) -> str | None:
+        """Why ``method="auto"`` learnt the way it did (None when the method was asked for)."""
+        cand = getattr(self, "candidate", None)
+        return ((getattr(cand, "metadata", None) or {}).get("provenance") or {}).get("method_chosen")
+
     def report(self) -> dict:
         """JSON-ready: what ``napari-dfa finetune --json`` writes."""
         r = self.result
@@ -158,7 +164,7 @@ class FinetuneOutcome:
             "agreement_outside_corrections": v["agreement_outside_corrections"],
             "regions": v["regions"],
             "class_shares": v["class_shares"], "problems": v["problems"],
-            "method": r.method, "other_method": r.alternative, "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
+            "method": r.method, "method_chosen": self.method_chosen, "other_method": r.alternative, "steps": int(r.steps), "frozen_encoder": bool(r.frozen_encoder), "crop": int(r.crop),
             "look_next": [{"region": [y, x, h, w], "changed_pixels": px} for y, x, h, w, px in self.look_next()],
             "train_seconds": round(float(r.seconds), 2), "seconds": round(float(self.seconds), 2),
         }

@@ -225,18 +225,22 @@ def fold_strokes(masks: list[np.ndarray], num_classes: int, folds: int, rng: np.
     return out
 
 
-def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int]]:
+def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int, int]]:
     """Per label, (held-back verified pixels the old model labelled right, how many of them the new
-    one still does): what a regression where the pathologist said the old model was right looks like."""
+    one still does, how many of the label's held-back verified pixels the new one labels right in
+    all): what a regression where the pathologist said the old model was right looks like, and
+    whether the new model made up for it elsewhere in the class."""
     out: dict[int, list[int]] = {}
     for old, new, mask in zip(old_preds, new_preds, masks):
         ok = (mask > 0) & (old == mask)
+        now = (mask > 0) & (new == mask)
         for c in np.unique(mask[ok]).tolist():
             here = ok & (mask == c)
-            r = out.setdefault(int(c), [0, 0])
+            r = out.setdefault(int(c), [0, 0, 0])
             r[0] += int(here.sum())
             r[1] += int((here & (new == mask)).sum())
-    return {c: (r, k) for c, (r, k) in out.items()}
+            r[2] += int((now & (mask == c)).sum())
+    return {c: tuple(r) for c, r in out.items()}
 
 
 def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:
