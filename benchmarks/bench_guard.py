@@ -14,8 +14,10 @@ of them, as another lab's would), a simulated pathologist corrects the demo mode
 With ``--confirm`` the pathologist also confirms two 256² blocks as right ("Looks right": the
 blocks where the model is most often right, its few errors there fixed first), as a careful one would; without it
 the strokes are all the guard has. Each runs the Fine-tune click's workflow
-(``finetune_on_corrections`` at the click's defaults: the pixel head; ``--method auto`` adds the
-deep fine-tune, the reviewed region replayed in it, and keeps the one the guard promotes) and records the guard's verdict and the mean Dice against the truth
+(``finetune_on_corrections`` at the click's defaults: method ``auto``, which on these slides, the demo's
+own classes on tissue the domain check may or may not find far, picks the pixel head or the deep
+fine-tune with the reviewed region replayed; ``--method`` forces one, ``both`` keeps the one the guard
+promotes) and records the guard's verdict and the mean Dice against the truth
 where nothing was corrected, before and after. A careless correction the guard promotes while the
 model got worse there is what the guard exists to stop. Prints a Markdown table; ``--out`` keeps
 every verdict as JSON lines. Nothing here is timed.
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="demo", help="comma-separated models (demo or .safetensors paths)")
     ap.add_argument("--out", help="JSON lines, one per fine-tuning")
-    ap.add_argument("--method", default="head", choices=("head", "deep", "auto"), help="the fine-tuning method")
+    ap.add_argument("--method", default="auto", choices=("auto", "head", "deep", "both"), help="the fine-tuning method")
     ap.add_argument("--confirm", action="store_true", help="also confirm two 256² blocks as right (Looks right)")
     args = ap.parse_args(argv)
 
