@@ -163,12 +163,13 @@ def test_rules_on_arrays():
     v = judge(scores, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
     assert v.status == PROMOTED and v.agreement == 1.0
     assert "a 0.90 → 0.92" in v.reason and "c 0.00 → 0.90" in v.reason
-    # "c" takes over half the tissue where nothing is verified: shown, not a verdict (the old
-    # labels there are no evidence), and the message says how much would change.
+    # "c" takes over half the tissue where nothing is verified: the old labels there are no
+    # evidence to reject it, but more change than the verified pixels vouch for: the guard asks
+    # the pathologist to look (rule e), and says how much would change.
     new = old.copy()
     new[:, :50] = 3
     v = judge(scores, [_region(old, new, corrected)], old_names=NAMES, new_names=NAMES)
-    assert v.status == PROMOTED and "it would change 49 % of the tissue" in v.reason
+    assert v.status == NEEDS_CONFIRMATION and "it would change 49 % of the tissue" in v.reason
     assert v.shares["c"]["after"] > 0.45 and v.shares["a"]["after"] < 0.01
     # A verified class that could not be scored: the guard asks, and says what would settle it.
     few = HeldOut(old={"a": 0.9}, new={"a": 0.92}, too_few={"c": 0}, confusion=conf)
@@ -301,6 +302,23 @@ def test_a_class_whose_dice_rose_by_a_class_drop_traded_its_old_hits(new_a, stat
                      right_kept={1: (1000, 700, 800), 3: (0, 0, 0)})
     v = judge(scores, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
     assert v.status == status, v.reason
+
+
+@pytest.mark.parametrize("rows, status", [(20, PROMOTED), (25, PROMOTED), (30, NEEDS_CONFIRMATION),
+                                          (60, NEEDS_CONFIRMATION)])
+def test_a_better_model_that_would_change_much_of_the_tissue_is_asked_about(rows, status):
+    """Better on every verified class, but changing ``rows`` % of the tissue nobody verified: up to
+    25 % it is promoted, beyond it the pathologist looks first (careless one-class strokes beside
+    confirmed regions the new model kept right changed 30-50 %, truth-painted ones 13 %)."""
+    old, corrected, _ = _a_corrected_to_c()
+    new = old.copy()
+    new[:rows, 10:] = 3 - new[:rows, 10:]  # a <-> b on ``rows`` % of the region (minus the corrected square)
+    scores = HeldOut(old={"c": 0.2, "a": 0.9}, new={"c": 0.9, "a": 0.9}, pixels={"c": 150, "a": 1000},
+                     confusion=_verified({(3, 1): 100, (1, 1): 1000}))
+    v = judge(scores, [_region(old, new, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == status, v.reason
+    if status == NEEDS_CONFIRMATION:
+        assert "more than what you verified can vouch for (at most 25 %)" in v.reason
 
 
 def test_auto_learns_with_the_head_where_the_model_falls_short_and_deep_on_its_own_tissue(case):

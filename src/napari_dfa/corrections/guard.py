@@ -6,7 +6,7 @@ corrections). The old model's labels anywhere else are **not** evidence: on tiss
 model never saw they are the error the corrections fight, and a guard that protected them kept
 the worse model and promoted arbitrary ones (issue 21). What the new model would change where
 nothing is verified is measured and shown (agreement, class shares: the review's magenta layer and
-table), never used to decide.
+table), never used to reject: only to ask the pathologist to look when it is large (rule (e)).
 
 The verified pixels are split by whole strokes (:func:`napari_dfa.training.finetune.split_holdout_by_stroke`):
 a model is fitted without the held-back ones and both models are scored on them, per class.
@@ -42,6 +42,12 @@ a model is fitted without the held-back ones and both models are scored on them,
     the same failure in another tool). The guard then asks for another class or a confirmed
     region; one-class strokes are never promoted (benchmarks/bench_guard.py).
 
+(e) **No more change than the verified pixels can vouch for.** A model the verified pixels favour
+    that would change more than :data:`LOOK_SHARE` of the tissue nobody verified (compared where
+    the old model's class is still in the list) is asked about, not promoted: careless one-class
+    strokes beside confirmed regions that the new model kept right passed (a)–(d) and changed half
+    the tissue. A class list of one's own is compared only by the names it kept.
+
 When the class list changes, the old model scores 0 on a class it did not have (by name), and
 the changes shown are compared by class name (a new class starts at 0 %, a removed one is not
 compared).
@@ -65,6 +71,11 @@ SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "be
 RIGHT_SLACK = 0.20
 MIN_RIGHT_PIXELS = 100
 RIGHT_MAJORITY = 0.5  # share of a class's held-back verified pixels the old model had right for the rule to hold
+# Share of the compared tissue (the old model's classes the new one keeps, nothing verified there)
+# above which a model the verified pixels favour is not promoted but asked about: careless one-class
+# strokes beside confirmed regions that the new model kept right changed 30-50 % of it (0.97 -> 0.41
+# mean Dice there, benchmarks/bench_guard.py); truth-painted corrections 13 %.
+LOOK_SHARE = 0.25
 MIN_COMPARED_PIXELS = 256  # fewer compared pixels in a region: it is not judged
 
 PROMOTED, NEEDS_CONFIRMATION, REJECTED = "promoted", "needs_confirmation", "rejected"
@@ -302,6 +313,14 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                   f"not whether it now paints it where it does not belong. Paint another class, or confirm a "
                   f"region where the labels are right (Looks right), then fine-tune again; or look at what "
                   f"changed and accept it only if it looks right.{where}")
+    elif changed is not None and changed > LOOK_SHARE:
+        status = NEEDS_CONFIRMATION
+        per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
+        reason = (f"The fine-tuned model is better on the verified pixels held back to test it (mean Dice "
+                  f"{old_mean:.2f} → {new_mean:.2f}: {per}), but where nothing is verified it would change "
+                  f"{_pct(changed)} of the tissue (shown in magenta), more than what you verified can vouch for "
+                  f"(at most {_pct(LOOK_SHARE)}). Look at the changes and accept them only if they look right, or "
+                  "confirm more regions (Looks right) and fine-tune again.")
     else:
         status = PROMOTED
         per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
