@@ -139,7 +139,7 @@ def await_workers(timeout_ms: int = 120_000) -> bool:
 _warm = None
 
 
-def warm_up() -> None:
+def warm_up_in_background() -> None:
     """Import and initialise, in a background thread while the user opens a slide, what the first
     Segment / Fine-tune click would otherwise load in its worker (once per process)."""
     global _warm
@@ -151,8 +151,8 @@ def warm_up() -> None:
             from ..corrections import workflow
             from ..inference import background
 
-            background.warm_up()
-            workflow.warm_up()
+            background.warm_up_inference()
+            workflow.warm_up_training()
         except Exception:  # a warm-up must never break the widget
             logger.debug("warm-up failed", exc_info=True)
 
@@ -311,7 +311,7 @@ class DFAWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
-        warm_up()
+        warm_up_in_background()
         self.worker = None
         self._cancel = threading.Event()
         self._bridge = Bridge()

@@ -26,7 +26,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
 from ..inference.tile_cache import TileCache
 from ..labels import LabelsStore
-from ..files.paths import region_labels_store_path
+from ..files.paths import slide_labels_store_path
 from ._base import DFAWidget, body_layout, eliding_combo, full_text, narrow_combo, start_worker
 from ._fold import Fold
 from ._labels_layer import put_labels_layer, result_layer_name
@@ -467,7 +467,7 @@ class SegmentWidget(DFAWidget):
 def _whole_slide_store(pyramid, level: int, seg, stain=None) -> Path:
     """A zarr labels store per (slide, level, model weights, stain match): never shared between
     models, nor between the stored and the recoloured pixels."""
-    path = region_labels_store_path(pyramid.path, level, seg.fingerprint() + ("-stain" if stain else ""))
+    path = slide_labels_store_path(pyramid.path, level, seg.fingerprint() + ("-stain" if stain else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -78,7 +78,7 @@ def default_steps(method: str = "deep") -> int:
     return GPU_STEPS if gpu else CPU_STEPS
 
 
-def warm_up() -> None:
+def warm_up_training() -> None:
     """Import and initialise what the first fine-tuning would otherwise load in its worker: the
     first AdamW step imports ~800 modules (torch.distributed), and module initialisation holds the
     GIL, which froze a UI for up to 0.5 s (benchmarks/bench_gui.py). Meant for a background thread."""
@@ -277,7 +277,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     corrected class is not in the class list, or the labels store cannot be written.
     """
     # Imported here, not with the module: a widget imports this module when it is docked, and
-    # torch with the training and inference modules is best loaded in a worker (see warm_up).
+    # torch with the training and inference modules is best loaded in a worker (see warm_up_training).
     from ..inference import segment
     from ..inference.tissue import tissue_from_rgb
     from ..training import finetune

@@ -78,7 +78,7 @@ def corrections_store_path(slide_path: str | os.PathLike, *, root: str | os.Path
     return base / f"{slide_stem(key)}-{content or digest(key)}.zarr"
 
 
-def region_labels_store_path(slide_path: str | os.PathLike, level: int, fingerprint: str) -> Path:
+def slide_labels_store_path(slide_path: str | os.PathLike, level: int, fingerprint: str) -> Path:
     """The cached whole-slide labels of one (slide, level, model weights): never shared between models."""
     folder = cache_dir() / "labels"
     return folder / f"{slide_stem(slide_path)}-L{level}-{digest(slide_path, level, fingerprint)}.zarr"
@@ -88,4 +88,4 @@ def accepted_labels_store_path(slide_path: str | os.PathLike, level: int, finger
     """Where an accepted fine-tune's labels go: the whole-slide labels of the model ``over`` with a
     region segmented again by the model ``fingerprint``. Named by both, so it is neither model's
     own cache (segmenting the whole slide with either model never finds it)."""
-    return region_labels_store_path(slide_path, level, f"{fingerprint}-accepted-over-{over}")
+    return slide_labels_store_path(slide_path, level, f"{fingerprint}-accepted-over-{over}")

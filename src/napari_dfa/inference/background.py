@@ -47,7 +47,7 @@ def gui_tile_workers() -> int:
     return max(1, int(want) if want else (os.cpu_count() or 1))
 
 
-def warm_up() -> None:
+def warm_up_inference() -> None:
     """Import and initialise what the first segmentation would otherwise load in its worker: torch,
     the inference modules and the first dask compute (~200 modules). Module initialisation holds
     the GIL, which froze the UI for up to 0.5 s (found with faulthandler in benchmarks/bench_gui.py).

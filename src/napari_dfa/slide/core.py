@@ -18,7 +18,7 @@ Formats and backends:
   (see ``_dicom``).
 
 Grey, 16-bit, float, planar, indexed-colour and RGBA data become RGB uint8 lazily (see
-``_slide_arrays`` for the intensity scaling). Every failure — at open or later, while dask computes
+``_arrays`` for the intensity scaling). Every failure — at open or later, while dask computes
 a tile — raises :class:`~napari_dfa.errors.SlideError` naming the file and the reason.
 """
 

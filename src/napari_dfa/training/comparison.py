@@ -220,7 +220,7 @@ def _filled(values) -> list[float]:
     return np.where(np.isnan(d), fill, d).tolist()
 
 
-class _Inline:
+class _InlinePool:
     """A one-at-a-time stand-in for a process pool: runs each task when it is submitted."""
 
     def submit(self, fn, arg) -> Future:
@@ -298,7 +298,7 @@ def run_comparison(*, methods=DEFAULT_METHODS, seeds=range(DEFAULT_SEEDS), confi
         # spawn: a forked child would inherit this process's CUDA context, which CUDA forbids.
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
     else:
-        pool = _Inline()
+        pool = _InlinePool()
     running: dict[Future, dict] = {}
     try:
         while pending or running:
