@@ -208,6 +208,26 @@ def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_
                 chunk=64, resume=True)
 
 
+def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_path):
+    """A resumed run computes only the tile rows not yet written (issue 25: a resume that
+    recomputed everything gave the same labels, so equality alone could not tell)."""
+    img = he_image[:1024, :384]
+    kw = dict(tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "c.zarr", chunk=64, batch_size=1)
+    done = []
+    part = segment(img, tiny, cancel=lambda: len(done) >= 6, progress=lambda d, t, **i: done.append(d), **kw)
+    assert not part.completed and part.tiles_done >= 6
+    passes = []  # forward passes of the encoder: one per tile, in batches of one
+    hook = next(tiny.model.children()).register_forward_hook(lambda *_: passes.append(1))
+    try:
+        resumed = segment(img, tiny, resume=True, **kw)
+    finally:
+        hook.remove()
+    assert resumed.completed
+    assert 0 < len(passes) <= resumed.tiles_total - 2, (len(passes), resumed.tiles_total)  # a row or more reused
+    whole = segment(img, tiny, **dict(kw, out=tmp_path / "whole.zarr"))
+    np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(whole.labels[:]))
+
+
 def test_optional_outputs(tiny, he_image, tmp_path):
     img = he_image[:320, :384]
     outputs = ("labels", "probabilities", "uncertainty", "focus")

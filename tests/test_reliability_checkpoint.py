@@ -75,6 +75,33 @@ def test_sizes_within_bounds_that_do_not_match_the_tensors_are_refused(tmp_path,
             "do not match", "missing")
 
 
+@pytest.mark.parametrize("kind", ["shape", "missing", "depth", "dtype", "names"])
+def test_a_bad_checkpoint_is_refused_before_any_weight_is_read(tmp_path, good, monkeypatch, kind):
+    """Header, config and metadata are checked before the tensors are read: the weight reader is made
+    to fail the test if called (issue 25: checks moved after the read still passed every test)."""
+    import safetensors.torch as st
+
+    state, meta = dict(good["state"]), {}
+    key = "decoder.mask_mlp.layers.0.weight"
+    if kind == "shape":
+        state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:], dtype=state[key].dtype)
+    elif kind == "missing":
+        state.pop(key)
+    elif kind == "depth":
+        meta["config"] = config_with(good, decoder_depth=3)
+    elif kind == "dtype":
+        state[key] = state[key].to(torch.float64)
+    else:
+        meta["class_names"] = json.dumps(["only one"])
+    path = craft(tmp_path / f"{kind}.safetensors", good, tensors=state, **meta)
+
+    def read_weights(*args, **kwargs):  # pytest.fail is a BaseException: no `except Exception` hides it
+        pytest.fail("the weights were read before the checkpoint was validated")
+
+    monkeypatch.setattr(st, "load_file", read_weights)
+    refused(path)
+
+
 @pytest.mark.parametrize("dtype", [torch.int16, torch.bfloat16, torch.float64])
 def test_weights_of_another_dtype_are_refused(tmp_path, good, dtype):
     """int16 or bf16 bytes where float16 belongs used to load and predict one class everywhere."""

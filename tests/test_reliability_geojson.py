@@ -229,3 +229,27 @@ def test_fuzz_reader_gives_polygons_or_a_data_error(tmp_path, doc):
             assert "fuzz.geojson" in str(exc)
         else:
             assert mask.dtype == np.uint8 and mask.max() <= len(NAMES)
+
+
+@pytest.mark.parametrize("cut", [10.5, 10.25, 10.0])
+@pytest.mark.parametrize("vertical", [True, False])
+def test_two_polygons_sharing_an_edge_paint_each_pixel_once(cut, vertical):
+    """Two rectangles that share an edge through pixel centres (cut 10.5), between them, or on pixel
+    borders: every pixel of their union is taken by exactly one (issue 25: a rasteriser that closed the
+    right edge gave the pixels on the edge to both, and the fuzz test skips centres on edges)."""
+    shape = (24, 24)
+
+    def rect(x0, x1, y0, y1):
+        pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+        return [np.asarray([(y, x) for x, y in pts] if not vertical else pts, np.float64)]
+
+    full = []
+    for x0, x1 in ((2.0, cut), (cut, 20.0)):
+        mask, (y0, xoff) = rasterise_polygons([(1, rect(x0, x1, 3.0, 17.0))], level_shape=shape)
+        canvas = np.zeros(shape, np.uint8)
+        canvas[y0:y0 + mask.shape[0], xoff:xoff + mask.shape[1]] = mask
+        full.append(canvas > 0)
+    both, either = full[0] & full[1], full[0] | full[1]
+    union, _ = rasterise_polygons([(1, rect(2.0, 20.0, 3.0, 17.0))], level_shape=shape)
+    assert not both.any(), np.argwhere(both)[:5]
+    assert either.sum() == (union > 0).sum()
