@@ -338,6 +338,16 @@ def test_auto_learns_with_the_head_where_the_model_falls_short_and_deep_on_its_o
     assert choose_method(seg, seg.class_names, own)[0] == "deep"
     method, why = choose_method(seg, [*seg.class_names, "fat"], own)
     assert method == "head" and "fat is a class the model never had" in why
+    # The same class added as a model version first (as the Fine-tune widget applies a class edit),
+    # untrained: still a class the model never had; a rename and a removal change nothing.
+    from napari_dfa.model.classes_edit import with_classes
+
+    edited = with_classes(seg, [*seg.class_names, "fat"])
+    method, why = choose_method(edited, edited.class_names, own)
+    assert method == "head" and "fat is a class the model never had" in why
+    again = with_classes(edited, ["immune" if n == "inflammatory" else n for n in edited.class_names if n != "other"],
+                         renames={"inflammatory": "immune"})
+    assert choose_method(again, again.class_names, own)[1].startswith("fat is a class")
     # A renamed class is still the model's own.
     renamed = ["tumor" if n == "tumour" else n for n in seg.class_names]
     assert choose_method(seg, renamed, own, renames={"tumour": "tumor"})[0] == "deep"

@@ -195,7 +195,9 @@ def choose_method(segmenter, names: Sequence[str], images: Sequence[np.ndarray],
     from ..model.domain import domain_check
 
     lut = label_map(segmenter.class_names, names, renames)
-    known = set(int(v) for v in lut[1:] if v > 0)
+    fresh = set(untrained_classes(segmenter))
+    known = set(int(v) for c, v in enumerate(lut[1:], start=1)
+                if v > 0 and c <= len(segmenter.class_names) and segmenter.class_names[c - 1] not in fresh)
     new = [n for i, n in enumerate(names) if i + 1 not in known]
     if new:
         return "head", f"{', '.join(new)} {'are classes' if len(new) > 1 else 'is a class'} the model never had"
@@ -205,6 +207,22 @@ def choose_method(segmenter, names: Sequence[str], images: Sequence[np.ndarray],
     if math.isnan(report.distance):
         return "head", "the model does not record what it was trained on"
     return "deep", "the tissue looks like the model's training data, in the model's own classes"
+
+
+def untrained_classes(segmenter) -> list[str]:
+    """The classes of ``segmenter`` that a class edit added and no training has seen since: their
+    token is a fresh start (:func:`~napari_dfa.model.classes_edit.with_classes`), so for choosing
+    how to learn they are classes the model never had (the Fine-tune widget applies a class edit as
+    its own model version before fine-tuning)."""
+    edits, prov = [], segmenter.metadata.get("provenance") or {}
+    while isinstance(prov, dict) and isinstance(prov.get("classes_edit"), dict) and "finetune" not in prov:
+        edits.append(prov["classes_edit"])
+        prov = prov.get("parent_provenance")
+    fresh: set[str] = set()
+    for edit in reversed(edits):  # oldest first: later edits rename or remove what earlier ones added
+        renamed, removed = edit.get("renamed") or {}, set(edit.get("removed") or ())
+        fresh = {renamed.get(n, n) for n in fresh if n not in removed} | set(edit.get("added") or ())
+    return [n for n in segmenter.class_names if n in fresh]
 
 
 def _store_lut(store: CorrectionStore, names: Sequence[str]) -> np.ndarray:
