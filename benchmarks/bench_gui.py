@@ -257,7 +257,7 @@ def main() -> int:
         ft_w.deep.setChecked(True)
         ft_w.steps.setValue(args.steps)
     what = (f"deep fine-tune only, {ft_w.steps.value()} steps, batch 4, crop 256, encoder frozen" if args.steps else
-            "default: the pixel head")
+            "default: method auto")
     ft_w.guard.setChecked(False)  # time the path the pathologist sees, whatever the held-out check says
     meter.start()
     t = time.perf_counter()
@@ -266,9 +266,10 @@ def main() -> int:
     seconds = time.perf_counter() - t
     gap_run, gap_show = finish(t)
     chosen = ft_w.pending.result.method
+    why = getattr(ft_w.pending, "method_chosen", None)
     ft_w.accept(confirm=True)  # the review (changed pixels, areas) is up: accept it to see the labels
     after = float((viewer.layers[labels.name].data[box] == target).mean())
-    rows.append((f"Fine-tune click → region re-segmented, changes shown for review ({what}; {chosen} kept)",
+    rows.append((f"Fine-tune click → region re-segmented, changes shown for review ({what}; {why or chosen})",
                  f"corrected 256² px; painted class share {before:.0%} → {after:.0%}", seconds, gap_run,
                  gap_show))
 
