@@ -262,3 +262,35 @@ def test_held_back_strokes_never_train_the_deep_finetune(tiny, monkeypatch):
     monkeypatch.setattr(FT, "_crop_box_around", spy)
     FT.finetune(tiny, [sample], steps=3, batch_size=2, crop=96, seed=1, frozen_encoder=True)
     assert seen and all(not (m[held] > 0).any() for m in seen)
+
+
+def test_the_head_keeps_only_the_models_sure_answers_of_the_classes_asked():
+    """Unverified cells train the head towards the model's answer only where it is sure (p >= 0.9)
+    of a class in ``keep``: never a class the model never had, never a guess."""
+    from napari_dfa.training.head import _kept_answers
+
+    x = torch.randn(4, 7)
+    logits = torch.tensor([[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [1.0, 0.9, 0.8]])
+    fx, fb, label = _kept_answers((x, logits), keep=[1, 3])
+    assert label.tolist() == [0, 2]  # class 2 not kept, the last cell unsure
+    torch.testing.assert_close(fx, x[[0, 2]])
+    assert _kept_answers((x, logits), keep=[]) is None and _kept_answers(None, keep=[1]) is None
+
+
+def test_keeping_the_models_sure_answers_limits_what_the_head_repaints():
+    """The demo model on its own tissue, one stroke of another class over sure tissue: with the
+    model's sure answers kept the head repaints less of the sample outside the stroke than without."""
+    from napari_dfa.training.head import fit_head
+
+    seg = load_model("demo")
+    rgb, _ = synth.generate_tile(seed=5, size=256)
+    base = seg.predict(rgb)
+    mask = np.zeros(base.shape, np.uint8)
+    mask[100:140, 100:140] = 5 if (base[100:140, 100:140] != 5).mean() > 0.5 else 1
+    mask[10:30, 10:30] = base[10:30, 10:30]  # and a few pixels it had right
+    mask[200:230, 200:230] = base[200:230, 200:230]
+    changed = {}
+    for keep in ([], list(range(1, 6))):
+        new = fit_head(seg, [(rgb, mask)], steps=60, keep=keep).segmenter.predict(rgb)
+        changed[len(keep)] = float(((new != base) & (mask == 0)).mean())
+    assert changed[5] < changed[0], changed

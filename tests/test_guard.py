@@ -321,6 +321,21 @@ def test_a_better_model_that_would_change_much_of_the_tissue_is_asked_about(rows
         assert "more than what you verified can vouch for (at most 25 %)" in v.reason
 
 
+@pytest.mark.parametrize("new_a, status", [(0.52, NEEDS_CONFIRMATION), (0.545, NEEDS_CONFIRMATION),
+                                           (0.56, PROMOTED), (0.49, REJECTED)])
+def test_a_gain_within_what_a_few_strokes_vary_by_is_asked_about(new_a, status):
+    """Held-back mean 0.50 → ``new_a``: below 0.05 better the guard asks (careless strokes over tissue
+    the model is sure of moved it 0.00-0.02 and still cost unseen tissue), from 0.05 it promotes,
+    worse rejects."""
+    old, corrected, _ = _a_corrected_to_c()
+    scores = HeldOut(old={"c": 0.5, "a": 0.5}, new={"c": new_a, "a": new_a}, pixels={"c": 150, "a": 1000},
+                     confusion=_verified({(3, 1): 100, (1, 1): 1000}))
+    v = judge(scores, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
+    assert v.status == status, v.reason
+    if status == NEEDS_CONFIRMATION:
+        assert v.reason.startswith("The fine-tuned model is barely better") and "less than 0.05" in v.reason
+
+
 def test_auto_learns_with_the_head_where_the_model_falls_short_and_deep_on_its_own_tissue(case):
     """``method="auto"``: the pixel head for a class the model never had or tissue unlike its training
     data (a real IHC scan; the guard's case slide, its stain jittered beyond the demo's training), the

@@ -15,6 +15,8 @@ a model is fitted without the held-back ones and both models are scored on them,
     must improve (or stay within 0.01 when the old model is already above :data:`SATURATED`),
     and no scored class may drop by more than :data:`CLASS_DROP`: a class that collapses into
     another fails here, as soon as a stroke or a confirmed region of it is held back.
+    A gain below :data:`MIN_GAIN` (on an old mean below :data:`SATURATED`) is no evidence either
+    way: the guard asks.
 (b) **Enough to test every verified class.** A class with verified pixels but too few held back
     (a single stroke: nothing to hold back without losing all of it) cannot be scored; the guard
     then asks (``needs_confirmation``) and says what would settle it: one more stroke of that
@@ -65,6 +67,11 @@ logger = logging.getLogger(__name__)
 
 CLASS_DROP = 0.10  # largest held-out Dice drop of one class
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
+# Smallest held-out mean gain that promotes; a smaller one is asked about: careless one-class strokes
+# over tissue the model is sure of moved it by 0.00-0.02 once the head kept the model's sure answers,
+# and still cost 0.13-0.15 mean Dice where nothing was corrected; corrections that helped gained
+# 0.08-0.39 (benchmarks/bench_guard.py, bench_corrections.py, bench_realpix.py).
+MIN_GAIN = 0.05
 # Of the held-back verified pixels the old model labelled right, the share the new one may get wrong
 # (one-class strokes over confirmed tissue flipped 30 % of them; truth-painted ones 15 %, where the confirmed
 # labels held some of the old model's errors, which the new model fixed).
@@ -313,6 +320,13 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                   f"not whether it now paints it where it does not belong. Paint another class, or confirm a "
                   f"region where the labels are right (Looks right), then fine-tune again; or look at what "
                   f"changed and accept it only if it looks right.{where}")
+    elif scored and old_mean < SATURATED and new_mean < old_mean + MIN_GAIN:
+        status = NEEDS_CONFIRMATION
+        per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
+        reason = (f"The fine-tuned model is barely better on the verified pixels held back to test it (mean Dice "
+                  f"{old_mean:.2f} → {new_mean:.2f}: {per}; less than {MIN_GAIN:.2f} is within what a few strokes "
+                  "vary by). Paint where it is still wrong, or confirm a region (Looks right), then fine-tune "
+                  f"again; or look at what changed and accept it only if it looks right.{where}")
     elif changed is not None and changed > LOOK_SHARE:
         status = NEEDS_CONFIRMATION
         per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)

@@ -375,9 +375,12 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     whole = head_total + deep_steps if method == "both" else None
     if method in ("head", "both"):
 
-        # The head learns from verified pixels only: the old labels are no evidence.
+        # The head learns from verified pixels, and leaves the model's sure answers of the classes
+        # it was trained on where nothing is verified (none for a class list all of one's own).
+        fresh = set(untrained_classes(start))
+        keep = [i + 1 for i, n in enumerate(start.class_names) if n not in fresh]
         head_result = fit_head(start, samples, steps=head_steps, seed=seed, cache=cache, cancel=cancel, baseline=baseline,
-                               progress=_part(progress, 0, total=whole))
+                               progress=_part(progress, 0, total=whole), keep=keep)
     if method in ("deep", "both"):
         deep_result = finetune(start, samples, steps=deep_steps, replay=replay_samples or None, seed=seed, crop=crop,
                                frozen_encoder=frozen_encoder, cache=cache, cancel=cancel, baseline=baseline,

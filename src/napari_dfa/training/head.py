@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,9 @@ HEAD_LR = 3e-3
 HEAD_BATCH = 1024
 HEAD_LABEL_SMOOTHING = 0.0
 HEAD_CLASS_WEIGHT = 0.5  # power of the inverse class share in the loss weights (0: unweighted)
+HEAD_FREE_CELLS = 4096  # unverified cells per sample the head may be asked to leave be
+HEAD_SURE = 0.9  # the model's probability above which its answer there is kept (classes in ``keep``)
+HEAD_KEEP = 1.0  # weight of keeping them against learning the verified pixels
 HEAD_CONTEXT = 64  # tile overlap a model with a head asks for: its σ and smoothing reach this far
 
 
@@ -111,7 +115,8 @@ def _gather(model, head: PixelHead, cache: FeatureCache, samples, held_masks, st
     pixels of the head's grid (one pixel per ``stride``² block) of every sample, with the fold each
     is held back in (0: none; ``held_masks`` are per-sample fold maps); the features' mean and std
     over every pixel of the images; and the windows around held-back strokes (:func:`_windows`)."""
-    feats_l, base_l, y_l, held_l = [], [], [], []
+    feats_l, base_l, y_l, held_l, free_x, free_b = [], [], [], [], [], []
+    rng = np.random.default_rng(0)
     windows: list[_Window] = []
     total = total_sq = None
     count = 0
@@ -135,9 +140,16 @@ def _gather(model, head: PixelHead, cache: FeatureCache, samples, held_masks, st
         base_l.append(base[:, iy, ix].T.contiguous())
         y_l.append(torch.from_numpy(grid[ys, xs] - 1))
         held_l.append(torch.from_numpy(hgrid[ys, xs]))
+        fy, fx = np.nonzero(grid == 0)  # nothing verified there: where the model's own answer may stand
+        if len(fy):
+            pick = rng.choice(len(fy), size=min(len(fy), HEAD_FREE_CELLS), replace=False)
+            iy, ix = torch.from_numpy(fy[pick]), torch.from_numpy(fx[pick])
+            free_x.append(f[:, iy, ix].T.contiguous())
+            free_b.append(base[:, iy, ix].T.contiguous())
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-10).sqrt()
-    return (torch.cat(feats_l), torch.cat(base_l), torch.cat(y_l), torch.cat(held_l)), mean, std, windows
+    free = (torch.cat(free_x), torch.cat(free_b)) if free_x else None
+    return (torch.cat(feats_l), torch.cat(base_l), torch.cat(y_l), torch.cat(held_l)), mean, std, windows, free
 
 
 def _block_label(mask: np.ndarray, stride: int, shape) -> np.ndarray:
@@ -151,8 +163,26 @@ def _block_label(mask: np.ndarray, stride: int, shape) -> np.ndarray:
     return padded.reshape(h, stride, w, stride).max(axis=(1, 3))
 
 
+def _kept_answers(free, keep):
+    """The unverified cells (features, logits) where the model is sure (:data:`HEAD_SURE`) of a
+    class in ``keep``, with that class: the head learns to leave them be. Strokes are painted where
+    the model errs, so a head fitted on them alone repainted tissue the model had right (the demo's
+    classes on its own tissue: inflammatory 0.99 -> 0.00 on held-back confirmed pixels)."""
+    if free is None or not len(keep):
+        return None
+    fx, fb = free
+    p = torch.softmax(fb.float(), 1)
+    conf, label = p.max(1)
+    wanted = torch.zeros(fb.shape[1], dtype=torch.bool)
+    wanted[[int(c) - 1 for c in keep if 0 < int(c) <= fb.shape[1]]] = True
+    sure = (conf >= HEAD_SURE) & wanted[label]
+    if not bool(sure.any()):
+        return None
+    return fx[sure], fb[sure], label[sure]
+
+
 def _fit(head: PixelHead, data, mean, std, *, steps: int, seed: int, progress=None, cancel=None, offset=0,
-         total_steps=None) -> list[float]:
+         total_steps=None, free=None) -> list[float]:
     """Train ``head``'s MLP and base scale on the gathered vectors ``(x, base, y)``; returns the losses."""
     head.mean.copy_(mean)
     head.std.copy_(std)
@@ -177,13 +207,15 @@ def _fit(head: PixelHead, data, mean, std, *, steps: int, seed: int, progress=No
     head.train()
     # One thread: the steps are tiny, and on a busy 2-core CPU two threads spin-waited for each
     # other: 300 steps took 71 s instead of 4.7 s (measured with a test run beside it).
+    if free is not None:
+        free = ((free[0] - mean) / std, free[1], free[2])
     with torch_threads(1):
-        losses = _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, total_steps)
+        losses = _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, total_steps, free)
     head.eval()
     return losses
 
 
-def _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, total_steps) -> list[float]:
+def _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, total_steps, free=None) -> list[float]:
     w1, w2 = head.mlp[0], head.mlp[2]
     losses = []
     for step in range(steps):
@@ -194,6 +226,11 @@ def _steps(head, x, base, y, weight, opt, g, steps, progress, cancel, offset, to
         logits = head.base_scale * base[idx] + F.linear(hidden, w2.weight[:, :, 0, 0], w2.bias)
         loss = F.cross_entropy(logits, y[idx], weight=weight,
                                label_smoothing=HEAD_LABEL_SMOOTHING)
+        if free is not None:  # the model's sure answers where nothing is verified stay
+            fi = torch.randint(0, len(free[2]), (min(HEAD_BATCH, len(free[2])),), generator=g)
+            fh = F.gelu(F.linear(free[0][fi], w1.weight[:, :, 0, 0], w1.bias))
+            flog = head.base_scale * free[1][fi] + F.linear(fh, w2.weight[:, :, 0, 0], w2.bias)
+            loss = loss + HEAD_KEEP * F.cross_entropy(flog, free[2][fi])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,7 +272,7 @@ def with_head(segmenter, *, sigmas=HEAD_SIGMAS, hidden: int = HEAD_HIDDEN, smoot
 
 def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_FOLDS, seed: int = 0,
              cache: FeatureCache | None = None, baseline=None, progress=None, cancel=None,
-             **head) -> FinetuneResult:
+             keep: Sequence[int] = (), **head) -> FinetuneResult:
     """Fit a pixel head on the verified pixels of ``samples`` (see the module docstring).
 
     Arguments:
@@ -247,6 +284,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         never a stroke ``segmenter`` was trained on) and scored by the head fitted without it.
       cache: a :class:`FeatureCache` of ``segmenter``'s encoder to fill and reuse.
       baseline / progress / cancel: as :func:`~.finetune.finetune`.
+      keep: labels (1..K) whose confident answers the model keeps where nothing is verified (see
+        :func:`_kept_answers`); classes the model knows on tissue like its own. Empty: none.
       head: ``sigmas``, ``hidden``, ``smooth``, ``stride`` of :func:`with_head`.
 
     Returns: a :class:`~.finetune.FinetuneResult` (``frozen_encoder`` True, ``crop`` 0).
@@ -271,7 +310,8 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
     new_cache = FeatureCache(model, multiple=multiple)
     new_cache._cache = old_cache._cache  # same encoder weights: the same features
     model.eval()
-    (x, base, y, fold_of), mean, std, windows = _gather(model, hd, new_cache, samples, fold_maps, hd.stride)
+    (x, base, y, fold_of), mean, std, windows, free = _gather(model, hd, new_cache, samples, fold_maps, hd.stride)
+    free = _kept_answers(free, keep)
     old_preds = (baseline_predictions(baseline, old_cache, [r for r, _ in samples]) if baseline is not None
                  else _predictions(segmenter, old_cache, samples))
     used = sorted(int(f) for f in np.unique(np.concatenate([m[m > 0].ravel() for m in fold_maps])))
@@ -286,9 +326,9 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         cm_new = np.zeros((k + 1, k + 1), np.int64)
         olds, news, helds = [], [], []
         for n, f in enumerate(used):
-            keep = fold_of != f
-            losses = _fit(hd, (x[keep], base[keep], y[keep]), mean, std, steps=steps, seed=seed + n,
-                          progress=progress, cancel=cancel, offset=n * steps, total_steps=total_steps)
+            keep_f = fold_of != f
+            losses = _fit(hd, (x[keep_f], base[keep_f], y[keep_f]), mean, std, steps=steps, seed=seed + n,
+                          progress=progress, cancel=cancel, offset=n * steps, total_steps=total_steps, free=free)
             for w in windows:
                 y0, x0, y1, x1 = w.pixels
                 fm = fold_maps[w.sample][y0:y1, x0:x1]
@@ -307,7 +347,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         history.append({"step": len(used) * steps, "loss": losses[-1], "val_loss": None,
                         "val_score": _mean(new_scores)})
     losses = _fit(hd, (x, base, y), mean, std, steps=steps, seed=seed, progress=progress, cancel=cancel,
-                  offset=total_steps - steps, total_steps=total_steps)
+                  offset=total_steps - steps, total_steps=total_steps, free=free)
     history.append({"step": total_steps, "loss": losses[-1], "val_loss": None, "val_score": None})
     # What the corrections say was wrong: the old model's labels under every corrected pixel.
     confusion = _confusion(old_preds, [m for _, m in samples], k)
