@@ -149,21 +149,32 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(files, tmp_path):
     store = out / "slide_b.labels.zarr"
     # Ctrl-C as in a terminal: a child inherits an ignored SIGINT (ipykernel, which napari's console
     # starts inside earlier GUI tests, ignores it), and Python then never raises KeyboardInterrupt.
-    launch = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "from napari_dfa.cli import main; sys.exit(main(sys.argv[1:]))")
+    # The child waits, after its first rows are stored, until the Ctrl-C comes: a fast child can
+    # never finish before it (the test waits on that moment, not on time; issue 25).
+    mark = tmp_path / "rows-stored"
+    launch = ("import pathlib, signal, sys, threading\n"
+              "from napari_dfa.labels.store import LabelsStore\n"
+              "hit = threading.Event()\n"
+              "def on_int(signum, frame):\n"
+              "    hit.set()\n"
+              "    signal.default_int_handler(signum, frame)\n"
+              "signal.signal(signal.SIGINT, on_int)\n"
+              "stored = LabelsStore.update_info\n"
+              "def update_info(self, **info):\n"
+              "    stored(self, **info)\n"
+              "    if info.get('rows_done', 0) > 0 and not hit.is_set():\n"
+              f"        pathlib.Path({str(mark)!r}).touch()\n"
+              "        hit.wait(600)\n"
+              "LabelsStore.update_info = update_info\n"
+              "from napari_dfa.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.Popen([sys.executable, "-c", launch, *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rows = 0
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            rows = int(zarr.open_group(str(store), mode="r").attrs["napari_dfa"]["rows_done"])
-        except Exception:  # noqa: BLE001 - not created yet, or attributes mid-write
-            rows = 0
-        if rows > 0:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI keeps what was written
-            break
-        time.sleep(0.01)
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no rows stored"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI keeps what was written
     proc.wait(timeout=600)
     info = zarr.open_group(str(store), mode="r").attrs["napari_dfa"]
     assert proc.returncode == 130 and 0 < info["rows_done"] < 384 and not info["completed"]
