@@ -16,7 +16,8 @@ import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.labels import LabelsStore, read_labels
+from napari_dfa.labels import read_labels
+from napari_dfa.labels.store import LabelsStore
 from napari_dfa.labels.store import store_lock
 from napari_dfa.model import ModelConfig, Segmenter
 

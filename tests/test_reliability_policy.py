@@ -214,7 +214,7 @@ def test_evaluate_creates_no_folder_for_its_report(files, tmp_path, capsys):
 
 
 def test_export_never_writes_into_its_own_store(tmp_path, capsys):
-    from napari_dfa.labels import LabelsStore
+    from napari_dfa.labels.store import LabelsStore
 
     src = tmp_path / "a.labels.zarr"
     store = LabelsStore.create(src, shape=(64, 64), class_names=NAMES, class_colors=[(1, 2, 3)] * 5, chunk=64)

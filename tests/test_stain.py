@@ -17,7 +17,7 @@ from napari_dfa.errors import ConfigError, DataError
 from napari_dfa.inference import segment
 from napari_dfa.inference.stain import slide_stain_match
 from napari_dfa.inference.tile_cache import TileCache
-from napari_dfa.labels import LabelsStore
+from napari_dfa.labels.store import LabelsStore
 from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.model.stain import StainFit, StainMatch, training_stain
 from napari_dfa.slide import open_slide

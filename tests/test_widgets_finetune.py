@@ -26,7 +26,7 @@ from widget_fixtures import (  # noqa: F401  (fixtures)
 
 from napari_dfa._widgets._base import full_text
 from napari_dfa.corrections import CorrectionStore
-from napari_dfa.labels import LabelsStore
+from napari_dfa.labels.store import LabelsStore
 from napari_dfa.model import load_model
 
 pytestmark = pytest.mark.gui

@@ -20,7 +20,7 @@ from napari_dfa.corrections.workflow import (
 )
 from napari_dfa.errors import Cancelled, DataError
 from napari_dfa.inference import segment
-from napari_dfa.labels import LabelsStore
+from napari_dfa.labels.store import LabelsStore
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
 from napari_dfa.training import FinetuneResult

@@ -54,7 +54,7 @@ from ..corrections.guard import label_map
 from ..corrections.workflow import Resegment, default_steps, finetune_on_corrections, write_back
 from ..errors import DataError
 from ..inference.background import gui_tile_workers
-from ..labels import LabelsStore
+from ..labels import label_levels
 from ..files.paths import accepted_labels_store_path
 from ._base import DFAWidget, body_layout, eliding_combo, error_text, narrow_combo
 from ._fold import Fold
@@ -1096,7 +1096,7 @@ class FinetuneWidget(DFAWidget):
                              accepted={"model": self.session.model_source, "over": str(res.store_path),
                                        "region": [int(v) for v in target[1]]})
             path = write_back(spec, labels)
-            data = LabelsStore.open(path, mode="r").levels()
+            data = label_levels(path)
             layer.data = data if len(data) > 1 else data[0]
             res.store_path = str(path)
         elif not res.whole_slide:

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.region_cache import CachedRegion, RegionCache
 from ..inference.tile_cache import TileCache
-from ..labels import LabelsStore
+from ..labels import label_levels
 from ..files.paths import slide_labels_store_path
 from ._base import DFAWidget, body_layout, eliding_combo, full_text, narrow_combo, start_worker
 from ._fold import Fold
@@ -476,7 +476,7 @@ def open_label_pyramid(res) -> list:
     """The levels of a whole-slide labels store, finest first (level 0 alone until the run
     finished and built the display pyramid)."""
     try:
-        levels = LabelsStore.open(res.path, mode="r").levels()
+        levels = label_levels(res.path)
     except DataError:  # not (yet) a complete store: the result's own level 0
         return [res.labels]
     return levels or [res.labels]

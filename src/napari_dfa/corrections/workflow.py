@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..labels import LabelsStore
+from ..labels.store import LabelsStore
 from .guard import NEEDS_CONFIRMATION, PROMOTED, HeldOut, RegionComparison, judge, label_map
 from .outcome import FinetuneOutcome
 from .replay import replay_from_prediction

@@ -11,11 +11,12 @@ from __future__ import annotations
 from .areas import class_areas, write_area_csv
 from .caveat import add_caveat, read_caveat
 from .geojson import labels_to_geojson, write_geojson
-from .io import export_labels, read_labels, write_ome_zarr_labels
-from .store import LabelsStore
+from .io import export_labels, label_levels, read_labels, write_ome_zarr_labels
 from .tiff import write_labels_tiff
 
+# The store itself is napari_dfa.labels.store.LabelsStore: imported from its module, so that the
+# import contract sees who uses it (the widgets must not: they read levels with label_levels).
 __all__ = [
-    "LabelsStore", "add_caveat", "class_areas", "export_labels", "labels_to_geojson", "read_caveat",
+    "add_caveat", "class_areas", "export_labels", "label_levels", "labels_to_geojson", "read_caveat",
     "read_labels", "write_area_csv", "write_geojson", "write_labels_tiff", "write_ome_zarr_labels",
 ]

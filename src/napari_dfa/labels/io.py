@@ -241,3 +241,11 @@ def _mark_csv(path: Path, mark: dict) -> None:
     with path.open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)
 
+
+
+def label_levels(path) -> list:
+    """The levels of a labels store (:class:`~napari_dfa.labels.store.LabelsStore`), finest first,
+    read-only and lazy: what a viewer shows. A DataError when ``path`` is not a complete store."""
+    from .store import LabelsStore
+
+    return LabelsStore.open(path, mode="r").levels()
