@@ -123,6 +123,31 @@ def test_zoomed_out_view_uses_the_model_level_and_whole_slide_is_multiscale(setu
     assert set(np.unique(np.asarray(labels.data[-1]))) <= set(range(6))
 
 
+def test_a_model_of_a_coarser_level_segments_the_view_there_and_places_it(setup, qtbot, tiny_model_path, tmp_path):
+    """A model trained at 1 µm/px on a 0.5 µm/px slide: the view is segmented at level 1 (downsample
+    2) and the labels sit where the image has that region (issue 25: every Segment-widget test ran
+    at level 0, where a placement that ignores the downsample passes)."""
+    viewer, image, widget = setup
+    coarse = load_model(tiny_model_path)
+    coarse.mpp = 1.0
+    path = coarse.save(tmp_path / "coarse.safetensors")
+    widget.set_model_source(str(path))
+    view_region(viewer, image, 600, 700, 512, 512)
+    widget.segment()
+    wait_worker(qtbot, widget)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    res = widget.session.result
+    slide = small_slide_of(image)
+    assert res.level == 1 and slide.downsamples[1] == 2
+    y0, x0, h, w = res.region  # in level-1 pixels: the view's 512² level-0 pixels are ~256² there
+    assert y0 <= 300 + 1 and x0 <= 350 + 1 and y0 + h >= 300 + 256 - 1 and x0 + w >= 350 + 256 - 1
+    labels = viewer.layers["coarse · view"]
+    np.testing.assert_allclose(labels.scale, np.asarray(image.scale) * 2)
+    np.testing.assert_allclose(labels.translate, np.asarray(image.translate) + np.array([y0, x0]) * 2 * image.scale)
+    expected = segment(slide, load_model(path), level=1, region=res.region).labels
+    np.testing.assert_array_equal(labels.data, expected)
+
+
 def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot, tiny_model_path):
     """A plain RGB numpy layer (another reader's) with its own scale and translate."""
     from napari_dfa._widgets.segment import SegmentWidget
