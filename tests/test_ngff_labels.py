@@ -98,6 +98,13 @@ def test_standalone_store_is_valid_and_has_the_slides_levels(files, tmp_path):
     assert {v: p["class"] for v, p in node.metadata["properties"].items()} == dict(enumerate(NAMES, start=1))
     assert node.metadata["coordinateTransformations"][1][0]["scale"] == [1.0, 1.0]  # µm, as the slide
 
+    # ... and the copy `napari-dfa export --to x.zarr` writes is valid NGFF labels too (issue 25)
+    copy = tmp_path / "copy.zarr"
+    assert main(["export", str(store), "--to", str(copy)]) == 0
+    exported = zarr.open_group(str(copy), mode="r")
+    ImageLabel.from_zarr(exported)
+    _assert_strict(exported.attrs.asdict()["ome"], len(exported.attrs.asdict()["ome"]["multiscales"][0]["datasets"]))
+
 
 def test_predict_into_ngff05_image(files, tmp_path):
     """The labels land in the slide's labels/ group: ome_zarr finds them from the image, the image
