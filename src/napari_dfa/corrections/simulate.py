@@ -166,11 +166,12 @@ def run_curve(segmenter, rgb: np.ndarray, truth: np.ndarray, names: Sequence[str
             ours_d, ours_per = mean_dice(ours, truth, scored, k)
             # The model fine-tuned this round, kept or not: whether the verdict picked the better one.
             cand = ours if outcome.kept else np.asarray(segment(rgb, outcome.candidate).labels)
-            cand_d = mean_dice(cand, truth, scored, k)[0]
+            cand_d, cand_per = mean_dice(cand, truth, scored, k)
             row = {"seed": seed, "round": r, "corrected_pixels": int((corr > 0).sum()), "verdict": outcome.verdict.status,
                    "reason": outcome.verdict.reason, "method": outcome.result.method,
                    "other": outcome.result.alternative, "ours": ours_d, "ours_per_class": ours_per,
-                   "candidate": cand_d, "before": rows[-1]["ours"] if rows else before_d,
+                   "candidate": cand_d, "candidate_per_class": cand_per,
+                   "before": rows[-1]["ours"] if rows else before_d,
                    "held_out": [outcome.result.old_score, outcome.result.new_score],
                    "ours_seconds": round(ours_s, 1)}
             if forest:
