@@ -70,14 +70,14 @@ class Cluster:
     def wait_for_workers(self, n: int):
         from dask.distributed import Client
 
-        with Client(self.address, timeout="60s") as client:
+        with Client(self.address, timeout="300s") as client:
             client.wait_for_workers(n, timeout=300)
 
     def close(self):
         for proc in [*self.workers, self.scheduler]:
             if proc.poll() is None:
                 proc.kill()
-            proc.wait(timeout=60)
+            proc.wait(timeout=600)  # a killed process on a busy machine: generous
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
         name = new_names[c - 1]
         traded = now_right >= right or held_out.new.get(name, 0.0) >= held_out.old.get(name, 1.0) + CLASS_DROP
         if kept < (1 - RIGHT_SLACK) * right and not traded:
-            problems.append(f"it gets {_pct(1 - kept / right)} of the held-back {new_names[c - 1]} you verified wrong "
+            problems.append(f"it gets {_pct(1 - kept / right)} of the held-back {name} you verified wrong "
                             f"where the old model had it right (at most {_pct(RIGHT_SLACK)})")
 
     # What the corrections say: rows the verified class, columns the old label under it.
@@ -295,6 +295,7 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
     changed = None if agreement is None else 1 - agreement
     where = "" if changed is None else (f" Where nothing is verified it would change {_pct(changed)} of the tissue "
                                          "(shown in magenta): look before accepting.")
+    per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)  # the scored classes
     if problems:
         status = REJECTED
         reason = ("Kept the old model: " + "; ".join(problems) + ". Reject it, and paint or confirm more of "
@@ -322,14 +323,12 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                   f"changed and accept it only if it looks right.{where}")
     elif scored and old_mean < SATURATED and new_mean < old_mean + MIN_GAIN:
         status = NEEDS_CONFIRMATION
-        per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
         reason = (f"The fine-tuned model is barely better on the verified pixels held back to test it (mean Dice "
                   f"{old_mean:.2f} → {new_mean:.2f}: {per}; less than {MIN_GAIN:.2f} is within what a few strokes "
                   "vary by). Paint where it is still wrong, or confirm a region (Looks right), then fine-tune "
                   f"again; or look at what changed and accept it only if it looks right.{where}")
     elif changed is not None and changed > LOOK_SHARE:
         status = NEEDS_CONFIRMATION
-        per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
         reason = (f"The fine-tuned model is better on the verified pixels held back to test it (mean Dice "
                   f"{old_mean:.2f} → {new_mean:.2f}: {per}), but where nothing is verified it would change "
                   f"{_pct(changed)} of the tissue (shown in magenta), more than what you verified can vouch for "
@@ -337,7 +336,6 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
                   "confirm more regions (Looks right) and fine-tune again.")
     else:
         status = PROMOTED
-        per = ", ".join(f"{n} {held_out.old[n]:.2f} → {held_out.new[n]:.2f}" for n in scored)
         reason = (f"The fine-tuned model is better on the verified pixels held back to test it (mean Dice "
                   f"{old_mean:.2f} → {new_mean:.2f}: {per}), and no verified class got worse.{where}")
     verdict = GuardVerdict(status=status, reason=reason, problems=problems, held_out=held_out,

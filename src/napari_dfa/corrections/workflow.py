@@ -196,8 +196,7 @@ def choose_method(segmenter, names: Sequence[str], images: Sequence[np.ndarray],
 
     lut = label_map(segmenter.class_names, names, renames)
     fresh = set(untrained_classes(segmenter))
-    known = set(int(v) for c, v in enumerate(lut[1:], start=1)
-                if v > 0 and c <= len(segmenter.class_names) and segmenter.class_names[c - 1] not in fresh)
+    known = {int(v) for n, v in zip(segmenter.class_names, lut[1:]) if v > 0 and n not in fresh}
     new = [n for i, n in enumerate(names) if i + 1 not in known]
     if new:
         return "head", f"{', '.join(new)} {'are classes' if len(new) > 1 else 'is a class'} the model never had"
@@ -330,10 +329,10 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     if method in ("auto", "head", "both"):  # where the tissue lies decides auto, and what the head keeps
         from ..model.domain import domain_check
 
-        domain = domain_check(segmenter, [r for r, _ in samples])
+        images = [r for r, _ in samples]
+        domain = domain_check(segmenter, images)
     if method == "auto":
-        method, chosen_because = choose_method(segmenter, names, [r for r, _ in samples], renames=renames,
-                                               report=domain)
+        method, chosen_because = choose_method(segmenter, names, images, renames=renames, report=domain)
         logger.info("fine-tuning: %s, as %s", method, chosen_because)
 
     # The reviewed regions: pixels, labels before (old class numbers), corrections, replay.
