@@ -14,7 +14,11 @@ a model is fitted without the held-back ones and both models are scored on them,
 (a) **Better where the pathologist said what is right.** The mean Dice over the scored classes
     must improve (or stay within 0.01 when the old model is already above :data:`SATURATED`),
     and no scored class may drop by more than :data:`CLASS_DROP`: a class that collapses into
-    another fails here, as soon as a stroke or a confirmed region of it is held back.
+    another fails here, as soon as a stroke or a confirmed region of it is held back. A drop
+    counts when the held-back strokes agree on it: resampled by whole stroke, the class is worse in
+    at least :data:`DROP_HOLDS` of the resamplings. On a real-pixel mosaic a look-alike class's
+    pooled drop on six held-back squares (0.77 → 0.52) rested on one or two of them, and did not
+    happen on the unseen tissue (0.745 → 0.774): such a drop is noise, not a regression.
     A gain below :data:`MIN_GAIN` (on an old mean below :data:`SATURATED`) is no evidence either
     way: the guard asks.
 (b) **Enough to test every verified class.** A class with verified pixels but too few held back
@@ -66,6 +70,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CLASS_DROP = 0.10  # largest held-out Dice drop of one class
+# Share of resamplings of the held-back strokes (whole strokes, with replacement) in which a class
+# must be worse for its drop to count: about a one-sided 90 % bootstrap interval.
+DROP_HOLDS = 0.9
+DROP_RESAMPLES = 400
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
 # Smallest held-out mean gain that promotes; a smaller one is asked about: careless one-class strokes
 # over tissue the model is sure of moved it by 0.00-0.02 once the head kept the model's sure answers,
@@ -129,6 +137,9 @@ class HeldOut:
     confusion: np.ndarray | None = None
     # per label of the new list: (held-back verified pixels the old model had right, still right)
     right_kept: dict = field(default_factory=dict)
+    # per held-back stroke: (its label, the old model's labels over it counted, the new model's), as
+    # napari_dfa.training.finetune.stroke_counts gives them; None: only the pooled scores are known
+    strokes: tuple | None = None
 
 
 @dataclass
@@ -194,6 +205,31 @@ def label_map(old_names: Sequence[str], new_names: Sequence[str], renames: dict[
     return lut
 
 
+def drop_holds(strokes, c: int, *, resamples: int = DROP_RESAMPLES, seed: int = 0) -> float:
+    """Share of resamplings of the held-back strokes (whole strokes, with replacement) in which
+    label ``c``'s Dice is lower for the new model than for the old; resamplings without a stroke of
+    ``c`` do not count. 1.0 when there is nothing to resample (``strokes`` None, or fewer than two
+    strokes of ``c``): the pooled scores decide alone."""
+    if strokes is None:
+        return 1.0
+    classes, old, new = (np.asarray(a) for a in strokes)
+    is_c = classes == c
+    if is_c.sum() < 2:
+        return 1.0
+    n = len(classes)
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)  # resamples × n
+
+    def dice(counts):
+        tp = weights @ np.where(is_c, counts[:, c], 0)
+        size = weights @ np.where(is_c, counts.sum(1), 0)
+        fp = weights @ np.where(is_c, 0, counts[:, c])
+        return 2 * tp / np.maximum(tp + size + fp, 1)
+
+    has_c = weights @ is_c > 0
+    worse = (dice(new) < dice(old))[has_c]
+    return float(worse.mean()) if worse.size else 1.0
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.0f} %" if v >= 0.01 or v == 0 else f"{100 * v:.1f} %"
 
@@ -227,7 +263,13 @@ def judge(held_out: HeldOut, regions: Sequence[RegionComparison], *, old_names: 
             problems.append(f"it is not better on the corrections held back to test it "
                             f"(mean Dice {old_mean:.2f} → {new_mean:.2f})")
         for n in scored:
-            if held_out.new[n] < held_out.old[n] - CLASS_DROP:
+            if held_out.new[n] >= held_out.old[n] - CLASS_DROP:
+                continue
+            share = drop_holds(held_out.strokes, new_names.index(n) + 1 if n in new_names else -1)
+            if share < DROP_HOLDS:
+                logger.info("guard: %s %.2f -> %.2f on the held-back strokes, but worse in only %.0f %% of "
+                            "their resamplings: not counted", n, held_out.old[n], held_out.new[n], 100 * share)
+            else:
                 problems.append(f"{n} got worse on the held-back corrections "
                                 f"(Dice {held_out.old[n]:.2f} → {held_out.new[n]:.2f})")
 

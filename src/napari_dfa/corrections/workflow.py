@@ -407,7 +407,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                                                 corrected=corrected, trained=trained, tissue=tissue))
         held = HeldOut(old=res.old_class_scores, new=res.new_class_scores, pixels=res.held_out_per_class,
                        too_few=res.too_few, confusion=_evidence(regions, res, lut, len(names)),
-                       right_kept=res.right_kept)
+                       right_kept=res.right_kept, strokes=res.strokes)
         return judge(held, comparisons, old_names=old_names, new_names=names, renames=renames)
 
     result, verdict = _better([(r, assess(r)) for r in (head_result, deep_result) if r is not None])

@@ -95,6 +95,8 @@ class FinetuneResult:
     alternative: dict | None = None  # the other method's held-out score, when both ran (method "auto")
     # per label: (held-back verified pixels the old model had right, of them still right)
     right_kept: dict = field(default_factory=dict)
+    # per held-back stroke: (label, old model's labels over it counted, new model's): stroke_counts
+    strokes: tuple | None = None
 
 
 def _check_samples(samples, num_classes: int, what: str):
@@ -241,6 +243,28 @@ def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int, int]]:
             r[1] += int((here & (new == mask)).sum())
             r[2] += int((now & (mask == c)).sum())
     return {c: tuple(r) for c, r in out.items()}
+
+
+def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-back stroke (an 8-connected piece of one class in a mask): its label, and the old
+    and the new model's labels over it counted (n × (k+1) each). Summed over any set of strokes
+    they give the confusion rows the per-class Dice comes from, so the guard can ask whether a
+    class's drop holds across its strokes or rests on one or two of them."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    classes, olds, news = [], [], []
+    for old, new, mask in zip(old_preds, new_preds, masks):
+        for c in np.unique(mask[mask > 0]).tolist():
+            lab, n = ndimage.label(mask == c, structure=eight)
+            for j in range(1, n + 1):
+                piece = lab == j
+                classes.append(int(c))
+                olds.append(np.bincount(np.clip(old[piece], 0, k), minlength=k + 1)[:k + 1])
+                news.append(np.bincount(np.clip(new[piece], 0, k), minlength=k + 1)[:k + 1])
+    empty = np.zeros((0, k + 1), np.int64)
+    return (np.asarray(classes, np.int64), np.asarray(olds, np.int64) if olds else empty,
+            np.asarray(news, np.int64) if news else empty)
 
 
 def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:
@@ -586,8 +610,10 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
             p.requires_grad_(not segmenter.config.freeze_encoder)
     new_cm, _ = _evaluate(model, new_cache(), val_pairs, k, criterion)
     new_scores = _per_class_dice(new_cm, names, scored)
-    kept_right = right_kept([old_labels[id(r)] for r, _ in val_pairs],
-                            [predict_region(new, r, new_cache()) for r, _ in val_pairs], [m for _, m in val_pairs])
+    val_old = [old_labels[id(r)] for r, _ in val_pairs]
+    val_new = [predict_region(new, r, new_cache()) for r, _ in val_pairs]
+    kept_right = right_kept(val_old, val_new, [m for _, m in val_pairs])
+    strokes = stroke_counts(val_old, val_new, [m for _, m in val_pairs], k)
     old_score, new_score = _mean(old_scores), _mean(new_scores)
     promoted = bool(np.isnan(old_score) or new_score >= old_score)
     new.record_bias(phase="finetune", step=steps)
@@ -606,5 +632,6 @@ def finetune(segmenter, samples, *, steps: int = 200, batch_size: int = 4, crop:
         held_out_per_class={names[c - 1]: int(held_cls[c]) for c in range(1, k + 1) if held_cls[c]},
         old_class_scores=old_scores, new_class_scores=new_scores, too_few=too_few,
         correction_confusion=confusion, frozen_encoder=bool(frozen_encoder), seconds=seconds, steps=steps,
-        crop=int(crop), cache=old_cache if frozen_encoder else None, right_kept=kept_right)
+        crop=int(crop), cache=old_cache if frozen_encoder else None, right_kept=kept_right,
+        strokes=strokes)
 

@@ -38,6 +38,7 @@ from .finetune import (
     correction_provenance,
     plan_folds,
     right_kept,
+    stroke_counts,
 )
 from .frozen import FeatureCache, predict_region
 from .metrics import confusion_matrix
@@ -320,6 +321,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
     new_scores: dict[str, float] = {}
     old_scores: dict[str, float] = {}
     kept_right: dict = {}
+    strokes = None
     if used:
         # Each stroke scored by the head fitted without it: old and new labels over every held-back pixel.
         cm_old = np.zeros((k + 1, k + 1), np.int64)
@@ -344,6 +346,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         old_scores = _per_class_dice(cm_old, names, scored)
         new_scores = _per_class_dice(cm_new, names, scored)
         kept_right = right_kept(olds, news, helds)
+        strokes = stroke_counts(olds, news, helds, k)
         history.append({"step": len(used) * steps, "loss": losses[-1], "val_loss": None,
                         "val_score": _mean(new_scores)})
     losses = _fit(hd, (x, base, y), mean, std, steps=steps, seed=seed, progress=progress, cancel=cancel,
@@ -370,4 +373,4 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         held_out_per_class={names[c - 1]: int(held_cls[c]) for c in range(1, k + 1) if held_cls[c]},
         old_class_scores=old_scores, new_class_scores=new_scores, too_few=too_few,
         correction_confusion=confusion, frozen_encoder=True, seconds=seconds, steps=steps, crop=0,
-        cache=old_cache, method="head", right_kept=kept_right)
+        cache=old_cache, method="head", right_kept=kept_right, strokes=strokes)
