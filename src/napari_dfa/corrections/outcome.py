@@ -1,15 +1,19 @@
 """What a fine-tune on corrections did, for the review (no Qt): :class:`FinetuneOutcome` — the
-verdict, the areas before → after, what changed and where to look next, the CLI's JSON report."""
+verdict, the areas before → after, what changed and where to look next, whether it may be accepted
+and accepting it, the CLI's JSON report."""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import DataError
 from .guard import GuardVerdict
 
 if TYPE_CHECKING:
@@ -58,6 +62,24 @@ class FinetuneOutcome:
     def needs_confirmation(self) -> bool:
         """Nothing speaks against the new model, but too little could be held out to test it."""
         return self.verdict.needs_confirmation
+
+    @property
+    def acceptable(self) -> bool:
+        """Whether the candidate may be accepted: the guard promoted it, could not test it (the
+        user decides), or was off. A model the guard rejected is not offered."""
+        return self.promoted or self.needs_confirmation or not self.guard
+
+    def accept(self):
+        """Keep the candidate: it is the model to use from now on, and its provenance says it was
+        kept (``confirmed``: by the user, where the guard could not test it). Returns it; DataError
+        when it is not :attr:`acceptable`."""
+        if not self.acceptable:
+            raise DataError(f"The guard rejected this model, which cannot be accepted: {self.verdict.reason}")
+        guard = self.candidate.metadata.setdefault("provenance", {}).setdefault("guard", {})
+        guard["kept"] = True
+        guard["confirmed"] = bool(self.needs_confirmation)
+        self.kept, self.segmenter = True, self.candidate
+        return self.candidate
 
     @property
     def old_score(self) -> float:
@@ -168,6 +190,13 @@ class FinetuneOutcome:
             "look_next": [{"region": [y, x, h, w], "changed_pixels": px} for y, x, h, w, px in self.look_next()],
             "train_seconds": round(float(r.seconds), 2), "seconds": round(float(self.seconds), 2),
         }
+
+
+def next_version(labels: Iterable[str], kind: str) -> str:
+    """The label of the next model version of ``kind`` (``"fine-tune"``, ``"classes"``): ``"kind n"``,
+    ``n`` one more than the versions of that kind among ``labels``."""
+    pattern = re.compile(re.escape(kind) + r" \d+")
+    return f"{kind} {sum(1 for label in labels if pattern.fullmatch(label)) + 1}"
 
 
 def _num(v):
