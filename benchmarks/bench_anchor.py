@@ -57,17 +57,15 @@ cached in ``$NAPARI_DFA_CACHE/bench`` when that is set, else in ``runs/bench-anc
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _harness import ROOT, ChildFailed, machine_line, peak_rss_mb, rss_mb, run_child, table_head
+
 TIA_VENV = ROOT / os.environ.get("BENCH_TIA_VENV", ".venv-tia")  # `make bench-anchor` passes its TIA_VENV
 SLIDE_HW = (12288, 16384)  # level 0 (height, width): 16k × 12k, a modest real slide
 SLIDE_MPP = 0.25  # so that level 1 is 0.5 µm/px, the demo model's resolution
@@ -79,7 +77,6 @@ REGION = (2048, 3072, 2048, 2048)  # (y0, x0, h, w) at level 1: the centre of th
 # tokens attend over the whole tile): 95.6 % MONAI vs segment at (2816, 3840).
 CHECK_REGION = (2688, 3584, 512, 512)
 MASK_SCALE = 16  # TIAToolbox's region mask is 1/16 of level 1 (region edges must be multiples of it)
-RESULT = "RESULT "  # prefix of the line a child process reports on
 
 
 # -- parent ---------------------------------------------------------------------------------------
@@ -133,7 +130,9 @@ def plan(slide_path: Path, region, args) -> dict:
                 tia_workers=args.tia_workers, tia_compile=args.tia_compile, warmup=not args.no_warmup)
 
 
-def run_child(name: str, spec: dict, out_dir: Path | None) -> dict:
+def run_pipeline(name: str, spec: dict, out_dir: Path | None) -> dict:
+    """One pipeline in a fresh process (TIAToolbox's under ``.venv-tia``): :func:`child`'s result,
+    or its error."""
     if name == "tia":
         python = TIA_VENV / "bin" / "python"
         if not python.is_file():
@@ -142,20 +141,14 @@ def run_child(name: str, spec: dict, out_dir: Path | None) -> dict:
         python = Path(sys.executable)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
-    cmd = [str(python), str(Path(__file__).resolve()), "--child", name, "--spec", json.dumps(spec)]
-    if out_dir is not None:
-        cmd += ["--labels-out", str(out_dir / f"{name}.npy")]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    return {"name": name, "error": f"exit status {proc.returncode}:\n{tail}"}
+    labels_out = None if out_dir is None else str(out_dir / f"{name}.npy")
+    try:
+        return run_child(child, name, spec, labels_out, python=python, env=env, cwd=ROOT)
+    except ChildFailed as failed:
+        return {"name": name, "error": f"exit status {failed.returncode}:\n{failed.tail(15)}"}
 
 
 def machine(spec: dict) -> str:
-    import torch
-
     tia_torch = "not installed"
     if (TIA_VENV / "bin" / "python").is_file():
         probe = "import torch, tiatoolbox; print(torch.__version__, 'tiatoolbox', tiatoolbox.__version__)"
@@ -167,9 +160,8 @@ def machine(spec: dict) -> str:
         monai_v = monai.__version__
     except ImportError:
         monai_v = "not installed"
-    return (f"{platform.platform()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, device {spec['device']}; "
-            f"torch {torch.__version__} (napari-dfa, MONAI {monai_v}), torch {tia_torch} (.venv-tia)")
+    return (f"{machine_line()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+            f"device {spec['device']}; MONAI {monai_v}; torch {tia_torch} (.venv-tia)")
 
 
 LABELS = {
@@ -186,9 +178,9 @@ def table(results: dict[str, list[dict]], spec: dict) -> list[str]:
             for n, rs in results.items()}
     ref = best.get("model")
     ref_mps = ref["computed_px"] / 1e6 / ref["wall_s"] if ref else None
-    rows = [("| pipeline | tiles × edge (overlap) | blending | forward-pass Mpx | wall s (best; all rounds) | "
-             "region MP/s | × model alone | forward-pass MP/s | RSS before call | peak RSS |"),
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = table_head(["pipeline", "tiles × edge (overlap)", "blending", "forward-pass Mpx",
+                       "wall s (best; all rounds)", "region MP/s", "× model alone", "forward-pass MP/s",
+                       "RSS before call", "peak RSS"], "lllrrrrrrr")
     labels = dict(LABELS)
     if spec["tile_arg"] is not None:
         labels["segment"] = labels["segment"].replace("defaults", f"tile={spec['tile_arg']}, overlap={spec['overlap_arg']}")
@@ -261,13 +253,7 @@ def main() -> None:
                          "on a compatible GPU, nothing on CPU; 'disable' turns it off)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up forward pass")
     ap.add_argument("--min-agreement", type=float, default=0.95)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--spec", help=argparse.SUPPRESS)
-    ap.add_argument("--labels-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        child(args.child, json.loads(args.spec), args.labels_out)
-        return
 
     region = tuple(int(v) for v in args.region.split(",")) if args.region else (CHECK_REGION if args.check else REGION)
     if len(region) != 4 or any(v % MASK_SCALE for v in region):
@@ -290,7 +276,7 @@ def main() -> None:
     if args.check:
         with tempfile.TemporaryDirectory(prefix="bench-anchor-") as tmp:
             for name in names:
-                r = run_child(name, spec, Path(tmp))
+                r = run_pipeline(name, spec, Path(tmp))
                 if "error" in r:
                     print(f"{name}: FAILED\n{r['error']}")
                 else:
@@ -303,7 +289,7 @@ def main() -> None:
     for k in range(args.repeats):
         for name in names:
             print(f"round {k + 1}/{args.repeats}: {name} ...", flush=True)
-            results[name].append(run_child(name, spec, None))
+            results[name].append(run_pipeline(name, spec, None))
             if "error" in results[name][-1]:
                 print(results[name][-1]["error"], flush=True)
     print()
@@ -317,20 +303,6 @@ def main() -> None:
 
 
 # -- children -------------------------------------------------------------------------------------
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of any it waited for (DataLoader workers), MB."""
-    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return kib / 1024
-
-
 def load_segmenter(spec: dict):
     """The demo model on the device with channels-last weights (what ``segment`` leaves it in on CPU
     and CUDA), so that every pipeline runs the same convolutions."""
@@ -370,7 +342,8 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def child(name: str, spec: dict, labels_out: str | None) -> None:
+def child(name: str, spec: dict, labels_out: str | None) -> dict:
+    """Runs in a fresh process (:func:`run_pipeline`): one pipeline, its figures."""
     import numpy as np
 
     fn = {"model": child_model, "segment": child_segment, "monai": child_monai, "tia": child_tia}[name]
@@ -379,7 +352,7 @@ def child(name: str, spec: dict, labels_out: str | None) -> None:
     if labels_out and labels is not None:
         assert labels.shape == tuple(spec["region"][2:]), (name, labels.shape)
         np.save(labels_out, np.asarray(labels, dtype=np.uint8))
-    print(RESULT + json.dumps(result), flush=True)
+    return result
 
 
 def warm_up(spec: dict, forward) -> None:

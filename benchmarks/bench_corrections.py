@@ -42,7 +42,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -357,15 +356,6 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine_info() -> str:
-    import os
-
-    import torch
-
-    return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)").replace("  ", " ")
-
-
 def run(settings: Settings, out: Path, command: str) -> dict:
     import tifffile
 
@@ -373,6 +363,7 @@ def run(settings: Settings, out: Path, command: str) -> dict:
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
     from napari_dfa.synth import SynthConfig, write_slide
+    from napari_dfa.training.throughput import machine_info  # what `napari-dfa bench` records
 
     out.mkdir(parents=True, exist_ok=True)
     if settings.steps is None:

@@ -47,6 +47,8 @@ sys.path.insert(0, str(HERE.parent / "src"))  # runnable from a checkout without
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _harness import table_head  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -214,8 +216,7 @@ def table(r: dict) -> str:
 
     alone = r.get("model alone", {})
     ref = alone.get("mpx_per_s") if isinstance(alone, dict) else None
-    rows = ["| measurement | Mpx | s | Mpx/s | ratio to model alone | peak GPU GiB | notes |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    rows = table_head(["measurement", "Mpx", "s", "Mpx/s", "ratio to model alone", "peak GPU GiB", "notes"], "lrrrrrl")
     for name in ("model alone", "pipeline, in-memory image", "pipeline, slide file",
                  "pipeline, slide file into a store"):
         d = r.get(name)
@@ -277,7 +278,7 @@ def main() -> int:
     mpx = img.shape[0] * img.shape[1] / 1e6
     part(results, "model alone", lambda: model_alone(model, img))
     part(results, "pipeline, in-memory image", lambda: pipeline(model, img, mpx, args.repeats))
-    del img
+    img = None  # freed before the slide parts (the two above have run)
     with tempfile.TemporaryDirectory(prefix="napari-dfa-gpu-") as tmp:
         slide = {}
 

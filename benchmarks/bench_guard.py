@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from correction_fixtures import mean_dice, one_class_strokes, paint_largest_errors  # noqa: E402
+from _harness import correction_fixtures, table_head
 
 REGION = (0, 0, 1024, 1024)
 # (region size in px, stain jitter, seed): the sample slide's look (320, 0.05) and finer,
@@ -61,6 +60,7 @@ def main(argv=None) -> int:
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
+    fixtures = correction_fixtures()  # what the correction tests paint, and their scoring
     torch.set_num_threads(1)  # as the correction tests run it: results do not depend on the core count
     tmp = Path(tempfile.mkdtemp())
     out = open(args.out, "a") if args.out else None
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
             truth = np.asarray(open_truth(truth_path)[0])
             before = np.asarray(segment(slide, seg, level=0, region=REGION).labels)
             for kind in KINDS:
-                painted = paint_largest_errors(truth, before) if kind == "real" else \
-                    one_class_strokes(truth.shape, label=int(kind))
+                painted = fixtures.paint_largest_errors(truth, before) if kind == "real" else \
+                    fixtures.one_class_strokes(truth.shape, label=int(kind))
                 if (painted > 0).sum() < 1000:  # the model is right almost everywhere: nothing to paint
                     continue
                 store = CorrectionStore.for_slide(slide.path, root=tmp / f"{len(rows)}", class_names=seg.class_names)
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                 where = (painted == 0) & (truth > 0)
                 row = dict(model=name, size=size, jitter=jitter, seed=seed, kind=kind, status=o.verdict.status,
                            method=o.result.method, confirmed=bool(args.confirm),
-                           before=mean_dice(truth, before, where), after=mean_dice(truth, o.relabelled, where),
+                           before=fixtures.mean_dice(truth, before, where),
+                           after=fixtures.mean_dice(truth, o.relabelled, where),
                            reason=o.verdict.reason)
                 rows.append(row)
                 print(f"{Path(name).name} {size:.0f} px, stain {jitter}, seed {seed}, {kind}: {row['status']}, "
@@ -100,9 +101,8 @@ def main(argv=None) -> int:
                 if out:
                     out.write(json.dumps({**row, "verdict": o.verdict.as_dict()}) + "\n")
                     out.flush()
-    print("| model | corrections | runs | worse where nothing was corrected | promoted | promoted and worse | "
-          "asked | rejected |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(*table_head(["model", "corrections", "runs", "worse where nothing was corrected", "promoted",
+                       "promoted and worse", "asked", "rejected"], "llrrrrrr"), sep="\n")
     for name in args.models.split(","):
         for label, kinds in (("truth-painted", {"real"}), ("one-class strokes", {"1", "2", "5"})):
             rs = [r for r in rows if r["model"] == name and r["kind"] in kinds]

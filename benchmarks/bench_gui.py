@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import machine_line, markdown_table
 
 
 def _reexec_under_xvfb() -> None:
@@ -102,21 +103,6 @@ def pump_until(app, cond, timeout: float) -> None:
     timer.stop()
     if not cond():
         raise TimeoutError("benchmark step did not finish in time")
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU cores ({cpu}), no GPU used; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}")
 
 
 def stand_in_model(folder: Path) -> Path:
@@ -274,11 +260,11 @@ def main() -> int:
                  gap_show))
 
     print(f"\n### GUI responsiveness — model `{Path(model).name}`{note}\n")
-    print(f"Machine: {machine()}; load average during the run {os.getloadavg()[0]:.1f}\n")
-    print("| action | size | time (s) | longest UI stall while working (ms) | UI stall showing the result (ms) |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for what, size, s, g_run, g_show in rows:
-        print(f"| {what} | {size} | {s:.2f} | {1000 * g_run:.0f} | {1000 * g_show:.0f} |")
+    print(f"Machine: {machine_line()}; no GPU used; load average during the run {os.getloadavg()[0]:.1f}\n")
+    cells = [(what, size, f"{s:.2f}", f"{1000 * g_run:.0f}", f"{1000 * g_show:.0f}")
+             for what, size, s, g_run, g_show in rows]
+    print(*markdown_table(cells, ["action", "size", "time (s)", "longest UI stall while working (ms)",
+                                  "UI stall showing the result (ms)"], "llrrr"), sep="\n")
     print(f"\nFine-tune status: {ft_w.status.text()}")
     viewer.close()
     return 0

@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,19 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-
-def machine() -> str:
-    import torch
-
-    try:
-        import psutil
-
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:
-        mem = "RAM unknown"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.platform()}, {os.cpu_count()} CPU cores, {mem}, {gpu}; python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+from _children import first_click as first_click_child
+from _children import segment_memory
+from _harness import ChildFailed, machine_line, markdown_table, run_child, table_head
 
 
 def exact_batches(rgb: np.ndarray, tile: int, batch: int) -> list[np.ndarray]:
@@ -151,8 +139,8 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                 f"{res.tiles_total} tiles ({res.tiles_skipped} glass), {res.computed_pixels / 1e6 / mpx:.3f}× the "
                 f"level's pixels computed; best of {args.repeats} interleaved rounds.",
                 "",
-                "| measurement | wall s | slide Mpx/s | ratio to model alone, channels-last | ratio to model alone, NCHW |",
-                "| --- | ---: | ---: | ---: | ---: |",
+                *table_head(["measurement", "wall s", "slide Mpx/s", "ratio to model alone, channels-last",
+                             "ratio to model alone, NCHW"], "lrrrr"),
             ]
             for key in sorted(k for k in best if k not in pipelines):
                 mark = " (fastest cut)" if key in ref.values() else ""
@@ -182,51 +170,18 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
     return rows[:-1]
 
 
-FIRST_CLICK = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import napari_dfa
-from napari_dfa import load_model, open_slide, segment
-t1 = time.perf_counter()
-model = load_model("demo")
-t2 = time.perf_counter()
-slide = open_slide(sys.argv[1])
-t3 = time.perf_counter()
-from napari_dfa.inference.tile_cache import TileCache
-views = [tuple(int(v) for v in r.split(",")) for r in sys.argv[2:]]
-times, tiles = [], []
-for view in views:
-    t = time.perf_counter()
-    res = segment(slide, model, level=0, region=view, device="cpu")
-    times.append(time.perf_counter() - t)
-    tiles.append(res.tiles_total)
-# Panning, as the Segment widget does it: the tile cache holds the tiles of the view before.
-cache = TileCache()
-y, x, h, w = views[1]
-segment(slide, model, level=0, region=views[1], device="cpu", tile_cache=cache)
-pans = []
-for dy, dx in ((0, w // 2), (h // 2, w // 2)):
-    t = time.perf_counter()
-    res = segment(slide, model, level=0, region=(y + dy, x + dx, h, w), device="cpu", tile_cache=cache)
-    pans.append((time.perf_counter() - t, res.tiles_total - res.tiles_cached, res.tiles_total))
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "open": t3 - t2, "views": times, "tiles": tiles,
-                  "pans": pans, "distributed": "distributed" in sys.modules}))
-"""
-
-
 def first_click(args, slide_path: Path) -> list[str]:
     # The first view is the cold call; then a view 4 lattice tiles cover, and one that 9 cover
     # (a 1024² view crosses two tile overlaps of the 4096² level's lattice per axis).
-    views = ["1536,1536,1024,1024", "1600,1600,1024,1024", "1024,1024,1024,1024"]
-    rows = ["| run | import s | load demo s | open slide s | first view s (cold) | warm views s (tiles) | "
-            "panned by half a view s (tiles run / touched) | total to first labels s | distributed imported |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    views = [[1536, 1536, 1024, 1024], [1600, 1600, 1024, 1024], [1024, 1024, 1024, 1024]]
+    rows = table_head(["run", "import s", "load demo s", "open slide s", "first view s (cold)", "warm views s (tiles)",
+                       "panned by half a view s (tiles run / touched)", "total to first labels s",
+                       "distributed imported"], "lrrrrrrrl")
     for r in range(args.cold_runs):
-        proc = subprocess.run([sys.executable, "-c", FIRST_CLICK, str(slide_path), *views], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr)
-        d = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            d = run_child(first_click_child, str(slide_path), views)
+        except ChildFailed as failed:
+            raise SystemExit(failed.stderr) from None
         total = d["import"] + d["load"] + d["open"] + d["views"][0]
         warm = ", ".join(f"{t:.2f} ({n})" for t, n in zip(d["views"][1:], d["tiles"][1:]))
         pans = ", ".join(f"{t:.2f} ({run}/{n})" for t, run, n in d["pans"])
@@ -263,7 +218,7 @@ def consistency(args, slide_path: Path) -> list[str]:
         whole = segment(rgb, model, device="cpu")
         (ty, _), (oy, _) = whole.tile_shape, whole.overlap
         H, W = rgb.shape[:2]
-        rows = ["| comparison | pixels agreeing |", "| --- | ---: |"]
+        rows = table_head(["comparison", "pixels agreeing"], "lr")
         # Views offset by half a tile: the same lattice tiles, so the same labels.
         h = ty // 2
         size = min(H, W) - 2 * h - 256
@@ -282,8 +237,8 @@ def consistency(args, slide_path: Path) -> list[str]:
             rows.append(f"| two tilings offset by half a tile, {label} | {agree(a[h:, h:], b[:-h, :-h]):.4f} |")
             if tile == 512:
                 dices["tile 512, overlap 64"] = dice(segment(rgb, model, tile=512, overlap=64, device="cpu").labels)
-    rows += ["", "| labels of the whole slide (level 0) | mDice against the slide's truth |", "| --- | ---: |"]
-    rows += [f"| {k} | {v:.3f} |" for k, v in dices.items()]
+    rows += ["", *markdown_table([(k, f"{v:.3f}") for k, v in dices.items()],
+                                 ["labels of the whole slide (level 0)", "mDice against the slide's truth"], "lr")]
     rows.append(f"| (the demo model's card: test tiles, {card.get('name', 'demo')}) | {card['test_mdice']:.3f} |")
     return rows
 
@@ -323,47 +278,20 @@ def write_band_slide(path: Path, size: int, tile: int = 512) -> Path:
     return path
 
 
-CHILD = r"""
-import json, sys, threading, time
-import psutil, torch
-from napari_dfa.inference import segment
-from napari_dfa.model import load_model
-from napari_dfa.slide import open_slide
-slide_path, model_path, out = sys.argv[1:4]
-model = load_model(model_path)
-proc = psutil.Process()
-base = proc.memory_info().rss
-peak, stop = [base], threading.Event()
-def sample():  # resident memory every 20 ms while segment runs
-    while not stop.wait(0.02):
-        peak[0] = max(peak[0], proc.memory_info().rss)
-sampler = threading.Thread(target=sample, daemon=True)
-sampler.start()
-with open_slide(slide_path) as slide:
-    res = segment(slide, model, device="cpu", out=out)
-stop.set(); sampler.join()
-print(json.dumps({"base": base, "peak": max(peak[0], proc.memory_info().rss), "tiles": res.tiles_total,
-                  "skipped": res.tiles_skipped, "seconds": res.seconds, "float_bytes": res.peak_float_bytes,
-                  "completed": res.completed}))
-"""
-
-
 def memory(args, tmp: Path) -> list[str]:
     from napari_dfa.model import load_model
 
     model_path = load_model("demo").metadata["source"]
     sizes = [2048, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
-    rows = ["| slide | tiles (computed) | seconds | RSS before `segment` | peak RSS during `segment` | growth | "
-            "blend accumulators (peak) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = table_head(["slide", "tiles (computed)", "seconds", "RSS before `segment`", "peak RSS during `segment`",
+                       "growth", "blend accumulators (peak)"], "lrrrrrr")
     for size in sizes:
         path = write_band_slide(tmp / f"band_{size}.tif", size)
         out = tmp / f"band_{size}.labels.zarr"
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(model_path), str(out)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            r = run_child(segment_memory, str(path), str(model_path), str(out))
+        except ChildFailed as failed:
+            raise SystemExit(failed.stderr) from None
         rows.append(f"| {size}² ({size * size / 1e6:.0f} Mpx) | {r['tiles']} ({r['tiles'] - r['skipped']}) | "
                     f"{r['seconds']:.0f} | {r['base'] / 2**20:.0f} MiB | {r['peak'] / 2**20:.0f} MiB | "
                     f"{(r['peak'] - r['base']) / 2**20:.0f} MiB | {r['float_bytes'] / 2**20:.1f} MiB |")
@@ -397,7 +325,7 @@ def main() -> None:
 
     slide_path = sample_slide_path()
     print("## Whole-slide inference: speed, first click, consistency, memory\n")
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {machine_line()}\n")
     print(f"Command: `python benchmarks/bench_inference.py {' '.join(sys.argv[1:])}`\n")
     with tempfile.TemporaryDirectory(prefix="napari-dfa-bench-") as tmp:
         if "efficiency" not in skip:

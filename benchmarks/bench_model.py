@@ -9,27 +9,18 @@ warm-up run, on random tensors (the model's cost only; data loading is in the tr
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from _harness import machine_line, table_head
 from napari_dfa.model import ModelConfig, Segmenter, build_model, load_model, resolve_device
 
 # (preset, training batch, training crop, inference tile)
 CASES = [("tiny", 2, 128, 512), ("small", 4, 256, 512), ("base", 2, 256, 512)]
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}")
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -87,10 +78,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     wanted = args.presets.split(",")
-    print(f"### Model cost per preset\n\nMachine: {machine(device)}; device {device}.\n")
-    print("| preset | parameters | checkpoint fp32 / fp16 (MB) | train step (fwd+bwd+AdamW) | train tiles/s "
-          "| inference tiles/s (4×512², focus maps on) | load_model (s) |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print(f"### Model cost per preset\n\nMachine: {machine_line()}; device {device}.\n")
+    print(*table_head(["preset", "parameters", "checkpoint fp32 / fp16 (MB)", "train step (fwd+bwd+AdamW)",
+                       "train tiles/s", "inference tiles/s (4×512², focus maps on)", "load_model (s)"], "lrrlrrr"),
+          sep="\n")
     for name, batch, crop, tile in CASES:
         if name not in wanted:
             continue

@@ -12,43 +12,35 @@ Run: `python benchmarks/bench_slide_open.py` (also part of `make bench`). Prints
 
 from __future__ import annotations
 
-import json
-import os
-import platform
+import argparse
+import importlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _harness import ChildFailed, machine_line, rss_mb, run_child, table_head
+
 SIZE = 40_000
 TILE = 256
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def measure(path: str) -> dict:
     """Runs in a fresh interpreter: everything imported first, so only opening is measured."""
-    import dask.array  # noqa: F401
-    import tifffile  # noqa: F401
-    import zarr  # noqa: F401
-
+    for name in ("dask.array", "tifffile", "zarr"):
+        importlib.import_module(name)
     from napari_dfa import open_slide
-    import napari_dfa.slide._tiff  # noqa: F401
-    import napari_dfa.slide._zarr  # noqa: F401
 
-    rss0 = _rss_mb()
+    for name in ("napari_dfa.slide._tiff", "napari_dfa.slide._zarr"):
+        importlib.import_module(name)
+
+    rss0 = rss_mb()
     t0 = time.perf_counter()
     slide = open_slide(path)
     first = time.perf_counter() - t0
-    rss1 = _rss_mb()
+    rss1 = rss_mb()
     again = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -69,7 +61,7 @@ def measure(path: str) -> dict:
     return {
         "shape": slide.shape, "levels": len(slide.levels), "backend": slide.backend,
         "first_open_s": first, "layer_s": layer, "open_median_s": statistics.median(again), "rss_rise_mb": rss1 - rss0,
-        "region_1024_s": region, "region2_1024_s": region2, "rss_after_region_mb": _rss_mb() - rss0, "tile_mean": float(tile.mean()),
+        "region_1024_s": region, "region2_1024_s": region2, "rss_after_region_mb": rss_mb() - rss0, "tile_mean": float(tile.mean()),
     }
 
 
@@ -124,30 +116,21 @@ def write_files(folder: Path) -> dict[str, tuple[Path, float]]:
     return files
 
 
-def machine() -> str:
-    import psutil
-
-    return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores "
-            f"({platform.processor() or platform.machine()}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU used")
-
-
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(measure(sys.argv[2])))
-        return
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print("## Slide opening\n")
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {machine_line(torch=False)}, no GPU used\n")
     with tempfile.TemporaryDirectory(prefix="bench_slide_") as tmp:
         files = write_files(Path(tmp))
-        print("| slide | file size on disk | levels | first open | open (median of 5) | RSS rise at open "
-              "| + napari layer data | read 1024² region at level 0 (first / second) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(*table_head(["slide", "file size on disk", "levels", "first open", "open (median of 5)",
+                           "RSS rise at open", "+ napari layer data",
+                           "read 1024² region at level 0 (first / second)"]), sep="\n")
         for label, (path, _) in files.items():
-            out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True)
-            if out.returncode:
-                print(f"| {label} | failed: {out.stderr.strip().splitlines()[-1]} |")
+            try:
+                r = run_child(measure, str(path))
+            except ChildFailed as failed:
+                print(f"| {label} | failed: {failed.tail(1)} |")
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             disk = _du(path)
             print(f"| {label} ({r['backend']}) | {disk / 2**20:.0f} MiB | {r['levels']} | "
                   f"{r['first_open_s'] * 1e3:.1f} ms | {r['open_median_s'] * 1e3:.1f} ms | "

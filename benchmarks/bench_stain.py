@@ -13,15 +13,13 @@ Markdown table. Nothing here is timed.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from correction_fixtures import mean_dice  # noqa: E402  (the correction tests' scoring)
+from _harness import correction_fixtures, machine_line, table_head
 
 # (region size, stain jitter, seed); (120, 0.2, 12) is the correction tests' case slide.
 SLIDES = ([(120.0, 0.15, s) for s in (4, 5, 6, 7)] + [(120.0, 0.2, s) for s in (11, 12, 13)]
@@ -34,8 +32,6 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="demo")
     args = ap.parse_args(argv)
 
-    import torch
-
     from napari_dfa import synth
     from napari_dfa._sample_data import open_truth
     from napari_dfa.inference import segment
@@ -43,14 +39,13 @@ def main(argv=None) -> int:
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
+    mean_dice = correction_fixtures().mean_dice  # the correction tests' scoring
     seg = load_model(args.model)
     tmp = Path(tempfile.mkdtemp())
     print(f"Command: `python benchmarks/bench_stain.py{' --model ' + args.model if args.model != 'demo' else ''}`  ")
-    print(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-          "nothing here is timed\n")
-    print("| regions | stain jitter | seed | domain check: stain (flagged above 1) | mDice as stored | "
-          "matched to the training stain |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"Machine: {machine_line()}; nothing here is timed\n")
+    print(*table_head(["regions", "stain jitter", "seed", "domain check: stain (flagged above 1)", "mDice as stored",
+                       "matched to the training stain"], "rrrrrr"), sep="\n")
     rows = []
     for size, jitter, seed in SLIDES:
         config = synth.SynthConfig(slide_region_size=size, stain_jitter=jitter)

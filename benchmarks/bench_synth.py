@@ -11,45 +11,15 @@ scratch files read back band by band).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-_CHILD = r"""
-import json, sys, time
-
-
-def hwm_kb():
-    # VmHWM: peak resident set of this process image (ru_maxrss would include the parent's, which
-    # Linux folds in across fork + exec).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-
-
-from napari_dfa.synth import write_slide
-
-size, out = int(sys.argv[1]), sys.argv[2]
-base_kb = hwm_kb()
-t0, c0 = time.perf_counter(), time.process_time()
-write_slide(out, size=(size, size), seed=0)
-wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(json.dumps({"wall": wall, "cpu": cpu, "maxrss_kb": hwm_kb(), "base_kb": base_kb}))
-"""
-
-def machine() -> str:
-    import scipy
-
-    cpu = platform.processor() or platform.machine()
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs, "
-            f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}")
+from _children import write_slide_memory
+from _harness import machine_line, run_child, table_head
 
 
 def bench_tiles(size: int, repeats: int) -> tuple[float, float]:
@@ -78,9 +48,7 @@ def bench_dataset(n: int, tile: int) -> float:
 def bench_slide(size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "slide.tif"
-        res = subprocess.run([sys.executable, "-c", _CHILD, str(size), str(out)], capture_output=True, text=True,
-                             check=True)
-        stats = json.loads(res.stdout.strip().splitlines()[-1])
+        stats = run_child(write_slide_memory, size, str(out))
         stats["file_mb"] = out.stat().st_size / 1e6
         stats["truth_mb"] = (Path(tmp) / "slide_truth.tif").stat().st_size / 1e6
         return stats
@@ -93,9 +61,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     print("### Synthetic data generation\n")
-    print(f"Machine: {machine()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n")
-    print("| what | wall | CPU | notes |")
-    print("| --- | --- | --- | --- |")
+    import scipy
+
+    print(f"Machine: {machine_line(torch=False)}, numpy {np.__version__}, scipy {scipy.__version__}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n")
+    print(*table_head(["what", "wall", "CPU", "notes"]), sep="\n")
     for size in (256, 512):
         wall, cpu = bench_tiles(size, args.repeats)
         print(f"| `generate_tile` {size}×{size} (median of {args.repeats}) | {wall * 1e3:.0f} ms "

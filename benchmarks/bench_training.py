@@ -16,9 +16,10 @@ import argparse
 import sys
 import time
 
+from _harness import machine_line, table_head
 from napari_dfa.training.comparison import comparison_config as bench_config
 from napari_dfa.training.comparison import comparison_markdown, run_comparison
-from napari_dfa.training.throughput import machine_info, throughput
+from napari_dfa.training.throughput import throughput
 
 
 def main(argv=None) -> int:
@@ -32,10 +33,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     print("## Training throughput\n")
-    print(f"Machine: {machine_info()}  ")
+    print(f"Machine: {machine_line()}  ")
     print(f"Command: `python benchmarks/bench_training.py {' '.join(argv or sys.argv[1:])}`\n")
-    print("| preset | batch × crop | device | loader workers | pipeline tiles/s | pre-loaded tiles/s | ratio |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print(*table_head(["preset", "batch × crop", "device", "loader workers", "pipeline tiles/s", "pre-loaded tiles/s",
+                       "ratio"], "lllrrrr"), sep="\n")
     cases = [("tiny", 8, 128), ("small", 8, 128)]
     if args.device != "cpu":
         cases += [("small", 16, 256), ("base", 8, 256)]
