@@ -242,6 +242,42 @@ def test_held_back_strokes_never_train_the_head_that_is_scored_on_them(tiny, mon
     assert result.held_out_per_class == result.corrected_per_class
 
 
+def test_a_second_round_scores_the_old_heads_strokes_by_refitting_it_without_them(tiny, monkeypatch):
+    """A head fitted on round 1's strokes, then round 2 adds four more: round 1's strokes are
+    evidence too (held back once each), scored for the old model by its recipe refitted without
+    them, never by the old head that trained on them; the new strokes never train the refit."""
+    from napari_dfa.training import head as H
+
+    rgb, mask = _two_classes_four_strokes_each()
+    first = mask.copy()
+    first[64:] = 0  # round 1: the two strokes of each class in the top half
+    round1 = H.fit_head(tiny, [(rgb, first)], steps=5, folds=4)
+    seen = []
+    real = H._fit
+
+    def spy(hd, data, *args, **kwargs):
+        seen.append((id(hd), len(data[2])))
+        return real(hd, data, *args, **kwargs)
+
+    monkeypatch.setattr(H, "_fit", spy)
+    H.fit_head(tiny, [(rgb, first)], steps=5, folds=4)
+    round1_size = seen[-1][1]  # every gathered vector of round 1's strokes
+    seen.clear()
+    result = H.fit_head(round1.segmenter, [(rgb, mask)], steps=5, folds=4)
+    heads = [h for h, _ in seen]
+    new_id, final = seen[-1]
+    new_fits = [n for h, n in seen[:-1] if h == new_id]
+    old_fits = [n for h, n in seen if h != new_id]
+    assert len(new_fits) == 4 and len(old_fits) == 4 and len(set(heads)) == 2
+    assert sum(final - n for n in new_fits) == final  # every stroke, old or new, held back once
+    assert all(0 < n <= round1_size for n in old_fits)  # the refit sees round 1's strokes only
+    assert sum(round1_size - n for n in old_fits) == round1_size  # each of them held back once
+    assert result.held_out_per_class == result.corrected_per_class
+    assert result.segmenter.metadata["provenance"]["finetune"]["old_refit"] is True
+    # A first round (a model without a head) has nothing to refit.
+    assert round1.segmenter.metadata["provenance"]["finetune"]["old_refit"] is False
+
+
 def test_held_back_strokes_never_train_the_deep_finetune(tiny, monkeypatch):
     """The deep fine-tune's held-back strokes stay out of every training crop."""
     import importlib

@@ -136,6 +136,23 @@ def trained_strokes(segmenter) -> set[str]:
     return {str(v) for v in prov.get("strokes") or []}
 
 
+def seen_stroke_maps(samples, num_classes: int, seen: set[str]) -> list[np.ndarray]:
+    """Per sample, a bool map of the strokes whose signature is in ``seen`` (those a model was
+    trained on)."""
+    from scipy import ndimage
+
+    out = []
+    for rgb, m in samples:
+        hit = np.zeros(m.shape, bool)
+        for c in range(1, num_classes + 1):
+            lab, n = ndimage.label(m == c, structure=np.ones((3, 3), bool))
+            for j in range(1, n + 1):
+                if stroke_signature(rgb, lab == j, c) in seen:
+                    hit |= lab == j
+        out.append(hit)
+    return out
+
+
 def all_stroke_signatures(samples, num_classes: int) -> list[str]:
     """The signatures of every stroke of ``samples`` (to record what a model was trained on)."""
     from scipy import ndimage
@@ -245,15 +262,16 @@ def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int, int]]:
     return {c: tuple(r) for c, r in out.items()}
 
 
-def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per held-back stroke (an 8-connected piece of one class in a mask): its label, and the old
-    and the new model's labels over it counted (n × (k+1) each). Summed over any set of strokes
-    they give the confusion rows the per-class Dice comes from, so the guard can ask whether a
-    class's drop holds across its strokes or rests on one or two of them."""
+def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, ...]:
+    """Per held-back stroke (an 8-connected piece of one class in a mask): its label, the old and
+    the new model's labels over it counted (n × (k+1) each), and how many of its pixels both label
+    right (n). Summed over any set of strokes they give the confusion rows the per-class Dice comes
+    from and the right-kept counts, so the guard can ask whether a class's drop holds across its
+    strokes or rests on one or two of them."""
     from scipy import ndimage
 
     eight = np.ones((3, 3), bool)
-    classes, olds, news = [], [], []
+    classes, olds, news, both = [], [], [], []
     for old, new, mask in zip(old_preds, new_preds, masks):
         for c in np.unique(mask[mask > 0]).tolist():
             lab, n = ndimage.label(mask == c, structure=eight)
@@ -262,9 +280,10 @@ def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, np.n
                 classes.append(int(c))
                 olds.append(np.bincount(np.clip(old[piece], 0, k), minlength=k + 1)[:k + 1])
                 news.append(np.bincount(np.clip(new[piece], 0, k), minlength=k + 1)[:k + 1])
+                both.append(int(((old[piece] == c) & (new[piece] == c)).sum()))
     empty = np.zeros((0, k + 1), np.int64)
     return (np.asarray(classes, np.int64), np.asarray(olds, np.int64) if olds else empty,
-            np.asarray(news, np.int64) if news else empty)
+            np.asarray(news, np.int64) if news else empty, np.asarray(both, np.int64))
 
 
 def baseline_predictions(baseline, cache: FeatureCache, images) -> list[np.ndarray]:
@@ -312,13 +331,14 @@ def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
     return HoldOut(splits, per_class, held, scored, too_few)
 
 
-def plan_folds(segmenter, samples, folds: int, seed: int) -> HoldOut:
+def plan_folds(segmenter, samples, folds: int, seed: int, *, include_seen: bool = False) -> HoldOut:
     """Every stroke of ``samples`` held back in one of ``folds`` folds (:func:`fold_strokes`), never
-    those ``segmenter`` was trained on. ``held_per_class`` counts each held-back pixel once."""
+    those ``segmenter`` was trained on unless ``include_seen`` (the caller then scores the old
+    model there by refitting it without them). ``held_per_class`` counts each held-back pixel once."""
     k, names = segmenter.num_classes, list(segmenter.class_names)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
     fold_maps = fold_strokes([m for _, m in samples], k, folds, rng, images=[r for r, _ in samples],
-                             seen=trained_strokes(segmenter))
+                             seen=frozenset() if include_seen else trained_strokes(segmenter))
     splits = [(np.where(f > 0, 0, m).astype(np.uint8), np.where(f > 0, m, 0).astype(np.uint8))
               for (_, m), f in zip(samples, fold_maps)]
     per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
