@@ -18,7 +18,7 @@ from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.labels import read_labels
 from napari_dfa.labels.store import LabelsStore
-from napari_dfa.labels.store import store_lock
+from napari_dfa.labels.lock import store_lock
 from napari_dfa.model import ModelConfig, Segmenter
 
 NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]

@@ -24,7 +24,7 @@ from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.inference import segment
 from napari_dfa.labels.store import LabelsStore
-from napari_dfa.labels.store import store_lock
+from napari_dfa.labels.lock import store_lock
 from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.files.outputs import claim, leftovers
 from napari_dfa.slide import open_slide

@@ -193,7 +193,8 @@ def labels_layer_data(path):
     import zarr
 
     from .errors import DataError
-    from .labels.store import multiscale_levels, ome_block
+    from .labels.ngff_meta import multiscale_levels
+    from .ngff import ome_block
 
     try:
         group = zarr.open_group(str(path), mode="r")

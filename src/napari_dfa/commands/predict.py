@@ -98,7 +98,7 @@ def output_paths(slide_path, out_dir, options: dict) -> dict:
     out_dir = Path(out_dir)
     store = out_dir / labels_store_name(slide_path)
     if options.get("into_image"):  # <slide>/labels/<name>, an NGFF label of the slide itself
-        from ..labels.store import image_labels_path
+        from ..labels.ngff_meta import image_labels_path
 
         store = image_labels_path(slide_path, options["into_image"])
     stem = slide_stem(slide_path)
@@ -273,7 +273,7 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
         paths = check_outputs(slide_path, out_dir, options)  # again: a dask task runs elsewhere
         store = paths["store"]
         out_dir.mkdir(parents=True, exist_ok=True)
-        from ..labels.store import store_lock
+        from ..labels.lock import store_lock
         from ..slide import open_slide
 
         # Replacing: the new store is built beside the old one and swapped in when complete.

@@ -7,6 +7,7 @@ from ..arrays import compute_local
 from ..classes import ClassSet
 
 ROWS = 1024  # rows read at a time from zarr/dask sources
+ATTR = "napari_dfa"  # our key in a store's attributes and in a labels TIFF's JSON description
 
 
 def row_blocks(labels, step: int = ROWS):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .store import ATTR
+from ._common import ATTR
 
 
 def _is_tiff(path: Path) -> bool:

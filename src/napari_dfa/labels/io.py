@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import ClassSet
-from ._common import ROWS, check_classes, row_blocks
+from ..ngff import ome_block
+from ._common import ATTR, ROWS, check_classes, row_blocks
 from .areas import write_area_csv
 from .caveat import add_caveat, read_caveat
 from .geojson import labels_to_geojson, write_geojson
+from .ngff_meta import multiscale_datasets, multiscale_levels
 from .outputs import atomic_output, check_destination
-from .store import ATTR, LabelsStore, completeness, multiscale_datasets, multiscale_levels, ome_block
+from .store import LabelsStore, completeness
 from .tiff import read_tiff_labels, write_labels_tiff
 from ..errors import DataError
 

@@ -17,13 +17,15 @@ level-0 pixels and ``mpp`` (µm per level-0 pixel). The root is an NGFF label im
 ``multiscales``), which ``ome_zarr.reader`` recognises as a labels node; it passes the
 ``ome-zarr-models`` validator and the NGFF strict label and image schemas (``colors`` and
 ``properties`` name the same label values, 1..K; ``multiscales[0]`` has ``name``, ``type`` and
-``metadata``).
+``metadata``). The NGFF metadata itself is :mod:`napari_dfa.labels.ngff_meta`, the levels'
+geometry :mod:`napari_dfa.labels.pyramid`, one writer at a time :mod:`napari_dfa.labels.lock`.
 
-Inside an OME-Zarr slide (``<slide>/labels/<name>``, :func:`image_labels_path`; ``napari-dfa predict
---into-image``) the store is one of the slide's labels: listed in ``<slide>/labels`` (``"labels":
-[...]``), ``image-label.source`` ``../../``, the slide's zarr format and NGFF version (0.4 on zarr v2
-too), and coordinates in the slide's own frame (its dataset-0 scale, translation and unit), so that
-ome_zarr and napari-ome-zarr overlay the labels on the image they open.
+Inside an OME-Zarr slide (``<slide>/labels/<name>``,
+:func:`~napari_dfa.labels.ngff_meta.image_labels_path`; ``napari-dfa predict --into-image``) the store
+is one of the slide's labels: listed in ``<slide>/labels`` (``"labels": [...]``), ``image-label.source``
+``../../``, the slide's zarr format and NGFF version (0.4 on zarr v2 too), and coordinates in the
+slide's own frame (its dataset-0 scale, translation and unit), so that ome_zarr and napari-ome-zarr
+overlay the labels on the image they open.
 """
 
 from __future__ import annotations
@@ -35,200 +37,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .. import ngff
-from ..ngff import ome_block
 from ..errors import ConfigError, DataError
-from ..files.outputs import OutputBusy, OutputLock
+from ._common import ATTR
+from .ngff_meta import (NGFF_VERSION, image_frame, multiscale_datasets, multiscale_levels, ome_for, parent_image,
+                        register_label, write_ome)
+from .pyramid import PYRAMID_MIN_SIZE, pyramid_factors
 
 logger = logging.getLogger(__name__)
-
-NGFF_VERSION = "0.5"
-ATTR = "napari_dfa"
-PYRAMID_MIN_SIZE = 256  # stop the display pyramid once the longer side fits this
-
-
-def ngff_attrs(*, level_shapes: list[tuple[int, int]], downsample: float, translate: tuple[float, float],
-               class_names: list[str], class_colors: list[tuple[int, int, int]], name: str,
-               mpp: float | None = None, factors: list[int] | None = None, frame: dict | None = None,
-               version: str = NGFF_VERSION, source: str | None = None) -> dict:
-    """The OME metadata block: multiscales over the stored levels and the image-label part.
-
-    ``factors``: level-0 label pixels per pixel of each level (default 1, 2, 4, ...). ``frame``: the
-    coordinate system to write in, ``{"scale": (sy, sx), "translation": (ty, tx), "unit": str|None}``
-    per level-0 *slide* pixel (default: ``mpp`` µm, or pixels when ``mpp`` is unknown); inside an
-    image it is the image's own, so its readers overlay both without knowing our units.
-    ``version`` "0.4" puts the version inside ``multiscales[0]`` and ``image-label`` (zarr v2)."""
-    if frame is None:
-        unit = float(mpp) if mpp else 1.0
-        frame = {"scale": (unit, unit), "translation": (0.0, 0.0), "unit": "micrometer" if mpp else None}
-    (sy, sx), (ty, tx) = frame["scale"], frame["translation"]
-    factors = factors or [2**k for k in range(len(level_shapes))]
-    datasets = []
-    for k in range(len(level_shapes)):
-        f = float(downsample) * float(factors[k])
-        datasets.append({
-            "path": str(k),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [f * sy, f * sx]},
-                {"type": "translation", "translation": [ty + float(translate[0]) * sy, tx + float(translate[1]) * sx]},
-            ],
-        })
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    if frame.get("unit"):
-        for axis in axes:
-            axis["unit"] = frame["unit"]
-
-    # Label 0 (glass, not segmented) is in neither list: readers draw values without a colour
-    # transparent, and validators (ome-zarr-models) want both lists to name the same values.
-    colors = [{"label-value": i + 1, "rgba": [int(c) for c in rgb] + [255]} for i, rgb in enumerate(class_colors)]
-    properties = [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(class_names)]
-    from .. import __version__
-
-    multiscale = {
-        "name": name,
-        "axes": axes,
-        "datasets": datasets,
-        "type": "nearest",
-        # required by the NGFF strict schema: how the levels were made
-        "metadata": {"description": "labels subsampled by nearest neighbour (every n-th pixel), never averaged",
-                     "method": "napari_dfa.labels.store.LabelsStore.finish", "version": __version__},
-    }
-    image_label = {"colors": colors, "properties": properties}
-    if source:
-        image_label["source"] = {"image": source}
-    if version == "0.4":
-        return {"multiscales": [{"version": "0.4", **multiscale}], "image-label": {"version": "0.4", **image_label}}
-    return {"version": version, "multiscales": [multiscale], "image-label": {"version": version, **image_label}}
-
-
-def multiscale_datasets(group: zarr.Group) -> list[dict]:
-    """The ``datasets`` of the group's first NGFF ``multiscales`` entry (see :mod:`napari_dfa.ngff`)."""
-    return ngff.multiscale_datasets(group.attrs.asdict())
-
-
-def multiscale_levels(group: zarr.Group) -> list[zarr.Array]:
-    """The arrays the group's NGFF ``multiscales`` lists, finest first ([] without multiscales).
-
-    The one reader of a label image's levels: the labels store, reading labels back, the napari
-    reader and the widgets use it. A listed array missing from the store raises
-    :class:`DataError` naming the store."""
-    levels = []
-    for d in multiscale_datasets(group):
-        key = d.get("path")
-        if key is None or key not in group:
-            where = getattr(group.store, "root", group.store)  # the folder, for a local store
-            raise DataError(f"{where}: the multiscales dataset {key!r} is listed but missing from the "
-                            "store; write the labels again")
-        levels.append(group[key])
-    return levels
-
-
-def _write_ome(group, block: dict, zarr_format: int) -> None:
-    group.attrs.update({"ome": block} if zarr_format == 3 else block)
-
-
-def pyramid_shapes(shape: tuple[int, int], min_size: int = PYRAMID_MIN_SIZE) -> list[tuple[int, int]]:
-    """Shapes of level 0 and its 2× nearest-downsampled levels down to ``min_size``."""
-    shapes = [tuple(int(v) for v in shape)]
-    while max(shapes[-1]) > min_size:
-        h, w = shapes[-1]
-        shapes.append((int(math.ceil(h / 2)), int(math.ceil(w / 2))))
-    return shapes
-
-
-def pyramid_factors(shape: tuple[int, int], image_downsamples=None,
-                    min_size: int = PYRAMID_MIN_SIZE) -> list[int]:
-    """Subsampling factor of each label level relative to label level 0.
-
-    When the image pyramid is known (``image_downsamples``: level-0 image pixels per pixel of each
-    image level) the labels get as many levels as the image, spaced as the image's are (NGFF: "the
-    same number of entries as the original image"): computed at image level 0, label level k has
-    the shape and scale of image level k. Otherwise 2× steps down to ``min_size``."""
-    if not image_downsamples:
-        return [2**k for k in range(len(pyramid_shapes(shape, min_size)))]
-    ds = [float(d) for d in image_downsamples]
-    factors = [1]
-    for d in ds[1:]:  # integers (nearest subsampling), never finer than the level before
-        factors.append(max(factors[-1], int(round(d / ds[0]))))
-    return factors
-
-
-def image_frame(image_group) -> dict:
-    """The coordinate system of an NGFF image group's level 0, for labels stored inside it.
-
-    Returns ``{"scale": (sy, sx), "translation": (ty, tx), "unit", "downsamples", "zarr_format",
-    "version"}``: y/x scale and translation of dataset 0 (with any multiscale-wide transform), the
-    unit of the x axis, the image's level-0 pixels per pixel of each level."""
-    attrs = image_group.attrs.asdict()
-    ome = ome_block(attrs)
-    ms = ome["multiscales"][0]
-    axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
-    names = [a.get("name") for a in axes] or ["y", "x"]
-    iy, ix = names.index("y"), names.index("x")
-
-    def yx(transforms, kind, default):
-        for t in transforms or []:
-            if t.get("type") == kind and kind in t:
-                v = t[kind]
-                return float(v[iy]), float(v[ix])
-        return default
-
-    ds0 = ms["datasets"][0].get("coordinateTransformations")
-    sy, sx = yx(ds0, "scale", (1.0, 1.0))
-    ty, tx = yx(ds0, "translation", (0.0, 0.0))
-    gy, gx = yx(ms.get("coordinateTransformations"), "scale", (1.0, 1.0))
-    oy, ox = yx(ms.get("coordinateTransformations"), "translation", (0.0, 0.0))
-    shapes = [image_group[d["path"]].shape for d in ms["datasets"]]
-    downsamples = [shapes[0][ix] / s[ix] for s in shapes]
-    fmt = image_group.metadata.zarr_format
-    return {"scale": (sy * gy, sx * gx), "translation": (ty * gy + oy, tx * gx + ox),
-            "unit": axes[ix].get("unit") if axes else None, "downsamples": downsamples,
-            "zarr_format": fmt, "version": "0.5" if fmt == 3 else "0.4"}
-
-
-def image_labels_path(image_path, name: str) -> Path:
-    """``<image>/labels/<name>``: where labels of an OME-Zarr image go (the image group holding the
-    multiscales: the root, or ``0/`` in the bioformats2raw layout). ConfigError if not an image."""
-    root = Path(image_path)
-    try:
-        node = zarr.open_group(str(root), mode="r")
-        attrs = node.attrs.asdict()
-        if "multiscales" not in ome_block(attrs) and "0" in node and isinstance(node["0"], zarr.Group):
-            root, node = root / "0", node["0"]
-            attrs = node.attrs.asdict()
-    except Exception as exc:  # noqa: BLE001 - not a zarr group at all
-        raise ConfigError(f"{image_path}: --into-image needs an OME-Zarr image ({exc})") from exc
-    if "multiscales" not in ome_block(attrs):
-        raise ConfigError(f"{image_path}: --into-image needs an OME-Zarr image (no multiscales metadata); "
-                          "leave the option out to write a standalone labels store")
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--into-image {name!r}: give a plain name for the labels (no '/')")
-    return root / "labels" / name
-
-
-def _parent_image(path: Path):
-    """The NGFF image group that ``path`` (``.../labels/<name>``) belongs to, or None."""
-    if path.parent.name != "labels":
-        return None
-    try:
-        image = zarr.open_group(str(path.parent.parent), mode="r")
-    except Exception:  # noqa: BLE001 - no zarr group above: a standalone store
-        return None
-    return image if "multiscales" in ome_block(image.attrs.asdict()) else None
-
-
-def _register_label(labels_dir: Path, name: str, zarr_format: int, version: str) -> None:
-    """List ``name`` in the image's ``labels`` group (created if missing), keeping other labels."""
-    try:
-        group = zarr.open_group(str(labels_dir), mode="r")
-        listed = list(ome_block(group.attrs.asdict()).get("labels", []))
-    except Exception:  # noqa: BLE001 - no labels group yet
-        listed = []
-    group = zarr.open_group(str(labels_dir), mode="a", zarr_format=zarr_format)
-    if name not in listed:
-        listed.append(name)
-    block = {"version": version, "labels": listed} if zarr_format == 3 else {"labels": listed}
-    _write_ome(group, block, zarr_format)
 
 
 class LabelsStore:
@@ -256,13 +71,14 @@ class LabelsStore:
         slide's pyramid, which the label levels then match, ...).
 
         A ``path`` of the form ``<image>/labels/<name>`` inside an OME-Zarr image (see
-        :func:`image_labels_path`) becomes one of that image's labels: same zarr format and NGFF
-        version as the image, coordinates in the image's own frame, ``source`` pointing back to it,
-        listed in ``labels/`` so that OME-Zarr readers find it beside the image."""
+        :func:`~napari_dfa.labels.ngff_meta.image_labels_path`) becomes one of that image's labels:
+        same zarr format and NGFF version as the image, coordinates in the image's own frame,
+        ``source`` pointing back to it, listed in ``labels/`` so that OME-Zarr readers find it
+        beside the image."""
         path = Path(path)
         refuse_foreign(path)  # replacing is for our own stores only: never empty someone's folder
         meta = dict(info or {})
-        image = _parent_image(path)
+        image = parent_image(path)
         zarr_format, version = 3, NGFF_VERSION
         if image is not None:
             frame = image_frame(image)
@@ -274,7 +90,7 @@ class LabelsStore:
         meta.update(zarr_format=zarr_format, ngff_version=version)
         try:
             if image is not None:
-                _register_label(path.parent, path.name, zarr_format, version)
+                register_label(path.parent, path.name, zarr_format, version)
             group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         except Exception as exc:  # noqa: BLE001 - permissions, a file in the way, ...
             raise ConfigError(f"{path}: cannot create the labels store ({exc})") from exc
@@ -296,7 +112,7 @@ class LabelsStore:
         meta.update(class_names=names, class_colors=[list(c) for c in colors], downsample=float(downsample),
                     translate=[float(t) for t in translate], chunk=int(chunk), rows_done=0,
                     completed=False, extras=sorted((extras or {}).keys()))
-        _write_ome(group, _ome_for(meta, [(h, w)], [1], path.name), zarr_format)
+        write_ome(group, ome_for(meta, [(h, w)], [1], path.name), zarr_format)
         group.attrs.update({ATTR: meta})
         return cls(path=path, group=group)
 
@@ -382,7 +198,7 @@ class LabelsStore:
                     arr[r0:r1, c0:c1] = src[step * r0 : step * r1 : step, step * c0 : step * c1 : step]
             made.append(arr)
         meta.update(completed=True, rows_done=int(base.shape[0]))
-        _write_ome(self.group, _ome_for(meta, shapes, factors, self.path.name), int(meta.get("zarr_format", 3)))
+        write_ome(self.group, ome_for(meta, shapes, factors, self.path.name), int(meta.get("zarr_format", 3)))
         self.group.attrs.update({ATTR: meta})
 
     def copy_to(self, path, **info) -> LabelsStore:
@@ -404,7 +220,7 @@ class LabelsStore:
                 meta.update(info)
                 if "class_names" in info or "class_colors" in info:  # the OME colours and names too
                     shapes = [tuple(a.shape) for a in copy.levels()]
-                    _write_ome(copy.group, _ome_for(meta, shapes, copy.level_factors(), dst.name),
+                    write_ome(copy.group, ome_for(meta, shapes, copy.level_factors(), dst.name),
                                int(meta.get("zarr_format", 3)))
                 copy.group.attrs.update({ATTR: meta})
             if dst.exists():
@@ -448,15 +264,6 @@ class LabelsStore:
         logger.info("%s: wrote a %s patch at %s into %d levels", self.path, labels.shape, offset, len(levels))
 
 
-def _ome_for(meta: dict, shapes, factors, name: str) -> dict:
-    """The OME block of a store from its ``napari_dfa`` attributes."""
-    frame = meta.get("frame")
-    return ngff_attrs(level_shapes=shapes, downsample=meta["downsample"], translate=meta["translate"],
-                      class_names=meta["class_names"], class_colors=meta["class_colors"], name=name,
-                      mpp=meta.get("mpp"), factors=factors, frame=frame,
-                      version=meta.get("ngff_version", NGFF_VERSION), source="../../" if frame else None)
-
-
 # --- completeness and writers -------------------------------------------------------------------
 # Every store carries ``napari_dfa.completed`` (False until finish() ran) and ``rows_done``; every
 # reader and exporter honours it (napari_dfa.labels.io.read_labels reports it, export refuses an
@@ -491,19 +298,3 @@ def refuse_foreign(path) -> None:
         what = "a file" if path.is_file() else "a folder that is not a napari-dfa labels store"
         raise DataError(f"{path}: exists and is {what}; napari-dfa never replaces it. "
                         "Choose another name, or move it away yourself")
-
-
-class StoreLocked(OutputBusy):
-    """Another process is writing the same store."""
-
-
-class store_lock(OutputLock):  # noqa: N801 - used as a context manager, like open()
-    """Keeps two writers off one store: ``with store_lock(path): ...`` (see
-    :class:`napari_dfa.files.outputs.OutputLock`: an ``flock`` on ``<store>.lock`` that a killed run
-    does not leave held; once held, the leftovers of an interrupted write of the store are cleared)."""
-
-    busy = StoreLocked
-
-    def message(self, holder: str) -> str:
-        return (f"{self.path}: another napari-dfa process is writing this store ({holder}); wait for it to "
-                "finish or choose another --out")

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..arrays import compute_local
 from ..errors import DataError
-from ._common import check_classes
-from .store import ATTR, pyramid_shapes
+from ._common import ATTR, check_classes
+from .pyramid import pyramid_shapes
 
 # --- TIFF -----------------------------------------------------------------------------------------
 def write_labels_tiff(path, labels, classes, class_colors=None, *, downsample: float = 1.0,
