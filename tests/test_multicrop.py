@@ -93,7 +93,7 @@ def test_recipes_without_crops_keep_one_crop():
 @pytest.mark.parametrize("cache", [False, True])
 def test_shorter_sides_come_from_the_headers_without_decoding_again(two_sizes, cache, monkeypatch):
     from napari_dfa.classes import ClassSet
-    from napari_dfa.training import datasets
+    from napari_dfa.training import sampath as datasets
 
     ds = datasets.SamPathDataset(two_sizes, split="train", class_set=ClassSet.of("synthetic"), cache=cache)
     if cache:  # pairs already decoded give their own shapes
