@@ -6,7 +6,10 @@ An RGB image that a reader split into three grey channel layers (napari-ome-zarr
 OME-Zarr so) is stacked back into one RGB pyramid (:func:`layer_pyramid`); one channel alone is
 refused, never segmented as if it were colour.
 
-No Qt, but napari layers: call these on the UI thread (layers are not thread-safe).
+No Qt, but napari layers: call these on the UI thread (layers are not thread-safe). (Over 450
+lines: everything here reads napari layers for the widgets — the pyramid, the split-channel
+detection it refuses or stacks by, the regions and the replay / write-back specs built on it; the
+channel detection, ~120 lines, is the seam to cut next if it grows.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from ..arrays import compute_local
 from ..corrections.workflow import ReplaySpec, WriteBack
 from ..errors import DataError
-from ..slide import level_downsample, nearest_level, region_to_level
+from ..slide import level_downsample, nearest_level, region_to_level, to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class LayerPyramid:
 
         a = self.raw[index]
         a = a if isinstance(a, da.Array) else da.from_array(a, chunks=_chunks(a))
-        return to_rgb_uint8(a, rgb=self.rgb)
+        return to_rgb_uint8(a if self.rgb else a[..., None], hi=None)  # napari's fixed ranges, alpha dropped
 
     def read(self, index: int, region) -> np.ndarray:
         """RGB pixels of ``region`` (y0, x0, h, w) at level ``index``, read by the calling (worker)
@@ -466,24 +469,6 @@ def layer_source_path(layer) -> str:
         if candidate:
             return str(candidate)
     return f"layer:{layer.name}"
-
-
-def to_rgb_uint8(a, *, rgb: bool):
-    """Grey / 16-bit / float / RGBA dask arrays as RGB uint8, lazily."""
-    import dask.array as da
-
-    if rgb and a.shape[-1] == 4:
-        a = a[..., :3]
-    if a.dtype != np.uint8:
-        if a.dtype == np.uint16:
-            a = (a // 257).astype(np.uint8)
-        elif np.issubdtype(a.dtype, np.floating):
-            a = (da.clip(a, 0, 1) * 255).astype(np.uint8)  # napari's float convention: [0, 1]
-        else:
-            a = da.clip(a, 0, 255).astype(np.uint8)
-    if not rgb:
-        a = da.stack([a, a, a], axis=-1)
-    return a
 
 
 def _chunks(a):

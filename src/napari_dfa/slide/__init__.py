@@ -7,9 +7,9 @@ holds the level rule and the level-0 → level region conversion everyone uses.
 
 from __future__ import annotations
 
-from ._arrays import SlideLayoutError
+from ._arrays import SlideLayoutError, to_rgb_uint8
 from .core import BACKENDS, SUFFIXES, Slide, open_slide
 from .levels import auto_level, level_downsample, nearest_level, region_to_level
 
 __all__ = ["BACKENDS", "SUFFIXES", "Slide", "SlideLayoutError", "auto_level", "level_downsample", "nearest_level",
-           "open_slide", "region_to_level"]
+           "open_slide", "region_to_level", "to_rgb_uint8"]

@@ -7,7 +7,8 @@ Three jobs, all lazy (nothing here reads pixels until a dask chunk is computed):
   chunk is read (truncated file, corrupt tile, vanished file) becomes one :class:`SlideError`
   naming the file, even deep inside ``dask.compute``.
 - :func:`to_rgb_uint8` turns any stored layout (``YX``, ``YXS``, ``SYX``/``CYX``, ``TCZYX``) and
-  dtype (bool, 8/16/32-bit, float) into ``Y×X×3 uint8``.
+  dtype (bool, 8/16/32-bit, float) into ``Y×X×3 uint8``; the widgets turn napari layers with it too
+  (``hi=None``: napari's fixed ranges, see the function).
 - :func:`coarsen_pyramid` builds the missing levels of a flat image by 2×2 means.
 
 Intensity scaling of non-8-bit data (documented choice): a per-slide linear map ``v * 255 / hi``,
@@ -259,17 +260,21 @@ def intensity_max(dtype, smallest: np.ndarray | None) -> float:
     return 1.0
 
 
-def _to_rgb_block(block: np.ndarray, hi: float) -> np.ndarray:
-    """One Y×X×C chunk -> Y×X×3 uint8 (grey repeated, alpha composited over white glass)."""
+def _to_rgb_block(block: np.ndarray, hi: float | None) -> np.ndarray:
+    """One Y×X×C chunk -> Y×X×3 uint8 (grey repeated; alpha over white glass, or dropped for a layer)."""
     c = block.shape[2]
     alpha = None
-    if c in (2, 4):
+    if c in (2, 4) and hi is None:  # a napari layer's alpha: not part of the pixels napari segments
+        block, c = block[..., : c - 1], c - 1
+    elif c in (2, 4):
         # Alpha spans its dtype's full range whatever the colour range is.
         top = 255.0 if block.dtype == np.uint8 else _full_scale(block.dtype)
         alpha = np.clip(block[..., c - 1 :].astype(np.float32) / top, 0.0, 1.0)
         block, c = block[..., : c - 1], c - 1
     if block.dtype == np.uint8:
         vals = block
+    elif hi is None:
+        vals = _layer_range(block)
     else:
         vals = np.clip(block.astype(np.float32) * (255.0 / hi), 0, 255)
         vals = np.nan_to_num(vals, nan=255.0)
@@ -282,6 +287,16 @@ def _to_rgb_block(block: np.ndarray, hi: float) -> np.ndarray:
     return np.ascontiguousarray(vals)
 
 
+def _layer_range(block: np.ndarray) -> np.ndarray:
+    """napari's fixed ranges for a layer's non-8-bit data, truncated to uint8: 16-bit over its full
+    range (``v // 257``), floats over [0, 1], other integers clipped to 0..255."""
+    if block.dtype == np.uint16:
+        return (block // 257).astype(np.uint8)
+    if np.issubdtype(block.dtype, np.floating):
+        return (np.clip(block, 0, 1) * 255).astype(np.uint8)
+    return np.clip(block, 0, 255).astype(np.uint8)
+
+
 def _full_scale(dtype) -> float:
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
@@ -289,10 +304,22 @@ def _full_scale(dtype) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
-def to_rgb_uint8(arr: da.Array, hi: float) -> da.Array:
-    """``Y×X×C`` (C = 1..4, any dtype) -> lazy ``Y×X×3 uint8``."""
+def to_rgb_uint8(arr: da.Array, hi: float | None) -> da.Array:
+    """``Y×X×C`` (C = 1..4, any dtype) -> lazy ``Y×X×3 uint8``; 8-bit values are kept as they are.
+
+    ``hi`` says how values that are not 8-bit become 0..255, one of two conventions:
+
+    - a number (a slide: :func:`rgb_pyramid`, ``hi`` from :func:`intensity_max`): ``v * 255 / hi``,
+      rounded and clipped, the slide's own range (see the module docstring); alpha is laid over
+      white, the colour of glass;
+    - ``None`` (a napari layer's data, :class:`napari_dfa._widgets._layers.LayerPyramid`): napari's
+      fixed range for the dtype, truncated: 16-bit ``v // 257``, floats [0, 1], other integers
+      clipped to 0..255; alpha is dropped. A layer carries no slide to take a range from.
+    """
     if arr.dtype == np.uint8 and arr.shape[2] == 3:
         return arr
+    if arr.chunks[2] != (arr.shape[2],):  # each block needs all its channels (stacked channel layers)
+        arr = arr.rechunk({2: -1}, method="tasks")
     return arr.map_blocks(
         _to_rgb_block,
         hi,
