@@ -40,7 +40,7 @@ setup: system-deps $(STAMP)
 
 # Re-resolves every package to the newest versions pyproject.toml allows, with pip's own resolver
 # and configuration (pip-compile), so the lock keeps the CPU torch wheel this machine's pip finds.
-# tests/test_lock.py fails when pyproject.toml and the lock disagree.
+# tests/project/test_lock.py fails when pyproject.toml and the lock disagree.
 lock:
 	test -x $(PY) || $(or $(PYTHON),python3) -m venv $(VENV)
 	$(PIP) install -q pip==$(PIP_VERSION) $(PIP_TOOLS)

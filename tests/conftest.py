@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # Property tests draw the same examples on every run, so that CI passes or fails the same way twice
 # (a new random draw found an edge case mid-CI once; it is an explicit @example now). Fresh random
-# draws: `HYPOTHESIS_PROFILE=explore pytest tests/test_reliability_*.py`.
+# draws: `HYPOTHESIS_PROFILE=explore pytest tests/reliability/`.
 try:
     from hypothesis import settings as _hypothesis_settings
 

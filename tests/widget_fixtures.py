@@ -1,6 +1,6 @@
 """Fixtures shared by the widget tests: a real slide file, a small real model, a docked viewer.
 
-Imported by tests/test_widgets_*.py and tests/test_demo.py (``from widget_fixtures import *``).
+Imported by tests/widgets/test_widgets_*.py and tests/widgets/test_demo.py (``from widget_fixtures import *``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from napari_dfa.model import load_model, read_checkpoint
 from napari_dfa.training import SamPathDataset, TrainConfig, class_frequencies, evaluate, train
 from napari_dfa.training.datasets import synthetic_root, write_sampath
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

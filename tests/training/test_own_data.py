@@ -18,7 +18,7 @@ from napari_dfa.training import TrainConfig
 from napari_dfa.training import comparison, datasets
 from napari_dfa.training.datasets import folder_config, write_sampath
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CUSTOM = str(REPO / "training" / "custom.toml")
 NAMES = ["gland", "lumen", "fibrosis"]  # labels 1..3; no BCSS class has these names
 TINY = ["--epochs", "1", "--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "batch_size=4",

@@ -19,7 +19,7 @@ from napari_dfa.training.comparison import (METHODS, bias_sensitivity, bootstrap
                                             run_comparison, sign_test)
 from napari_dfa.training.datasets import write_sampath
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["lymphocytes", "carcinoma", "collagen", "adipose", "debris"]
 TINY = ["--epochs", "1", "--tile", "64", "--batch-size", "4", "--preset", "tiny", "--device", "cpu"]
 

@@ -16,7 +16,7 @@ from napari_dfa.cli import main
 from napari_dfa.model import load_model, read_checkpoint
 from napari_dfa.training.datasets import write_sampath
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Shrinks the synthetic recipe to seconds: tiny model, 64-pixel tiles, a dozen tiles.
 SMALL = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "data.synth_tile=64",
          "--set", "data.synth_n_train=6", "--set", "data.synth_n_val=2", "--set", "data.synth_n_test=2",

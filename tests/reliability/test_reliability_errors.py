@@ -18,7 +18,7 @@ from napari_dfa.cli import main
 from napari_dfa.model import ModelConfig, Segmenter
 
 NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOML = str(REPO / "training" / "synthetic.toml")
 TINY = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "batch_size=2", "--set", "warmup_steps=0",
         "--epochs", "1", "--device", "cpu", "--no-plots"]

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from napari_dfa.model import read_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOML = str(REPO / "training" / "synthetic.toml")
 SMALL = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "data.synth_tile=64",
          "--set", "data.synth_n_train=6", "--set", "data.synth_n_val=2", "--set", "data.synth_n_test=2",

@@ -9,7 +9,7 @@ import tifffile
 from napari_dfa import SlideError
 from napari_dfa._reader import napari_get_reader, read_slide
 from napari_dfa.slide._arrays import GuardedArray
-from test_slide import MPP, tissue, write_svs
+from slide_files import MPP, tissue, write_svs
 
 
 @pytest.fixture(scope="module")

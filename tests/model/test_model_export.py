@@ -16,7 +16,7 @@ from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.model import DEMO_MODEL, ModelConfig, Segmenter, load_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "data.synth_tile=64",
          "--set", "data.synth_n_train=6", "--set", "data.synth_n_val=2", "--set", "data.synth_n_test=2",
          "--set", "batch_size=4", "--set", "warmup_steps=0", "--device", "cpu", "--no-plots"]

@@ -57,7 +57,7 @@ def test_demo_model_records_its_training_data(demo):
 def test_a_real_ihc_scan_is_flagged(demo):
     report = domain_check(demo, [ihc()])
     assert report.far and report.distance > 1.2
-    # said for what it is (tests/test_stain_kind.py), not as one more slide beyond the model
+    # said for what it is (tests/model/test_stain_kind.py), not as one more slide beyond the model
     assert report.message.startswith("this looks like an IHC (DAB) stain, not H&E")
     assert "trained on H&E (synthetic tissue only)" in report.message
     assert report.groups["stain"] > 1  # hematoxylin + DAB is not H&E

@@ -126,7 +126,7 @@ def test_paint_finetune_and_see_the_region_change(segmented, qtbot):
     # without replay this untrained model calls 99.7 % of the rest the painted class too. Its labels
     # are noise, which a frozen random encoder's features can hardly reproduce, so only some stay
     # (0.14 with the frozen encoder); the guard (off here) would not offer this model at all
-    # (tests/test_guard.py: trained models keep > 90 % where nothing was corrected).
+    # (tests/corrections/test_guard.py: trained models keep > 90 % where nothing was corrected).
     outside = np.ones(before.shape, bool)
     outside[box] = False
     outside[layer.data > 0] = False

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_corrections.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_corrections.py"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

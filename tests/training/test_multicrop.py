@@ -15,7 +15,7 @@ from napari_dfa.model import read_checkpoint
 from napari_dfa.training import TrainConfig, train
 from napari_dfa.training.datasets import MultiCropBatchSampler, write_sampath
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

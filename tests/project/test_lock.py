@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"
 # Extras left out of the lock on purpose: timm pulls torchvision, which swaps in a CUDA torch.
 UNLOCKED_EXTRAS = {"timm"}

@@ -1,6 +1,6 @@
 """The fine-tune workflow without a viewer: corrections on a real slide file, real training steps,
 the guard's verdict, provenance, the region segmented again and written back into a whole-slide
-store, a class list of the user's own. (Which models the guard promotes: tests/test_guard.py.)"""
+store, a class list of the user's own. (Which models the guard promotes: tests/corrections/test_guard.py.)"""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_region_result_is_finetuned_judged_and_segmented_again(small_slide, tiny
     steps = []
 
     # An untrained model: the guard may well refuse what it learns, so keep it anyway (guard off)
-    # to see the mechanics; tests/test_guard.py shows what the guard promotes.
+    # to see the mechanics; tests/corrections/test_guard.py shows what the guard promotes.
     outcome = finetune_on_corrections(
         seg, store, slide.read_region, steps=40, guard=False, method="deep",
         replay=ReplaySpec(level=0, region=REGION, labels=before, corrected=painted),

@@ -14,7 +14,7 @@ from napari_dfa.commands._args import resolve_model
 from napari_dfa.errors import CheckpointError
 from napari_dfa.model import read_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOML = str(REPO / "training" / "synthetic.toml")
 SMALL = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "data.synth_tile=64",
          "--set", "data.synth_n_train=6", "--set", "data.synth_n_val=2", "--set", "data.synth_n_test=2",
