@@ -1,8 +1,12 @@
-"""Shared fixtures. GUI tests use napari's own `make_napari_viewer` fixture (Xvfb + Mesa)."""
+"""Fixtures for every test folder (tests/<package>/ mirrors src/napari_dfa/<package>/): the isolated
+cache, one torch thread, the demo model, the tests' tiny model and a small slide. The widget tests'
+own fixtures are in tests/widgets/conftest.py. GUI tests use napari's own `make_napari_viewer`
+fixture (Xvfb + Mesa)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +53,47 @@ def demo():
     from napari_dfa.model import load_model
 
     return load_model("demo")
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter():
+    """Builds the tests' untrained ``tiny`` DFA model: BCSS's five class names (tests/bcss_classes.py),
+    0.5 µm/px, torch seeded with 0 just before (so every build has the same weights). Keywords go to
+    ``Segmenter.from_config`` (``class_colors``, ``frequencies``, ...); the caller saves it where
+    its test wants the file."""
+
+    def build(**kwargs):
+        import torch
+
+        from bcss_classes import NAMES
+        from napari_dfa.model import ModelConfig, Segmenter
+
+        torch.manual_seed(0)
+        return Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5),
+                                     **{"class_names": NAMES, "mpp": 0.5, **kwargs})
+
+    return build
+
+
+# The model and slide below are made once per test module (as when each module imported them): the
+# cached whole-slide labels are keyed by the slide's path, so two modules never share them.
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory, tiny_segmenter) -> Path:
+    """An untrained ``tiny`` Segmenter with the synthetic classes, trained at 0.5 µm/px."""
+    from napari_dfa.classes import SYNTHETIC
+
+    seg = tiny_segmenter(class_names=SYNTHETIC.names, class_colors=SYNTHETIC.colors,
+                         frequencies=[0.4, 0.3, 0.15, 0.1, 0.05])
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    seg.save(path, provenance={"data": "untrained test model"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory) -> Path:
+    """A 2048² three-level synthetic OME-TIFF (0.5 µm/px) with its truth."""
+    from napari_dfa import synth
+
+    folder = tmp_path_factory.mktemp("slides")
+    slide, _truth = synth.write_slide(folder / "small.ome.tif", size=(2048, 2048), seed=3, mpp=0.5)
+    return Path(slide)

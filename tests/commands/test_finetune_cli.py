@@ -18,10 +18,9 @@ from napari_dfa.inference import segment
 from napari_dfa.labels import write_geojson
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
+from bcss_classes import NAMES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,21 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.inference import segment
-from napari_dfa.model import ModelConfig, Segmenter, load_model
+from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+from bcss_classes import COLORS, NAMES
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     """A saved tiny model and two synthetic pyramidal SVS-style slides (0.5 µm/px)."""
     root = tmp_path_factory.mktemp("predict")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, mpp=0.5)
-    model = seg.save(root / "tiny.safetensors")
+    model = tiny_segmenter(class_colors=COLORS).save(root / "tiny.safetensors")
     a, _ = synth.write_slide(root / "slide_a.svs", size=(512, 768), seed=1)
     b, _ = synth.write_slide(root / "slide_b.svs", size=(384, 512), seed=2)
     return {"root": root, "model": model, "a": a, "b": b}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widget_fixtures import tiny_model_path  # noqa: F401  (fixtures)
 
 from napari_dfa.classes import default_colors
 from napari_dfa.corrections import CorrectionStore

@@ -16,8 +16,7 @@ import pytest
 from napari_dfa.corrections import CorrectionStore, read_geojson_polygons
 from napari_dfa.files.paths import corrections_store_path as store_path_for
 from napari_dfa.errors import DataError
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+from bcss_classes import NAMES
 
 
 @pytest.fixture
@@ -66,7 +65,7 @@ def test_bad_writes_name_the_store(tmp_path, slide_file):
 
 def test_samples_crop_to_corrected_pixels_with_context(tmp_path, slide_file):
     store = CorrectionStore.for_slide(slide_file, root=tmp_path, class_names=NAMES)
-    empty = store.create_patch(level=0, region=(0, 0, 64, 64))
+    store.create_patch(level=0, region=(0, 0, 64, 64))  # an empty patch beside the painted one
     patch = store.create_patch(level=0, region=(1000, 2000, 512, 512))
     block = np.full((10, 10), 3, np.uint8)
     store.write(patch.key, (200, 300), block)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widget_fixtures import small_slide, tiny_model_path  # noqa: F401  (fixtures)
 
 from napari_dfa import synth
 from napari_dfa.corrections import CorrectionStore

@@ -13,19 +13,15 @@ from napari_dfa import synth
 from napari_dfa.errors import CheckpointError, ConfigError, DataError, SlideError
 from napari_dfa.inference.tissue import tissue_from_rgb
 from napari_dfa.inference import segment
-from napari_dfa.model import ModelConfig, Segmenter, load_model
+from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+from bcss_classes import COLORS
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_segmenter):
     """An untrained `tiny` DFA model, saved and loaded back (the checkpoint path a CLI would get)."""
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, mpp=0.5)
+    seg = tiny_segmenter(class_colors=COLORS)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     seg.save(path)
     return load_model(path)

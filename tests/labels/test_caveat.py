@@ -13,7 +13,6 @@ import pytest
 import tifffile
 from PIL import Image
 from skimage import data
-from widget_fixtures import small_slide, tiny_model_path  # noqa: F401  (fixtures)
 
 from napari_dfa import labels as export
 from napari_dfa.cli import main

@@ -9,28 +9,22 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.slide import open_slide
+from bcss_classes import COLORS, NAMES
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
 PREDICT = ["--tile", "256", "--overlap", "32", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     """A tiny saved model, a synthetic SVS (0.5 µm/px, 2 levels) and the same pixels as OME-Zarr
     images: NGFF 0.5 (zarr v3, c/y/x, 3 levels) and NGFF 0.4 (zarr v2, bioformats2raw layout)."""
     root = tmp_path_factory.mktemp("ngff")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, mpp=0.5)
-    model = seg.save(root / "tiny.safetensors")
+    model = tiny_segmenter(class_colors=COLORS).save(root / "tiny.safetensors")
     svs, _ = synth.write_slide(root / "case.svs", size=(512, 768), seed=3)
     with open_slide(svs) as slide:
         rgb = slide.levels[0].compute()

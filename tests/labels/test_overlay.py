@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from widget_fixtures import tiny_model_path  # noqa: F401  (fixture)
 
 from napari_dfa import synth
 from napari_dfa.commands.demo import nice_scale_bar, write_overlay

@@ -17,9 +17,8 @@ import napari_dfa
 from napari_dfa.errors import CheckpointError
 from napari_dfa.model import ModelConfig, Segmenter, load_model
 from napari_dfa.model import segmenter as segmenter_module
+from bcss_classes import COLORS, NAMES
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
 FREQS = [0.3, 0.35, 0.2, 0.1, 0.05]
 
 

@@ -18,17 +18,13 @@ from napari_dfa.errors import CheckpointError
 from napari_dfa.model import ModelConfig, Segmenter, load_model, read_checkpoint
 from napari_dfa.model.shapes import expected_tensors
 from napari_dfa.model.validate import check_metadata, json_depth
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+from bcss_classes import COLORS, NAMES
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
+def good(tmp_path_factory, tiny_segmenter):
     """A saved tiny model: its metadata and tensors, for crafting bad copies."""
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, frequencies=[0.3, 0.3, 0.2, 0.1, 0.1], mpp=0.5)
+    seg = tiny_segmenter(class_colors=COLORS, frequencies=[0.3, 0.3, 0.2, 0.1, 0.1])
     path = seg.save(tmp_path_factory.mktemp("ck") / "good.safetensors", dtype=torch.float16)
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from napari_dfa.corrections import CorrectionStore
 from napari_dfa.errors import DataError
+from bcss_classes import NAMES
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 SIZE, STEP, R, MARGIN = 512, 32, 6, 24
 
 # One napari window: it shows the patch as it read it, paints a disc per stroke into its own view

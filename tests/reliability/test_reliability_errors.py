@@ -11,13 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.model import ModelConfig, Segmenter
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 REPO = Path(__file__).resolve().parents[2]
 TOML = str(REPO / "training" / "synthetic.toml")
 TINY = ["--set", "model.preset=tiny", "--set", "data.crop=64", "--set", "batch_size=2", "--set", "warmup_steps=0",
@@ -27,11 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("errors")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES, mpp=0.5)
-    model = seg.save(root / "tiny.safetensors")
+    model = tiny_segmenter().save(root / "tiny.safetensors")
     slide, _ = synth.write_slide(root / "slide.tif", size=(256, 256), seed=1)
     data = synth.write_dataset(root / "data", synth.SynthConfig(), n_train=2, n_val=1, n_test=1, tile=64, seed=0)
     return {"root": root, "model": model, "slide": slide, "data": Path(data)}

@@ -18,8 +18,7 @@ from napari_dfa.corrections import CorrectionStore, rasterise_polygons, read_geo
 from napari_dfa.corrections.geojson import read_geojson
 from napari_dfa.errors import DataError
 from napari_dfa.labels import labels_to_geojson
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+from bcss_classes import NAMES
 
 
 def square(x0, y0, size):

@@ -11,7 +11,6 @@ import socket
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from napari_dfa import synth
@@ -19,19 +18,13 @@ from napari_dfa.cli import main
 from napari_dfa.labels import read_labels
 from napari_dfa.labels.store import LabelsStore
 from napari_dfa.labels.lock import store_lock
-from napari_dfa.model import ModelConfig, Segmenter
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
+from bcss_classes import COLORS, NAMES
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("outputs")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, mpp=0.5)
-    model = seg.save(root / "tiny.safetensors")
+    model = tiny_segmenter(class_colors=COLORS).save(root / "tiny.safetensors")
     slide, _ = synth.write_slide(root / "slide.svs", size=(256, 256), seed=1)
     return {"root": root, "model": model, "slide": slide}
 

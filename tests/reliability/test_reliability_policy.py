@@ -13,7 +13,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,18 +20,14 @@ from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.errors import DataError
 from napari_dfa.labels import write_geojson
-from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.files.outputs import OutputError, atomic_output, check_output, claim, leftovers
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+from bcss_classes import NAMES
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("policy")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES, mpp=0.5)
-    model = seg.save(root / "parent.safetensors")
+    model = tiny_segmenter().save(root / "parent.safetensors")
     slide, _ = synth.write_slide(root / "slide.tif", size=(256, 256), seed=1)
     painted = np.zeros((256, 256), np.uint8)
     painted[40:120, 40:120] = 2

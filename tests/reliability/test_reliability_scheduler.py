@@ -17,29 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.model import ModelConfig, Segmenter
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow,
               pytest.mark.skipif(shutil.which("dask", path=str(Path(sys.executable).parent)) is None,
                                  reason="the dask command line (distributed) is not installed")]
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 RUN = ["--tile", "128", "--overlap", "32", "--chunk", "64", "--device", "cpu", "--threads", "1", "--batch-size", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 DASK = str(Path(sys.executable).parent / "dask")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("cluster")
-    torch.manual_seed(0)
-    model = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                  mpp=0.5).save(root / "tiny.safetensors")
+    model = tiny_segmenter().save(root / "tiny.safetensors")
     slides = [synth.write_slide(root / f"s{i}.tif", size=(640, 640), seed=i)[0] for i in (1, 2)]
     local = root / "local"
     assert main(["predict", *map(str, slides), "--model", str(model), "--out", str(local), *RUN]) == 0

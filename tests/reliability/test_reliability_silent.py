@@ -12,7 +12,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -22,10 +21,9 @@ from napari_dfa.cli import main
 from napari_dfa.corrections import CorrectionStore
 from napari_dfa.corrections.geojson import rasterise_polygons, read_geojson
 from napari_dfa.errors import CheckpointError, DataError
-from napari_dfa.model import ModelConfig, Segmenter, load_model
+from napari_dfa.model import load_model
 from napari_dfa.training.datasets import image_kind, read_rgb, write_sampath
-
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
+from bcss_classes import NAMES
 
 
 # --- evaluate: greyscale and transparent tiles ------------------------------------------------------
@@ -201,9 +199,8 @@ def test_a_self_crossing_outline_is_named_as_such(tmp_path, ring, kind):
 
 # --- checkpoints by content --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES, mpp=0.5)
+def saved(tmp_path_factory, tiny_segmenter):
+    seg = tiny_segmenter()
     return seg.save(tmp_path_factory.mktemp("ck") / "m.safetensors")
 
 

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_dfa import synth
@@ -25,26 +24,21 @@ from napari_dfa.cli import main
 from napari_dfa.inference import segment
 from napari_dfa.labels.store import LabelsStore
 from napari_dfa.labels.lock import store_lock
-from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.files.outputs import claim, leftovers
 from napari_dfa.slide import open_slide
+from bcss_classes import COLORS
 
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
-COLORS = [(60, 110, 255), (230, 40, 40), (255, 170, 200), (160, 160, 160), (240, 200, 40)]
 RUN = ["--tile", "128", "--overlap", "32", "--chunk", "64", "--device", "cpu", "--batch-size", "1", "--threads", "1"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_segmenter):
     """Slides a/s.tif and b/s.tif (same name, other pixels), c/s.tif (a copy of a), a tiny model,
     and the complete outputs of each slide (store, GeoJSON, areas) for comparison."""
     root = tmp_path_factory.mktemp("stores")
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES,
-                                class_colors=COLORS, mpp=0.5)
-    model = seg.save(root / "tiny.safetensors")
+    model = tiny_segmenter(class_colors=COLORS).save(root / "tiny.safetensors")
     slides = {}
     for name, seed in (("a", 1), ("b", 2)):
         (root / name).mkdir()

@@ -13,17 +13,14 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.model import ModelConfig, Segmenter
 from napari_dfa.slide import open_slide
 
 BOUNDS = {"x": 500, "y": 200, "width": 1536, "height": 1024}
 FRAME = (4000, 3000)  # OpenSlide's full frame, width × height
 NM_PER_PX = 500
-NAMES = ["inflammatory", "tumour", "stroma", "other", "necrosis"]
 
 
 def write_leica_scn(path, levels) -> None:
@@ -53,15 +50,14 @@ def write_leica_scn(path, levels) -> None:
 
 
 @pytest.fixture(scope="module")
-def slides(tmp_path_factory):
+def slides(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("bounds")
     svs, _ = synth.write_slide(root / "case.svs", size=(BOUNDS["height"], BOUNDS["width"]), seed=5, mpp=0.5)
     with open_slide(svs) as slide:
         levels = [lv.compute() for lv in slide.levels]
     scn = root / "case_scn.scn"
     write_leica_scn(scn, levels)
-    torch.manual_seed(0)
-    seg = Segmenter.from_config(ModelConfig.from_preset("tiny", num_classes=5), class_names=NAMES, mpp=0.5)
+    seg = tiny_segmenter()
     return {"root": root, "svs": svs, "scn": scn, "levels": levels,
             "model": str(seg.save(root / "tiny.safetensors"))}
 

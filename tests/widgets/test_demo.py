@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import zarr
 from PIL import Image
-from widget_fixtures import restore_torch_threads, set_canvas, tiny_model_path, wait_worker  # noqa: F401  (fixtures)
+from widget_helpers import set_canvas, wait_worker
 
 from napari_dfa.classes import SYNTHETIC
 

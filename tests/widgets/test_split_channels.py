@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widget_fixtures import (  # noqa: F401  (fixtures)
-    restore_torch_threads,
-    set_canvas,
-    tiny_model_path,
-    view_region,
-    wait_worker,
-)
+from widget_helpers import set_canvas, view_region, wait_worker
 
 from napari_dfa import synth
 from napari_dfa.errors import DataError

@@ -6,15 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from widget_fixtures import (  # noqa: F401  (fixtures)
-    open_slide_layer,
-    restore_torch_threads,
-    set_canvas,
-    small_slide,
-    tiny_model_path,
-    view_region,
-    wait_worker,
-)
+from widget_helpers import open_slide_layer, set_canvas, view_region, wait_worker
 
 from napari_dfa.model import load_model
 

@@ -14,15 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from widget_fixtures import (  # noqa: F401  (fixtures)
-    open_slide_layer,
-    restore_torch_threads,
-    set_canvas,
-    small_slide,
-    tiny_model_path,
-    view_region,
-    wait_worker,
-)
+from widget_helpers import open_slide_layer, set_canvas, view_region, wait_worker
 
 from napari_dfa._widgets._base import full_text
 from napari_dfa.corrections import CorrectionStore

@@ -3,7 +3,7 @@
 Docked together: the window is not forced taller than the screen, the docks do not overlap, and
 every widget's status line is in view, above its controls (never pushed below a plot). Docked as
 `napari-dfa demo` docks them, at napari's own dock width: nothing is wider than its dock, no text is
-cut, and the main buttons are in view without scrolling (rules in tests/screen_rules.py).
+cut, and the main buttons are in view without scrolling (rules in tests/widgets/screen_rules.py).
 """
 
 from __future__ import annotations
@@ -14,14 +14,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QWidget
-from widget_fixtures import (  # noqa: F401  (fixtures)
-    open_slide_layer,
-    restore_torch_threads,
-    small_slide,
-    tiny_model_path,
-    view_region,
-    wait_worker,
-)
+from widget_helpers import open_slide_layer, view_region, wait_worker
 
 from napari_dfa.model import load_model
 

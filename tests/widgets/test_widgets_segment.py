@@ -8,15 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from widget_fixtures import (  # noqa: F401  (fixtures)
-    open_slide_layer,
-    restore_torch_threads,
-    set_canvas,
-    small_slide,
-    tiny_model_path,
-    view_region,
-    wait_worker,
-)
+from widget_helpers import open_slide_layer, set_canvas, view_region, wait_worker
 
 from napari_dfa.classes import SYNTHETIC
 from napari_dfa.inference import segment
@@ -155,7 +147,7 @@ def test_any_image_layer_even_single_scale_and_offset(make_napari_viewer, qtbot,
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
     rgb = rng.integers(60, 230, size=(700, 900, 3), dtype=np.uint8)
-    image = viewer.add_image(rgb, rgb=True, name="other reader", scale=(2.0, 2.0), translate=(100.0, -40.0))
+    viewer.add_image(rgb, rgb=True, name="other reader", scale=(2.0, 2.0), translate=(100.0, -40.0))
     widget = SegmentWidget(viewer)
     set_canvas(viewer, qtbot)
     widget.set_model_source(str(tiny_model_path))
