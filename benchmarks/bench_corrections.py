@@ -74,6 +74,7 @@ class Settings:
     seed: int = 0
     confirm: int = 1  # blocks the pathologist confirms as right ("Looks right") per round
     confirm_block: int = 256
+    setups: tuple[str, ...] = (DEMO_SETUP, OWN_SETUP)
 
 
 # -- truth and class lists ---------------------------------------------------------------------
@@ -369,7 +370,7 @@ def run(settings: Settings, out: Path, command: str) -> dict:
     if settings.steps is None:
         settings.steps = default_steps()
     demo = load_model("demo", device=settings.device)
-    sessions = {DEMO_SETUP: [], OWN_SETUP: []}
+    sessions = {setup: [] for setup in settings.setups}
     with tempfile.TemporaryDirectory(prefix="bench-corrections-") as tmp:
         for seed in settings.slides:
             path, truth_path = write_slide(Path(tmp) / f"slide_{seed}.tif", SynthConfig(),
@@ -385,7 +386,7 @@ def run(settings: Settings, out: Path, command: str) -> dict:
     summary = {
         "command": command, "machine": machine_info(), "steps": settings.steps,
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "class_names": {DEMO_SETUP: list(demo.class_names), OWN_SETUP: OWN_NAMES},
+        "class_names": {s: list(demo.class_names) if s == DEMO_SETUP else OWN_NAMES for s in sessions},
         "setups": {s: mean_rows(v) for s, v in sessions.items()},
         "sessions": {s: v for s, v in sessions.items()},
     }
@@ -413,6 +414,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="share of the tissue painted per round (0.015)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: the widget's)")
     ap.add_argument("--trees", type=int, default=None, help="random forest trees (default 100)")
+    ap.add_argument("--setups", default=None, help="comma list of 'demo', 'own' (default both)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -427,6 +429,8 @@ def main(argv=None) -> int:
             setattr(settings, key, getattr(args, key))
     if args.slides:
         settings.slides = tuple(int(s) for s in args.slides.split(","))
+    if args.setups:
+        settings.setups = tuple({"demo": DEMO_SETUP, "own": OWN_SETUP}[s.strip()] for s in args.setups.split(","))
     command = "python benchmarks/bench_corrections.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summary = run(settings, Path(args.out), command.strip())
     print((Path(args.out) / "corrections.md").read_text(encoding="utf-8"))
