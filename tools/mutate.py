@@ -26,8 +26,8 @@ EQUIVALENT = ROOT / "tools" / "equivalent_mutants.txt"
 # promise -> (strict: no non-equivalent survivor allowed, mutant-name patterns)
 PROMISES: dict[str, tuple[bool, list[str]]] = {
     "guard (corrections/guard.py)": (True, ["napari_dfa.corrections.guard.*"]),
-    "fine-tune split by whole stroke (training/finetune.py)": (True, [
-        f"napari_dfa.training.finetune.x_{f}__mutmut_*"
+    "fine-tune split by whole stroke (training/holdout.py)": (True, [
+        f"napari_dfa.training.holdout.x_{f}__mutmut_*"
         for f in ("split_holdout_by_stroke", "fold_strokes", "right_kept", "stroke_counts", "plan_holdout",
                   "plan_folds", "trained_strokes", "seen_stroke_maps", "stroke_signature", "all_stroke_signatures")]),
     "store resume (inference/segment.py, labels/store.py)": (True, [

@@ -287,7 +287,7 @@ def test_a_class_that_gives_up_some_old_hits_for_more_is_not_a_regression(now_ri
 
 
 def test_right_kept_counts_what_the_new_model_gets_right_in_all():
-    from napari_dfa.training.finetune import right_kept
+    from napari_dfa.training.holdout import right_kept
 
     mask = np.array([[1, 1, 1, 1, 2, 2, 0]])
     old = np.array([[1, 1, 2, 2, 2, 1, 1]])
@@ -421,7 +421,7 @@ def test_a_loss_of_what_the_old_model_had_right_counts_only_when_its_strokes_agr
 
 
 def test_stroke_counts_split_each_class_into_its_strokes():
-    from napari_dfa.training.finetune import stroke_counts
+    from napari_dfa.training.holdout import stroke_counts
 
     mask = np.zeros((6, 8), np.uint8)
     mask[0:2, 0:2] = 1  # two strokes of label 1, one of label 2

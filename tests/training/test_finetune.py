@@ -10,7 +10,7 @@ from napari_dfa import synth
 from napari_dfa.errors import Cancelled, DataError
 from napari_dfa.model import ModelConfig, Segmenter, load_model
 from napari_dfa.training import FinetuneResult, finetune
-from napari_dfa.training.finetune import split_holdout_by_stroke
+from napari_dfa.training.holdout import split_holdout_by_stroke
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,7 +126,7 @@ def test_holdout_is_by_whole_strokes_disjoint_and_deterministic():
 def test_holdout_is_stratified_by_class():
     """Every class with two strokes or more gets some held out (at least 100 px when it can), never
     all of it; a class of one stroke is not held out at all."""
-    from napari_dfa.training.finetune import MIN_HELD_OUT_PIXELS
+    from napari_dfa.training.holdout import MIN_HELD_OUT_PIXELS
 
     a, b = _strokes()
     (tr_a, va_a), (tr_b, va_b) = split_holdout_by_stroke([a, b], 5, 0.2, np.random.default_rng(0))
@@ -144,7 +144,7 @@ def test_folds_hold_back_every_stroke_once_and_leave_each_class_something_to_lea
     on, a class of one stroke and strokes the old model saw are never held back."""
     from scipy import ndimage
 
-    from napari_dfa.training.finetune import all_stroke_signatures, fold_strokes
+    from napari_dfa.training.holdout import all_stroke_signatures, fold_strokes
 
     a, b = _strokes()
     rng = np.random.default_rng(3)
@@ -193,7 +193,7 @@ def test_frozen_encoder_trains_only_after_the_encoder(tiny):
 def test_strokes_the_old_model_was_trained_on_are_never_held_back():
     """The old model would be scored on its own training strokes: they train the new one, and the
     held-back strokes come from the new ones."""
-    from napari_dfa.training.finetune import all_stroke_signatures
+    from napari_dfa.training.holdout import all_stroke_signatures
 
     a, b = _strokes()
     rng = np.random.default_rng(7)

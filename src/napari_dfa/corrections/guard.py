@@ -8,7 +8,7 @@ the worse model and promoted arbitrary ones (issue 21). What the new model would
 nothing is verified is measured and shown (agreement, class shares: the review's magenta layer and
 table), never used to reject: only to ask the pathologist to look when it is large (rule (e)).
 
-The verified pixels are split by whole strokes (:func:`napari_dfa.training.finetune.split_holdout_by_stroke`):
+The verified pixels are split by whole strokes (:func:`napari_dfa.training.holdout.split_holdout_by_stroke`):
 a model is fitted without the held-back ones and both models are scored on them, per class.
 
 (a) **Better where the pathologist said what is right.** The mean Dice over the scored classes
@@ -139,7 +139,7 @@ class HeldOut:
     # per label of the new list: (held-back verified pixels the old model had right, still right)
     right_kept: dict = field(default_factory=dict)
     # per held-back stroke: (its label, the old model's labels over it counted, the new model's, and
-    # how many of its pixels both label right), as napari_dfa.training.finetune.stroke_counts gives
+    # how many of its pixels both label right), as napari_dfa.training.holdout.stroke_counts gives
     # them; None: only the pooled scores are known
     strokes: tuple | None = None
 

@@ -6,7 +6,7 @@ pixels only, and each step is a small MLP on a few thousand vectors. Everything 
 encoder, pixel decoder, DFA decoder and bias — stays as it is.
 
 Scores, as in cross-validation: every stroke is held back whole in one of a few folds
-(:func:`~.finetune.fold_strokes`), a head is fitted without each fold and scored on its strokes
+(:func:`~.holdout.fold_strokes`), a head is fitted without each fold and scored on its strokes
 against the model it starts from, so every verified pixel is evidence (one split held back one or
 two strokes a class, and the guard's verdict on a real-pixel set flipped with the seed). The
 scoring classifies windows of features kept from the one pass over the samples (a fold's fit and
@@ -32,17 +32,13 @@ from ..model.pixel_head import PixelHead
 from .finetune import (
     FinetuneResult,
     _check_samples,
-    baseline_predictions,
     _mean,
     _per_class_dice,
+    baseline_predictions,
     correction_provenance,
-    plan_folds,
-    right_kept,
-    seen_stroke_maps,
-    stroke_counts,
-    trained_strokes,
 )
 from .frozen import FeatureCache, predict_region
+from .holdout import plan_folds, right_kept, seen_stroke_maps, stroke_counts, trained_strokes
 from .metrics import confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -290,7 +286,7 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         has is replaced by a new one fitted on all of ``samples``.
       samples: ``[(rgb uint8 H×W×3, mask uint8 H×W)]``, mask 0 = not verified.
       steps: optimizer steps of each fit.
-      folds: every stroke is held back in one of this many fits (:func:`~.finetune.fold_strokes`,
+      folds: every stroke is held back in one of this many fits (:func:`~.holdout.fold_strokes`,
         never a stroke ``segmenter`` was trained on) and scored by the head fitted without it.
       cache: a :class:`FeatureCache` of ``segmenter``'s encoder to fill and reuse.
       baseline / progress / cancel: as :func:`~.finetune.finetune`.
