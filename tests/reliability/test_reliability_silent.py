@@ -19,7 +19,8 @@ from PIL import Image
 from napari_dfa import synth
 from napari_dfa.cli import main
 from napari_dfa.corrections import CorrectionStore
-from napari_dfa.corrections.geojson import rasterise_polygons, read_geojson
+from napari_dfa.corrections.geojson import read_geojson
+from napari_dfa.corrections.rasterise import rasterise_polygons
 from napari_dfa.errors import CheckpointError, DataError
 from napari_dfa.model import load_model
 from napari_dfa.training.datasets import image_kind, read_rgb, write_sampath

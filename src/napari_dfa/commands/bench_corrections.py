@@ -46,7 +46,8 @@ def _truth_array(path, names, level_shape, downsample, box):
 
     import numpy as np
 
-    from ..corrections.geojson import geojson_classes, rasterise_polygons, read_class_polygons
+    from ..corrections.geojson import geojson_classes, read_class_polygons
+    from ..corrections.rasterise import rasterise_polygons
     from ..errors import DataError
 
     path = Path(path)

@@ -6,7 +6,8 @@ Labels convention: 0 = not corrected (the ignore label), 1..K the class painted.
 
 from __future__ import annotations
 
-from .geojson import geojson_classes, matched_names, missing_classes, rasterise_polygons, read_geojson_polygons
+from .geojson import geojson_classes, matched_names, missing_classes, read_geojson_polygons
+from .rasterise import rasterise_polygons
 from .replay import replay_from_prediction
 from .store import CorrectionPatch, CorrectionStore, slide_content_key
 

@@ -39,7 +39,8 @@ import zarr
 from ..errors import DataError
 from ..files.paths import corrections_store_path
 from ..slide.content import KEY_TILE, slide_content_key
-from .geojson import CONFIRMED, GeoJSONImport, rasterise_polygons, read_class_polygons
+from .geojson import CONFIRMED, GeoJSONImport, read_class_polygons
+from .rasterise import rasterise_polygons
 from .writelock import write_lock
 
 logger = logging.getLogger(__name__)
