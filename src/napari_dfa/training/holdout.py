@@ -204,20 +204,31 @@ class HoldOut:
     folds: list | None = None  # per sample, the fold each stroke is held back in (fold_strokes)
 
 
-def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
-    """Whole strokes of ``samples`` held back per class (:func:`split_holdout_by_stroke`), never
-    those ``segmenter`` was trained on; the same seed holds back the same strokes for every method."""
-    k, names = segmenter.num_classes, list(segmenter.class_names)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
-                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
+def _rng(seed: int) -> np.random.Generator:
+    """The hold-out's own stream: the same seed holds back the same strokes for every method."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+
+
+def _plan(names, samples, splits, folds=None) -> HoldOut:
+    """The :class:`HoldOut` of ``splits``: pixels per class, held back per class, what can be scored."""
+    k = len(names)
     per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
     held = np.zeros(k + 1, np.int64)
     for _, va in splits:
         held += np.bincount(va.ravel(), minlength=k + 1)
     scored = [names[c - 1] for c in range(1, k + 1) if held[c] >= MIN_HELD_OUT_PIXELS]
     too_few = {names[c - 1]: int(held[c]) for c in range(1, k + 1) if per_class[c] > 0 and held[c] < MIN_HELD_OUT_PIXELS}
-    return HoldOut(splits, per_class, held, scored, too_few)
+    return HoldOut(splits, per_class, held, scored, too_few, folds=folds)
+
+
+def plan_holdout(segmenter, samples, val_fraction: float, seed: int) -> HoldOut:
+    """Whole strokes of ``samples`` held back per class (:func:`split_holdout_by_stroke`), never
+    those ``segmenter`` was trained on; the same seed holds back the same strokes for every method."""
+    k, names = segmenter.num_classes, list(segmenter.class_names)
+    rng = _rng(seed)
+    splits = split_holdout_by_stroke([m for _, m in samples], k, val_fraction, rng,
+                                     images=[r for r, _ in samples], seen=trained_strokes(segmenter))
+    return _plan(names, samples, splits)
 
 
 def plan_folds(segmenter, samples, folds: int, seed: int, *, include_seen: bool = False) -> HoldOut:
@@ -225,15 +236,9 @@ def plan_folds(segmenter, samples, folds: int, seed: int, *, include_seen: bool 
     those ``segmenter`` was trained on unless ``include_seen`` (the caller then scores the old
     model there by refitting it without them). ``held_per_class`` counts each held-back pixel once."""
     k, names = segmenter.num_classes, list(segmenter.class_names)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+    rng = _rng(seed)
     fold_maps = fold_strokes([m for _, m in samples], k, folds, rng, images=[r for r, _ in samples],
                              seen=frozenset() if include_seen else trained_strokes(segmenter))
     splits = [(np.where(f > 0, 0, m).astype(np.uint8), np.where(f > 0, m, 0).astype(np.uint8))
               for (_, m), f in zip(samples, fold_maps)]
-    per_class = np.bincount(np.concatenate([m.ravel() for _, m in samples]), minlength=k + 1)
-    held = np.zeros(k + 1, np.int64)
-    for _, va in splits:
-        held += np.bincount(va.ravel(), minlength=k + 1)
-    scored = [names[c - 1] for c in range(1, k + 1) if held[c] >= MIN_HELD_OUT_PIXELS]
-    too_few = {names[c - 1]: int(held[c]) for c in range(1, k + 1) if per_class[c] > 0 and held[c] < MIN_HELD_OUT_PIXELS}
-    return HoldOut(splits, per_class, held, scored, too_few, folds=fold_maps)
+    return _plan(names, samples, splits, fold_maps)

@@ -1,0 +1,184 @@
+"""The hold-out's bookkeeping worked out by hand: which pixels train and which are held back, the
+counts per class, which classes can be scored and which have too few, strokes a model was trained
+on found again by their signature, all of it the same for the same seed. (Whole strokes, each
+stroke once, never a seen stroke: tests/training/test_finetune.py; these pin the counts and names
+the guard reads.)"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_dfa.training.holdout import (
+    MIN_HELD_OUT_PIXELS,
+    all_stroke_signatures,
+    fold_strokes,
+    plan_folds,
+    plan_holdout,
+    right_kept,
+    seen_stroke_maps,
+    split_holdout_by_stroke,
+    stroke_counts,
+    stroke_signature,
+    trained_strokes,
+)
+
+NAMES = ["x", "y", "z"]
+
+
+def _segmenter(strokes=()):
+    prov = {"finetune": {"strokes": list(strokes)}} if strokes else {}
+    return SimpleNamespace(num_classes=3, class_names=NAMES, metadata={"provenance": prov})
+
+
+def _samples():
+    """Two 40×60 tiles. x: four 10×10 strokes, two per tile (400 px); y: two 5×10 strokes, one per
+    tile (exactly MIN_HELD_OUT_PIXELS together); z: one 30-px stroke (never held back)."""
+    rng = np.random.default_rng(3)
+    a = np.zeros((40, 60), np.uint8)
+    b = np.zeros((40, 60), np.uint8)
+    a[0:10, 0:10] = 1
+    a[20:30, 0:10] = 1
+    b[0:10, 20:30] = 1
+    b[20:30, 20:30] = 1
+    a[0:5, 40:50] = 2
+    b[30:35, 40:50] = 2
+    a[35:38, 20:30] = 3
+    return [(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), a),
+            (rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), b)]
+
+
+def test_folds_plan_counts_every_stroke_once_and_names_the_classes_it_cannot_score():
+    samples = _samples()
+    plan = plan_folds(_segmenter(), samples, folds=2, seed=0)
+    assert MIN_HELD_OUT_PIXELS == 100
+    assert plan.per_class.tolist() == [2 * 40 * 60 - 530, 400, 100, 30]
+    assert plan.held_per_class[1:].tolist() == [400, 100, 0]  # index 0 unused
+    assert plan.scored == ["x", "y"]  # y's 100 held-back pixels are just enough
+    assert plan.too_few == {"z": 0}
+    for (_, m), (train, held), f in zip(samples, plan.splits, plan.folds):
+        assert train.dtype == np.uint8 and held.dtype == np.uint8
+        assert np.array_equal(held, np.where(f > 0, m, 0)) and np.array_equal(train, np.where(f > 0, 0, m))
+        assert np.array_equal(train, np.where(m == 3, 3, 0))  # only z, never held back, trains in every fold
+        assert set(np.unique(f[m == 1]).tolist()) <= {1, 2}
+    # each fold holds back strokes of x and of y, and leaves some of each to train on
+    folds = np.concatenate([f[m > 0] for (_, m), f in zip(samples, plan.folds)])
+    labels = np.concatenate([m[m > 0] for _, m in samples])
+    for fold in (1, 2):
+        assert set(labels[folds == fold].tolist()) == {1, 2}
+
+
+def test_one_split_plan_counts_what_it_holds_back():
+    samples = _samples()
+    plan = plan_holdout(_segmenter(), samples, val_fraction=0.5, seed=0)
+    held = sum(np.bincount(h.ravel(), minlength=4) for _, h in plan.splits)
+    assert plan.held_per_class.tolist() == held.tolist()
+    assert plan.held_per_class[1] == 200  # half of x's four strokes (and at least 100 px)
+    assert plan.held_per_class[2] == 50  # one of y's two strokes: at most half of y
+    assert plan.scored == ["x"] and plan.too_few == {"y": 50, "z": 0}
+    assert plan.folds is None
+    for (_, m), (train, h) in zip(samples, plan.splits):
+        assert np.array_equal(train + h, m) and not ((train > 0) & (h > 0)).any()
+
+
+@pytest.mark.parametrize("plan", ["folds", "split"])
+def test_the_same_seed_holds_back_the_same_strokes(plan):
+    samples = _samples()
+
+    def run(seed):
+        if plan == "folds":
+            return np.concatenate([f.ravel() for f in plan_folds(_segmenter(), samples, 2, seed).folds])
+        return np.concatenate([h.ravel() for _, h in plan_holdout(_segmenter(), samples, 0.5, seed).splits])
+
+    first = run(0)
+    assert all(np.array_equal(first, run(0)) for _ in range(3))
+    assert any(not np.array_equal(first, run(s)) for s in range(1, 8))
+
+
+def test_strokes_a_model_was_trained_on_are_found_again_and_kept_out_unless_asked():
+    samples = _samples()
+    rgb, a = samples[0]
+    lab_first = np.zeros_like(a, bool)
+    lab_first[0:10, 0:10] = True
+    sig = stroke_signature(rgb, lab_first, 1)
+    seg = _segmenter([sig])
+    assert trained_strokes(seg) == {sig}
+    assert trained_strokes(_segmenter()) == set()
+    maps = seen_stroke_maps(samples, 3, {sig})
+    assert np.array_equal(maps[0], lab_first) and not maps[1].any()
+    kept_out = plan_folds(seg, samples, 2, seed=0)
+    assert not kept_out.folds[0][lab_first].any() and kept_out.held_per_class[1] == 300
+    folded = plan_folds(seg, samples, 2, seed=0, include_seen=True)
+    assert (folded.folds[0][lab_first] > 0).all() and folded.held_per_class[1] == 400
+    split = plan_holdout(seg, samples, 0.9, seed=0)
+    assert not split.splits[0][1][lab_first].any()
+
+
+def test_a_stroke_is_its_8_connected_piece_of_one_class_in_any_class():
+    """Two squares touching at a corner are one stroke (8-connected); the last class counts; a
+    single-pixel stroke is a stroke."""
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 12, 3), dtype=np.uint8)
+    m = np.zeros((12, 12), np.uint8)
+    m[0:2, 0:2] = 1
+    m[2:4, 2:4] = 1  # corner to corner with the first: one stroke
+    m[8, 8] = 3  # one pixel of the last class
+    m[10:12, 0:3] = 3
+    whole = m == 1
+    sigs = {stroke_signature(rgb, whole, 1), stroke_signature(rgb, m == 3, 3)}
+    single = np.zeros_like(whole)
+    single[8, 8] = True
+    sigs_each = {stroke_signature(rgb, whole, 1), stroke_signature(rgb, single, 3),
+                 stroke_signature(rgb, (m == 3) & ~single, 3)}
+    assert set(all_stroke_signatures([(rgb, m)], 3)) == sigs_each
+    assert len(all_stroke_signatures([(rgb, m), (rgb, m)], 3)) == 3  # the same strokes twice: once
+    hit = seen_stroke_maps([(rgb, m)], 3, {stroke_signature(rgb, whole, 1), stroke_signature(rgb, single, 3)})[0]
+    assert np.array_equal(hit, whole | single)
+    assert not seen_stroke_maps([(rgb, m)], 3, sigs - sigs_each)[0].any()  # two strokes together are none
+    counts = stroke_counts([m], [m], [m], 3)
+    assert sorted(counts[0].tolist()) == [1, 3, 3]  # the corner-joined squares are one stroke
+
+
+def test_a_stroke_signature_is_its_class_shape_and_pixels():
+    rgb = np.random.default_rng(1).integers(0, 255, (10, 10, 3), dtype=np.uint8)
+    s = np.zeros((10, 10), bool)
+    s[2:5, 3:7] = True
+    sig = stroke_signature(rgb, s, 2)
+    assert sig == stroke_signature(rgb.copy(), s.copy(), 2) and len(sig) == 16
+    other = rgb.copy()
+    other[3, 4] ^= 1
+    taller = s.copy()
+    taller[5, 3] = True
+    wider = s.copy()
+    wider[2, 7] = True
+    moved = np.roll(s, 1, axis=0)
+    assert len({sig, stroke_signature(rgb, s, 3), stroke_signature(other, s, 2), stroke_signature(rgb, taller, 2),
+                stroke_signature(rgb, wider, 2), stroke_signature(rgb, moved, 2)}) == 6
+
+
+def test_fold_and_split_respect_the_strokes_of_the_images_they_are_given():
+    samples = _samples()
+    masks, images = [m for _, m in samples], [r for r, _ in samples]
+    lab_first = np.zeros_like(masks[0], bool)
+    lab_first[0:10, 0:10] = True
+    seen = {stroke_signature(images[0], lab_first, 1)}
+    f = fold_strokes(masks, 3, 2, np.random.default_rng(0), images=images, seen=seen)
+    assert not f[0][lab_first].any()
+    # without the images the signatures cannot be checked: every stroke is folded
+    f = fold_strokes(masks, 3, 2, np.random.default_rng(0), seen=seen)
+    assert (f[0][lab_first] > 0).all()
+    (tr, va), _ = split_holdout_by_stroke(masks, 3, 0.9, np.random.default_rng(0), images=images, seen=seen)
+    assert not va[lab_first].any()
+
+
+def test_right_kept_per_label_over_several_masks():
+    m1 = np.array([[1, 1, 2, 2, 0]])
+    o1 = np.array([[1, 2, 2, 2, 1]])
+    n1 = np.array([[1, 1, 1, 2, 2]])
+    m2 = np.array([[2, 2, 1]])
+    o2 = np.array([[2, 0, 1]])
+    n2 = np.array([[0, 2, 1]])
+    # label 1: old right on 1 + 1, still right 1 + 1, new right on 2 + 1; label 2: 2 + 1, 1 + 0, 1 + 1
+    assert right_kept([o1, o2], [n1, n2], [m1, m2]) == {1: (2, 2, 3), 2: (3, 1, 2)}
+    assert right_kept([o1], [n1], [np.zeros_like(m1)]) == {}
