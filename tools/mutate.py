@@ -6,7 +6,7 @@ functions below, then prints the score per promise and every survivor. A survivo
 is not counted against the score; any other survivor of a strict promise makes the run fail, so a
 change that leaves a promise untested is caught here.
 
-Usage: python tools/mutate.py [--max-children N] [--report-only] [--markdown PATH]
+Usage: python tools/mutate.py [--max-children N] [--only PROMISE] [--report-only] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -86,8 +86,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--report-only", action="store_true", help="report the last run's results, run nothing")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--only", help="run and report only the promises whose name contains this (e.g. guard)")
     args = ap.parse_args(argv)
-    patterns = [p for _, pats in PROMISES.values() for p in pats]
+    promises = {k: v for k, v in PROMISES.items() if not args.only or args.only.lower() in k.lower()}
+    if not promises:
+        ap.error(f"no promise matches {args.only!r}: " + "; ".join(PROMISES))
+    patterns = [p for _, pats in promises.values() for p in pats]
     if not args.report_only:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # mutants run in forked children: one thread each
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
     results = _results()
     equivalent = _equivalents()
     rows, failing = [], []
-    for promise, (strict, pats) in PROMISES.items():
+    for promise, (strict, pats) in promises.items():
         names = sorted(n for n in results if any(fnmatch.fnmatchcase(n, p) for p in pats))
         counts: dict[str, int] = defaultdict(int)
         survivors = []

@@ -12,6 +12,7 @@ import pytest
 
 from napari_dfa.corrections.guard import (
     DROP_RESAMPLES,
+    MIN_RESAMPLED_STROKES,
     RIGHT_SLACK,
     drop_holds,
     loss_holds,
@@ -23,7 +24,7 @@ def _random_strokes(seed: int, n: int, k: int = 3):
     it counted (0..k), and how many pixels both label right."""
     rng = np.random.default_rng(seed)
     classes = rng.integers(1, k + 1, n)
-    classes[:2] = 1  # at least two strokes of label 1
+    classes[:MIN_RESAMPLED_STROKES] = 1  # enough strokes of label 1 to resample
     size = rng.integers(5, 60, n)
     old = np.stack([rng.multinomial(s, rng.dirichlet(np.ones(k + 1))) for s in size])
     new = np.stack([rng.multinomial(s, rng.dirichlet(np.ones(k + 1))) for s in size])
@@ -38,6 +39,8 @@ def _draws(n: int, resamples: int = DROP_RESAMPLES, seed: int = 0):
 def _reference(strokes, c: int):
     """(share of resamplings with c's Dice lower, share with c's right-kept loss) by plain sums."""
     classes, old, new, both = strokes
+    if sum(1 for v in classes if v == c) < MIN_RESAMPLED_STROKES:
+        return 1.0, 1.0
     worse = lost = drawn = 0
     for w in _draws(len(classes)):
         if not any(w[i] and classes[i] == c for i in range(len(classes))):
@@ -59,7 +62,7 @@ def _reference(strokes, c: int):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_shares_equal_a_plain_count_over_the_same_draws(seed):
-    strokes = _random_strokes(seed, n=7 + seed)
+    strokes = _random_strokes(seed, n=MIN_RESAMPLED_STROKES + 2 + seed)
     ref_drop, ref_loss = _reference(strokes, 1)
     assert drop_holds(strokes, 1) == pytest.approx(ref_drop, abs=1e-12)
     assert loss_holds(strokes, 1) == pytest.approx(ref_loss, abs=1e-12)
@@ -68,16 +71,23 @@ def test_shares_equal_a_plain_count_over_the_same_draws(seed):
 def test_the_draws_are_seeded_and_whole_strokes():
     """The same strokes give the same share every time (a verdict must not change on a re-run), and
     another seed gives other draws."""
-    strokes = _random_strokes(11, n=9)
+    strokes = _random_strokes(11, n=11)
     shares = {drop_holds(strokes, 1) for _ in range(3)}
     assert len(shares) == 1
     assert {drop_holds(strokes, 1, seed=s) for s in range(8)} != shares
 
 
-def test_nothing_to_resample_leaves_the_pooled_rule_to_decide():
-    classes, old, new, both = _random_strokes(3, n=6)
-    one = classes.copy()
-    one[:] = 2
-    one[0] = 1  # a single stroke of label 1
-    assert drop_holds((one, old, new), 1) == 1.0 and loss_holds((one, old, new, both), 1) == 1.0
+def test_too_few_strokes_to_resample_leave_the_pooled_rule_to_decide():
+    """Below MIN_RESAMPLED_STROKES strokes of a class a resampling says nothing (two confirmed
+    blocks hold a few large pieces of each class): the pooled pixels decide (share 1.0)."""
+    assert MIN_RESAMPLED_STROKES == 5
+    classes, old, new, both = _random_strokes(3, n=9)
+    few = classes.copy()
+    few[:] = 2
+    few[:4] = 1  # four strokes of label 1
+    assert drop_holds((few, old, new), 1) == 1.0 and loss_holds((few, old, new, both), 1) == 1.0
+    enough = few.copy()
+    enough[4] = 1  # five
+    assert drop_holds((enough, old, new), 1) == pytest.approx(_reference((enough, old, new, both), 1)[0])
+    assert drop_holds((enough, old, new), 1) < 1.0
     assert drop_holds(None, 1) == 1.0 and loss_holds(None, 1) == 1.0

@@ -261,9 +261,9 @@ def test_a_held_out_class_outside_the_list_is_judged_on_its_pooled_drop():
 def test_a_share_of_exactly_drop_holds_counts(rule, monkeypatch):
     """At DROP_HOLDS itself the drop (or the loss) counts."""
     rng = np.random.default_rng(5)
-    classes = np.array([1, 1, 1, 1, 2, 2, 2])
-    old = rng.integers(0, 30, (7, 5))
-    new = rng.integers(0, 30, (7, 5))
+    classes = np.array([1, 1, 1, 1, 1, 2, 2, 2])
+    old = rng.integers(0, 30, (8, 5))
+    new = rng.integers(0, 30, (8, 5))
     both = np.minimum(old[:, 1], new[:, 1]) // 2
     strokes = (classes, old, new, both)
     share = guard.drop_holds(strokes, 1) if rule == "drop" else guard.loss_holds(strokes, 1)

@@ -75,6 +75,11 @@ CLASS_DROP = 0.10  # largest held-out Dice drop of one class
 # must be worse for its drop to count: about a one-sided 90 % bootstrap interval.
 DROP_HOLDS = 0.9
 DROP_RESAMPLES = 400
+# Fewer held-back strokes of a class than this: resampling them says nothing, the pooled pixels
+# decide (two confirmed blocks beside careless one-class strokes hold a few large pieces of each
+# class; resampled, a real loss carried by one of them did not hold, and the guard asked instead
+# of rejecting).
+MIN_RESAMPLED_STROKES = 5
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
 # Smallest held-out mean gain that promotes; a smaller one is asked about: careless one-class strokes
 # over tissue the model is sure of moved it by 0.00-0.02 once the head kept the model's sure answers,
@@ -210,12 +215,13 @@ def label_map(old_names: Sequence[str], new_names: Sequence[str], renames: dict[
 def _resamplings(strokes, c: int, resamples: int, seed: int):
     """Stroke multiplicities of ``resamples`` resamplings of the held-back strokes (whole strokes,
     with replacement), those that hold a stroke of label ``c``, and which strokes are of ``c``;
-    None when there is nothing to resample (no per-stroke counts, or fewer than two strokes of ``c``)."""
+    None when there is nothing to resample (no per-stroke counts, or fewer than
+    :data:`MIN_RESAMPLED_STROKES` strokes of ``c``)."""
     if strokes is None:
         return None
     classes = np.asarray(strokes[0])
     is_c = classes == c
-    if is_c.sum() < 2:
+    if is_c.sum() < MIN_RESAMPLED_STROKES:
         return None
     n = len(classes)
     weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)  # resamples × n
@@ -225,8 +231,8 @@ def _resamplings(strokes, c: int, resamples: int, seed: int):
 def drop_holds(strokes, c: int, *, resamples: int = DROP_RESAMPLES, seed: int = 0) -> float:
     """Share of resamplings of the held-back strokes (whole strokes, with replacement) in which
     label ``c``'s Dice is lower for the new model than for the old; resamplings without a stroke of
-    ``c`` do not count. 1.0 when there is nothing to resample (``strokes`` None, or fewer than two
-    strokes of ``c``): the pooled scores decide alone."""
+    ``c`` do not count. 1.0 when there is nothing to resample (``strokes`` None, or fewer than
+    :data:`MIN_RESAMPLED_STROKES` strokes of ``c``): the pooled scores decide alone."""
     drawn = _resamplings(strokes, c, resamples, seed)
     if drawn is None:
         return 1.0
