@@ -14,7 +14,7 @@ def first_click(slide_path: str, views: list[list[int]]) -> dict:
     level 0; the first is the cold call), then pan from the second as the Segment widget does;
     each phase timed."""
     t0 = time.perf_counter()
-    from napari_dfa import load_model, open_slide, segment
+    from napari_dfa import Runtime, load_model, open_slide, segment
 
     t1 = time.perf_counter()
     model = load_model("demo")
@@ -27,17 +27,18 @@ def first_click(slide_path: str, views: list[list[int]]) -> dict:
     times, tiles = [], []
     for view in views:
         t = time.perf_counter()
-        res = segment(slide, model, level=0, region=view, device="cpu")
+        res = segment(slide, model, level=0, region=view, runtime=Runtime(device="cpu"))
         times.append(time.perf_counter() - t)
         tiles.append(res.tiles_total)
     # Panning, as the Segment widget does it: the tile cache holds the tiles of the view before.
     cache = TileCache()
     y, x, h, w = views[1]
-    segment(slide, model, level=0, region=views[1], device="cpu", tile_cache=cache)
+    segment(slide, model, level=0, region=views[1], runtime=Runtime(device="cpu", tile_cache=cache))
     pans = []
     for dy, dx in ((0, w // 2), (h // 2, w // 2)):
         t = time.perf_counter()
-        res = segment(slide, model, level=0, region=(y + dy, x + dx, h, w), device="cpu", tile_cache=cache)
+        res = segment(slide, model, level=0, region=(y + dy, x + dx, h, w),
+                      runtime=Runtime(device="cpu", tile_cache=cache))
         pans.append((time.perf_counter() - t, res.tiles_total - res.tiles_cached, res.tiles_total))
     return {"import": t1 - t0, "load": t2 - t1, "open": t3 - t2, "views": times, "tiles": tiles,
             "pans": pans, "distributed": "distributed" in sys.modules}
@@ -50,7 +51,7 @@ def segment_memory(slide_path: str, model_path: str, out: str) -> dict:
 
     import psutil
 
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, segment
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
@@ -66,7 +67,7 @@ def segment_memory(slide_path: str, model_path: str, out: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     with open_slide(slide_path) as slide:
-        res = segment(slide, model, device="cpu", out=out)
+        res = segment(slide, model, runtime=Runtime(device="cpu"), out=out)
     stop.set()
     sampler.join()
     return {"base": base, "peak": max(peak[0], proc.memory_info().rss), "tiles": res.tiles_total,

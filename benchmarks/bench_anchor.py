@@ -391,14 +391,15 @@ def child_model(spec: dict):
 
 
 def child_segment(spec: dict):
-    from napari_dfa import segment
+    from napari_dfa import Runtime, Tiling, segment
 
     seg = load_segmenter(spec)
     warm_up(spec, lambda x: seg.predict_logits(x))
     rss = rss_mb()
     t0 = time.perf_counter()
-    res = segment(spec["slide"], seg, level=spec["level"], region=tuple(spec["region"]), device=spec["device"],
-                  tile=spec["tile_arg"], overlap=spec["overlap_arg"])
+    res = segment(spec["slide"], seg, level=spec["level"], region=tuple(spec["region"]),
+                  tiling=Tiling(tile=spec["tile_arg"], overlap=spec["overlap_arg"]),
+                  runtime=Runtime(device=spec["device"]))
     wall = time.perf_counter() - t0
     th, tw = res.tile_shape
     return dict(wall_s=wall, tiles=res.tiles_done, tile=[th, tw], overlap=list(res.overlap),

@@ -193,7 +193,7 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
     method (a) was wrong, so leaving them out flatters every method, (a) most)."""
     from napari_dfa.corrections import CorrectionStore
     from napari_dfa.corrections.workflow import ReplaySpec, Resegment, finetune_on_corrections
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, Tiling, segment
     from napari_dfa.model import Segmenter
     from napari_dfa.training import finetune
 
@@ -208,7 +208,8 @@ def run_session(demo, rgb, truth, setup: str, settings: Settings, work: Path) ->
     budget = max(MIN_REGION, int(settings.budget * (tissue & in_review).sum()))
 
     def labels_of(model):
-        return np.asarray(segment(rgb, model, level=0, tile=512, overlap=64, device=settings.device).labels)
+        return np.asarray(segment(rgb, model, level=0, tiling=Tiling(tile=512, overlap=64),
+                                  runtime=Runtime(device=settings.device)).labels)
 
     def read_rgb(level, box):
         return rgb[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]

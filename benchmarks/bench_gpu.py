@@ -12,9 +12,9 @@ imagecodecs, zarr and dask; the fine-tune part napari_dfa.training's imports):
 1. **model alone** — ``Segmenter.predict_logits`` (CUDA, bfloat16 autocast, channels-last) on a
    synthetic H&E-coloured image already on the device, cut into 1024² tiles that cover it once,
    batches of 8;
-2. **pipeline, in-memory image** — ``segment(image, model, device="cuda")`` at its defaults (fitted
-   ~1024² lattice, tissue mask, tiles staged in pinned memory and uploaded on a side stream,
-   argmax on the device, blending of the overlaps on the host), call to result;
+2. **pipeline, in-memory image** — ``segment(image, model, runtime=Runtime(device="cuda"))`` at its
+   defaults (fitted ~1024² lattice, tissue mask, tiles staged in pinned memory and uploaded on a
+   side stream, argmax on the device, blending of the overlaps on the host), call to result;
 3. **pipeline, slide file** — the same on an SVS-style JPEG pyramid made of the sample slide
    repeated (``--slide-repeat``² copies), reading and decoding included; also into an OME-Zarr
    store;
@@ -104,9 +104,9 @@ def model_alone(model, img: np.ndarray, tile: int = 1024, batch: int = 8) -> dic
 
 
 def pipeline(model, data, mpx: float, repeats: int, **kw) -> dict:
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, segment
 
-    segment(data, model, device="cuda", **{k: v for k, v in kw.items() if k != "out"})  # warm-up
+    segment(data, model, runtime=Runtime(device="cuda"), **{k: v for k, v in kw.items() if k != "out"})  # warm-up
     best = None
     for r in range(repeats):
         out = kw.get("out")
@@ -115,7 +115,7 @@ def pipeline(model, data, mpx: float, repeats: int, **kw) -> dict:
         sync()
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        res = segment(data, model, device="cuda", **{**kw, "out": out})
+        res = segment(data, model, runtime=Runtime(device="cuda"), **{**kw, "out": out})
         seconds = time.perf_counter() - t0
         run = {"seconds": seconds, "mpx_per_s": mpx / seconds, "device_seconds": res.model_seconds,
                "tiles": res.tiles_total, "tile": list(res.tile_shape), "overlap": list(res.overlap),
@@ -165,12 +165,12 @@ def jpeg_decode(path: Path) -> dict:
 def cuda_against_cpu(model) -> dict:
     import copy
 
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, segment
 
     img = tissue_image(2048, seed=1)
-    on_gpu = segment(img, model, device="cuda").labels
+    on_gpu = segment(img, model, runtime=Runtime(device="cuda")).labels
     cpu_model = copy.deepcopy(model).to("cpu")
-    on_cpu = segment(img, cpu_model, device="cpu").labels
+    on_cpu = segment(img, cpu_model, runtime=Runtime(device="cpu")).labels
     return {"agreement": float((on_gpu == on_cpu).mean()), "mpx": img.shape[0] * img.shape[1] / 1e6}
 
 

@@ -90,7 +90,7 @@ def time_model(model, batches: list[np.ndarray], channels_last: bool, at_once: i
 
 
 def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, segment
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
@@ -105,7 +105,7 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
             at_once = torch.get_num_threads()  # as segment runs tiles on this CPU
             cuts = {"512² ×4": (exact_batches(rgb, 512, 4), 0), "1024² ×2": (exact_batches(rgb, 1024, 2), 0),
                     f"1024² ×1, {at_once} at once on one thread each": (exact_batches(rgb, 1024, 1), at_once)}
-            segment(slide, model, level=level, device="cpu")  # warm-up: first-call costs are part 2
+            segment(slide, model, level=level, runtime=Runtime(device="cpu"))  # warm-up: first-call costs are part 2
             times: dict[str, list[float]] = {}
             info, cpu = {}, {}  # the fastest run's result and the process's CPU seconds in it
             for r in range(args.repeats):
@@ -114,7 +114,7 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                         times.setdefault(f"{fmt} {cut}", []).append(time_model(model, batches, cl, n))
                 for name, out in (("memory", None), ("store", tmp / f"lvl{level}_{r}.labels.zarr")):
                     c0, t0 = time.process_time(), time.perf_counter()
-                    res = segment(slide, model, level=level, device="cpu", out=out)
+                    res = segment(slide, model, level=level, runtime=Runtime(device="cpu"), out=out)
                     wall = time.perf_counter() - t0
                     if wall <= min(times.get(name, [wall])):
                         info[name] = res
@@ -126,7 +126,7 @@ def efficiency(args, tmp: Path, slide_path: Path) -> list[str]:
                         times.setdefault(f"bf16 {cut}", []).append(time_model(model, batches, True, n))
                     model.precision = "auto"
                     t0 = time.perf_counter()
-                    segment(slide, model, level=level, device="cpu", precision="bf16")
+                    segment(slide, model, level=level, runtime=Runtime(device="cpu", precision="bf16"))
                     times.setdefault("memory bf16", []).append(time.perf_counter() - t0)
             best = {k: min(v) for k, v in times.items()}
             fmts = ("channels-last", "NCHW", "bf16") if args.bf16 else ("channels-last", "NCHW")
@@ -193,7 +193,7 @@ def first_click(args, slide_path: Path) -> list[str]:
 def consistency(args, slide_path: Path) -> list[str]:
     """Deterministic label comparisons (no timing)."""
     from napari_dfa._sample_data import open_truth, sample_truth_path
-    from napari_dfa.inference import segment
+    from napari_dfa.inference import Runtime, Tiling, segment
     from napari_dfa.model import load_model
     from napari_dfa.slide import open_slide
 
@@ -215,15 +215,15 @@ def consistency(args, slide_path: Path) -> list[str]:
             either = (a > 0) | (b > 0)  # glass both call glass is no evidence
             return float((a == b)[either].mean())
 
-        whole = segment(rgb, model, device="cpu")
+        whole = segment(rgb, model, runtime=Runtime(device="cpu"))
         (ty, _), (oy, _) = whole.tile_shape, whole.overlap
         H, W = rgb.shape[:2]
         rows = table_head(["comparison", "pixels agreeing"], "lr")
         # Views offset by half a tile: the same lattice tiles, so the same labels.
         h = ty // 2
         size = min(H, W) - 2 * h - 256
-        a = segment(rgb, model, region=(128, 128, size, size), device="cpu").labels
-        b = segment(rgb, model, region=(128 + h, 128 + h, size, size), device="cpu").labels
+        a = segment(rgb, model, region=(128, 128, size, size), runtime=Runtime(device="cpu")).labels
+        b = segment(rgb, model, region=(128 + h, 128 + h, size, size), runtime=Runtime(device="cpu")).labels
         rows.append(f"| two views offset by half a tile ({h} px), default lattice | **{agree(a[h:, h:], b[:-h, :-h]):.4f}** |")
         rows.append(f"| a view against the whole-image run | **{agree(a, whole.labels[128:128 + size, 128:128 + size]):.4f}** |")
         dices = {"defaults": dice(whole.labels)}
@@ -232,11 +232,14 @@ def consistency(args, slide_path: Path) -> list[str]:
                                      ("tile 512, overlap 64 (the former default)", 512, 64),
                                      ("tile 256, overlap 64", 256, 64)):
             h = tile // 2
-            a = segment(rgb[: H - h, : W - h], model, tile=tile, overlap=overlap, device="cpu").labels
-            b = segment(rgb[h:, h:], model, tile=tile, overlap=overlap, device="cpu").labels
+            a = segment(rgb[: H - h, : W - h], model, tiling=Tiling(tile=tile, overlap=overlap),
+                        runtime=Runtime(device="cpu")).labels
+            b = segment(rgb[h:, h:], model, tiling=Tiling(tile=tile, overlap=overlap),
+                        runtime=Runtime(device="cpu")).labels
             rows.append(f"| two tilings offset by half a tile, {label} | {agree(a[h:, h:], b[:-h, :-h]):.4f} |")
             if tile == 512:
-                dices["tile 512, overlap 64"] = dice(segment(rgb, model, tile=512, overlap=64, device="cpu").labels)
+                dices["tile 512, overlap 64"] = dice(segment(rgb, model, tiling=Tiling(tile=512, overlap=64),
+                                                             runtime=Runtime(device="cpu")).labels)
     rows += ["", *markdown_table([(k, f"{v:.3f}") for k, v in dices.items()],
                                  ["labels of the whole slide (level 0)", "mDice against the slide's truth"], "lr")]
     rows.append(f"| (the demo model's card: test tiles, {card.get('name', 'demo')}) | {card['test_mdice']:.3f} |")

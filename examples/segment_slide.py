@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from napari_dfa import labels as export, load_model, open_slide, segment, synth
+from napari_dfa import Tiling, labels as export, load_model, open_slide, segment, synth
 from napari_dfa.files.paths import labels_store_name
 
 
@@ -47,7 +47,7 @@ def main() -> None:
             bar.set_postfix(eta=f"{info.get('eta') or 0:.0f}s")
 
         # resume=True: rerunning after Ctrl-C continues from the rows already written.
-        res = segment(slide, model, level=level, tile=args.tile, overlap=args.overlap, out=store,
+        res = segment(slide, model, level=level, tiling=Tiling(tile=args.tile, overlap=args.overlap), out=store,
                       progress=progress, resume=store.exists())
         stem = store.name[: -len(".labels.zarr")]
         export.write_geojson(out / f"{stem}.geojson", res.labels, res.classes,

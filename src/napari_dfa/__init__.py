@@ -4,7 +4,9 @@ Public API (imported lazily, so that napari discovering the plugin does not impo
 
 - :func:`open_slide` / :class:`Slide` — lazy multiscale whole-slide images.
 - :func:`load_model` / :class:`Segmenter` — DFA models from ``.safetensors`` checkpoints.
-- :func:`segment` — tiled, seamless, resumable whole-slide inference.
+- :func:`segment` — tiled, seamless, resumable whole-slide inference; its options grouped in
+  :class:`Tiling` (tile, overlap, tissue mask, store chunk) and :class:`Runtime` (device, batch
+  size, threads, precision, tile cache).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ _LAZY = {
     "load_model": "napari_dfa.model",
     "Segmenter": "napari_dfa.model",
     "segment": "napari_dfa.inference",
+    "Tiling": "napari_dfa.inference",
+    "Runtime": "napari_dfa.inference",
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
 from bcss_classes import COLORS, NAMES
@@ -61,7 +61,8 @@ def test_predict_writes_ngff_labels_that_ome_zarr_reads(files, tmp_path, capsys)
 
     # The same labels as the library call with the same settings.
     with open_slide(files["a"]) as slide:
-        res = segment(slide, load_model(files["model"]), tile=256, overlap=64, device="cpu")
+        res = segment(slide, load_model(files["model"]), tiling=Tiling(tile=256, overlap=64),
+                      runtime=Runtime(device="cpu"))
     np.testing.assert_array_equal(level0, res.labels)
     assert set(np.unique(level0)) <= set(range(0, 6)) and (level0 > 0).mean() > 0.5
 

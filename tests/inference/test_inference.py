@@ -12,7 +12,7 @@ import torch
 from napari_dfa import synth
 from napari_dfa.errors import CheckpointError, ConfigError, DataError, SlideError
 from napari_dfa.inference.tissue import tissue_from_rgb
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
 from bcss_classes import COLORS
@@ -72,8 +72,8 @@ def test_tiled_segment_is_the_blend_of_its_tiles(tiny, he_image):
     """The cell bookkeeping, windows and normalisation reproduce a full-canvas blend exactly."""
     img = he_image[:448, :576]  # not a multiple of the stride: the last tiles are pulled back
     # threads=True: reader and blender threads (the GPU default; inline on small CPUs elsewhere here).
-    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, outputs=("labels", "probabilities"),
-                  device="cpu", threads=True)
+    res = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                  runtime=Runtime(device="cpu", threads=True), outputs=("labels", "probabilities"))
     ref = _reference_blend(tiny, img, 256, 64)
     probs = np.exp(ref - ref.max(0)) / np.exp(ref - ref.max(0)).sum(0)
     assert res.completed and res.tiles_done == res.tiles_total == 6
@@ -95,8 +95,8 @@ def test_tiling_adds_no_error_beyond_the_models_own_window_dependence(tiny, he_i
     """
     img = he_image[:512, :512]
     full = _logits(tiny, img)
-    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, outputs=("labels", "probabilities"),
-                  device="cpu")
+    res = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False), runtime=Runtime(device="cpu"),
+                  outputs=("labels", "probabilities"))
     logp = np.log(res.probabilities)
 
     def rel_err(a, b):  # class-contrast error, invariant to a per-pixel shift of the logits
@@ -126,8 +126,10 @@ def test_trained_demo_model_tiled_agrees_with_one_pass_and_keeps_its_accuracy():
     def agree(a, b):
         return float((a == b).mean())
 
-    blended = segment(rgb, demo, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
-    hard = segment(rgb, demo, tile=256, overlap=0, tissue_mask=False, device="cpu").labels
+    blended = segment(rgb, demo, tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                      runtime=Runtime(device="cpu")).labels
+    hard = segment(rgb, demo, tiling=Tiling(tile=256, overlap=0, tissue_mask=False),
+                   runtime=Runtime(device="cpu")).labels
     assert agree(blended[inner], one_pass[inner]) >= 0.88
     # Measured with the bundled model: 0.970 against 0.955.
     assert agree(blended[inner], one_pass[inner]) > agree(hard[inner], one_pass[inner]) + 0.01
@@ -149,8 +151,10 @@ def _seam_rates(labels, starts, tile):
 def test_no_seams_on_a_synthetic_slide(tiny, he_image):
     from napari_dfa.inference.tiling import tile_starts
 
-    blended = segment(he_image, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
-    hard = segment(he_image, tiny, tile=256, overlap=0, tissue_mask=False, device="cpu").labels
+    blended = segment(he_image, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                      runtime=Runtime(device="cpu")).labels
+    hard = segment(he_image, tiny, tiling=Tiling(tile=256, overlap=0, tissue_mask=False),
+                   runtime=Runtime(device="cpu")).labels
     ratios = {}
     for name, lab, overlap in (("blended", blended, 64), ("hard", hard, 0)):
         starts = tile_starts(768, 256, 256 - overlap)
@@ -165,7 +169,8 @@ def test_float_memory_is_bounded_by_the_tiles_in_flight(tiny):
     """No K×H×W float canvas: the accumulators hold at most about an overlap strip of a tile row."""
     rng = np.random.default_rng(0)
     img = rng.integers(60, 200, (320, 1280, 3), dtype=np.uint8)  # 3 tile rows of 13 tiles
-    res = segment(img, tiny, tile=128, overlap=32, tissue_mask=False, device="cpu", batch_size=2)
+    res = segment(img, tiny, tiling=Tiling(tile=128, overlap=32, tissue_mask=False),
+                  runtime=Runtime(device="cpu", batch_size=2))
     k, (height, width) = 5, img.shape[:2]
     canvas = k * height * width * 4
     # The overlap strip under a tile row, plus the cells of the batch in flight (logits + weights).
@@ -181,11 +186,13 @@ def test_the_process_never_holds_a_float_canvas_of_the_image(tiny):
 
     rng = np.random.default_rng(1)
     img = rng.integers(60, 200, (512, 2048, 3), dtype=np.uint8)
-    segment(img[:128, :256], tiny, tile=128, overlap=32, tissue_mask=False, device="cpu")  # imports, caches
+    segment(img[:128, :256], tiny, tiling=Tiling(tile=128, overlap=32, tissue_mask=False),
+            runtime=Runtime(device="cpu"))  # imports, caches
     canvas = tiny.num_classes * img.shape[0] * img.shape[1] * 4
     tracemalloc.start()
     try:
-        res = segment(img, tiny, tile=128, overlap=32, tissue_mask=False, device="cpu", batch_size=2)
+        res = segment(img, tiny, tiling=Tiling(tile=128, overlap=32, tissue_mask=False),
+                      runtime=Runtime(device="cpu", batch_size=2))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -196,8 +203,8 @@ def test_the_process_never_holds_a_float_canvas_of_the_image(tiny):
 
 def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_path):
     img = he_image[:512, :384]
-    whole = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "a.zarr",
-                    chunk=64, threads=True)
+    whole = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+                    runtime=Runtime(device="cpu", threads=True), out=tmp_path / "a.zarr")
     assert whole.completed and whole.path == tmp_path / "a.zarr"
 
     seen = []
@@ -205,8 +212,9 @@ def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_
     def cancel():
         return len(seen) >= 3  # stop after 3 of 6 tiles (batches of one)
 
-    part = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
-                   chunk=64, batch_size=1, cancel=cancel, progress=lambda d, t, **i: seen.append((d, t, i.get("eta"))))
+    part = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+                   runtime=Runtime(device="cpu", batch_size=1), out=tmp_path / "b.zarr", cancel=cancel,
+                   progress=lambda d, t, **i: seen.append((d, t, i.get("eta"))))
     assert not part.completed and 0 < part.tiles_done < part.tiles_total
     assert seen and seen[-1][0] == part.tiles_done and seen[-1][1] == part.tiles_total
     assert all(e is not None and e >= 0 for _, _, e in seen)
@@ -215,21 +223,22 @@ def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_
     assert 0 < rows < img.shape[0]  # what was written is kept...
     np.testing.assert_array_equal(written[:rows], np.asarray(whole.labels[:rows]))  # ...and final
 
-    resumed = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
-                      chunk=64, resume=True)
+    resumed = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+                      runtime=Runtime(device="cpu"), out=tmp_path / "b.zarr", resume=True)
     assert resumed.completed and resumed.tiles_done == resumed.tiles_total
     np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(whole.labels[:]))
 
     with pytest.raises(ConfigError, match="b.zarr"):  # other settings: refuse to mix two runs
-        segment(img, tiny, tile=128, overlap=16, tissue_mask=False, device="cpu", out=tmp_path / "b.zarr",
-                chunk=64, resume=True)
+        segment(img, tiny, tiling=Tiling(tile=128, overlap=16, tissue_mask=False, chunk=64),
+                runtime=Runtime(device="cpu"), out=tmp_path / "b.zarr", resume=True)
 
 
 def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_path):
     """A resumed run computes only the tile rows not yet written (issue 25: a resume that
     recomputed everything gave the same labels, so equality alone could not tell)."""
     img = he_image[:1024, :384]
-    kw = dict(tile=256, overlap=64, tissue_mask=False, device="cpu", out=tmp_path / "c.zarr", chunk=64, batch_size=1)
+    kw = dict(tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+              runtime=Runtime(device="cpu", batch_size=1), out=tmp_path / "c.zarr")
     done = []
     part = segment(img, tiny, cancel=lambda: len(done) >= 6, progress=lambda d, t, **i: done.append(d), **kw)
     assert not part.completed and part.tiles_done >= 6
@@ -248,7 +257,8 @@ def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_pat
 def test_optional_outputs(tiny, he_image, tmp_path):
     img = he_image[:320, :384]
     outputs = ("labels", "probabilities", "uncertainty", "focus")
-    res = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", outputs=outputs)
+    res = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False), runtime=Runtime(device="cpu"),
+                  outputs=outputs)
     assert res.probabilities.shape == (5, 320, 384) and res.focus.shape == (5, 320, 384)
     np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)
     np.testing.assert_allclose(res.focus.sum(0), 1.0, atol=1e-4)  # blended attention stays a distribution
@@ -256,8 +266,8 @@ def test_optional_outputs(tiny, he_image, tmp_path):
     np.testing.assert_allclose(res.uncertainty, 1 - (top[-1] - top[-2]), atol=1e-5)
     assert np.array_equal(res.labels, res.probabilities.argmax(0) + 1)
     # In a store they sit beside the labels, as float16, chunk rows written like the labels.
-    stored = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu", outputs=outputs,
-                     out=tmp_path / "x.zarr", chunk=64)
+    stored = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+                     runtime=Runtime(device="cpu"), outputs=outputs, out=tmp_path / "x.zarr")
     for name in ("probabilities", "uncertainty", "focus"):
         arr = getattr(stored, name)
         assert arr.dtype == np.float16
@@ -280,7 +290,7 @@ def test_glass_tiles_are_skipped_and_get_label_zero(tiny, he_image, tmp_path):
     img[:, :256] = he_image[:256, :256]  # tissue on the left only
     path = _write_pyramid(tmp_path / "half.tif", img)
     with open_slide(path) as slide:
-        res = segment(slide, tiny, tile=128, overlap=32, device="cpu")
+        res = segment(slide, tiny, tiling=Tiling(tile=128, overlap=32), runtime=Runtime(device="cpu"))
     # Tiles start every 96 px; those from x = 288 on hold no tissue.
     assert res.tiles_skipped == 3 * 4 and res.tiles_done == res.tiles_total == 3 * 7
     assert (res.labels[:, 320:] == 0).all()  # glass: no prediction
@@ -301,7 +311,7 @@ def test_glass_enclosed_by_tissue_keeps_its_class(tiny, he_image, tmp_path):
     img[150:230, 150:230] = 240  # a lumen
     img[:, 384:] = 235  # glass
     with open_slide(_write_pyramid(tmp_path / "lumen.tif", img)) as slide:
-        res = segment(slide, tiny, tile=128, overlap=32, device="cpu")
+        res = segment(slide, tiny, tiling=Tiling(tile=128, overlap=32), runtime=Runtime(device="cpu"))
     assert res.tiles_done == res.tiles_total
     assert (res.labels[150:230, 150:230] > 0).all()
     assert (res.labels[:, 386:] == 0).all()
@@ -312,14 +322,15 @@ def test_glass_enclosed_by_tissue_keeps_its_class(tiny, he_image, tmp_path):
 def test_level_auto_and_placement(tiny, he_image, tmp_path):
     path = _write_pyramid(tmp_path / "mpp.tif", he_image, mpp=0.25)  # level 1 is 0.5 µm/px
     with open_slide(path) as slide:
-        res = segment(slide, tiny, level="auto", region=(64, 32, 256, 320), tile=128, overlap=32, device="cpu",
-                      tissue_mask=False)
+        res = segment(slide, tiny, level="auto", region=(64, 32, 256, 320),
+                      tiling=Tiling(tile=128, overlap=32, tissue_mask=False), runtime=Runtime(device="cpu"))
     assert res.level == 1 and res.downsample == pytest.approx(2.0)
     assert res.translate == pytest.approx((128.0, 64.0)) and res.labels.shape == (256, 320)
 
 
 def test_small_region_smaller_than_a_tile(tiny, he_image):
-    res = segment(he_image, tiny, region=(10, 20, 50, 70), tile=256, overlap=64, tissue_mask=False, device="cpu")
+    res = segment(he_image, tiny, region=(10, 20, 50, 70), tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                  runtime=Runtime(device="cpu"))
     assert res.labels.shape == (50, 70) and (res.labels > 0).all()
 
 
@@ -327,35 +338,35 @@ def test_bad_inputs_raise_package_errors_naming_the_file(tiny, he_image, tmp_pat
     path = _write_pyramid(tmp_path / "ok.tif", he_image[:256, :256])
     with open_slide(path) as slide:
         with pytest.raises(ConfigError, match="ok.tif.*outside"):
-            segment(slide, tiny, region=(200, 0, 100, 100), device="cpu")
+            segment(slide, tiny, region=(200, 0, 100, 100), runtime=Runtime(device="cpu"))
         with pytest.raises(ConfigError, match="ok.tif.*level 7"):
-            segment(slide, tiny, level=7, device="cpu")
+            segment(slide, tiny, level=7, runtime=Runtime(device="cpu"))
     with pytest.raises(ConfigError, match="multiple"):
-        segment(he_image, tiny, tile=200, device="cpu")
+        segment(he_image, tiny, tiling=Tiling(tile=200), runtime=Runtime(device="cpu"))
     with pytest.raises(DataError, match="uint8"):
-        segment(he_image.astype(np.float32), tiny, device="cpu")
+        segment(he_image.astype(np.float32), tiny, runtime=Runtime(device="cpu"))
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"II*\x00" + b"\x00" * 20)
     with pytest.raises(SlideError, match="broken.svs"):
-        segment(bad, tiny, device="cpu")
+        segment(bad, tiny, runtime=Runtime(device="cpu"))
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
-        segment(he_image, junk, device="cpu")
+        segment(he_image, junk, runtime=Runtime(device="cpu"))
 
 
 CHILD = r"""
 import json, sys
 import numpy as np
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
 model = load_model(sys.argv[1])
 image = np.asarray(np.random.default_rng(0).integers(60, 200, (300, 400, 3)), dtype=np.uint8)
-segment(image, model, device="cpu")
+segment(image, model, runtime=Runtime(device="cpu"))
 before = {name: name in sys.modules for name in ("zarr", "distributed")}
 with open_slide(sys.argv[2]) as slide:  # a dask-backed level: tiles and the tissue mask are computed
-    segment(slide, model, device="cpu", tile=128, overlap=32)
+    segment(slide, model, tiling=Tiling(tile=128, overlap=32), runtime=Runtime(device="cpu"))
 import torch
 print(json.dumps({"array": before, "distributed": "distributed" in sys.modules,
                   "cuda_initialised": torch.cuda.is_initialized()}))
@@ -396,7 +407,8 @@ def test_half_precision_logits_are_blended_in_float32(tiny, he_image):
     """What autocast hands back on a GPU (bfloat16 mask logits) goes through the same pipeline:
     predict_logits returns float32, the labels follow the rounded logits."""
     img = he_image[:384, :384]
-    full = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
+    full = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                   runtime=Runtime(device="cpu")).labels
     forward = tiny.model.forward
 
     def bf16_forward(x, return_attention=False):
@@ -405,7 +417,8 @@ def test_half_precision_logits_are_blended_in_float32(tiny, he_image):
 
     tiny.model.forward = bf16_forward
     try:
-        half = segment(img, tiny, tile=256, overlap=64, tissue_mask=False, device="cpu").labels
+        half = segment(img, tiny, tiling=Tiling(tile=256, overlap=64, tissue_mask=False),
+                       runtime=Runtime(device="cpu")).labels
     finally:
         del tiny.model.forward
     assert half.dtype == np.uint8 and set(np.unique(half)) <= set(range(1, 6))
@@ -433,9 +446,10 @@ def test_packed_downloads_are_cut_back_into_tile_boxes():
 
 
 def test_default_lattice_and_result_geometry(tiny, he_image):
-    res = segment(he_image, tiny, tissue_mask=False, device="cpu")  # 768²: one 768² tile
+    res = segment(he_image, tiny, tiling=Tiling(tissue_mask=False),
+                  runtime=Runtime(device="cpu"))  # 768²: one 768² tile
     assert res.tile_shape == (768, 768) and res.tiles_total == 1 and res.computed_pixels == 768 * 768
     big = np.tile(he_image, (2, 3, 1))  # 1536 × 2304
-    res = segment(big, tiny, tissue_mask=False, device="cpu")
+    res = segment(big, tiny, tiling=Tiling(tissue_mask=False), runtime=Runtime(device="cpu"))
     assert res.tile_shape[0] % 32 == 0 and min(res.overlap) >= 32
     assert res.computed_pixels <= 1.1 * big.shape[0] * big.shape[1]

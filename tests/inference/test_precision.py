@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_dfa.errors import ConfigError
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.slide import open_slide
 from napari_dfa._sample_data import sample_slide_path
 
@@ -31,8 +31,9 @@ def test_cpu_runs_float32_by_default(demo, rgb, one_torch_thread):
 
 def test_bf16_on_cpu_gives_float32_logits_and_nearly_the_same_labels(demo, rgb, one_torch_thread):
     both = ("labels", "probabilities")
-    ref = segment(rgb, demo, device="cpu", tissue_mask=False, outputs=both)
-    res = segment(rgb, demo, device="cpu", tissue_mask=False, precision="bf16", outputs=both)
+    ref = segment(rgb, demo, tiling=Tiling(tissue_mask=False), runtime=Runtime(device="cpu"), outputs=both)
+    res = segment(rgb, demo, tiling=Tiling(tissue_mask=False), runtime=Runtime(device="cpu", precision="bf16"),
+                  outputs=both)
     assert demo.precision == "auto"  # the call's precision does not stay with the model
     assert (res.labels == ref.labels).mean() > 0.98  # measured 0.998 on the sample slide
     # ... and bf16 did run: its probabilities differ from float32's (a bf16 silently ignored passed
@@ -49,13 +50,13 @@ def test_bf16_on_cpu_gives_float32_logits_and_nearly_the_same_labels(demo, rgb, 
 
 def test_unknown_precision_is_refused(demo, rgb):
     with pytest.raises(ConfigError, match="precision='fp8'"):
-        segment(rgb, demo, device="cpu", precision="fp8")
+        segment(rgb, demo, runtime=Runtime(device="cpu", precision="fp8"))
     assert demo.precision == "auto"
 
 
 def test_a_store_is_not_resumed_in_another_precision(demo, rgb, tmp_path, one_torch_thread):
     out = tmp_path / "labels.zarr"
-    segment(rgb, demo, device="cpu", out=out, precision="bf16")
+    segment(rgb, demo, runtime=Runtime(device="cpu", precision="bf16"), out=out)
     with pytest.raises(ConfigError, match="cannot resume"):
-        segment(rgb, demo, device="cpu", out=out, resume=True)
-    assert segment(rgb, demo, device="cpu", out=out, resume=True, precision="bf16").completed
+        segment(rgb, demo, runtime=Runtime(device="cpu"), out=out, resume=True)
+    assert segment(rgb, demo, runtime=Runtime(device="cpu", precision="bf16"), out=out, resume=True).completed

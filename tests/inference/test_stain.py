@@ -14,7 +14,7 @@ from napari_dfa import synth
 from napari_dfa._sample_data import open_truth
 from napari_dfa.cli import main
 from napari_dfa.errors import ConfigError, DataError
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, segment
 from napari_dfa.inference.stain import slide_stain_match
 from napari_dfa.inference.tile_cache import TileCache
 from napari_dfa.labels.store import LabelsStore
@@ -71,10 +71,11 @@ def test_stored_runs_and_cached_tiles_keep_the_stains_apart(demo, case, tmp_path
     path, _ = case
     with open_slide(path) as slide:
         cache = TileCache()
-        segment(slide, demo, level=0, region=(0, 0, 1024, 1024), tile_cache=cache)
-        matched = segment(slide, demo, level=0, region=(0, 0, 1024, 1024), tile_cache=cache, stain=True)
+        segment(slide, demo, level=0, region=(0, 0, 1024, 1024), runtime=Runtime(tile_cache=cache))
+        matched = segment(slide, demo, level=0, region=(0, 0, 1024, 1024), runtime=Runtime(tile_cache=cache),
+                          stain=True)
         assert matched.tiles_cached == 0  # recoloured pixels: no labels of the stored ones
-        again = segment(slide, demo, level=0, region=(0, 0, 1024, 1024), tile_cache=cache, stain=True)
+        again = segment(slide, demo, level=0, region=(0, 0, 1024, 1024), runtime=Runtime(tile_cache=cache), stain=True)
         assert again.tiles_cached == again.tiles_total - again.tiles_skipped
         np.testing.assert_array_equal(np.asarray(again.labels), np.asarray(matched.labels))
         store = segment(slide, demo, level=0, out=tmp_path / "a.zarr", stain=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.inference.tile_cache import TileCache
 from napari_dfa.model import load_model
 from napari_dfa.slide import open_slide
@@ -24,12 +24,13 @@ def rgb():
 
 
 def run(rgb, model, region, cache):
-    return segment(rgb, model, region=region, tile=TILE, overlap=OVERLAP, device="cpu", tissue_mask=False,
-                   tile_cache=cache)
+    return segment(rgb, model, region=region, tiling=Tiling(tile=TILE, overlap=OVERLAP, tissue_mask=False),
+                   runtime=Runtime(device="cpu", tile_cache=cache))
 
 
 def test_a_panned_view_reuses_tiles_and_gets_the_labels_of_a_fresh_run(demo, rgb, one_torch_thread):
-    whole = segment(rgb, demo, tile=TILE, overlap=OVERLAP, device="cpu", tissue_mask=False).labels
+    whole = segment(rgb, demo, tiling=Tiling(tile=TILE, overlap=OVERLAP, tissue_mask=False),
+                    runtime=Runtime(device="cpu")).labels
     cache = TileCache()
     a = (100, 150, 600, 500)
     first = run(rgb, demo, a, cache)
@@ -54,7 +55,8 @@ def test_another_model_takes_no_tile_of_the_first(demo, rgb, one_torch_thread):
         other.model.decoder.class_tokens.weight.add_(0.5)  # in place, as an optimiser step writes
     res = run(rgb, other, region, cache)
     assert res.tiles_cached == 0
-    fresh = segment(rgb, other, region=region, tile=TILE, overlap=OVERLAP, device="cpu", tissue_mask=False)
+    fresh = segment(rgb, other, region=region, tiling=Tiling(tile=TILE, overlap=OVERLAP, tissue_mask=False),
+                    runtime=Runtime(device="cpu"))
     assert np.array_equal(np.asarray(res.labels), np.asarray(fresh.labels))
     assert run(rgb, demo, region, cache).tiles_cached == res.tiles_total  # the first model's are kept
 
@@ -63,6 +65,6 @@ def test_the_cache_keeps_to_its_budget_and_dense_outputs_bypass_it(demo, rgb, on
     cache = TileCache(max_bytes=3 << 20)  # ~4 tiles of 256² with their strips
     run(rgb, demo, None, cache)
     assert 0 < cache.nbytes <= 3 << 20 and len(cache) < 25
-    res = segment(rgb, demo, region=(0, 0, 300, 300), tile=TILE, overlap=OVERLAP, device="cpu",
-                  tissue_mask=False, outputs=("labels", "probabilities"), tile_cache=cache)
+    res = segment(rgb, demo, region=(0, 0, 300, 300), tiling=Tiling(tile=TILE, overlap=OVERLAP, tissue_mask=False),
+                  runtime=Runtime(device="cpu", tile_cache=cache), outputs=("labels", "probabilities"))
     assert res.tiles_cached == 0 and res.probabilities is not None

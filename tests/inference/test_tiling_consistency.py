@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_dfa import synth
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.inference.tiling import MIN_OVERLAP, OVERLAP_BUDGET, TileGrid, fit_axis
 from napari_dfa.slide import open_slide
 
@@ -37,11 +37,11 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_views_offset_by_half_a_tile_get_the_same_labels(demo, slide_rgb):
-    whole = segment(slide_rgb, demo, device="cpu")  # defaults: the fitted lattice of the level
+    whole = segment(slide_rgb, demo, runtime=Runtime(device="cpu"))  # defaults: the fitted lattice of the level
     assert whole.tile_shape == (1056, 1056) and whole.overlap == (64, 64) and whole.tiles_total == 4
     h = whole.tile_shape[0] // 2
-    a = segment(slide_rgb, demo, region=(64, 64, 1344, 1344), device="cpu").labels
-    b = segment(slide_rgb, demo, region=(64 + h, 64 + h, 1344, 1344), device="cpu").labels
+    a = segment(slide_rgb, demo, region=(64, 64, 1344, 1344), runtime=Runtime(device="cpu")).labels
+    b = segment(slide_rgb, demo, region=(64 + h, 64 + h, 1344, 1344), runtime=Runtime(device="cpu")).labels
     # Measured 1.0000 for both (the issue asked >= 0.98); float noise of another batch composition
     # may flip a near-tie, hence not exactly 1.
     assert agreement(a[h:, h:], b[:-h, :-h]) >= 0.999
@@ -58,8 +58,10 @@ def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(d
 
     def tilings(tile: int, overlap: int) -> float:
         h = tile // 2
-        a = segment(slide_rgb[:-h, :-h], demo, tile=tile, overlap=overlap, device="cpu").labels
-        b = segment(slide_rgb[h:, h:], demo, tile=tile, overlap=overlap, device="cpu").labels
+        a = segment(slide_rgb[:-h, :-h], demo, tiling=Tiling(tile=tile, overlap=overlap),
+                    runtime=Runtime(device="cpu")).labels
+        b = segment(slide_rgb[h:, h:], demo, tiling=Tiling(tile=tile, overlap=overlap),
+                    runtime=Runtime(device="cpu")).labels
         return agreement(a[h:, h:], b[:-h, :-h])
 
     default = tilings(1056, 64)
@@ -141,9 +143,9 @@ def test_labels_do_not_depend_on_how_many_threads_torch_has(demo):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = segment(rgb, demo, device="cpu").labels
+        one = segment(rgb, demo, runtime=Runtime(device="cpu")).labels
         torch.set_num_threads(2)
-        two = segment(rgb, demo, device="cpu").labels
+        two = segment(rgb, demo, runtime=Runtime(device="cpu")).labels
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before  # segment restored what it changed
@@ -178,8 +180,8 @@ def test_the_gui_runs_one_pass_per_core_with_the_labels_of_any_other_count(demo,
     assert gui_tile_workers() == (os.cpu_count() or 1)
     monkeypatch.setenv(GUI_THREADS_ENV, "1")
     assert gui_tile_workers() == 1
-    one = segment(slide_rgb, demo, device="cpu", tile_workers=1)
-    three = segment(slide_rgb, demo, device="cpu", tile_workers=3)
+    one = segment(slide_rgb, demo, runtime=Runtime(device="cpu", tile_workers=1))
+    three = segment(slide_rgb, demo, runtime=Runtime(device="cpu", tile_workers=3))
     assert one.tiles_total == 4
     np.testing.assert_array_equal(one.labels, three.labels)
 
@@ -202,5 +204,5 @@ def test_glass_found_in_the_background_fails_in_the_callers_thread(demo, monkeyp
 
     monkeypatch.setattr(tissue, "glass_from_tissue", broken)
     with pytest.raises(MemoryError, match="no room"):
-        segment(rgb, demo, device="cpu")
+        segment(rgb, demo, runtime=Runtime(device="cpu"))
     assert "napari-dfa-glass" in calls and len(calls) >= 2  # tried beside the passes, then again

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from napari_dfa import synth
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, segment
 from napari_dfa.model import Segmenter
 from napari_dfa.model.dfa_model import build_model
 from napari_dfa.model.tissue_norm import GLASS_CELL, TissueGroupNorm, glass_cells, glass_context
@@ -149,7 +149,7 @@ def test_the_sample_slide_scores_as_its_card_says(demo):
     with open_slide(sample_slide_path()) as slide:
         rgb = np.asarray(slide.levels[0])
     truth = np.asarray(open_truth(sample_truth_path())[0])
-    labels = segment(rgb, demo, device="cpu").labels
+    labels = segment(rgb, demo, runtime=Runtime(device="cpu")).labels
     pred = np.where(truth > 0, labels, 0)
     dice = [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum())
             for c in range(1, len(demo.class_names) + 1)]

@@ -21,7 +21,7 @@ import zarr
 
 from napari_dfa import synth
 from napari_dfa.cli import main
-from napari_dfa.inference import segment
+from napari_dfa.inference import Runtime, Tiling, segment
 from napari_dfa.labels.store import LabelsStore
 from napari_dfa.labels.lock import store_lock
 from napari_dfa.files.outputs import claim, leftovers
@@ -100,8 +100,9 @@ def test_two_slides_of_one_name_are_refused_before_anything_runs(files, tmp_path
 def _half_store(files, out):
     """A store of slide a as a run stopped after its first rows leaves it."""
     batches = iter(range(1000))
-    res = segment(open_slide(files["a"]), files["model"], level=0, out=out / "s.labels.zarr", tile=128, overlap=32,
-                  chunk=64, device="cpu", batch_size=1, cancel=lambda: next(batches) >= 12)
+    res = segment(open_slide(files["a"]), files["model"], level=0, out=out / "s.labels.zarr",
+                  tiling=Tiling(tile=128, overlap=32, chunk=64), runtime=Runtime(device="cpu", batch_size=1),
+                  cancel=lambda: next(batches) >= 12)
     assert not res.completed and 0 < LabelsStore.open(out / "s.labels.zarr").rows_done < 384
     return out / "s.labels.zarr"
 

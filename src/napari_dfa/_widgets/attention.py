@@ -173,12 +173,12 @@ class AttentionWidget(DFAWidget):
         self._say("Computing " + " and ".join(kinds) + " maps…")
 
         def work():
-            from ..inference import segment
+            from ..inference import Runtime, segment
             from ..inference.background import gui_tile_workers
 
             data, lv = pyramid.source(res.level)
             return segment(data, seg, level=lv, region=res.region, outputs=("labels", *kinds),
-                           tile_workers=gui_tile_workers())
+                           runtime=Runtime(tile_workers=gui_tile_workers()))
 
         return self.run_job(work, lambda out: self._on_maps(out, res, seg, kinds, pyramid.units))
 

@@ -3,6 +3,10 @@
 Thin: :func:`napari_dfa.inference.segment` does the work in a napari thread worker; this widget
 turns the view into a region, and the result into a Labels layer placed on the image layer (any
 image layer, from any reader, multiscale or not).
+
+(Over 450 lines: one widget class — its controls, the run in its worker and the UI-thread callbacks
+that turn the result into layers and warnings all share the widget's state: the chosen model, the
+stain matches, the region and tile caches, the busy flag; the module functions are ~20 lines.)
 """
 
 from __future__ import annotations
@@ -253,7 +257,7 @@ class SegmentWidget(DFAWidget):
 
     def _run(self, seg, pyramid, scope, region0, device, match_stain: bool = False):
         """Worker thread: choose the level, segment, return (result, level, region, stain match)."""
-        from ..inference import segment
+        from ..inference import Runtime, segment
         from ..inference.background import gui_tile_workers
 
         def progress(done, total, **info):
@@ -264,8 +268,8 @@ class SegmentWidget(DFAWidget):
             stain = self._stain_for(pyramid, level, seg) if match_stain else None
             out = _whole_slide_store(pyramid, level, seg, stain)
             data, lv = pyramid.source(level)
-            kwargs = dict(level=lv, region=None, device=device, out=out, progress=progress,
-                          cancel=self.cancelled, tile_workers=gui_tile_workers(), stain=stain)
+            kwargs = dict(level=lv, region=None, runtime=Runtime(device=device, tile_workers=gui_tile_workers()),
+                          out=out, progress=progress, cancel=self.cancelled, stain=stain)
             try:
                 # The store is named by slide, level and model weights: a finished one is reused at
                 # once, a cancelled one continues from the rows already written.
@@ -283,9 +287,9 @@ class SegmentWidget(DFAWidget):
         if hit is not None:
             return CachedRegion(labels=hit), level, region, stain
         data, lv = pyramid.source(level)
-        res = segment(data, seg, level=lv, region=region, device=device, progress=progress,
-                      cancel=self.cancelled, tile_cache=self.tile_cache, tile_workers=gui_tile_workers(),
-                      stain=stain)
+        runtime = Runtime(device=device, tile_cache=self.tile_cache, tile_workers=gui_tile_workers())
+        res = segment(data, seg, level=lv, region=region, runtime=runtime, progress=progress,
+                      cancel=self.cancelled, stain=stain)
         if res.completed:
             self.cache.put(image, level, seg, region, np.asarray(res.labels))
         return res, level, region, stain

@@ -147,7 +147,7 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
     from ..labels.io import rename_multiscale
     from ..labels.outputs import atomic_output, check_destination
     from ..labels.store import LabelsStore
-    from ..inference import segment
+    from ..inference import Runtime, segment
     from ..model import load_model
     from ..files.outputs import check_output, claims
     from ..slide import auto_level, open_slide
@@ -172,7 +172,7 @@ def run_headless(*, out, model="demo", device="auto", level="auto", slide=None,
                 bar.refresh()
 
             with atomic_output(files["labels"], claimed=True) as tmp:  # a new store replaces the old one whole
-                res = segment(sl, seg, level=lv, device=device, out=tmp, progress=progress)
+                res = segment(sl, seg, level=lv, runtime=Runtime(device=device), out=tmp, progress=progress)
                 labels = np.asarray(res.labels[...])
                 rename_multiscale(LabelsStore.open(tmp).group, files["labels"].name)  # written under the twin's
         from ..inference.domain import check_slide

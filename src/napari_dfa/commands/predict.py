@@ -9,6 +9,10 @@ With ``--workers N`` (a dask LocalCluster of N processes) or ``--scheduler ADDRE
 dask.distributed scheduler) every slide is one task; each task loads the model from its path
 itself, so only file names travel. A slide that fails is reported and the others go on; the exit
 status is 1 when any failed.
+
+(Over 450 lines: one command — its arguments, the output and resume checks every task repeats, the
+per-slide task and the two ways to run the tasks, which share the options dict and the report of
+each slide; the dask runner with its worker watch, ~150 lines, is the seam to cut next.)
 """
 
 from __future__ import annotations
@@ -259,7 +263,8 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
     import shutil
 
     from .. import labels as label_files
-    from ..inference import segment
+    from ..inference import Runtime, Tiling, segment
+    from ..inference.options import pick
     from ..labels.outputs import atomic_output
     from ..model.device import torch_threads
     from ..files.outputs import temp_twin
@@ -295,12 +300,9 @@ def _predict_one(slide_path, model, out_dir, options, progress, threads, report)
             extras: dict = {}  # with swap: the new GeoJSON/areas, held back until the store is in place
             try:
                 res = segment(slide, model, level=level, region=region,
-                              tile=options.get("tile"), overlap=options.get("overlap"),
-                              device=options.get("device", "auto"), precision=options.get("precision"),
-                              out=target, progress=progress,
-                              resume=bool(options.get("resume") or own), tissue_mask=options.get("tissue_mask", True),
-                              outputs=options.get("outputs", ("labels",)), batch_size=options.get("batch_size"),
-                              chunk=options.get("chunk", 512), stain=bool(options.get("match_stain")),
+                              tiling=pick(Tiling, options), runtime=pick(Runtime, options),  # tile, device, …
+                              out=target, progress=progress, resume=bool(options.get("resume") or own),
+                              outputs=options.get("outputs", ("labels",)), stain=bool(options.get("match_stain")),
                               store_info={"run_id": options["run_id"]} if options.get("run_id") else None)
                 report.update(path=str(store), completed=res.completed, tiles=res.tiles_total)
                 res.caveat = beyond.caveat  # a slide beyond the model: every file of it says so

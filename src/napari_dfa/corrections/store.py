@@ -1,5 +1,9 @@
 """The on-disk store of a pathologist's label corrections (no Qt).
 
+(Over 450 lines: one class, :class:`CorrectionStore`, whose methods all read or write the one zarr
+layout below — patches, their attributes, the class list they are bound to; GeoJSON parsing and
+rasterising live in :mod:`.geojson` and :mod:`.rasterise`, only the calls into them are here.)
+
 A correction is a patch of labels over a rectangular region of one slide pyramid level; ``0`` means
 "not corrected" (the ignore label), ``1..K`` the class the pathologist painted. Patches live in one
 zarr group per slide, written block by block as the brush moves, so a process that is killed right

@@ -1,5 +1,10 @@
 """From a pathologist's corrections to a better model, in one headless call (no Qt).
 
+(Over 450 lines: :func:`finetune_on_corrections` is ~200 of them, the loop below in one place; the
+rest is what its callers, the Fine-tune widget and ``napari-dfa finetune``, hand it and ask around
+it — its input specs, the method choice, the regions to check; the region pickers at the end,
+~60 lines, are the seam to cut next if it grows.)
+
 :func:`finetune_on_corrections` runs the whole loop that the Fine-tune widget and
 ``napari-dfa finetune`` offer:
 
@@ -295,7 +300,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
     """
     # Imported here, not with the module: a widget imports this module when it is docked, and
     # torch with the training and inference modules is best loaded in a worker (see warm_up_training).
-    from ..inference import segment
+    from ..inference import Runtime, segment
     from ..inference.tissue import tissue_from_rgb
     from ..training import finetune
     from ..training.frozen import FeatureCache, predict_region
@@ -433,7 +438,7 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
                               before=regions[0][2] if regions else None)
     if resegment is not None:
         seg = segment(resegment.source, new, level=resegment.level, region=resegment.region,
-                      tile_workers=resegment.tile_workers, stain=resegment.stain)
+                      runtime=Runtime(tile_workers=resegment.tile_workers), stain=resegment.stain)
         outcome.relabelled = np.asarray(seg.labels)
         if writeback is not None and kept:
             outcome.written_back = write_back(writeback, outcome.relabelled)

@@ -48,7 +48,7 @@ from .blend import TileBlender, MemorySink, ZarrSink
 from .cuda_io import cudnn_autotune
 from .reader import LevelReader, _is_slide
 from .scheduler import GPU_BATCH_PIXELS, CacheSlot, TileRunner, cpu_tile_workers, default_batch, use_threads
-from .tile_cache import TileCache
+from .options import Runtime, Tiling
 from .tiling import TileGrid
 from .tissue import tissue_mask_for
 from ..classes import ClassSet
@@ -57,8 +57,8 @@ from ..errors import ConfigError
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("labels", "probabilities", "uncertainty", "focus")
-__all__ = ["GPU_BATCH_PIXELS", "OUTPUTS", "SegmentResult", "check_same_source", "model_fingerprint", "segment",
-           "source_key"]
+__all__ = ["GPU_BATCH_PIXELS", "OUTPUTS", "Runtime", "SegmentResult", "Tiling", "check_same_source",
+           "model_fingerprint", "segment", "source_key"]
 
 
 @dataclass
@@ -104,12 +104,9 @@ def model_fingerprint(model) -> str:
     return model.fingerprint()
 
 
-def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None, device="auto", out=None,
-            progress: Callable | None = None, cancel: Callable[[], bool] | None = None, resume=False,
-            tissue_mask=True, outputs=("labels",), *, batch_size: int | None = None, chunk: int = 512,
-            read_workers: int | None = None, channels_last: bool | None = None,
-            threads: bool | None = None, tile_cache: TileCache | None = None,
-            precision: str | None = None, tile_workers: int | None = None, stain=None,
+def segment(slide_or_array, model, level=0, region=None, *, tiling: Tiling | None = None,
+            runtime: Runtime | None = None, out=None, resume=False, outputs=("labels",),
+            progress: Callable | None = None, cancel: Callable[[], bool] | None = None, stain=None,
             store_info: dict | None = None) -> SegmentResult:
     """Segment a slide level (or a region of it) tile by tile.
 
@@ -119,49 +116,29 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
       model: a :class:`~napari_dfa.model.Segmenter`, or a checkpoint path / ``"demo"``.
       level: pyramid level, or ``"auto"`` for the level closest to the model's microns per pixel.
       region: (y0, x0, height, width) in ``level`` pixels; None for the whole level.
-      tile: forward-pass tile edge (a multiple of the model's ``input_multiple``); None (default):
-        tiles near 1024 pixels fitted to the level (:func:`napari_dfa.inference.tiling.fit_axis`).
-      overlap: pixels shared by neighbouring tiles (blended; None: 32); with ``tile=None`` the
-        least overlap of the fitted lattice.
-      device: "auto" | "cuda" | "mps" | "cpu" (the model is moved there).
+      tiling: a :class:`~napari_dfa.inference.options.Tiling` (tile, overlap, tissue mask, store
+        chunk); None: its defaults.
+      runtime: a :class:`~napari_dfa.inference.options.Runtime` (device, batch size, threads,
+        precision, tile cache…); None: its defaults.
       out: None for in-memory arrays, or a path for an OME-Zarr labels store.
+      resume: continue the store at ``out`` from the rows already written (same settings).
+      outputs: any of "labels", "probabilities", "uncertainty", "focus".
       progress: ``progress(done, total, eta=seconds, skipped=n)`` after every batch.
       cancel: ``cancel() -> bool``; when it turns true the run stops after the current batch,
         keeps what was written and returns with ``completed=False``.
-      resume: continue the store at ``out`` from the rows already written (same settings).
-      tissue_mask: skip tiles over glass and give glass beside tissue label 0 (at the tissue
-        mask's resolution); False: every pixel gets a class.
-      outputs: any of "labels", "probabilities", "uncertainty", "focus".
-      batch_size: tiles per forward pass. Default: on GPUs ~8 Mpx of tiles; on CPUs one tile per
-        pass on one torch thread, as many passes at once as torch has threads (labels then do not
-        depend on the thread count; restored after the call). Given on a CPU: that many tiles per
-        pass, one pass at a time on torch's threads.
-      chunk: chunk edge of the zarr store.
-      read_workers: threads reading tiles ahead of the model when ``threads`` (default 2).
-      channels_last: the model's memory format (None: channels-last on CPU and CUDA, where its
-        convolutions run faster; the model keeps it after the call).
-      threads: read and blend in threads beside the model (None: yes — except with an explicit
-        ``batch_size`` on a CPU of at most 4 cores that torch all uses, where threads beside
-        torch's would stall its parallel regions; the default one-thread passes have none).
-      precision: the forward pass's arithmetic for this call (see
-        :attr:`napari_dfa.model.Segmenter.precision`: ``"auto"``, ``"fp32"``, ``"bf16"``); None:
-        the model's own (``"auto"``: bfloat16 on CUDA, float32 on CPUs).
-      tile_workers: on a CPU without ``batch_size``, the one-thread passes run at once (None: as
-        many as torch has threads). The labels do not depend on it.
       stain: match the slide's stain to the model's training stain before the model sees it:
         True (fitted on this level, :func:`napari_dfa.inference.stain.slide_stain_match`), or a
         :class:`~napari_dfa.model.stain.StainMatch` made once for the slide (views of it then share
         one); None/False: pixels as stored. The tissue mask reads the stored pixels either way.
       store_info: kept in a new store's ``napari_dfa`` attributes beside the settings (e.g. the
         ``run_id`` of the predict run that made it, so that a retried task knows its own store).
-      tile_cache: a :class:`~napari_dfa.inference.tile_cache.TileCache`: lattice tiles it holds for
-        this image, level and model are not computed again, and computed ones are added (labels
-        only; ignored for the other outputs). Panning a view then runs only the tiles it did not
-        cover before.
 
     Returns:
       a :class:`SegmentResult`.
     """
+    tiling = Tiling() if tiling is None else tiling
+    runtime = Runtime() if runtime is None else runtime
+
     import torch
 
     from ..model import load_model
@@ -188,24 +165,27 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             stain = slide_stain_match(slide_or_array, model, level=level)
         src = LevelReader(data=slide_or_array, level=level, transform=stain or None)
         region = src.check_region(region)
-        dev = resolve_device(device)
+        dev = resolve_device(runtime.device)
         model.to(dev)
-        if precision is not None:
-            model.precision = precision
+        if runtime.precision is not None:
+            model.precision = runtime.precision
         amp = model.autocast_dtype()
         arithmetic = "fp32" if amp is None else str(amp).removeprefix("torch.")
+        channels_last = runtime.channels_last
         if channels_last is None:
             channels_last = True if dev.type in ("cpu", "cuda") else None
         if channels_last is not None:
             model.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         multiple = int(getattr(model, "input_multiple", 32))
+        tile, overlap = tiling.tile, tiling.overlap
         grid = TileGrid(height=region[2], width=region[3], tile=None if tile is None else int(tile),
                         overlap=None if overlap is None else int(overlap), multiple=multiple,
                         origin=region[:2], extent=src.shape)
         k = len(model.class_names)
         extras = {n: (0 if n == "uncertainty" else k) for n in outputs if n != "labels"}
         settings = dict(level=src.level, region=list(region), tile=list(grid.tile_shape), overlap=list(grid.overlaps),
-                        tissue_mask=bool(tissue_mask), model=model_fingerprint(model) if out is not None else None)
+                        tissue_mask=bool(tiling.tissue_mask),
+                        model=model_fingerprint(model) if out is not None else None)
         if arithmetic != "fp32":  # stores written in float32 keep the settings they always had
             settings["precision"] = arithmetic
         if stain:  # likewise: absent when the stain is not matched
@@ -213,7 +193,8 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
 
         store, start_row = None, 0
         if out is not None:
-            store, start_row = _open_store(out, resume, src, region, model, extras, settings, chunk, store_info)
+            store, start_row = _open_store(out, resume, src, region, model, extras, settings, tiling.chunk,
+                                           store_info)
             if store.completed:
                 logger.info("%s: already complete, nothing to resume", store.path)
                 return _result(src, region, model, grid, store=store, sink=None, done=grid.total,
@@ -223,7 +204,7 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             sink = MemorySink(shape=(region[2], region[3]), extras=extras)
         skip = np.zeros((grid.rows, grid.cols), dtype=bool)
         glass = None
-        if tissue_mask:
+        if tiling.tissue_mask:
             by, bx, bh, bw = grid.box()
             tm = tissue_mask_for(src, region, box=(region[0] + by, region[1] + bx, bh, bw))
             for i in range(grid.rows):
@@ -236,14 +217,14 @@ def segment(slide_or_array, model, level=0, region=None, tile=None, overlap=None
             glass = tm.glass_box
         blender = TileBlender(grid=grid, num_classes=k, outputs=set(outputs), sink=sink, glass=glass)
         first_row = grid.first_row_touching(start_row) if start_row else 0
-        workers = cpu_tile_workers(dev, batch_size, torch, tile_workers)
-        threaded = use_threads(threads, dev, torch, workers)
+        workers = cpu_tile_workers(dev, runtime.batch_size, torch, runtime.tile_workers)
+        threaded = use_threads(runtime.threads, dev, torch, workers)
         cache = None
-        if tile_cache is not None and not extras:
-            cache = CacheSlot(tile_cache, src, model, dev, channels_last, arithmetic, stain)
+        if runtime.tile_cache is not None and not extras:
+            cache = CacheSlot(runtime.tile_cache, src, model, dev, channels_last, arithmetic, stain)
         run = TileRunner(src=src, region=region, grid=grid, model=model, device=dev, blender=blender, skip=skip,
-                      batch_size=1 if workers else (batch_size or default_batch(grid)),
-                      read_workers=(2 if read_workers is None else read_workers) if threaded else 0,
+                      batch_size=1 if workers else (runtime.batch_size or default_batch(grid)),
+                      read_workers=(2 if runtime.read_workers is None else runtime.read_workers) if threaded else 0,
                       want_focus="focus" in outputs, dense=bool(extras), progress=progress, cancel=cancel,
                       cache=cache, forward_workers=workers or 1)
         try:
