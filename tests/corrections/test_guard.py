@@ -392,32 +392,23 @@ def test_a_class_drop_counts_only_when_its_held_back_strokes_agree(bad, status):
     assert (drop_holds(strokes, 1) >= 0.9) == (bad == 6)
 
 
-@pytest.mark.parametrize("bad, status", [(1, PROMOTED), (6, REJECTED)])
-def test_a_loss_of_what_the_old_model_had_right_counts_only_when_its_strokes_agree(bad, status):
-    """Six held-back strokes of "a" the old model had right (the first 400 px, the others 120) and
-    six of "c" it missed: the new model gets ``bad`` of the "a" strokes wrong. Pooled, it loses 40 %
-    (one stroke) or all of "a"'s old hits, more than RIGHT_SLACK; resampled by stroke, one bad
-    stroke out of six is noise (a real-pixel round lost 20 % of one class's held-back hits and was
-    better on every class where nothing was painted), all six a regression."""
-    from napari_dfa.corrections.guard import loss_holds
-
+def test_a_loss_of_what_the_old_model_had_right_is_judged_on_the_pooled_pixels():
+    """Six held-back strokes of "a" the old model had right (the first 400 px, the others 120): the
+    new model gets the first one wrong, 40 % of "a"'s old hits. Unlike a drop of Dice, the loss is
+    not resampled by stroke: confirmed regions hold a few large pieces, and careless one-class
+    strokes' damage to one of them is real (tests' one-class case: tumour lost 24 % in one or two of
+    seven pieces, and resampled it did not hold)."""
     sizes = [400] + [120] * 5
-    rows = [(1, {1: px}, {3: px} if i < bad else {1: px}) for i, px in enumerate(sizes)]
+    rows = [(1, {1: px}, {3: px} if i == 0 else {1: px}) for i, px in enumerate(sizes)]
     rows += [(3, {2: 100}, {3: 100}) for _ in range(6)]
-    classes, old_c, new_c = _strokes(rows)
-    both = np.where(classes == 1, np.minimum(old_c[:, 1], new_c[:, 1]), 0)
-    strokes = (classes, old_c, new_c, both)
-    right, kept = 1000, int(both.sum())
-    assert kept < 0.8 * right
+    strokes = _strokes(rows)
+    right, kept = 1000, 600
     old, corrected, _ = _a_corrected_to_c()
     held = HeldOut(old={"a": 0.9, "c": 0.0}, new={"a": 0.85, "c": 0.9}, pixels={"a": right, "c": 600},
                    confusion=_verified({(3, 2): 600, (1, 1): right}), right_kept={1: (right, kept, kept)},
                    strokes=strokes)
     v = judge(held, [_region(old, old, corrected)], old_names=NAMES, new_names=NAMES)
-    assert v.status == status, v.reason
-    assert ("of the held-back a you verified wrong" in v.reason) == (status == REJECTED)
-    assert (loss_holds(strokes, 1) >= 0.9) == (bad == 6)
-    assert loss_holds(strokes[:3], 1) == 1.0  # no per-stroke "still right" counts: the pooled rule decides
+    assert v.status == REJECTED and "of the held-back a you verified wrong" in v.reason
 
 
 def test_stroke_counts_split_each_class_into_its_strokes():
@@ -430,9 +421,9 @@ def test_stroke_counts_split_each_class_into_its_strokes():
     old = np.ones_like(mask)
     new = np.where(mask > 0, mask, 0)
     new[5, 7] = 2
-    classes, o, n, both = stroke_counts([old], [new], [mask], 3)
-    assert sorted(zip(classes.tolist(), o.tolist(), n.tolist(), both.tolist())) == [
-        (1, [0, 4, 0, 0], [0, 4, 0, 0], 4), (1, [0, 6, 0, 0], [0, 5, 1, 0], 5), (2, [0, 4, 0, 0], [0, 0, 4, 0], 0)]
+    classes, o, n = stroke_counts([old], [new], [mask], 3)
+    assert sorted(zip(classes.tolist(), o.tolist(), n.tolist())) == [
+        (1, [0, 4, 0, 0], [0, 4, 0, 0]), (1, [0, 6, 0, 0], [0, 5, 1, 0]), (2, [0, 4, 0, 0], [0, 0, 4, 0])]
 
 
 @pytest.mark.slow

@@ -164,15 +164,14 @@ def right_kept(old_preds, new_preds, masks) -> dict[int, tuple[int, int, int]]:
 
 
 def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, ...]:
-    """Per held-back stroke (an 8-connected piece of one class in a mask): its label, the old and
-    the new model's labels over it counted (n × (k+1) each), and how many of its pixels both label
-    right (n). Summed over any set of strokes they give the confusion rows the per-class Dice comes
-    from and the right-kept counts, so the guard can ask whether a class's drop holds across its
-    strokes or rests on one or two of them."""
+    """Per held-back stroke (an 8-connected piece of one class in a mask): its label, and the old
+    and the new model's labels over it counted (n × (k+1) each). Summed over any set of strokes
+    they give the confusion rows the per-class Dice comes from, so the guard can ask whether a
+    class's drop holds across its strokes or rests on one or two of them."""
     from scipy import ndimage
 
     eight = np.ones((3, 3), bool)
-    classes, olds, news, both = [], [], [], []
+    classes, olds, news = [], [], []
     for old, new, mask in zip(old_preds, new_preds, masks):
         for c in np.unique(mask[mask > 0]).tolist():
             lab, n = ndimage.label(mask == c, structure=eight)
@@ -181,10 +180,9 @@ def stroke_counts(old_preds, new_preds, masks, k: int) -> tuple[np.ndarray, ...]
                 classes.append(int(c))
                 olds.append(np.bincount(np.clip(old[piece], 0, k), minlength=k + 1)[:k + 1])
                 news.append(np.bincount(np.clip(new[piece], 0, k), minlength=k + 1)[:k + 1])
-                both.append(int(((old[piece] == c) & (new[piece] == c)).sum()))
     empty = np.zeros((0, k + 1), np.int64)
     return (np.asarray(classes, np.int64), np.asarray(olds, np.int64) if olds else empty,
-            np.asarray(news, np.int64) if news else empty, np.asarray(both, np.int64))
+            np.asarray(news, np.int64) if news else empty)
 
 
 @dataclass
