@@ -59,6 +59,15 @@ def test_shares_equal_a_plain_count_over_the_same_draws(seed):
     assert drop_holds(strokes, 1) == pytest.approx(_reference(strokes, 1), abs=1e-12)
 
 
+def test_draws_without_a_stroke_of_the_class_do_not_count():
+    """Five strokes of label 1 among thirty: some draws hold none, and they say nothing about it."""
+    classes, old, new = _random_strokes(21, n=30)
+    classes[MIN_RESAMPLED_STROKES:] = np.where(classes[MIN_RESAMPLED_STROKES:] == 1, 2, classes[MIN_RESAMPLED_STROKES:])
+    w = _draws(30)
+    assert ((w[:, classes == 1].sum(1)) == 0).any()
+    assert drop_holds((classes, old, new), 1) == pytest.approx(_reference((classes, old, new), 1), abs=1e-12)
+
+
 def test_the_draws_are_seeded_and_whole_strokes():
     """The same strokes give the same share every time (a verdict must not change on a re-run), and
     another seed gives other draws."""
