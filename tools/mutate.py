@@ -3,7 +3,8 @@
 Runs mutmut (configured in pyproject.toml: the modules, the tests that cover them) over the
 functions below, then prints the score per promise and every survivor. A survivor listed in
 ``tools/equivalent_mutants.txt`` (its function and its one-line change, with why it is equivalent)
-is not counted against the score; any other survivor of a strict promise makes the run fail, so a
+is not counted against the score (there, each signature line follows the "#" lines that say why);
+any other survivor of a strict promise makes the run fail, so a
 change that leaves a promise untested is caught here.
 
 Usage: python tools/mutate.py [--max-children N] [--only PROMISE] [--report-only] [--markdown PATH]
@@ -55,11 +56,9 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 def _equivalents() -> set[str]:
     if not EQUIVALENT.exists():
         return set()
-    out = set()
-    for line in EQUIVALENT.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            out.add(line.split("  #")[0].strip())
-    return out
+    # one signature per line (as signature() writes it); the lines starting with "#" say why
+    return {line.strip() for line in EQUIVALENT.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")}
 
 
 def _results() -> dict[str, str]:
