@@ -173,9 +173,9 @@ def test_fold_and_split_respect_the_strokes_of_the_images_they_are_given():
 
 
 def test_right_kept_per_label_over_several_masks():
-    m1 = np.array([[1, 1, 2, 2, 0]])
-    o1 = np.array([[1, 2, 2, 2, 1]])
-    n1 = np.array([[1, 1, 1, 2, 2]])
+    m1 = np.array([[1, 1, 2, 2, 0, 0]])
+    o1 = np.array([[1, 2, 2, 2, 1, 0]])  # unverified pixels say nothing, whatever the model said there
+    n1 = np.array([[1, 1, 1, 2, 2, 0]])
     m2 = np.array([[2, 2, 1]])
     o2 = np.array([[2, 0, 1]])
     n2 = np.array([[0, 2, 1]])
