@@ -182,3 +182,77 @@ def test_right_kept_per_label_over_several_masks():
     # label 1: old right on 1 + 1, still right 1 + 1, new right on 2 + 1; label 2: 2 + 1, 1 + 0, 1 + 1
     assert right_kept([o1, o2], [n1, n2], [m1, m2]) == {1: (2, 2, 3), 2: (3, 1, 2)}
     assert right_kept([o1], [n1], [np.zeros_like(m1)]) == {}
+
+
+def _squares(sizes, shape=(64, 64)):
+    """A mask with one square-ish stroke of label 1 per size (pixels), laid out apart."""
+    m = np.zeros(shape, np.uint8)
+    y = 0
+    for px in sizes:
+        w = 10
+        h = px // w
+        m[y:y + h, 0:w] = 1
+        if px % w:
+            m[y + h, 0:px % w] = 1
+        y += h + 2
+    return m
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_split_holds_back_whole_8_connected_strokes(seed):
+    m = np.zeros((30, 30), np.uint8)
+    m[0:5, 0:5] = 1
+    m[5:10, 5:10] = 1  # corner to corner: one stroke
+    m[20:25, 20:25] = 1
+    m[0:5, 20:25] = 1
+    (tr, va), = split_holdout_by_stroke([m], 1, 0.5, np.random.default_rng(seed))
+    assert va[0:5, 0:5].all() == va[5:10, 5:10].all() and va[0:5, 0:5].any() == va[5:10, 5:10].any()
+    assert tr.dtype == np.uint8 and va.dtype == np.uint8
+    f, = fold_strokes([m], 1, 3, np.random.default_rng(seed))
+    assert len(np.unique(f[0:10, 0:10][m[0:10, 0:10] > 0])) == 1
+
+
+def test_nothing_is_held_back_at_fraction_zero():
+    (tr, va), = split_holdout_by_stroke([_squares([100, 100, 100])], 1, 0.0, np.random.default_rng(0))
+    assert not va.any()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_at_most_half_of_a_class_is_held_back(seed):
+    """Strokes of 100 and 300 px: holding back the larger would leave less than half to train on,
+    so the smaller one is held back, whichever comes first."""
+    (tr, va), = split_holdout_by_stroke([_squares([100, 300])], 1, 0.5, np.random.default_rng(seed))
+    assert int((va == 1).sum()) == 100
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_split_stops_at_the_fraction_once_enough_pixels_are_held(seed):
+    """Four 100-px strokes at fraction 0.25: one stroke (100 px, exactly MIN_HELD_OUT_PIXELS)."""
+    (tr, va), = split_holdout_by_stroke([_squares([100] * 4)], 1, 0.25, np.random.default_rng(seed))
+    assert int((va == 1).sum()) == 100
+
+
+def test_beside_strokes_the_old_model_saw_one_stroke_may_be_more_than_half():
+    """A 300-px stroke beside a 1-px one the old model trained on: the seen one trains it anyway,
+    so the large one is held back (the half rule protects what is left to train on)."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    m = _squares([300])
+    m[60, 60] = 1
+    dot = np.zeros_like(m, bool)
+    dot[60, 60] = True
+    seen = {stroke_signature(rgb, dot, 1)}
+    (tr, va), = split_holdout_by_stroke([m], 1, 0.5, np.random.default_rng(0), images=[rgb], seen=seen)
+    assert int((va == 1).sum()) == 300 and tr[60, 60] == 1
+
+
+def test_stroke_counts_of_nothing_and_of_glass_under_a_stroke():
+    classes, old, new = stroke_counts([np.zeros((4, 4), np.uint8)], [np.zeros((4, 4), np.uint8)],
+                                      [np.zeros((4, 4), np.uint8)], 3)
+    assert classes.shape == (0,) and old.shape == (0, 4) and new.shape == (0, 4)
+    assert old.dtype == np.int64 and new.dtype == np.int64
+    m = np.zeros((4, 4), np.uint8)
+    m[:2, :2] = 2
+    o = np.zeros_like(m)  # the old model saw glass there
+    classes, old, new = stroke_counts([o], [m], [m], 3)
+    assert old.tolist() == [[4, 0, 0, 0]] and new.tolist() == [[0, 0, 4, 0]]
