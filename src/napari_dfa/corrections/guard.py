@@ -16,9 +16,10 @@ a model is fitted without the held-back ones and both models are scored on them,
     and no scored class may drop by more than :data:`CLASS_DROP`: a class that collapses into
     another fails here, as soon as a stroke or a confirmed region of it is held back. A drop
     counts when the held-back strokes agree on it: resampled by whole stroke, the class is worse in
-    at least :data:`DROP_HOLDS` of the resamplings. On a real-pixel mosaic a look-alike class's
-    pooled drop on six held-back squares (0.77 → 0.52) rested on one or two of them, and did not
-    happen on the unseen tissue (0.745 → 0.774): such a drop is noise, not a regression.
+    at least :data:`DROP_HOLDS` of the resamplings (a drop one or two of a handful of squares carry
+    is noise). On a real-pixel mosaic the look-alike drops that rejected better models held across
+    their strokes; what settled them was more evidence — from a second round on, the strokes an
+    earlier head trained on, scored by its recipe refitted without them (training/head.py).
     A gain below :data:`MIN_GAIN` (on an old mean below :data:`SATURATED`) is no evidence either
     way: the guard asks.
 (b) **Enough to test every verified class.** A class with verified pixels but too few held back
@@ -76,10 +77,8 @@ CLASS_DROP = 0.10  # largest held-out Dice drop of one class
 # must be worse for its drop to count: about a one-sided 90 % bootstrap interval.
 DROP_HOLDS = 0.9
 DROP_RESAMPLES = 400
-# Fewer held-back strokes of a class than this: resampling them says nothing, the pooled pixels
-# decide (two confirmed blocks beside careless one-class strokes hold a few large pieces of each
-# class; resampled, a real loss carried by one of them did not hold, and the guard asked instead
-# of rejecting).
+# Fewer held-back strokes of a class than this: resampling them says little, the pooled pixels decide
+# (a confirmed region is a few large pieces of each class, and damage to one of them is real).
 MIN_RESAMPLED_STROKES = 5
 SATURATED = 0.98  # held-out mean Dice above which "not worse" is as good as "better"
 # Smallest held-out mean gain that promotes; a smaller one is asked about: careless one-class strokes
