@@ -254,6 +254,27 @@ def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_pat
     np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(whole.labels[:]))
 
 
+def test_without_resume_a_partial_store_is_computed_again_in_full(tiny, he_image, tmp_path):
+    """A cancelled run left rows in the store; a run without ``resume`` starts over: every tile is
+    computed again (a store reused because it exists would keep rows of other settings)."""
+    img = he_image[:1024, :384]
+    kw = dict(tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
+              runtime=Runtime(device="cpu", batch_size=1), out=tmp_path / "c.zarr")
+    done = []
+    part = segment(img, tiny, cancel=lambda: len(done) >= 6, progress=lambda d, t, **i: done.append(d), **kw)
+    assert not part.completed and part.tiles_done >= 6
+    from napari_dfa.labels.store import LabelsStore
+
+    assert LabelsStore.open(tmp_path / "c.zarr", mode="r").rows_done > 0  # rows a resume would reuse
+    passes = []
+    hook = next(tiny.model.children()).register_forward_hook(lambda *_: passes.append(1))
+    try:
+        again = segment(img, tiny, **kw)
+    finally:
+        hook.remove()
+    assert again.completed and len(passes) == again.tiles_total
+
+
 def test_optional_outputs(tiny, he_image, tmp_path):
     img = he_image[:320, :384]
     outputs = ("labels", "probabilities", "uncertainty", "focus")
