@@ -115,6 +115,7 @@ def test_resume_refuses_a_store_made_from_another_slide(files, tmp_path, capsys)
                  *RUN]) == 1
     err = capsys.readouterr().err
     assert "made from another slide" in err and "--overwrite" in err and "Traceback" not in err
+    assert str(store.name) in err  # the message names the store it refused
     after = snapshot(out)
     np.testing.assert_array_equal(after["labels"], before["labels"])
     assert LabelsStore.open(store).rows_done == LabelsStore.open(store).rows_done and not after["completed"]
