@@ -286,8 +286,10 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
         has is replaced by a new one fitted on all of ``samples``.
       samples: ``[(rgb uint8 H×W×3, mask uint8 H×W)]``, mask 0 = not verified.
       steps: optimizer steps of each fit.
-      folds: every stroke is held back in one of this many fits (:func:`~.holdout.fold_strokes`,
-        never a stroke ``segmenter`` was trained on) and scored by the head fitted without it.
+      folds: every stroke is held back in one of this many fits (:func:`~.holdout.fold_strokes`)
+        and scored by the head fitted without it; a stroke ``segmenter`` was trained on only when
+        its head can be refitted without it (a head of this recipe, no class edit between): the
+        old model is then scored there by that refit.
       cache: a :class:`FeatureCache` of ``segmenter``'s encoder to fill and reuse.
       baseline / progress / cancel: as :func:`~.finetune.finetune`.
       keep: labels (1..K) whose confident answers the model keeps where nothing is verified (see
