@@ -233,21 +233,33 @@ def test_store_cancel_and_resume_equal_an_uninterrupted_run(tiny, he_image, tmp_
                 runtime=Runtime(device="cpu"), out=tmp_path / "b.zarr", resume=True)
 
 
-def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_path):
-    """A resumed run computes only the tile rows not yet written (issue 25: a resume that
-    recomputed everything gave the same labels, so equality alone could not tell)."""
+def _cancelled_store(tiny, he_image, tmp_path):
+    """A store at ``tmp_path / "c.zarr"`` that a run cancelled after 6 tiles left; the image and the
+    segment() keywords that wrote it."""
     img = he_image[:1024, :384]
     kw = dict(tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
               runtime=Runtime(device="cpu", batch_size=1), out=tmp_path / "c.zarr")
     done = []
     part = segment(img, tiny, cancel=lambda: len(done) >= 6, progress=lambda d, t, **i: done.append(d), **kw)
     assert not part.completed and part.tiles_done >= 6
-    passes = []  # forward passes of the encoder: one per tile, in batches of one
+    return img, kw
+
+
+def _segment_counting_passes(tiny, img, **kw):
+    """segment() and the encoder's forward passes it made (one each, per tile in batches of one)."""
+    passes = []
     hook = next(tiny.model.children()).register_forward_hook(lambda *_: passes.append(1))
     try:
-        resumed = segment(img, tiny, resume=True, **kw)
+        return segment(img, tiny, **kw), passes
     finally:
         hook.remove()
+
+
+def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_path):
+    """A resumed run computes only the tile rows not yet written (issue 25: a resume that
+    recomputed everything gave the same labels, so equality alone could not tell)."""
+    img, kw = _cancelled_store(tiny, he_image, tmp_path)
+    resumed, passes = _segment_counting_passes(tiny, img, resume=True, **kw)
     assert resumed.completed
     assert 0 < len(passes) <= resumed.tiles_total - 2, (len(passes), resumed.tiles_total)  # a row or more reused
     whole = segment(img, tiny, **dict(kw, out=tmp_path / "whole.zarr"))
@@ -257,21 +269,11 @@ def test_resume_reuses_the_rows_a_cancelled_run_finished(tiny, he_image, tmp_pat
 def test_without_resume_a_partial_store_is_computed_again_in_full(tiny, he_image, tmp_path):
     """A cancelled run left rows in the store; a run without ``resume`` starts over: every tile is
     computed again (a store reused because it exists would keep rows of other settings)."""
-    img = he_image[:1024, :384]
-    kw = dict(tiling=Tiling(tile=256, overlap=64, tissue_mask=False, chunk=64),
-              runtime=Runtime(device="cpu", batch_size=1), out=tmp_path / "c.zarr")
-    done = []
-    part = segment(img, tiny, cancel=lambda: len(done) >= 6, progress=lambda d, t, **i: done.append(d), **kw)
-    assert not part.completed and part.tiles_done >= 6
+    img, kw = _cancelled_store(tiny, he_image, tmp_path)
     from napari_dfa.labels.store import LabelsStore
 
     assert LabelsStore.open(tmp_path / "c.zarr", mode="r").rows_done > 0  # rows a resume would reuse
-    passes = []
-    hook = next(tiny.model.children()).register_forward_hook(lambda *_: passes.append(1))
-    try:
-        again = segment(img, tiny, **kw)
-    finally:
-        hook.remove()
+    again, passes = _segment_counting_passes(tiny, img, **kw)
     assert again.completed and len(passes) == again.tiles_total
 
 
