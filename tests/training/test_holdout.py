@@ -256,3 +256,65 @@ def test_stroke_counts_of_nothing_and_of_glass_under_a_stroke():
     o = np.zeros_like(m)  # the old model saw glass there
     classes, old, new = stroke_counts([o], [m], [m], 3)
     assert old.tolist() == [[4, 0, 0, 0]] and new.tolist() == [[0, 0, 4, 0]]
+    n = m.copy()
+    n[0, 0] = 0  # the new model sees glass on one pixel of it
+    classes, old, new = stroke_counts([m], [n], [m], 3)
+    assert old.tolist() == [[0, 0, 4, 0]] and new.tolist() == [[1, 0, 3, 0]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("size, strokes_held", [(50, 2), (25, 4)])
+def test_the_split_holds_back_the_fraction_of_strokes_and_at_least_min_pixels_no_more(seed, size, strokes_held):
+    """Eight strokes at fraction 0.25: two strokes are the fraction; of 50 px they hold
+    MIN_HELD_OUT_PIXELS (100) and the split stops there; of 25 px it takes four to reach 100."""
+    (tr, va), = split_holdout_by_stroke([_squares([size] * 8)], 1, 0.25, np.random.default_rng(seed))
+    assert int((va == 1).sum()) == MIN_HELD_OUT_PIXELS == strokes_held * size
+    assert int((tr == 1).sum()) == 8 * size - strokes_held * size
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_half_a_class_is_the_sum_of_its_held_back_strokes(seed):
+    """Four 100-px strokes at fraction 1: two (200 px, half of 400) are held back; a third would
+    leave less than half to train on."""
+    (tr, va), = split_holdout_by_stroke([_squares([100] * 4)], 1, 1.0, np.random.default_rng(seed))
+    assert int((va == 1).sum()) == 200 and int((tr == 1).sum()) == 200
+
+
+def test_without_the_images_seen_strokes_cannot_be_told_and_the_split_is_the_plain_one():
+    samples = _samples()
+    masks, images = [m for _, m in samples], [r for r, _ in samples]
+    lab_first = np.zeros_like(masks[0], bool)
+    lab_first[0:10, 0:10] = True
+    seen = {stroke_signature(images[0], lab_first, 1)}
+    plain = split_holdout_by_stroke(masks, 3, 0.5, np.random.default_rng(4))
+    blind = split_holdout_by_stroke(masks, 3, 0.5, np.random.default_rng(4), seen=seen)
+    for (tr, va), (tr2, va2) in zip(plain, blind):
+        assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+
+
+def test_a_stroke_signature_is_the_same_whatever_crop_it_was_read_in():
+    """A model records the signatures of its strokes read in one crop; the next run reads the same
+    strokes in another (a larger view, another offset) and must find them again."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    m = np.zeros((40, 50), np.uint8)
+    m[20:26, 30:37] = 2
+    m[26, 30] = 2
+    m[5:8, 5:9] = 1
+    whole = stroke_signature(rgb, m == 2, 2)
+    for y, x in [(3, 4), (12, 25), (20, 30)]:
+        crop_rgb, crop_m = rgb[y:, x:], m[y:, x:]
+        assert stroke_signature(crop_rgb, crop_m == 2, 2) == whole
+    assert stroke_signature(rgb[15:30, 28:], m[15:30, 28:] == 2, 2) == whole
+    assert whole in all_stroke_signatures([(rgb[10:, 20:], m[10:, 20:])], 2)
+    assert set(all_stroke_signatures([(rgb[10:, 20:], m[10:, 20:])], 2)) < set(all_stroke_signatures([(rgb, m)], 2))
+
+
+def test_a_stroke_signature_is_what_earlier_versions_recorded():
+    """Signatures are stored in a model's provenance: the same stroke must give the same text in
+    every later version and on every platform, or a model's training strokes are held back again."""
+    rgb = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    s = np.zeros((6, 8), bool)
+    s[1:3, 2:5] = True
+    s[3, 2] = True
+    assert stroke_signature(rgb, s, 2) == "93020b302c4cf55b"
