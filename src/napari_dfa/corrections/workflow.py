@@ -392,7 +392,8 @@ def finetune_on_corrections(segmenter, store: CorrectionStore,
         near = domain is not None and not domain.far and not math.isnan(domain.distance)
         keep = [i + 1 for i, n in enumerate(start.class_names) if n not in fresh] if near else []
         head_result = fit_head(start, samples, steps=head_steps, seed=seed, cache=cache, cancel=cancel, baseline=baseline,
-                               progress=_part(progress, 0, total=whole), keep=keep)
+                               progress=_part(progress, 0, total=whole), keep=keep,
+                               new_classes=[i + 1 for i, n in enumerate(start.class_names) if n in fresh])
     if method in ("deep", "both"):
         deep_result = finetune(start, samples, steps=deep_steps, replay=replay_samples or None, seed=seed, crop=crop,
                                frozen_encoder=frozen_encoder, cache=cache, cancel=cancel, baseline=baseline,

@@ -192,7 +192,7 @@ def with_classes(segmenter, names: Sequence[str], colors=None, *,
         dice = tuple(float(dice[s]) if s is not None else mean_dice for s in sources)
     # A pixel head is fitted for one class list: the new model has none until the next fine-tune
     # fits one (napari_dfa.training.head), which sees the new list's strokes.
-    config = old_config.replace(num_classes=k_new, difficulty_dice=dice, head_sigmas=None)
+    config = old_config.replace(num_classes=k_new, difficulty_dice=dice, head_sigmas=None, head_context=())
     frequencies = _new_frequencies(names, sources, segmenter.frequencies, corrected_frequencies)
 
     # The new model: shared weights copied, per-class rows gathered from the old model.

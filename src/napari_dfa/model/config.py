@@ -59,6 +59,8 @@ class ModelConfig:
         :mod:`napari_dfa.model.pixel_head`); None: no head (the decoder's logits are the output).
       head_hidden, head_smooth, head_stride: the head's MLP width, the σ (px) its class
         probabilities are smoothed over, and the stride it runs at.
+      head_context (tuple[float, ...]): scales (px) at which the head also reads the model's class
+        probabilities around each pixel (empty: it does not; heads saved before it had none).
     """
 
     preset: str = "custom"
@@ -95,6 +97,7 @@ class ModelConfig:
     head_hidden: int = 64
     head_smooth: float = 16.0
     head_stride: int = 2
+    head_context: tuple[float, ...] = ()
 
     def __post_init__(self):
         def bad(msg: str):
@@ -133,6 +136,8 @@ class ModelConfig:
                 bad(f"head_hidden must be 1..1024, got {self.head_hidden}")
             if not 0 <= self.head_smooth <= 256:
                 bad(f"head_smooth must be 0..256 px, got {self.head_smooth}")
+            if len(self.head_context) > 8 or not all(0 < v <= 64 for v in self.head_context):
+                bad(f"head_context must be 0 to 8 scales in (0, 64] px, got {list(self.head_context)}")
         if self.input_multiple % 32:
             bad(f"input_multiple must be a multiple of 32 (the coarsest stride), got {self.input_multiple}")
 

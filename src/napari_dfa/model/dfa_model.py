@@ -143,7 +143,7 @@ def build_model(config: ModelConfig, *, frequencies: Sequence[float] | None = No
     if config.head_sigmas:
         head = PixelHead(num_classes=config.num_classes, deep_channels=config.pixel_dim + config.num_classes,
                          sigmas=config.head_sigmas, hidden=config.head_hidden, smooth=config.head_smooth,
-                         stride=config.head_stride)
+                         stride=config.head_stride, context=config.head_context)
     model = DFASegModel(config=config, encoder=encoder, pixel_decoder=pixel_decoder, decoder=decoder, bias=bias,
                         head=head)
     if config.freeze_encoder:

@@ -11,6 +11,10 @@ features. The head takes both, per pixel:
   computes them (per channel and σ: Gaussian intensity, gradient magnitude, the two Hessian
   eigenvalues), in torch so that they run inside the model on any device and in any tile;
 - the model's own stride-4 mask features and its class logits (what the DFA decoder says);
+- with ``context`` scales, the model's class probabilities around the pixel (Gaussian-weighted,
+  in log), as ilastik's auto-context feeds a first classifier's output to a second: a class that
+  is defined by what lies near it — the invasive front, tumour within tens of µm of stroma — is
+  invisible to per-pixel colour and texture, but plain in "stroma is close".
 
 standardised, then a 1×1 two-layer MLP adds to the model's class logits (a learned scale of them:
 where the strokes say nothing, the model's own answer stands), and the class probabilities are
@@ -93,15 +97,19 @@ class PixelHead(nn.Module):
       hidden: width of the MLP.
       smooth: σ in input pixels of the Gaussian over the class probabilities (0: none).
       stride: the head runs at 1/stride of the input resolution (its logits are upsampled).
+      context: σ in input pixels at which it reads the model's class probabilities around each
+        pixel (empty: not at all).
     """
 
     def __init__(self, *, num_classes: int, deep_channels: int, sigmas=(1, 2, 4, 8, 16), hidden: int = 64,
-                 smooth: float = 16.0, stride: int = 2):
+                 smooth: float = 16.0, stride: int = 2, context=()):
         super().__init__()
         self.sigmas = tuple(float(s) for s in sigmas)
         self.smooth = float(smooth)
         self.stride = int(stride)
-        n = 3 * FEATURES_PER_SIGMA * len(self.sigmas) + int(deep_channels)
+        self.context = tuple(float(s) for s in context)
+        self.num_classes = int(num_classes)
+        n = 3 * FEATURES_PER_SIGMA * len(self.sigmas) + int(deep_channels) + self.num_classes * len(self.context)
         # Feature standardisation, set from the training images by fit_head (saved with the model).
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("std", torch.ones(n))
@@ -116,10 +124,15 @@ class PixelHead(nn.Module):
 
     def features(self, image: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         """B×n×H/stride×W/stride standardised features of ``image`` (B×3×H×W in [0, 1]) and the
-        model's ``deep`` features (B×C×h×w, any stride)."""
+        model's ``deep`` features (B×C×h×w, any stride; its last K channels are the class logits)."""
         hand = hand_features(image.float(), self.sigmas, self.stride)
         deep = F.interpolate(deep.float(), size=hand.shape[-2:], mode="bilinear", align_corners=False)
-        f = torch.cat([hand, deep], 1)
+        parts = [hand, deep]
+        if self.context:
+            p = torch.softmax(deep[:, -self.num_classes:], 1)
+            # log: "how near" falls off as a Gaussian's tail, which log makes about linear in distance
+            parts += [torch.log(blur(p, s / self.stride).clamp_min(1e-4)) for s in self.context]
+        f = torch.cat(parts, 1)
         return (f - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
     def classify(self, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
