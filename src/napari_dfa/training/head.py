@@ -64,8 +64,8 @@ HEAD_SURE = 0.9  # the model's probability above which its answer there is kept 
 HEAD_KEEP = 1.0  # weight of keeping them against learning the verified pixels
 # Where such an X is sure, the new class's share of the kept answer: X stays the answer where no
 # stroke says otherwise, and strokes of the new class win beside it. Measured (bench_corrections, own
-# class list, "invasive front" carved out of tumour, slides 1 and 2, 3 rounds): 0.15 did not learn
-# the front (0.02-0.04 where nobody painted), 0.3 half (0.24-0.66), 0.45 did (0.42-0.76).
+# class list, "invasive front" carved out of tumour, 3 rounds): 0.15 did not learn the front (0.02-0.04
+# where nobody painted, slide 1), 0.3 half (0.11-0.66, slides 1 and 2), 0.45 did (0.42-0.76).
 HEAD_CARVED_PRIOR = 0.45
 HEAD_CARVED_SHARE = 0.25  # of a new class's strokes the old model labels X: the new class is carved out of X
 HEAD_CONTEXT_SIGMAS = (8.0, 16.0)  # where the head reads the model's classes around a pixel
