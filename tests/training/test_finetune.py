@@ -307,8 +307,8 @@ def test_the_head_keeps_only_the_models_sure_answers_of_the_classes_asked():
 
     x = torch.randn(4, 7)
     logits = torch.tensor([[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [1.0, 0.9, 0.8]])
-    fx, fb, label = _kept_answers((x, logits), keep=[1, 3])
-    assert label.tolist() == [0, 2]  # class 2 not kept, the last cell unsure
+    fx, fb, label, target = _kept_answers((x, logits), keep=[1, 3])
+    assert label.tolist() == [0, 2] and target is None  # class 2 not kept, the last cell unsure; no carve
     torch.testing.assert_close(fx, x[[0, 2]])
     assert _kept_answers((x, logits), keep=[]) is None and _kept_answers(None, keep=[1]) is None
 
