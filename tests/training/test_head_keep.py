@@ -48,3 +48,22 @@ def test_the_sure_answers_of_a_parent_class_are_kept_as_it_or_the_class_carved_o
     assert hard is None  # no class carved out: the plain answers
     assert H._kept_answers((feats, logits), keep=[]) is None
     assert target.shape == (2, k)
+
+
+def test_the_head_reads_what_lies_around_a_pixel_for_a_class_list_of_ones_own(tiny_segmenter):
+    """Context features for new classes (and from then on, once a head reads them); in the model's
+    own classes the head is as before. Saved with the model: the setting is in its config."""
+    seg = tiny_segmenter()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[8:40, 8:40] = 1
+    mask[80:120, 80:120] = 2
+    own = H.fit_head(seg, [(rgb, mask)], steps=2, folds=2).segmenter
+    assert own.model.head.context == () and own.config.head_context == ()
+    carved = H.fit_head(seg, [(rgb, mask)], steps=2, folds=2, new_classes=[2]).segmenter
+    assert carved.model.head.context == H.HEAD_CONTEXT_SIGMAS == carved.config.head_context
+    assert carved.model.head.channels == own.model.head.channels + seg.num_classes * len(H.HEAD_CONTEXT_SIGMAS)
+    assert carved.metadata["provenance"]["finetune"]["head"]["context"] == list(H.HEAD_CONTEXT_SIGMAS)
+    again = H.fit_head(carved, [(rgb, mask)], steps=2, folds=2).segmenter  # the next round keeps it
+    assert again.model.head.context == H.HEAD_CONTEXT_SIGMAS

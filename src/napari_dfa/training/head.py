@@ -305,11 +305,10 @@ def _confusion(preds, masks, k: int) -> np.ndarray:
 
 
 def with_head(segmenter, *, sigmas=HEAD_SIGMAS, hidden: int = HEAD_HIDDEN, smooth: float = HEAD_SMOOTH,
-              stride: int = HEAD_STRIDE, context=None):
+              stride: int = HEAD_STRIDE, context=()):
     """A copy of ``segmenter`` with a fresh pixel head (replacing any it had); the rest shares
     nothing with the input."""
     new = copy.deepcopy(segmenter)
-    context = HEAD_CONTEXT_SIGMAS if context is None else context
     cfg = new.config.replace(head_sigmas=tuple(float(s) for s in sigmas), head_hidden=int(hidden),
                              head_smooth=float(smooth), head_stride=int(stride),
                              head_context=tuple(float(s) for s in context),
@@ -343,7 +342,9 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
       new_classes: labels (1..K) the model never had. A kept class the old model answers under a
         good share of one's strokes (:data:`HEAD_CARVED_SHARE`) is where the new class was carved
         out of: its sure answers are kept as "it or the new class" (see :func:`_kept_answers`).
-      head: ``sigmas``, ``hidden``, ``smooth``, ``stride`` of :func:`with_head`.
+      head: ``sigmas``, ``hidden``, ``smooth``, ``stride``, ``context`` of :func:`with_head`
+        (``context`` by default: :data:`HEAD_CONTEXT_SIGMAS` with ``new_classes`` or when the
+        model's head reads it already, else none).
 
     Returns: a :class:`~.finetune.FinetuneResult` (``frozen_encoder`` True, ``crop`` 0).
     """
@@ -365,6 +366,14 @@ def fit_head(segmenter, samples, *, steps: int = HEAD_STEPS, folds: int = HEAD_F
     seen_maps = seen_stroke_maps(samples, k, seen) if refit_old else None
     per_class, held_cls, scored, too_few = plan.per_class, plan.held_per_class, plan.scored, plan.too_few
 
+    if "context" not in head:
+        # What lies around a pixel, for a class list of one's own only (new classes, or a head that
+        # already reads it): there a class may be defined by its neighbours ("invasive front": 0.01
+        # -> 0.75 Dice where nobody painted). In the model's own classes its logits already say what
+        # it knows, and the context only gave the head room to fit where one stroke lay (truth-painted
+        # strokes on a case slide: held-back necrosis 0.73 -> 0.40, the round rejected).
+        old_head = getattr(segmenter.model, "head", None)
+        head["context"] = HEAD_CONTEXT_SIGMAS if len(new_classes) or getattr(old_head, "context", ()) else ()
     new = with_head(segmenter, **head)
     model, hd = new.model, new.model.head
     multiple = segmenter.input_multiple
