@@ -62,12 +62,12 @@ HEAD_CLASS_WEIGHT = 0.5  # power of the inverse class share in the loss weights 
 HEAD_FREE_CELLS = 4096  # unverified cells per sample the head may be asked to leave be
 HEAD_SURE = 0.9  # the model's probability above which its answer there is kept (classes in ``keep``)
 HEAD_KEEP = 1.0  # weight of keeping them against learning the verified pixels
+HEAD_CARVED_SHARE = 0.25  # of a new class's strokes the old model labels X: the new class is carved out of X
 # Where such an X is sure, the new class's share of the kept answer: X stays the answer where no
 # stroke says otherwise, and strokes of the new class win beside it. Measured (bench_corrections, own
 # class list, "invasive front" carved out of tumour, 3 rounds): 0.15 did not learn the front (0.02-0.04
 # where nobody painted, slide 1), 0.3 half (0.11-0.66, slides 1 and 2), 0.45 did (0.42-0.76).
 HEAD_CARVED_PRIOR = 0.45
-HEAD_CARVED_SHARE = 0.25  # of a new class's strokes the old model labels X: the new class is carved out of X
 HEAD_CONTEXT_SIGMAS = (8.0, 16.0)  # where the head reads the model's classes around a pixel
 HEAD_CONTEXT = 64  # tile overlap a model with a head asks for: its σ and smoothing reach this far
 
@@ -183,11 +183,11 @@ def _kept_answers(free, keep, refine=None):
     classes on its own tissue: inflammatory 0.99 -> 0.00 on held-back confirmed pixels).
 
     ``refine`` maps a kept label to new labels carved out of it (the pathologist's "invasive front"
-    out of the model's tumour): there, the model's sure answer is kept as "that class or one carved
-    out of it" (the fourth item: the labels each cell may take), as the old class did not know the
-    new one — kept as itself, it taught the head that the front is tumour (front Dice 0.00 where
-    nobody painted, with every stroke of it learnt); not kept, the head painted the front over all
-    tumour."""
+    out of the model's tumour): there, the model's sure answer is kept as a soft target, 1 −
+    :data:`HEAD_CARVED_PRIOR` of that class and the rest shared by the classes carved out of it (the
+    fourth item, N×K; None without ``refine``), as the old class did not know the new one — kept as
+    itself, it taught the head that the front is tumour (front Dice 0.00 where nobody painted);
+    not kept, the head painted the front over all tumour."""
     if free is None or not len(keep):
         return None
     fx, fb = free
