@@ -126,6 +126,82 @@ def test_resume_refuses_a_store_made_from_another_slide(files, tmp_path, capsys)
     assert snapshot(out)["geojson"] == files["done"]["a"]["geojson"]
 
 
+
+def test_segment_itself_refuses_to_resume_another_slides_store_naming_both(files, tmp_path):
+    """segment(out=..., resume=True), which the Segment widget and scripts call without predict's
+    check in front of it, refuses a store another slide began: it names the store and the slide,
+    and the store is left as it was."""
+    from napari_dfa.errors import ConfigError
+
+    out = tmp_path / "out"
+    store = _half_store(files, out)
+    before = snapshot(out)
+    with pytest.raises(ConfigError) as err:
+        segment(open_slide(files["b"]), files["model"], level=0, out=store, resume=True,
+                tiling=Tiling(tile=128, overlap=32, chunk=64), runtime=Runtime(device="cpu", batch_size=1))
+    text = str(err.value)
+    assert text.startswith(f"{store}: cannot resume, the store was made from another slide ({files['a']}"), text
+    assert f"; {files['b']} has " in text, text
+    np.testing.assert_array_equal(snapshot(out)["labels"], before["labels"])
+    assert snapshot(out)["key"] == before["key"]
+
+
+
+def _resume(files, store, slide="a"):
+    return segment(open_slide(files[slide]), files["model"], level=0, out=store, resume=True,
+                   tiling=Tiling(tile=128, overlap=32, chunk=64), runtime=Runtime(device="cpu", batch_size=1))
+
+
+def test_resume_refuses_rows_computed_another_way_and_takes_an_older_store_as_labels_only(files, tmp_path):
+    """A store begun with probabilities, in bf16 or with the stain matched (as those runs record it)
+    is never continued by a plain float32 run of labels, which records none of them; a store from
+    before the outputs were recorded holds labels only, and resumes as such."""
+    from napari_dfa.errors import ConfigError
+
+    half = _half_store(files, tmp_path / "half")
+
+    def variant(name, **info):
+        store = tmp_path / name / "s.labels.zarr"
+        shutil.copytree(half, store)
+        LabelsStore.open(store).update_info(**info)
+        return store
+
+    for store in (variant("probs", extras=["probabilities"]), variant("bf16", precision="bfloat16"),
+                  variant("stain", stain={"method": "reinhard", "target": [0.5, 0.1, 0.2]})):
+        with pytest.raises(ConfigError, match="cannot resume, the store was written with other settings"):
+            _resume(files, store)
+    old = tmp_path / "old" / "s.labels.zarr"
+    shutil.copytree(half, old)
+    group = zarr.open_group(str(old), mode="r+")
+    group.attrs["napari_dfa"] = {k: v for k, v in group.attrs["napari_dfa"].items() if k != "extras"}
+    assert _resume(files, old).completed
+    np.testing.assert_array_equal(snapshot(old.parent)["labels"], files["done"]["a"]["labels"])
+
+
+
+def test_a_store_records_where_its_labels_lie_and_what_made_them(files, tmp_path):
+    """What resume compares and what a viewer places the labels by: a region of level 1 (downsample
+    2) lies at twice its offset in level-0 pixels; the slide's name, content key, mpp and pyramid,
+    the run's level, region and outputs and the caller's own notes are recorded."""
+    from napari_dfa.slide.content import key_of_slide
+
+    path, _ = synth.write_slide(tmp_path / "p.tif", size=(384, 384), seed=3, tile=64)
+    slide = open_slide(path)
+    assert list(slide.downsamples) == [1.0, 2.0, 4.0] and slide.mpp == 0.5
+    store = tmp_path / "out" / "p.labels.zarr"
+    segment(slide, files["model"], level=1, region=(32, 48, 64, 96), out=store, outputs=("labels", "uncertainty"),
+            store_info={"note": "by hand"}, tiling=Tiling(tile=128, overlap=32, chunk=64),
+            runtime=Runtime(device="cpu", batch_size=1))
+    s = LabelsStore.open(store)
+    info = s.info
+    assert s.labels.shape == (64, 96) and s.labels.chunks == (64, 64) and s.extra("uncertainty").shape == (64, 96)
+    assert info["translate"] == [64.0, 96.0] and info["downsample"] == 2.0
+    assert info["level"] == 1 and info["region"] == [32, 48, 64, 96] and info["extras"] == ["uncertainty"]
+    assert info["source"] == str(path) and info["content_key"] == key_of_slide(slide)
+    assert info["mpp"] == 0.5 and info["image_downsamples"] == [1.0, 2.0, 4.0] and info["note"] == "by hand"
+    assert info["completed"] and info["rows_done"] == 64
+
+
 def test_an_existing_store_says_what_it_holds(files, tmp_path, capsys):
     out = tmp_path / "out"
     _half_store(files, out)
