@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from napari_dfa.errors import CheckpointError
 from napari_dfa.model import ModelConfig, Segmenter, load_model, read_checkpoint
 from napari_dfa.model.shapes import expected_tensors
-from napari_dfa.model.validate import check_metadata, json_depth
+from napari_dfa.model.validate import (MAX_PARAMETERS, check_config_bounds, check_metadata, check_model_path,
+                                       check_tensors, json_depth)
 from bcss_classes import COLORS, NAMES
 
 
@@ -213,3 +214,155 @@ def test_fuzz_config_through_the_loader(tmp_path, good, changes):
         assert "fuzz.safetensors" in str(exc)
         return
     assert seg.config.num_classes == 5
+
+
+# --- the config's bounds at their edges (checked before any layer is built) ------------------------
+def _config(**fields):
+    """A config of just these fields: the bounds are checked field by field, whatever else it holds."""
+    import dataclasses
+
+    return dataclasses.make_dataclass("Config", [(k, object) for k in fields])(**fields)
+
+
+def _refused_config(field, *, says=None, **fields):
+    """Refused, naming the file, the field, the value found (``says``: what follows it) and why."""
+    with pytest.raises(CheckpointError) as err:
+        check_config_bounds(_config(**fields), source="m.safetensors")
+    text = str(err.value)
+    assert text.startswith(f"m.safetensors: model config {field} = "), text
+    assert text.endswith("; the file is damaged or was not written by napari-dfa"), text
+    if says is not None:
+        assert text.startswith(f"m.safetensors: model config {field} = {says}"), text
+
+
+@pytest.mark.parametrize("field, lo, hi, below, above", [
+    ("decoder_depth", 1, 64, 0, 65),  # an int field: 1..64
+    ("gamma", 0.0, 100.0, -1e-9, 100.000001),  # a float field: 0..100
+    ("input_multiple", 32, 1024, 31, 1025),
+])
+def test_a_config_number_is_accepted_at_its_bounds_and_refused_past_them(field, lo, hi, below, above):
+    check_config_bounds(_config(**{field: lo}), source="m.safetensors")
+    check_config_bounds(_config(**{field: hi}), source="m.safetensors")
+    _refused_config(field, says=f"{below!r} is out of range ({lo}..{hi})", **{field: below})
+    _refused_config(field, says=f"{above!r} is out of range ({lo}..{hi})", **{field: above})
+    for bad in (True, float("nan"), float("inf"), "8", [8]):
+        _refused_config(field, **{field: bad})
+
+
+def test_a_config_list_is_bounded_per_item_and_in_length():
+    """encoder_depths: 1 to 8 stages of 0..64 blocks; vit_global_blocks may be empty."""
+    check_config_bounds(_config(encoder_depths=(0, 64), vit_global_blocks=()), source="m.safetensors")
+    check_config_bounds(_config(encoder_depths=[64] * 8), source="m.safetensors")
+    check_config_bounds(_config(encoder_depths=(3,)), source="m.safetensors")
+    for bad in [(0, 65), (-1, 3), (1.5 + 63,), (True,)]:
+        _refused_config("encoder_depths", says=f"{bad!r} is out of range (each value in 0..64)", encoder_depths=bad)
+    for bad in [(), [1] * 9, 4, "1234"]:
+        _refused_config("encoder_depths", says=f"{bad!r} is out of range (1..8 values)", encoder_depths=bad)
+    _refused_config("vit_global_blocks", says="[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,...",
+                    vit_global_blocks=[0] * 65)
+
+
+def test_a_config_string_is_bounded_in_length():
+    check_config_bounds(_config(preset="p" * 64, encoder="e" * 256), source="m.safetensors")
+    _refused_config("preset", says="'" + "p" * 56 + "... is out of range (a string of at most 64 characters)",
+                    preset="p" * 65)  # the value cut to 60 characters
+    _refused_config("encoder", encoder="e" * 257)
+    _refused_config("preset", says="64 is out of range (a string of at most 64 characters)", preset=64)
+
+
+def test_a_config_field_may_be_none_and_one_this_version_does_not_know_needs_a_sane_value():
+    """None stands for a field's default; a field added by a later version passes with a plain value
+    (a number, a string, a short list) and is refused with anything else. Every field is checked:
+    one that passes never ends the check early."""
+    check_config_bounds(_config(difficulty_dice=None, encoder_weights=None, added_later=(1.0, 2.0),
+                                also_later="x", flag=True), source="m.safetensors")
+    _refused_config("added_later", says="{'a': 1} is out of range (a number, a string or a short list)",
+                    added_later={"a": 1})
+    _refused_config("added_later", says="10000000000 is out of range", added_later=10**10)
+    _refused_config("decoder_depth", says="65 is out of range", difficulty_dice=None, added_later=1,
+                    preset="tiny", encoder_depths=(1, 1), decoder_depth=65)
+
+
+def test_a_path_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """A named pipe would block the reader; a path through a file is no path at all."""
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        check_model_path(fifo)
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="cannot read the model file"):
+        check_model_path(plain / "inner.safetensors")
+    with pytest.raises(CheckpointError, match="model file not found"):
+        check_model_path(tmp_path / "none.safetensors")
+    check_model_path(plain)  # a file, readable or not, is the reader's to judge
+
+
+# --- the header's tensors against what the config builds (a shape-only spec stands in for the model)
+def _tensors_refused(header, spec, *words):
+    with pytest.raises(CheckpointError) as err:
+        check_tensors(__import__("pathlib").Path("m.safetensors"), header, None, lambda config: spec)
+    for w in ("m.safetensors", *words):
+        assert w in str(err.value), str(err.value)
+
+
+def test_a_config_of_too_many_parameters_is_refused_even_past_64_bit_integers():
+    """At most MAX_PARAMETERS; a crafted shape whose element count wraps a 64-bit integer (2^32 x 2^32
+    = 2^64 -> 0) is counted in floating point and refused, never taken for an empty tensor."""
+    path = __import__("pathlib").Path("m.safetensors")
+    at_most = {"w": ((MAX_PARAMETERS // 2,), "F32"), "b": ((MAX_PARAMETERS // 2,), "F32")}
+    check_tensors(path, dict(at_most), None, lambda config: at_most)
+    one_more = {"w": ((MAX_PARAMETERS // 2,), "F32"), "b": ((MAX_PARAMETERS // 2 + 1,), "F32")}
+    _tensors_refused(one_more, one_more, "parameters")
+    wraps = {"w": ((2**32, 2**32), "F32")}
+    _tensors_refused(wraps, wraps, "parameters")
+
+
+def test_floats_are_float32_or_float16_all_alike_and_other_tensors_exactly_as_built():
+    spec = {"w": ((2, 3), "F32"), "b": ((3,), "F32"), "n": ((), "I64")}
+    path = __import__("pathlib").Path("m.safetensors")
+    for dtype in ("F32", "F16"):
+        check_tensors(path, {"w": ((2, 3), dtype), "b": ((3,), dtype), "n": ((), "I64")}, None, lambda c: spec)
+    # a spec of another float dtype (a model built in double) still wants what napari-dfa writes
+    for want in ("F16", "BF16", "F64"):
+        other = {"w": ((2, 3), want), "b": ((3,), want)}
+        for dtype in ("F32", "F16"):
+            check_tensors(path, {"w": ((2, 3), dtype), "b": ((3,), dtype)}, None, lambda c: other)
+        _tensors_refused({"w": ((2, 3), "F64"), "b": ((3,), "F16")}, other, "tensor w is stored as F64")
+    _tensors_refused({"w": ((2, 3), "F32"), "b": ((3,), "F16"), "n": ((), "I64")}, spec, "mix F16 and F32")
+    _tensors_refused({"w": ((2, 3), "F32"), "b": ((3,), "F32"), "n": ((), "F32")}, spec,
+                     "tensor n is stored as F32, expected I64")
+    _tensors_refused({"w": ((2, 3), "BF16"), "b": ((3,), "BF16"), "n": ((), "I64")}, spec, "tensor w is stored as BF16")
+
+
+def test_a_config_that_cannot_be_built_says_why():
+    def spec(config):
+        raise ValueError("decoder_dim 36 is not divisible by decoder_heads 8")
+
+    with pytest.raises(CheckpointError) as err:
+        check_tensors(__import__("pathlib").Path("m.safetensors"), {}, "the config", spec)
+    assert str(err.value).startswith("m.safetensors: the model config cannot be built (ValueError: decoder_dim 36 "
+                                     "is not divisible by decoder_heads 8)"), str(err.value)
+
+
+def test_tensors_missing_unexpected_or_misshapen_are_each_refused_and_counted():
+    """Each kind alone is refused; together, the message counts each and names the first three."""
+    from napari_dfa.model.validate import check_tensor_shapes
+
+    expected = {f"e{i}": (i + 1,) for i in range(8)}
+    path = __import__("pathlib").Path("m.safetensors")
+    check_tensor_shapes(path, expected, {k: list(v) for k, v in expected.items()})  # lists from the header: fine
+    lead = "m.safetensors: the tensors do not match the model config stored in the file: "
+    cases = [
+        ({k: v for k, v in expected.items() if k != "e5"}, "1 missing (e.g. ['e5'])"),
+        ({**expected, "zz": (1,)}, "1 unexpected (e.g. ['zz'])"),
+        ({**expected, "e2": (4,)}, "1 with the wrong shape (e.g. ['e2 (4,) != (3,)'])"),
+        ({**{k: v for k, v in expected.items() if k not in ("e0", "e1", "e2", "e3")}, "e4": (1,), "e5": (2,),
+          "e6": (3,), "e7": (4, 2), "u1": (), "u2": (), "u3": (), "u4": ()},
+         "4 missing (e.g. ['e0', 'e1', 'e2']); 4 unexpected (e.g. ['u1', 'u2', 'u3']); 4 with the wrong shape "
+         "(e.g. ['e4 (1,) != (5,)', 'e5 (2,) != (6,)', 'e6 (3,) != (7,)'])"),
+    ]
+    for got, says in cases:
+        with pytest.raises(CheckpointError) as err:
+            check_tensor_shapes(path, expected, got)
+        assert str(err.value) == lead + says
