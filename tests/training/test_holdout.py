@@ -157,12 +157,18 @@ def test_a_stroke_signature_is_its_class_shape_and_pixels():
                 stroke_signature(rgb, wider, 2), stroke_signature(rgb, moved, 2)}) == 6
 
 
-def test_fold_and_split_respect_the_strokes_of_the_images_they_are_given():
+def _with_a_seen_stroke():
+    """The masks and images of :func:`_samples`, its first stroke (class 1, top left) and that
+    stroke's signature as a model trained on it records it."""
     samples = _samples()
     masks, images = [m for _, m in samples], [r for r, _ in samples]
     lab_first = np.zeros_like(masks[0], bool)
     lab_first[0:10, 0:10] = True
-    seen = {stroke_signature(images[0], lab_first, 1)}
+    return masks, images, lab_first, {stroke_signature(images[0], lab_first, 1)}
+
+
+def test_fold_and_split_respect_the_strokes_of_the_images_they_are_given():
+    masks, images, lab_first, seen = _with_a_seen_stroke()
     f = fold_strokes(masks, 3, 2, np.random.default_rng(0), images=images, seen=seen)
     assert not f[0][lab_first].any()
     # without the images the signatures cannot be checked: every stroke is folded
@@ -281,11 +287,7 @@ def test_half_a_class_is_the_sum_of_its_held_back_strokes(seed):
 
 
 def test_without_the_images_seen_strokes_cannot_be_told_and_the_split_is_the_plain_one():
-    samples = _samples()
-    masks, images = [m for _, m in samples], [r for r, _ in samples]
-    lab_first = np.zeros_like(masks[0], bool)
-    lab_first[0:10, 0:10] = True
-    seen = {stroke_signature(images[0], lab_first, 1)}
+    masks, images, lab_first, seen = _with_a_seen_stroke()
     plain = split_holdout_by_stroke(masks, 3, 0.5, np.random.default_rng(4))
     blind = split_holdout_by_stroke(masks, 3, 0.5, np.random.default_rng(4), seen=seen)
     for (tr, va), (tr2, va2) in zip(plain, blind):
