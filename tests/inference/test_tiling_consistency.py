@@ -75,6 +75,7 @@ def test_tilings_offset_by_half_a_tile_agree_within_the_models_tile_dependence(d
 def test_fitted_lattice_covers_the_level_with_little_overlap(length):
     tile, starts = fit_axis(length)
     assert tile % 32 == 0 and starts[0] == 0 and np.all(np.diff(starts) > 0)
+    assert starts.dtype.kind == "i"  # pixel offsets: they index reads and cells
     if len(starts) == 1:
         assert tile >= length and tile - length < 32  # one tile, padded to the input multiple
         return
