@@ -17,7 +17,7 @@ import pytest
 
 from napari_dfa import synth
 from napari_dfa.inference import Runtime, Tiling, segment
-from napari_dfa.inference.tiling import MIN_OVERLAP, OVERLAP_BUDGET, TileGrid, fit_axis
+from napari_dfa.inference.tiling import MIN_OVERLAP, OVERLAP_BUDGET, TileGrid, fit_axis, taper, tile_starts
 from napari_dfa.slide import open_slide
 
 
@@ -84,6 +84,36 @@ def test_fitted_lattice_covers_the_level_with_little_overlap(length):
     # Computed pixels (by area) within the budget: 512/64 computed 25 tiles' worth for 16 on 2048².
     assert (len(starts) * tile / length) ** 2 <= 1 + OVERLAP_BUDGET + 1e-9
     assert 0.5 * 1024 <= tile <= 1.5 * 1024
+
+
+@pytest.mark.parametrize("length, tile, stride, want", [
+    (100, 256, 192, [0]), (256, 256, 192, [0]),  # fits one tile: a single start
+    (257, 256, 192, [0, 1]),  # the last tile pulled back to end on the border
+    (448, 256, 192, [0, 192]), (449, 256, 192, [0, 192, 193]),
+    (1000, 256, 256, [0, 256, 512, 744]), (768, 256, 256, [0, 256, 512]),
+    (10, 3, 4, [0, 4, 7]),
+])
+def test_explicit_tile_starts_step_by_the_stride_and_end_on_the_border(length, tile, stride, want):
+    starts = tile_starts(length, tile, stride)
+    assert starts.tolist() == want and starts.dtype == np.int64
+
+
+@pytest.mark.parametrize("n, overlap", [(64, 16), (40, 7), (10, 32), (1, 1)])
+def test_the_taper_ramps_by_raised_cosine_only_where_a_neighbour_is(n, overlap):
+    o = min(overlap, n)
+    ramp = np.sin(0.5 * math.pi * (np.arange(o) + 0.5) / o) ** 2
+    none = taper(n, overlap, False, False)
+    assert none.dtype == np.float32 and none.shape == (n,) and (none == 1).all()
+    start, end, both = taper(n, overlap, True, False), taper(n, overlap, False, True), taper(n, overlap, True, True)
+    np.testing.assert_allclose(start[:o], ramp, rtol=1e-6)
+    assert (start[o:] == 1).all()
+    np.testing.assert_allclose(end[n - o:], ramp[::-1], rtol=1e-6)
+    assert (end[:n - o] == 1).all()
+    np.testing.assert_allclose(both, np.minimum(start, end), rtol=1e-6)
+    assert (both > 0).all()  # normalising never divides by zero
+    # neighbours' ramps over a shared band add up to 1 (sin² + cos²): seams blend smoothly
+    np.testing.assert_allclose(end[n - o:] + start[:o], 1.0, rtol=1e-6)
+    assert (taper(n, 0, True, True) == 1).all() and (taper(n, -3, True, True) == 1).all()
 
 
 def test_a_region_gets_the_lattice_tiles_that_touch_it():
