@@ -86,6 +86,20 @@ def test_fitted_lattice_covers_the_level_with_little_overlap(length):
     assert 0.5 * 1024 <= tile <= 1.5 * 1024
 
 
+def test_the_fitted_lattice_at_its_edges():
+    # two candidates as far from the target: 2 tiles of 1216 and 3 of 832 (1024 ± 192) on 2380 px;
+    # the larger tile wins (fewer passes), as with 1343 px: one tile of 1344, not 2 of 704
+    assert fit_axis(2380)[0] == 1216 and fit_axis(2380)[1].tolist() == [0, 1164]
+    assert fit_axis(1343)[0] == 1344 and fit_axis(1343)[1].tolist() == [0]
+    # a lattice computing exactly the budget is within it: budget 3 (by area) is 2x per axis, and
+    # 3 tiles of 640 on 960 px compute 1920 = 2 x 960
+    tile, starts = fit_axis(960, target=640, min_overlap=480, budget=3.0)
+    assert tile == 640 and starts.tolist() == [0, 160, 320]
+    # none within the budget (0: even one tile rounds 1000 up to 1024): the least computed
+    tile, starts = fit_axis(1000, target=512, budget=0.0)
+    assert tile == 1024 and starts.tolist() == [0] and starts.dtype.kind == "i"
+
+
 @pytest.mark.parametrize("length, tile, stride, want", [
     (100, 256, 192, [0]), (256, 256, 192, [0]),  # fits one tile: a single start
     (257, 256, 192, [0, 1]),  # the last tile pulled back to end on the border

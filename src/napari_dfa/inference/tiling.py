@@ -64,7 +64,8 @@ def fit_axis(length: int, *, target: int = DEFAULT_TILE, min_overlap: int = MIN_
     Candidates: ``n`` tiles of the smallest multiple of ``multiple`` that covers ``length`` with
     ``min_overlap`` shared between neighbours, spread evenly. Among those whose computed length
     ``n * tile`` exceeds ``length`` by at most the per-axis share of ``budget`` (by area: ``(1 +
-    budget) ** 0.5 - 1``), the tile closest to ``target``; if none, the least overhead."""
+    budget) ** 0.5 - 1``), the tile closest to ``target`` (on a tie the larger); if none, one tile,
+    which computes the least."""
     one = max(multiple, _ceil_to(length, multiple))
     if length <= _ceil_to(target, multiple):
         return one, np.zeros(1, dtype=np.int64)
@@ -75,10 +76,10 @@ def fit_axis(length: int, *, target: int = DEFAULT_TILE, min_overlap: int = MIN_
         if tile < length:
             candidates.append((n, tile))
     within = [c for c in candidates if c[0] * c[1] <= length * (1.0 + axis_budget)]
-    if within:
-        n, tile = min(within, key=lambda c: (abs(c[1] - target), c[0]))
-    else:
-        n, tile = min(candidates, key=lambda c: (c[0] * c[1], c[0]))
+    if not within:
+        # n tiles compute a multiple of `multiple` of at least `length` pixels: never less than one
+        return one, np.zeros(1, dtype=np.int64)
+    n, tile = min(within, key=lambda c: (abs(c[1] - target), c[0]))
     if n == 1:
         return tile, np.zeros(1, dtype=np.int64)
     starts = np.round(np.arange(n) * ((length - tile) / (n - 1))).astype(np.int64)
