@@ -51,10 +51,10 @@ lock:
 test: setup
 	xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Mutation testing of the modules that hold the README's promises (docs/testing.md; < 30 min on 2
+# Mutation testing of the modules that hold the README's promises (docs/testing.md; 19 min on 2
 # cores): mutmut, configured in pyproject.toml, driven and scored by tools/mutate.py. Fails when a
-# guard, stroke-split, store-resume or checkpoint-validation mutant survives that is not listed as
-# equivalent in tools/equivalent_mutants.txt. One promise: make mutate MUTATE_ARGS="--only guard".
+# mutant survives that is not listed as equivalent in tools/equivalent_mutants.txt. One promise:
+# make mutate MUTATE_ARGS="--only guard".
 mutate: setup
 	$(PIP) install -q --no-deps -r requirements/mutate.txt
 	$(PY) tools/mutate.py --markdown runs/mutate.md $(MUTATE_ARGS)

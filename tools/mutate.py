@@ -43,9 +43,9 @@ PROMISES: dict[str, tuple[bool, list[str]]] = {
         f"napari_dfa.model.validate.x_{f}__mutmut_*"
         for f in ("check_tensors", "check_tensor_shapes", "check_config_bounds", "check_model_path")]),
     # the scanline fill: two polygons sharing an edge paint each pixel once
-    "GeoJSON rasteriser (corrections/rasterise.py)": (False, ["napari_dfa.corrections.rasterise.x_fill_polygon__mutmut_*"]),
+    "GeoJSON rasteriser (corrections/rasterise.py)": (True, ["napari_dfa.corrections.rasterise.x_fill_polygon__mutmut_*"]),
     # the tile lattice: fitted to the level, overlaps and the blending taper
-    "inference tiling (inference/tiling.py)": (False, [
+    "inference tiling (inference/tiling.py)": (True, [
         f"napari_dfa.inference.tiling.x_{f}__mutmut_*" for f in ("tile_starts", "fit_axis", "taper")]),
 }
 
