@@ -89,8 +89,10 @@ def test_fitted_lattice_covers_the_level_with_little_overlap(length):
 def test_the_fitted_lattice_at_its_edges():
     # two candidates as far from the target: 2 tiles of 1216 and 3 of 832 (1024 ± 192) on 2380 px;
     # the larger tile wins (fewer passes), as with 1343 px: one tile of 1344, not 2 of 704
-    assert fit_axis(2380)[0] == 1216 and fit_axis(2380)[1].tolist() == [0, 1164]
-    assert fit_axis(1343)[0] == 1344 and fit_axis(1343)[1].tolist() == [0]
+    tile, starts = fit_axis(2380)
+    assert tile == 1216 and starts.tolist() == [0, 1164]
+    tile, starts = fit_axis(1343)
+    assert tile == 1344 and starts.tolist() == [0]
     # a lattice computing exactly the budget is within it: budget 3 (by area) is 2x per axis, and
     # 3 tiles of 640 on 960 px compute 1920 = 2 x 960
     tile, starts = fit_axis(960, target=640, min_overlap=480, budget=3.0)

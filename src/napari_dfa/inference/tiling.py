@@ -76,10 +76,9 @@ def fit_axis(length: int, *, target: int = DEFAULT_TILE, min_overlap: int = MIN_
         if tile < length:
             candidates.append((n, tile))
     within = [c for c in candidates if c[0] * c[1] <= length * (1.0 + axis_budget)]
-    if not within:
-        # n tiles compute a multiple of `multiple` of at least `length` pixels: never less than one
-        return one, np.zeros(1, dtype=np.int64)
-    n, tile = min(within, key=lambda c: (abs(c[1] - target), c[0]))
+    # None within: one tile (n tiles compute a multiple of `multiple` of at least `length` pixels,
+    # never less than one does).
+    n, tile = min(within, key=lambda c: (abs(c[1] - target), c[0])) if within else (1, one)
     if n == 1:
         return tile, np.zeros(1, dtype=np.int64)
     starts = np.round(np.arange(n) * ((length - tile) / (n - 1))).astype(np.int64)
